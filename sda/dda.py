@@ -1,0 +1,116 @@
+"""The DDA projection (Gao et al., CVPR 2023): the one place that projects images towards the
+source domain, used by ``synth_align`` ("Mix of Diffusion"), ``target_project`` and relabelling.
+
+Reference behaviour by default (DESIGN.md §1):
+
+1. x_N = q_sample(ref, t = ts[N]) with one noise draw for the whole batch, where ``ts`` is the
+   ascending respaced list (guided-diffusion's ``space_timesteps``).
+2. for i = N-1 .. 0 (the off-by-one quirk: noised at index N, first denoised at N-1):
+   out = p_sample(x_t, ts[i])                         (one noise draw per step)
+   diff = LPF_D(ref) - LPF_D(out.pred_x0)             (pred_x0 clamped to [-1, 1])
+   norm = ||diff||_2 over the WHOLE batch             (the batch-coupled quirk)
+   x_{t-1} = out.sample - scale * d norm / d x_t      (then detached)
+3. LPF_D = resize_right cubic with antialias, down by 1/D then up by D.
+
+Switches: ``per_sample_norm`` (each image guided by its own norm, so results do not depend on the
+batch) and ``fix_off_by_one`` (noise at ts[N-1], where denoising starts).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from diffusers import DDPMScheduler
+from diffusers.utils.torch_utils import randn_tensor
+from resize_right import resize
+from tqdm.auto import tqdm
+
+from sda.diffusion import respaced_timesteps
+
+__all__ = ["low_pass", "project"]
+
+
+def low_pass(x: torch.Tensor, D: int) -> torch.Tensor:
+    """LPF_D: resize_right cubic (antialiased) down to ``int(H / D)``, then back up to (H, W).
+
+    ``x`` float (B, C, H, W); returns the same shape. D = 1 is the identity. resize_right's
+    default zero padding is kept, as in the reference: near the borders the output is darkened,
+    which at 16 px reaches the whole image (both sides of the guidance difference alike).
+    """
+    if D == 1:
+        return x
+    h, w = x.shape[-2:]
+    small = resize(x, out_shape=(int(h / D), int(w / D)))
+    return resize(small, out_shape=(h, w))
+
+
+def project(
+    unet: torch.nn.Module,
+    scheduler: DDPMScheduler,
+    images: torch.Tensor,
+    *,
+    respacing: int = 100,
+    N: int = 50,
+    D: int = 4,
+    scale: float = 6.0,
+    per_sample_norm: bool = False,
+    fix_off_by_one: bool = False,
+    class_labels: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    autocast_bf16: bool = False,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Project ``images`` (float (B, 3, H, W) in [-1, 1]) and return the projections, same shape
+    and range, detached.
+
+    ``unet(x, t, class_labels=...)`` must return ``.sample`` with 3 (epsilon) or 6 (epsilon and
+    learned-range variance) channels; ``class_labels`` is passed through (the embedded model's null
+    label; ``None`` for ADM). ``scheduler`` is the model's training schedule (``clip_sample=True``);
+    it is copied, never mutated. Noise comes from ``generator`` (``torch.randn`` semantics): one draw
+    for the forward noising of the batch, then one per denoising step except the last.
+    """
+    if not 1 <= N < respacing:
+        raise ValueError(f"N must be in [1, respacing - 1] = [1, {respacing - 1}], got {N}")
+    if D < 1 or images.shape[-1] // D < 1:
+        raise ValueError(f"D must be >= 1 and at most the image side {images.shape[-1]}, got {D}")
+    if scale < 0:
+        raise ValueError(f"scale must be >= 0, got {scale}")
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"images must be (B, 3, H, W), got {tuple(images.shape)}")
+
+    T = scheduler.config.num_train_timesteps
+    ts = respaced_timesteps(T, respacing)  # ascending, e.g. 0, 10, ..., 50, 61, ..., 999
+    sched = DDPMScheduler.from_config(scheduler.config)
+    sched.set_timesteps(timesteps=ts[::-1])  # custom timesteps: step() walks ts[i] -> ts[i-1]
+    device = images.device
+    ref = images.float()
+    ref_low = low_pass(ref, D)
+    start = N - 1 if fix_off_by_one else N
+
+    # 1. forward noising q(x_t | x_0) at the respaced index `start`, one draw for the whole batch
+    noise = randn_tensor(ref.shape, generator=generator, device=device, dtype=ref.dtype)
+    t_start = torch.full((ref.shape[0],), ts[start], device=device, dtype=torch.long)
+    x = sched.add_noise(ref, noise, t_start)
+
+    kwargs: dict[str, Any] = {} if class_labels is None else {"class_labels": class_labels.to(device)}
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast_bf16)
+    for i in tqdm(range(N - 1, -1, -1), desc="project", leave=False, disable=not progress):
+        t = ts[i]
+        tt = torch.full((ref.shape[0],), t, device=device, dtype=torch.long)
+        with torch.enable_grad():
+            x = x.detach().requires_grad_(True)
+            # 2. model output at the ORIGINAL timestep t (not the respaced index)
+            with autocast:
+                model_out = unet(x, tt, **kwargs).sample
+            # 3. p_sample: pred_x0 (clamped) and x_{t-1} on the respaced schedule
+            out = sched.step(model_out.float(), t, x, generator=generator)
+            # 4. low-pass guidance towards the reference, gradient through the UNet and the clamp
+            diff = ref_low - low_pass(out.pred_original_sample, D)
+            if per_sample_norm:
+                norm = torch.linalg.vector_norm(diff.flatten(1), dim=1).sum()
+            else:
+                norm = torch.linalg.vector_norm(diff)
+            grad = torch.autograd.grad(norm, x)[0]
+        x = (out.prev_sample - scale * grad).detach()
+    return x

@@ -1,0 +1,60 @@
+"""Run-time plumbing shared by every stage: seeds, devices, CPU threads."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+
+import numpy as np
+import torch
+
+__all__ = ["derive_seed", "free_cores", "pick_device", "seed_everything", "set_threads"]
+
+
+def derive_seed(seed: int, *names: object) -> int:
+    """A 31-bit seed derived from a master seed and names (stage, domain, batch index, ...).
+
+    Stable across processes and machines (sha256, not Python's salted ``hash``).
+    """
+    h = hashlib.sha256(repr((int(seed), *names)).encode()).digest()
+    return int.from_bytes(h[:4], "little") & 0x7FFFFFFF
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def free_cores(sample_s: float = 0.3) -> int:
+    """Cores of this process's affinity set that are idle now (< 50 % busy over ``sample_s``).
+
+    Measured rather than assumed: with more torch threads than free cores, OpenMP spin-waits and
+    training runs many times slower (DESIGN.md §4).
+    """
+    allowed = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        import psutil
+
+        busy = psutil.cpu_percent(interval=sample_s, percpu=True)
+        idle = sum(1 for b in busy if b < 50.0)
+        return max(1, min(allowed, idle))
+    except Exception:  # psutil missing or /proc unreadable: fall back to the affinity set
+        return max(1, allowed)
+
+
+def set_threads(threads: int) -> int:
+    """Set torch's intra-op threads; 0 = :func:`free_cores`. Returns the number used."""
+    n = threads if threads > 0 else free_cores()
+    torch.set_num_threads(n)
+    return n
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    """'auto' -> CUDA when present, else CPU; 'cuda' without a GPU is an error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("runtime.device is 'cuda' but no CUDA device is visible; use 'auto' or 'cpu'")
+    return torch.device(device)

@@ -1,0 +1,44 @@
+"""Stage classifier_align: fine-tune the source classifier on the aligned synthetic set.
+
+Writes ``data/classifier_align/`` (same format as ``data/source_model/``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import torch
+
+from sda.classifiers import load_classifier, save_classifier, train_classifier
+from sda.params import ClassifierAlign, Params
+from sda.runtime import derive_seed
+from sda.shards import load_shards
+from tasks.common import DATA, stage_main
+
+log = logging.getLogger("sda.classifier_align")
+
+
+def run(cfg: ClassifierAlign, seed: int, source_model: Path, synth_dir: Path, out: Path, device: torch.device) -> dict:
+    model, config = load_classifier(source_model, device)
+    synth = load_shards(synth_dir)
+    s = derive_seed(seed, "classifier_align")
+    torch.manual_seed(s)
+    history = train_classifier(model, synth.images, synth.labels, mean=config["mean"], std=config["std"],
+                               epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
+                               weight_decay=cfg.weight_decay, seed=s, device=device, desc="classifier_align")
+    log.info("aligned model: train acc on aligned synthetic set %.1f%%", 100 * history[-1]["acc"])
+    new_config = {**config, "aligned_on": str(synth_dir), "history": history, "seed": s}
+    new_config.pop("val_acc", None)
+    save_classifier(model, out, new_config)
+    return new_config
+
+
+def _main(params: Params, args: argparse.Namespace) -> None:
+    run(params.classifier_align, params.runtime.seed, DATA / "source_model", DATA / "synth_align",
+        DATA / "classifier_align", args.device)
+
+
+if __name__ == "__main__":
+    stage_main("classifier_align", __doc__, _main)

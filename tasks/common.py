@@ -1,0 +1,80 @@
+"""What every stage's ``main()`` shares: argv, params loading, logging, run-time set-up."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import yaml
+
+from sda.params import Params, ParamsError, parse_params
+from sda.runtime import pick_device, seed_everything, set_threads
+
+DATA = Path("data")
+METRICS = Path("metrics")
+
+log = logging.getLogger("sda")
+
+
+def load_params(path: str | os.PathLike[str] = "params.yaml") -> Params:
+    """Read and validate ``params.yaml``; a bad file raises :class:`ParamsError` naming the key."""
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"{path} not found: run from the repository root or pass --params")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ParamsError(f"{path}: not valid YAML: {err}") from None
+    return parse_params(raw, source=str(path))
+
+
+def setup_logging() -> None:
+    logging.basicConfig(
+        level=os.environ.get("SDA_LOG_LEVEL", "INFO"),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+
+
+def stage_main(stage: str, doc: str, body: Callable[[Params, argparse.Namespace], None],
+               add_args: Callable[[argparse.ArgumentParser], None] | None = None) -> None:
+    """Parse argv, validate params, set seeds / threads / device, run ``body``, log the time.
+
+    A :class:`ParamsError` or ``FileNotFoundError`` exits with status 2 and a one-paragraph message
+    instead of a traceback.
+    """
+    parser = argparse.ArgumentParser(prog=f"python -m tasks.{stage}", description=doc,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
+    if add_args:
+        add_args(parser)
+    args = parser.parse_args()
+    setup_logging()
+    try:
+        params = load_params(args.params)
+    except ParamsError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    threads = set_threads(params.runtime.threads)
+    seed_everything(params.runtime.seed)
+    args.device = pick_device(params.runtime.device)
+    log.info("stage %s: device=%s threads=%d seed=%d", stage, args.device, threads, params.runtime.seed)
+    t0 = time.perf_counter()
+    try:
+        body(params, args)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error in stage {stage}: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    log.info("stage %s done in %.1f s", stage, time.perf_counter() - t0)
+
+
+def section_json(params: Params, *sections: str) -> dict:
+    """The resolved params sections a stage used, to store next to its outputs."""
+    return {s: json.loads(getattr(params, s).model_dump_json()) for s in sections}

@@ -1,0 +1,52 @@
+"""Stage source_model: train the source classifier on the source train split.
+
+Writes ``data/source_model/`` (``model.safetensors`` + ``config.json`` with the training log and
+the clean val accuracy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import torch
+
+from sda.classifiers import create_classifier, predict_logits, save_classifier, train_classifier
+from sda.params import Params, SourceModel
+from sda.runtime import derive_seed
+from sda.shards import load_shards
+from tasks.common import DATA, stage_main
+
+log = logging.getLogger("sda.source_model")
+
+# The embedded domain feeds the classifier images in [-1, 1].
+EMBEDDED_MEAN = (0.5, 0.5, 0.5)
+EMBEDDED_STD = (0.5, 0.5, 0.5)
+
+
+def run(cfg: SourceModel, seed: int, source_dir: Path, out: Path, device: torch.device) -> dict:
+    train, val = load_shards(source_dir / "train"), load_shards(source_dir / "val")
+    num_classes = int(max(train.labels.max(), val.labels.max())) + 1
+    s = derive_seed(seed, "source_model")
+    torch.manual_seed(s)
+    kwargs = {"width": cfg.width} if cfg.arch == "sda_cnn3" else {}
+    model = create_classifier(cfg.arch, num_classes, **kwargs)
+    history = train_classifier(model, train.images, train.labels, mean=EMBEDDED_MEAN, std=EMBEDDED_STD,
+                               epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
+                               weight_decay=cfg.weight_decay, seed=s, device=device, desc="source_model")
+    val_acc = float((predict_logits(model, val.images, mean=EMBEDDED_MEAN, std=EMBEDDED_STD, device=device)
+                     .argmax(1).numpy() == val.labels).mean() * 100)
+    log.info("source model: train acc %.1f%%, clean val acc %.1f%%", 100 * history[-1]["acc"], val_acc)
+    config = {"arch": cfg.arch, "num_classes": num_classes, "kwargs": kwargs, "mean": list(EMBEDDED_MEAN),
+              "std": list(EMBEDDED_STD), "val_acc": val_acc, "history": history, "seed": s}
+    save_classifier(model, out, config)
+    return config
+
+
+def _main(params: Params, args: argparse.Namespace) -> None:
+    run(params.source_model, params.runtime.seed, DATA / "source_data", DATA / "source_model", args.device)
+
+
+if __name__ == "__main__":
+    stage_main("source_model", __doc__, _main)

@@ -1,0 +1,23 @@
+import os
+
+import pytest
+import torch
+
+# Tests run on small CPU tensors: two threads avoid oversubscribing CI's 2 cores.
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture
+def tiny_unet():
+    from sda.diffusion import build_unet
+
+    torch.manual_seed(0)
+    return build_unet(16, num_classes=3, block_out_channels=(8, 16), layers_per_block=1,
+                      attention_levels=(False, True), norm_num_groups=4).eval()
+
+
+@pytest.fixture
+def scheduler():
+    from sda.diffusion import make_scheduler
+
+    return make_scheduler(1000)

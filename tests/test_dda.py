@@ -1,0 +1,87 @@
+import pytest
+import torch
+from resize_right import resize
+
+from sda.dda import low_pass, project
+
+KW = dict(respacing=20, N=4, D=4, scale=6.0)
+
+
+def _images(n, seed=0):
+    return torch.rand(n, 3, 16, 16, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+def _run(unet, sched, x, seed=0, **kw):
+    labels = torch.full((len(x),), 3)
+    return project(unet, sched, x, class_labels=labels, generator=torch.Generator().manual_seed(seed), **{**KW, **kw})
+
+
+def test_deterministic_from_seed_and_shape(tiny_unet, scheduler):
+    x = _images(4)
+    a, b = _run(tiny_unet, scheduler, x), _run(tiny_unet, scheduler, x)
+    c = _run(tiny_unet, scheduler, x, seed=1)
+    assert a.shape == x.shape and not a.requires_grad
+    assert torch.equal(a, b)
+    assert (a - c).abs().mean() > 1e-3
+
+
+def test_scheduler_left_usable(tiny_unet, scheduler):
+    before = dict(scheduler.config)
+    _run(tiny_unet, scheduler, _images(2))
+    assert dict(scheduler.config) == before
+    assert scheduler.num_inference_steps is None  # the caller's scheduler was never set_timesteps'd
+    scheduler.set_timesteps(10)  # and it still works for the next user
+    assert len(scheduler.timesteps) == 10
+
+
+def test_batch_norm_couples_batch_per_sample_norm_does_not(tiny_unet, scheduler):
+    a, b, c = _images(1, 1), _images(1, 2), _images(1, 3) * 0.1
+    ab, ac = torch.cat([a, b]), torch.cat([a, c])
+    ref_ab, ref_ac = _run(tiny_unet, scheduler, ab), _run(tiny_unet, scheduler, ac)
+    ps_ab = _run(tiny_unet, scheduler, ab, per_sample_norm=True)
+    ps_ac = _run(tiny_unet, scheduler, ac, per_sample_norm=True)
+    # per-sample: image a's projection does not depend on its batch-mate (same noise draws)
+    assert (ps_ab[0] - ps_ac[0]).abs().max() < 1e-4
+    # reference batch-wide norm: it does
+    assert (ref_ab[0] - ref_ac[0]).abs().max() > 1e-3
+
+
+def test_off_by_one_switch_changes_noise_level(tiny_unet, scheduler):
+    # N=1: the fix noises at ts[0] = t 0 (almost clean), the reference at ts[1] (t 53), then both
+    # denoise once at t 0. With no guidance the fixed projection must stay much closer to the input.
+    x = _images(4)
+    ref = _run(tiny_unet, scheduler, x, N=1, scale=0.0)
+    fixed = _run(tiny_unet, scheduler, x, N=1, scale=0.0, fix_off_by_one=True)
+    assert (fixed - x).abs().mean() < 0.05
+    assert (ref - x).abs().mean() > 2 * (fixed - x).abs().mean()
+
+
+def test_guidance_pulls_towards_reference(tiny_unet, scheduler):
+    x = _images(4)
+    free = _run(tiny_unet, scheduler, x, scale=0.0, N=8)
+    guided = _run(tiny_unet, scheduler, x, scale=20.0, N=8)
+    err = lambda y: (low_pass(y, 4) - low_pass(x, 4)).norm()  # noqa: E731
+    assert err(guided) < err(free)
+
+
+@pytest.mark.parametrize("kw, msg", [
+    ({"N": 20}, "N must be in"), ({"N": 0}, "N must be in"), ({"D": 32}, "D must be"),
+    ({"D": 0}, "D must be"), ({"scale": -1.0}, "scale must be"),
+])
+def test_validation(tiny_unet, scheduler, kw, msg):
+    with pytest.raises(ValueError, match=msg):
+        _run(tiny_unet, scheduler, _images(1), **kw)
+
+
+def test_low_pass_is_resize_right_cubic():
+    x = _images(2)
+    y = low_pass(x, 4)
+    expect = resize(resize(x, scale_factors=0.25), scale_factors=4.0)
+    assert torch.allclose(y, expect, atol=1e-6)
+    assert torch.equal(low_pass(x, 1), x)
+    # linear (the guidance gradient relies on it) and, like the reference, zero-padded at the borders
+    assert torch.allclose(low_pass(2 * x, 4), 2 * low_pass(x, 4), atol=1e-5)
+    flat = torch.full((1, 3, 16, 16), 0.3)
+    assert low_pass(flat, 4)[..., 0, 0].max() < low_pass(flat, 4)[..., 8, 8].min()
+    checker = ((torch.arange(16)[:, None] + torch.arange(16)[None]) % 2).float().expand(1, 3, 16, 16)
+    assert low_pass(checker, 4)[..., 4:12, 4:12].std() < 0.05 * checker.std()  # high frequencies removed

@@ -1,0 +1,174 @@
+"""End to end: the real DVC pipeline (every stage, real shards, real models) on tiny params, in a
+temporary copy of this repository; then caching, experiments, metrics / plots, a stage killed
+half-way, and the Prefect flow over the same repo."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sda.evaluate import MAIN_METHODS
+from sda.shards import load_shards, read_manifest
+from tasks import STAGES
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+TINY = {
+    "runtime": {"threads": 2},
+    "source_model": {"epochs": 3},
+    "diffusion_finetune": {"train_steps": 40, "batch_size": 32},
+    "synth_generate": {"per_class": 3, "steps": 4, "batch_size": 64},
+    "projection": {"respacing": 10, "N": 3, "batch_size": 64},
+    "classifier_align": {"epochs": 1},
+    "target_data": {"corruptions": ["gaussian_noise", "pixelate"]},
+}
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["PYTHONPATH"] = ""  # the copy must run from its own files
+    env["SDA_LOG_LEVEL"] = "WARNING"
+    return env
+
+
+def sh(cwd: Path, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
+    r = subprocess.run(list(cmd), cwd=cwd, env=_env(), capture_output=True, text=True)
+    if check and r.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
+    return r
+
+
+def _copy_repo(dst: Path) -> None:
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
+                           text=True, check=True).stdout.split()
+    for f in files:
+        if f.startswith(("data/", "metrics/", "tests/", "bench/")) or f == "dvc.lock":
+            continue
+        if (ROOT / f).is_file():
+            (dst / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / f, dst / f)
+    params = yaml.safe_load((dst / "params.yaml").read_text())
+    for section, values in TINY.items():
+        params[section].update(values)
+    (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    sh(dst, "git", "init", "-q")
+    sh(dst, "git", "-c", "user.email=t@t", "-c", "user.name=t", "add", "-A")
+    sh(dst, "git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "tiny")
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("sda") / "repo"
+    root.mkdir()
+    _copy_repo(root)
+    r = sh(root, "dvc", "repro")
+    for stage in STAGES:
+        assert f"Running stage '{stage}'" in r.stdout, f"{stage} did not run:\n{r.stdout[-2000:]}"
+    return root
+
+
+def test_every_stage_output(repo):
+    data = repo / "data"
+    counts = {s: read_manifest(data / "source_data" / s)["count"] for s in ("train", "val", "test")}
+    assert counts == {"train": 1077, "val": 180, "test": 540}
+    assert (data / "source_model" / "model.safetensors").is_file()
+    assert json.loads((data / "diffusion_finetune" / "info.json").read_text())["null_label"] == 10
+    assert (data / "diffusion_finetune" / "unet" / "config.json").is_file()
+
+    synth = load_shards(data / "synth_generate")
+    assert len(synth.keys) == 30 and sorted(synth.labels.tolist()) == sorted(list(range(10)) * 3)
+    aligned = load_shards(data / "synth_align")
+    assert aligned.keys == synth.keys and (aligned.labels == synth.labels).all()
+    assert (aligned.images != synth.images).any()
+    assert (data / "synth_generate" / "plan.parquet").is_file()
+    assert (data / "classifier_align" / "config.json").is_file()
+
+    domains = json.loads((data / "target_data" / "domains.json").read_text())["domains"]
+    assert domains == ["clean", "gaussian_noise", "pixelate"]
+    test_keys = load_shards(data / "source_data" / "test").keys
+    for d in domains:
+        orig, proj = load_shards(data / "target_data" / d), load_shards(data / "target_project" / d)
+        assert orig.keys == proj.keys == test_keys
+
+    metrics = json.loads((repo / "metrics" / "evaluate.json").read_text())
+    assert set(metrics["domains"]) == set(domains)
+    for acc in list(metrics["domains"].values()) + [metrics["mean"]]:
+        assert set(acc) == set(MAIN_METHODS)
+        assert all(0.0 <= v <= 100.0 for v in acc.values())
+    m = metrics["domains"]
+    assert metrics["mean"]["source"] == pytest.approx((m["gaussian_noise"]["source"] + m["pixelate"]["source"]) / 2, abs=0.01)
+    assert m["clean"]["source"] > 80  # the source model works on its own domain
+    assert (repo / "metrics" / "projection_grid.png").stat().st_size > 1000
+    assert (repo / "metrics" / "per_domain.csv").read_text().startswith("domain,source,dda,dda_ens,sda\n")
+
+
+def test_second_repro_runs_nothing(repo):
+    lock = (repo / "dvc.lock").read_text()
+    r = sh(repo, "dvc", "repro")
+    assert "Running stage" not in r.stdout
+    assert (repo / "dvc.lock").read_text() == lock
+    assert "up to date" in sh(repo, "dvc", "status").stdout.lower()
+
+
+def test_metrics_and_plots_commands(repo):
+    shown = json.loads(sh(repo, "dvc", "metrics", "show", "--json").stdout)
+    assert "metrics/evaluate.json" in json.dumps(shown)
+    sh(repo, "dvc", "plots", "show", "-o", str(repo / "plots_html"))
+    assert (repo / "plots_html" / "index.html").stat().st_size > 1000
+
+
+def test_exp_run_reruns_only_dependent_stages(repo):
+    r = sh(repo, "dvc", "exp", "run", "-S", "evaluate.grid_images=4")
+    ran = [s for s in STAGES if f"Running stage '{s}'" in r.stdout]
+    assert ran == ["evaluate"], r.stdout[-2000:]
+    r = sh(repo, "dvc", "exp", "run", "-S", "classifier_align.epochs=2")
+    ran = [s for s in STAGES if f"Running stage '{s}'" in r.stdout]
+    assert ran == ["classifier_align", "evaluate"], r.stdout[-2000:]
+
+
+def test_stage_killed_half_way_leaves_no_partial_output(repo):
+    out = repo / "data" / "target_project"
+    before = {d.name: read_manifest(d) for d in out.iterdir() if d.is_dir()}
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["projection"]["scale"] = 3.0  # a different projection, so the new output would differ
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    proc = subprocess.Popen([sys.executable, "-m", "tasks.target_project"], cwd=repo, env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(repo.glob("data/target_project.tmp-*/clean/*.tar")):
+        time.sleep(0.05)
+    assert proc.poll() is None, "the stage finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    # the published output is still the previous, complete version; the temporary is not mistaken for it
+    after = {d.name: read_manifest(d) for d in out.iterdir() if d.is_dir()}
+    assert after == before
+    assert list(repo.glob("data/target_project.tmp-*"))
+    # a re-run through DVC finishes the job and removes the leftovers
+    sh(repo, "dvc", "repro")
+    assert not list(repo.glob("data/*.tmp-*"))
+    assert {d.name for d in out.iterdir() if d.is_dir()} == set(before)
+    assert read_manifest(out / "clean")["meta"]["projection"]["scale"] == 3.0
+
+
+def test_prefect_flow_over_the_dvc_stages(repo, tmp_path):
+    from prefect.testing.utilities import prefect_test_harness
+
+    from flows.pipeline import pipeline
+
+    with prefect_test_harness():
+        result = pipeline(root=str(repo))
+    assert [r["stage"] for r in result["stages"]] == list(STAGES)
+    assert not any(r["ran"] for r in result["stages"])  # everything cached by DVC
+    assert set(result["metrics"]["mean"]) == set(MAIN_METHODS)
