@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import json
+import logging
 import os
 import sys
 import time
@@ -22,6 +24,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
 from tasks import STAGES
+from sda.params import ParamsError
 from tasks.common import load_params
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,8 +44,10 @@ def run_stage(stage: str, root: str, force: bool = False) -> dict:
     from dvc.repo import Repo
 
     logger = get_run_logger()
+    logging.getLogger("dvc").setLevel(logging.WARNING)  # DVC's own ui lines still show what it does
     t0 = time.perf_counter()
-    with Repo(root) as repo:
+    with contextlib.chdir(root), Repo(root) as repo:  # DVC resolves outputs against the cwd
+        repo.scm_context.quiet = True  # no "git add dvc.lock" hint after every stage
         ran = repo.reproduce(stage, single_item=True, force=force)
     seconds = round(time.perf_counter() - t0, 1)
     state = "ran" if ran else "cached (unchanged)"
@@ -99,6 +104,11 @@ def main() -> None:
     parser.add_argument("--force", action="store_true", help="re-run stages even when DVC has them cached")
     args = parser.parse_args()
     stages = [s for s in STAGES if s in args.stages] if args.stages else None
+    try:
+        load_params(Path(args.root) / "params.yaml")  # a bad params file fails here, before Prefect starts
+    except ParamsError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
     pipeline(root=args.root, stages=stages, force=args.force)
 
 

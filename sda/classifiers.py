@@ -102,6 +102,7 @@ def train_classifier(
     lr: float,
     weight_decay: float,
     seed: int,
+    label_smoothing: float = 0.0,
     device: torch.device | str = "cpu",
     desc: str = "train",
     on_epoch: Callable[[int, float, float], None] | None = None,
@@ -125,7 +126,7 @@ def train_classifier(
         for i in range(0, len(perm), batch_size):
             idx = perm[i: i + batch_size]
             logits = model(x_all[idx])
-            loss = F.cross_entropy(logits, y_all[idx])
+            loss = F.cross_entropy(logits, y_all[idx], label_smoothing=label_smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -135,7 +136,7 @@ def train_classifier(
             total += len(idx)
         rec = {"epoch": epoch + 1, "loss": loss_sum / total, "acc": correct / total}
         history.append(rec)
-        bar.set_postfix(loss=f"{rec['loss']:.3f}", acc=f"{rec['acc']:.3f}")
+        bar.set_postfix(loss=f"{rec['loss']:.3f}", acc=f"{rec['acc']:.3f}", refresh=False)
         if on_epoch:
             on_epoch(epoch + 1, rec["loss"], rec["acc"])
     model.eval()

@@ -142,7 +142,7 @@ def train_diffusion(
         ema.step(unet.parameters())
         losses.append(loss.item())
         if step % 20 == 0:
-            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}", refresh=False)
         if on_step:
             on_step(step + 1, losses[-1])
     ema.copy_to(unet.parameters())

@@ -41,6 +41,8 @@ class Runtime(_Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = Field(0, ge=0, description="torch CPU threads; 0 = the cores that are free now.")
     bf16: bool = Field(False, description="bf16 autocast for inference on CUDA.")
+    workers: int = Field(0, ge=0, description="Heavy stages: 0 = in-process; N = dask LocalCluster of N.")
+    scheduler: str | None = Field(None, description="dask scheduler address (or env SDA_DASK_SCHEDULER).")
 
 
 class SourceData(_Section):
@@ -59,6 +61,7 @@ class SourceModel(_Section):
     batch_size: int = Field(64, ge=1)
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
 
 
 class DiffusionFinetune(_Section):
@@ -91,8 +94,9 @@ class SynthGenerate(_Section):
     per_class: int = Field(100, ge=1, description="Synthetic images per class (class-balanced).")
     steps: int = Field(25, ge=1, description="Respaced DDPM sampling steps.")
     guidance_scale: float = Field(1.0, ge=0, description="CFG weight w; 1.0 = conditional only.")
-    batch_size: int = Field(250, ge=1)
-    shard_maxcount: int = Field(1000, ge=1)
+    batch_size: int = Field(100, ge=1)
+    shard_size: int = Field(500, ge=1, description="Images per shard (a shard is the unit of work).")
+    max_shard_bytes: int = Field(1 << 30, ge=1 << 16, description="A shard over this size is an error.")
 
 
 class Projection(_Section):
@@ -118,6 +122,7 @@ class ClassifierAlign(_Section):
     batch_size: int = Field(64, ge=1)
     lr: float = Field(5e-4, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
 
 
 class TargetData(_Section):

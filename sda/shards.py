@@ -38,6 +38,7 @@ __all__ = [
     "atomic_write_json",
     "iter_batches",
     "iter_samples",
+    "iter_shard_file",
     "load_shards",
     "clean_stale_temps",
     "read_manifest",
@@ -230,10 +231,13 @@ def verify_shards(shard_dir: str | os.PathLike[str]) -> dict[str, Any]:
 def iter_samples(shard_dir: str | os.PathLike[str]) -> Iterator[Sample]:
     """Stream the samples of a finished shard set in key order of writing (deterministic)."""
     manifest = read_manifest(shard_dir)
-    urls = [str(Path(shard_dir) / e["name"]) for e in manifest["shards"]]
-    if not urls:
-        return
-    ds = wds.WebDataset(urls, shardshuffle=False, empty_check=False).decode("rgb8")
+    for e in manifest["shards"]:
+        yield from iter_shard_file(Path(shard_dir) / e["name"])
+
+
+def iter_shard_file(path: str | os.PathLike[str]) -> Iterator[Sample]:
+    """Stream the samples of one shard file in order."""
+    ds = wds.WebDataset([str(path)], shardshuffle=False, empty_check=False).decode("rgb8")
     for rec in ds:
         yield Sample(key=rec["__key__"], image=rec["png"], label=int(rec["cls"]), meta=rec["json"])
 

@@ -8,53 +8,56 @@ from typing import Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from diffusers import DDPMScheduler, UNet2DModel
-from tqdm.auto import tqdm
 
-from sda.diffusion import sample_class_conditional, to_uint8
+from sda.diffusion import load_diffusion, sample_class_conditional, to_uint8
 from sda.runtime import derive_seed
+from sda.sharded import ShardJob, cached
 from sda.shards import Sample
 
-__all__ = ["generate_samples", "sample_plan", "write_plan"]
+__all__ = ["generate_job", "plan_row", "sample_plan", "write_plan"]
+
+
+def plan_row(i: int, num_classes: int, seed: int) -> dict[str, int | str]:
+    """Global index i -> ``{index, key, class, seed}``, from the arguments and i alone.
+
+    Classes are interleaved (``i % num_classes``), so every prefix of the plan is class-balanced
+    (remainders spread one per class in class order).
+    """
+    return {"index": i, "key": f"synth-{i:07d}", "class": i % num_classes, "seed": derive_seed(seed, "synth", i)}
 
 
 def sample_plan(num_classes: int, per_class: int, seed: int) -> pa.Table:
-    """Global index i -> (key, class, seed), derived only from the arguments and i.
-
-    Class-balanced and interleaved (i % num_classes), so any prefix of the plan is balanced too.
-    Columns: ``index`` int64, ``key`` string, ``class`` int64, ``seed`` int64.
-    """
-    n = num_classes * per_class
-    idx = list(range(n))
-    return pa.table({
-        "index": pa.array(idx, pa.int64()),
-        "key": pa.array([f"synth-{i:07d}" for i in idx]),
-        "class": pa.array([i % num_classes for i in idx], pa.int64()),
-        "seed": pa.array([derive_seed(seed, "synth", i) for i in idx], pa.int64()),
-    })
+    """The whole plan as a table: ``index`` int64, ``key`` string, ``class`` int64, ``seed`` int64."""
+    rows = [plan_row(i, num_classes, seed) for i in range(num_classes * per_class)]
+    return pa.Table.from_pylist(rows, schema=pa.schema([("index", pa.int64()), ("key", pa.string()),
+                                                        ("class", pa.int64()), ("seed", pa.int64())]))
 
 
 def write_plan(plan: pa.Table, path: str | Path) -> None:
     pq.write_table(plan, str(path))
 
 
-def generate_samples(
-    unet: UNet2DModel,
-    scheduler: DDPMScheduler,
-    plan: pa.Table,
+def generate_job(
+    job: ShardJob,
     *,
-    null_label: int,
+    model_dir: str,
+    seed: int,
     steps: int,
     guidance_scale: float,
     batch_size: int,
-    device: torch.device | str = "cpu",
+    device: str = "cpu",
 ) -> Iterator[Sample]:
-    """Generate the plan in order, batch by batch; yields one :class:`Sample` per plan row."""
-    rows = plan.to_pylist()
-    for i in tqdm(range(0, len(rows), batch_size), desc="synth_generate", unit="batch"):
-        chunk = rows[i: i + batch_size]
+    """The samples of plan rows ``[job.start, job.stop)``, generated in batches of ``batch_size``.
+
+    Each sample depends only on its (class, seed) row, so the shard's bytes do not depend on which
+    worker runs the job. The model is loaded once per process.
+    """
+    unet, scheduler, info = cached(("diffusion", model_dir, device), lambda: load_diffusion(model_dir, device))
+    rows = [plan_row(i, info["num_classes"], seed) for i in range(job.start, job.stop)]
+    for b in range(0, len(rows), batch_size):
+        chunk = rows[b: b + batch_size]
         x = sample_class_conditional(unet, scheduler, [r["class"] for r in chunk], [r["seed"] for r in chunk],
-                                     null_label=null_label, steps=steps, guidance_scale=guidance_scale,
-                                     device=device)
+                                     null_label=info["null_label"], steps=steps, guidance_scale=guidance_scale,
+                                     device=torch.device(device))
         for r, img in zip(chunk, to_uint8(x)):
             yield Sample(key=r["key"], image=img, label=r["class"], meta={"seed": r["seed"], "index": r["index"]})

@@ -27,7 +27,7 @@ def run(cfg: ClassifierAlign, seed: int, source_model: Path, synth_dir: Path, ou
     torch.manual_seed(s)
     history = train_classifier(model, synth.images, synth.labels, mean=config["mean"], std=config["std"],
                                epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
-                               weight_decay=cfg.weight_decay, seed=s, device=device, desc="classifier_align")
+                               weight_decay=cfg.weight_decay, label_smoothing=cfg.label_smoothing, seed=s, device=device, desc="classifier_align")
     log.info("aligned model: train acc on aligned synthetic set %.1f%%", 100 * history[-1]["acc"])
     new_config = {**config, "aligned_on": str(synth_dir), "history": history, "seed": s}
     new_config.pop("val_acc", None)

@@ -14,6 +14,7 @@ from typing import Callable
 import yaml
 
 from sda.params import Params, ParamsError, parse_params
+from sda.shards import atomic_write_json
 from sda.runtime import pick_device, seed_everything, set_threads
 
 DATA = Path("data")
@@ -78,3 +79,50 @@ def stage_main(stage: str, doc: str, body: Callable[[Params, argparse.Namespace]
 def section_json(params: Params, *sections: str) -> dict:
     """The resolved params sections a stage used, to store next to its outputs."""
     return {s: json.loads(getattr(params, s).model_dump_json()) for s in sections}
+
+
+def run_resumable(stage: str, params: Params, jobs, make_samples, *, plan: dict, meta: dict, out: Path,
+                  workers: int | None = None, max_bytes: float = float("inf"), extra_files=None) -> dict:
+    """Run a heavy stage's shard jobs resumably, then publish the finished set at ``out`` atomically.
+
+    Work happens in ``data/.work/<stage>-<fingerprint>/``: a re-run of the same command (after
+    Ctrl-C, ``kill -9`` or a crash, through DVC or not) resumes there; other params get another
+    work directory, and stale ones of this stage are removed. ``extra_files(work_dir)`` adds files
+    (plans, indexes) before publishing.
+    """
+    import shutil
+
+    from sda.sharded import jobs_fingerprint, run_shard_jobs
+
+    fp = jobs_fingerprint(plan, jobs)
+    work_root = DATA / ".work"
+    work = work_root / f"{stage}-{fp[:16]}"
+    for stale in work_root.glob(f"{stage}-*"):
+        if stale != work:
+            shutil.rmtree(stale, ignore_errors=True)
+    rt = params.runtime
+    summary = run_shard_jobs(work, jobs, make_samples, plan=plan, meta=meta,
+                             workers=rt.workers if workers is None else workers, scheduler=rt.scheduler,
+                             max_bytes=max_bytes, desc=stage)
+    if extra_files:
+        extra_files(work)
+    atomic_write_json(work / "run.json", {"summary": summary, "fingerprint": fp})
+    _publish(work, out)
+    return summary
+
+
+def _publish(work: Path, out: Path) -> None:
+    """Move the finished work directory to ``out``, replacing what was there, via renames only."""
+    import shutil
+
+    from sda.shards import clean_stale_temps
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale_temps(out.parent, out.name)
+    if out.exists():
+        old = out.with_name(f"{out.name}.tmp-old-{os.getpid()}")
+        os.replace(out, old)
+        os.replace(work, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(work, out)

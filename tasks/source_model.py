@@ -34,7 +34,7 @@ def run(cfg: SourceModel, seed: int, source_dir: Path, out: Path, device: torch.
     model = create_classifier(cfg.arch, num_classes, **kwargs)
     history = train_classifier(model, train.images, train.labels, mean=EMBEDDED_MEAN, std=EMBEDDED_STD,
                                epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
-                               weight_decay=cfg.weight_decay, seed=s, device=device, desc="source_model")
+                               weight_decay=cfg.weight_decay, label_smoothing=cfg.label_smoothing, seed=s, device=device, desc="source_model")
     val_acc = float((predict_logits(model, val.images, mean=EMBEDDED_MEAN, std=EMBEDDED_STD, device=device)
                      .argmax(1).numpy() == val.labels).mean() * 100)
     log.info("source model: train acc %.1f%%, clean val acc %.1f%%", 100 * history[-1]["acc"], val_acc)

@@ -1,31 +1,37 @@
 """Stage synth_align ("Mix of Diffusion"): re-project the synthetic set with the DDA projection of
 the unconditional model, so it carries the artefacts of projected target images.
 
-Writes ``data/synth_align/`` with the same keys as ``data/synth_generate/``.
+Resumable shard jobs (one per synthetic shard); writes ``data/synth_align/`` with the same keys as
+``data/synth_generate/``.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
+import functools
 
-from sda.diffusion import load_diffusion
 from sda.params import Params
-from sda.project_sets import project_shard_set
+from sda.project_sets import project_job, projection_jobs
 from sda.runtime import derive_seed
-from sda.shards import atomic_dir
-from tasks.common import DATA, stage_main
+from sda.shards import sha256_file
+from tasks.common import DATA, run_resumable, stage_main
 
-log = logging.getLogger("sda.synth_align")
+
+def run_projection(stage: str, params: Params, args: argparse.Namespace, src_root, subdirs: list[str], out) -> dict:
+    """Project the shard sets ``src_root/<sub>`` into ``out/<sub>`` (shared by target_project)."""
+    model_dir = DATA / "diffusion_finetune"
+    seed = derive_seed(params.runtime.seed, stage)
+    cfg = params.projection.model_dump()
+    jobs = projection_jobs(src_root, subdirs)
+    make = functools.partial(project_job, model_dir=str(model_dir), src_root=str(src_root), projection=cfg,
+                             seed=seed, device=str(args.device), bf16=params.runtime.bf16)
+    model_hash = sha256_file(model_dir / "unet" / "diffusion_pytorch_model.safetensors")
+    meta = {"projection": cfg, "seed": seed, "model": model_hash, "projected_from": str(src_root)}
+    return run_resumable(stage, params, jobs, make, plan={**meta, "bf16": params.runtime.bf16}, meta=meta, out=out)
 
 
 def _main(params: Params, args: argparse.Namespace) -> None:
-    unet, scheduler, info = load_diffusion(DATA / "diffusion_finetune", args.device)
-    with atomic_dir(DATA / "synth_align") as tmp:
-        m = project_shard_set(unet, scheduler, DATA / "synth_generate", tmp, params.projection,
-                              null_label=info["null_label"], seed=derive_seed(params.runtime.seed, "synth_align"),
-                              device=args.device, bf16=params.runtime.bf16, desc="synth_align")
-    log.info("projected %d synthetic images", m["count"])
+    run_projection("synth_align", params, args, DATA / "synth_generate", [""], DATA / "synth_align")
 
 
 if __name__ == "__main__":

@@ -1,43 +1,43 @@
 """Stage synth_generate: a class-balanced synthetic set from the class-conditional diffusion model.
 
-Follows an explicit (class, seed) plan (``plan.parquet``); writes ``data/synth_generate/``
-(shards + manifest + plan).
+Follows an explicit (class, seed) plan (``plan.parquet``), shard by shard, resumably (re-run the
+same command after an interruption); writes ``data/synth_generate/`` (shards + manifest + plan).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+import json
 import logging
 from pathlib import Path
 
-import torch
-
-from sda.diffusion import load_diffusion
-from sda.params import Params, SynthGenerate
-from sda.shards import atomic_dir, write_shards
-from sda.synth import generate_samples, sample_plan, write_plan
-from tasks.common import DATA, stage_main
+from sda.params import Params
+from sda.runtime import derive_seed
+from sda.sharded import plan_jobs
+from sda.shards import sha256_file
+from sda.synth import generate_job, sample_plan, write_plan
+from tasks.common import DATA, run_resumable, stage_main
 
 log = logging.getLogger("sda.synth_generate")
 
 
-def run(cfg: SynthGenerate, seed: int, model_dir: Path, out: Path, device: torch.device) -> int:
-    unet, scheduler, info = load_diffusion(model_dir, device)
-    plan = sample_plan(info["num_classes"], cfg.per_class, seed)
-    log.info("generating %d images (%d per class, %d steps, w=%.2f)", plan.num_rows, cfg.per_class,
-             cfg.steps, cfg.guidance_scale)
-    with atomic_dir(out) as tmp:
-        write_plan(plan, tmp / "plan.parquet")
-        samples = generate_samples(unet, scheduler, plan, null_label=info["null_label"], steps=cfg.steps,
-                                   guidance_scale=cfg.guidance_scale, batch_size=cfg.batch_size, device=device)
-        m = write_shards(samples, tmp, prefix="synth", maxcount=cfg.shard_maxcount,
-                         meta={"model": str(model_dir), "steps": cfg.steps, "guidance_scale": cfg.guidance_scale,
-                               "seed": seed})
-    return m["count"]
-
-
 def _main(params: Params, args: argparse.Namespace) -> None:
-    run(params.synth_generate, params.runtime.seed, DATA / "diffusion_finetune", DATA / "synth_generate", args.device)
+    cfg, model_dir = params.synth_generate, DATA / "diffusion_finetune"
+    info = json.loads((model_dir / "info.json").read_text())
+    seed = derive_seed(params.runtime.seed, "synth_generate")
+    n = info["num_classes"] * cfg.per_class
+    log.info("generating %d images (%d per class, %d steps, w=%.2f)", n, cfg.per_class, cfg.steps, cfg.guidance_scale)
+    jobs = plan_jobs(n, cfg.shard_size, "synth")
+    make = functools.partial(generate_job, model_dir=str(model_dir), seed=seed, steps=cfg.steps,
+                             guidance_scale=cfg.guidance_scale, batch_size=cfg.batch_size, device=str(args.device))
+    model_hash = sha256_file(model_dir / "unet" / "diffusion_pytorch_model.safetensors")
+    plan = {"synth_generate": cfg.model_dump(exclude={"batch_size"}), "seed": seed, "model": model_hash,
+            "batch_size": cfg.batch_size}
+    run_resumable("synth_generate", params, jobs, make, plan=plan, meta={"seed": seed, "model": model_hash},
+                  out=DATA / "synth_generate", max_bytes=cfg.max_shard_bytes,
+                  extra_files=lambda work: write_plan(sample_plan(info["num_classes"], cfg.per_class, seed),
+                                                      Path(work) / "plan.parquet"))
 
 
 if __name__ == "__main__":

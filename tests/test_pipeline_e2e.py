@@ -25,12 +25,12 @@ pytestmark = pytest.mark.slow
 
 TINY = {
     "runtime": {"threads": 2},
-    "source_model": {"epochs": 3},
+    "source_model": {"epochs": 8},
     "diffusion_finetune": {"train_steps": 40, "batch_size": 32},
-    "synth_generate": {"per_class": 3, "steps": 4, "batch_size": 64},
+    "synth_generate": {"per_class": 3, "steps": 4, "batch_size": 4, "shard_size": 8},
     "projection": {"respacing": 10, "N": 3, "batch_size": 64},
     "classifier_align": {"epochs": 1},
-    "target_data": {"corruptions": ["gaussian_noise", "pixelate"]},
+    "target_data": {"corruptions": ["gaussian_noise", "pixelate"], "shard_maxcount": 200},
 }
 
 
@@ -87,6 +87,7 @@ def test_every_stage_output(repo):
     assert (data / "diffusion_finetune" / "unet" / "config.json").is_file()
 
     synth = load_shards(data / "synth_generate")
+    assert len(read_manifest(data / "synth_generate")["shards"]) == 4  # 30 images, 8 per shard
     assert len(synth.keys) == 30 and sorted(synth.labels.tolist()) == sorted(list(range(10)) * 3)
     aligned = load_shards(data / "synth_align")
     assert aligned.keys == synth.keys and (aligned.labels == synth.labels).all()
@@ -137,29 +138,60 @@ def test_exp_run_reruns_only_dependent_stages(repo):
     assert ran == ["classifier_align", "evaluate"], r.stdout[-2000:]
 
 
+def _start_and_kill(repo: Path, stage: str, ready_glob: str, delay: float = 0.0) -> None:
+    proc = subprocess.Popen([sys.executable, "-m", f"tasks.{stage}"], cwd=repo, env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(repo.glob(ready_glob)):
+        time.sleep(0.02)
+    time.sleep(delay)
+    assert proc.poll() is None, f"{stage} finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
 def test_stage_killed_half_way_leaves_no_partial_output(repo):
     out = repo / "data" / "target_project"
     before = {d.name: read_manifest(d) for d in out.iterdir() if d.is_dir()}
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["projection"]["scale"] = 3.0  # a different projection, so the new output would differ
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    proc = subprocess.Popen([sys.executable, "-m", "tasks.target_project"], cwd=repo, env=_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline and not list(repo.glob("data/target_project.tmp-*/clean/*.tar")):
-        time.sleep(0.05)
-    assert proc.poll() is None, "the stage finished before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    # the published output is still the previous, complete version; the temporary is not mistaken for it
+    _start_and_kill(repo, "target_project", "data/.work/target_project-*/clean/*.tar")
+    # the published output is still the previous, complete version; the work in progress is apart
     after = {d.name: read_manifest(d) for d in out.iterdir() if d.is_dir()}
     assert after == before
-    assert list(repo.glob("data/target_project.tmp-*"))
-    # a re-run through DVC finishes the job and removes the leftovers
+    assert list(repo.glob("data/.work/target_project-*/progress.json"))
+    # a re-run through DVC resumes, finishes the job and leaves nothing behind
     sh(repo, "dvc", "repro")
-    assert not list(repo.glob("data/*.tmp-*"))
+    assert not list(repo.glob("data/*.tmp-*")) and not list(repo.glob("data/.work/*"))
     assert {d.name for d in out.iterdir() if d.is_dir()} == set(before)
+    run = json.loads((out / "run.json").read_text())["summary"]
+    assert run["resumed_shards"] >= 1
     assert read_manifest(out / "clean")["meta"]["projection"]["scale"] == 3.0
+
+
+def test_kill_and_resume_gives_the_same_bytes(repo):
+    """kill -9 synth_generate at random points, re-run until done: same keys, same shard bytes."""
+    import random
+
+    out = repo / "data" / "synth_generate"
+    reference = read_manifest(out)
+    ref_keys = load_shards(out).keys
+    rng = random.Random(0)
+    kills = 0
+    for _ in range(3):
+        try:
+            _start_and_kill(repo, "synth_generate", "data/.work/synth_generate-*/progress.json",
+                            delay=rng.uniform(0.0, 1.5))
+            kills += 1
+        except AssertionError:
+            break  # finished before the kill: nothing left to interrupt
+    sh(repo, sys.executable, "-m", "tasks.synth_generate")
+    got = read_manifest(out)
+    assert [(s["name"], s["sha256"]) for s in got["shards"]] == [(s["name"], s["sha256"]) for s in reference["shards"]]
+    keys = load_shards(out).keys
+    assert keys == ref_keys and len(set(keys)) == len(keys) == 30
+    assert kills >= 1
 
 
 def test_prefect_flow_over_the_dvc_stages(repo, tmp_path):
@@ -168,6 +200,7 @@ def test_prefect_flow_over_the_dvc_stages(repo, tmp_path):
     from flows.pipeline import pipeline
 
     with prefect_test_harness():
+        pipeline(root=str(repo))  # brings the repo up to date (earlier tests ran stages outside DVC)
         result = pipeline(root=str(repo))
     assert [r["stage"] for r in result["stages"]] == list(STAGES)
     assert not any(r["ran"] for r in result["stages"])  # everything cached by DVC

@@ -1,0 +1,282 @@
+"""Resumable, distributed shard jobs: the one machinery behind the heavy stages
+(``synth_generate``, ``synth_align``, ``target_project``).
+
+A job list is fixed by the params alone: job ``i`` always produces the same shard (same keys, same
+bytes), whichever worker runs it and whenever. Progress lives in a work directory:
+
+- each shard is written to a temporary name by a worker and renamed when complete;
+- ``progress.json`` (rewritten atomically after every finished shard) records the plan's
+  fingerprint and, per finished shard, its sample count, bytes, sha256, class counts and seconds;
+- on restart the recorded shards are verified against the files (size + sha256); missing, corrupt
+  or unrecorded files are removed and redone, so no key is ever written twice;
+- a work directory whose fingerprint differs from the plan is refused, never mixed.
+
+When every job is done, :func:`run_shard_jobs` writes an ordinary shard-set ``manifest.json`` per
+output sub-directory (see :mod:`sda.shards`), so readers do not care how the set was made.
+
+Execution: ``workers=0`` runs in this process; ``workers >= 1`` starts a dask ``LocalCluster`` of
+that many single-threaded worker processes (``LocalCUDACluster`` from dask-cuda when CUDA is
+present and it is installed); a scheduler address (argument or ``SDA_DASK_SCHEDULER``) submits
+to an existing cluster instead. Job functions must be picklable (module-level functions, or
+``functools.partial`` of them) and should cache their models per process (:func:`cached`).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import webdataset as wds
+from tqdm.auto import tqdm
+
+from sda.shards import MANIFEST, Sample, atomic_write_json, sha256_file
+
+__all__ = [
+    "PlanMismatchError",
+    "ShardJob",
+    "cached",
+    "fingerprint",
+    "jobs_fingerprint",
+    "plan_jobs",
+    "run_shard_jobs",
+    "write_shard",
+]
+
+PROGRESS = "progress.json"
+SCHEDULER_ENV = "SDA_DASK_SCHEDULER"
+
+
+class PlanMismatchError(ValueError):
+    """A work directory holds shards of another plan (other params); it is refused, not mixed."""
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    """One output shard: ``name`` (relative path, may include a sub-directory) and the global index
+    range ``[start, stop)`` of the items it holds; ``extra`` carries job-specific data (JSON-able)."""
+
+    name: str
+    start: int
+    stop: int
+    extra: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def info(self) -> dict[str, Any]:
+        return dict(self.extra)
+
+
+def plan_jobs(n_items: int, shard_size: int, prefix: str, **extra: Any) -> list[ShardJob]:
+    """Contiguous index ranges of ``shard_size`` items: ``<prefix>-000000.tar``, ... ."""
+    if shard_size < 1:
+        raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+    ex = tuple(sorted(extra.items()))
+    return [ShardJob(f"{prefix}-{i // shard_size:06d}.tar", i, min(i + shard_size, n_items), ex)
+            for i in range(0, n_items, shard_size)]
+
+
+def fingerprint(obj: Any) -> str:
+    """sha256 of the canonical JSON of ``obj`` (params, job list, input hashes)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def jobs_fingerprint(plan: Any, jobs: list[ShardJob]) -> str:
+    """The identity of a run: what fixes the output (``plan``) and the job list."""
+    return fingerprint({"plan": plan, "jobs": [asdict(j) for j in jobs]})
+
+
+_CACHE: dict[Any, Any] = {}
+
+
+def cached(key: Any, load: Callable[[], Any]) -> Any:
+    """Per-process cache: a worker loads each model once and reuses it for every shard."""
+    if key not in _CACHE:
+        _CACHE[key] = load()
+    return _CACHE[key]
+
+
+def write_shard(path: Path, samples: Iterable[Sample], max_bytes: float = float("inf")) -> dict[str, Any]:
+    """Write one shard atomically (``<name>.tmp-*`` then rename); return its progress entry."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    classes: Counter[int] = Counter()
+    keys: set[str] = set()
+    t0 = time.perf_counter()
+    try:
+        with wds.TarWriter(str(tmp), mtime=0.0) as sink:  # fixed mtime: same samples, same bytes
+            for s in samples:
+                if s.key in keys:
+                    raise ValueError(f"duplicate key {s.key!r} in shard {path.name}")
+                keys.add(s.key)
+                sink.write({"__key__": s.key, "png": s.image, "cls": int(s.label), "json": s.meta})
+                classes[int(s.label)] += 1
+        size = tmp.stat().st_size
+        if size > max_bytes:
+            raise ValueError(f"shard {path.name} is {size} bytes, over the cap of {int(max_bytes)}: "
+                             "lower the shard size")
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return {"count": len(keys), "bytes": size, "sha256": sha256_file(path),
+            "classes": {str(k): v for k, v in sorted(classes.items())},
+            "seconds": round(time.perf_counter() - t0, 3)}
+
+
+def _do_job(make_samples: Callable[[ShardJob], Iterable[Sample]], work_dir: str, job: ShardJob,
+            max_bytes: float) -> tuple[str, dict[str, Any]]:
+    entry = write_shard(Path(work_dir) / job.name, make_samples(job), max_bytes)
+    if entry["count"] != job.stop - job.start:
+        raise RuntimeError(f"job {job.name} produced {entry['count']} samples, expected {job.stop - job.start}")
+    return job.name, entry
+
+
+def _load_progress(work_dir: Path, fp: str, jobs: list[ShardJob]) -> dict[str, dict[str, Any]]:
+    """Verified finished shards; removes every file that is not one of them."""
+    path = work_dir / PROGRESS
+    done: dict[str, dict[str, Any]] = {}
+    if path.is_file():
+        progress = json.loads(path.read_text())
+        if progress.get("fingerprint") != fp:
+            raise PlanMismatchError(
+                f"{work_dir} holds shards of another plan (fingerprint {str(progress.get('fingerprint'))[:12]}, "
+                f"these params give {fp[:12]}): refusing to mix them. Remove {work_dir} to start over, "
+                "or restore the params it was made with."
+            )
+        names = {j.name for j in jobs}
+        for name, e in progress.get("shards", {}).items():
+            f = work_dir / name
+            if name in names and f.is_file() and f.stat().st_size == e["bytes"] and sha256_file(f) == e["sha256"]:
+                done[name] = e
+    keep = {work_dir / n for n in done} | {path}
+    for f in sorted(work_dir.rglob("*")):
+        if f.is_file() and f not in keep:  # temporaries, unrecorded or corrupt shards, stale manifests
+            f.unlink()
+    return done
+
+
+def _save_progress(work_dir: Path, fp: str, meta: dict[str, Any], done: dict[str, dict[str, Any]],
+                   total: int) -> None:
+    atomic_write_json(work_dir / PROGRESS, {"fingerprint": fp, "meta": meta, "jobs": total,
+                                            "shards": dict(sorted(done.items()))})
+
+
+def _client(workers: int, scheduler: str | None):
+    """A dask Client: an existing cluster when an address is given, else a new local one."""
+    from distributed import Client, LocalCluster
+
+    if scheduler:
+        return Client(scheduler, timeout="30s")
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            from dask_cuda import LocalCUDACluster  # one worker per GPU
+
+            return Client(LocalCUDACluster())
+    except ImportError:
+        pass
+    # Single-threaded worker processes; each sets torch to cores // workers threads (see _worker_init).
+    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                           silence_logs=40)
+    return Client(cluster)
+
+
+def _worker_init(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def run_shard_jobs(
+    work_dir: str | os.PathLike[str],
+    jobs: list[ShardJob],
+    make_samples: Callable[[ShardJob], Iterable[Sample]],
+    *,
+    plan: Any,
+    meta: dict[str, Any] | None = None,
+    workers: int = 0,
+    scheduler: str | None = None,
+    max_bytes: float = float("inf"),
+    desc: str = "shards",
+) -> dict[str, Any]:
+    """Run (or resume) ``jobs`` into ``work_dir``; returns the summary with per-shard timings.
+
+    ``plan`` is anything JSON-able that fixes the output (params, input hashes); with the job list
+    it forms the fingerprint that a resumed run must match. When all shards exist, a ``manifest.json``
+    is written in every sub-directory that holds shards.
+    """
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    names = [j.name for j in jobs]
+    if len(set(names)) != len(names):
+        raise ValueError("job names must be unique")
+    fp = jobs_fingerprint(plan, jobs)
+    meta = dict(meta or {})
+    done = _load_progress(work_dir, fp, jobs)
+    todo = [j for j in jobs if j.name not in done]
+    total_items = sum(j.stop - j.start for j in jobs)
+    resumed = total_items - sum(j.stop - j.start for j in todo)
+    scheduler = scheduler or os.environ.get(SCHEDULER_ENV) or None
+    t0 = time.perf_counter()
+    bar = tqdm(total=total_items, initial=resumed, desc=desc, unit="img", smoothing=0.1)
+    run = functools.partial(_do_job, make_samples, str(work_dir))
+
+    def finished(name: str, entry: dict[str, Any]) -> None:
+        done[name] = entry
+        _save_progress(work_dir, fp, meta, done, len(jobs))
+        bar.update(entry["count"])
+
+    _save_progress(work_dir, fp, meta, done, len(jobs))
+    if todo and workers == 0 and not scheduler:
+        for job in todo:
+            finished(*run(job, max_bytes))
+    elif todo:
+        from distributed import as_completed
+
+        with _client(max(1, workers), scheduler) as client:
+            n = len(client.scheduler_info()["workers"]) or max(1, workers)
+            cores = os.cpu_count() or 1
+            client.run(_worker_init, max(1, cores // n))
+            futures = [client.submit(run, job, max_bytes, key=f"{desc}-{fp[:8]}-{job.name}", pure=False)
+                       for job in todo]
+            for fut in as_completed(futures):
+                finished(*fut.result())
+    bar.close()
+    seconds = time.perf_counter() - t0
+    new_items = total_items - resumed
+    _write_manifests(work_dir, jobs, done, meta)
+    summary = {"shards": len(jobs), "resumed_shards": len(jobs) - len(todo), "items": total_items,
+               "new_items": new_items, "seconds": round(seconds, 2),
+               "items_per_s": round(new_items / seconds, 2) if seconds > 0 else None}
+    tqdm.write(f"{desc}: {len(todo)} shard(s) written, {len(jobs) - len(todo)} resumed; {new_items} images "
+               f"in {seconds:.1f} s ({summary['items_per_s']} img/s)")
+    return summary
+
+
+def _write_manifests(work_dir: Path, jobs: list[ShardJob], done: dict[str, dict[str, Any]],
+                     meta: dict[str, Any]) -> None:
+    """An ordinary shard-set manifest per sub-directory (``sda.shards`` format + timings)."""
+    groups: dict[str, list[ShardJob]] = {}
+    for j in jobs:
+        groups.setdefault(str(Path(j.name).parent), []).append(j)
+    for sub, group in groups.items():
+        classes: Counter[str] = Counter()
+        shards = []
+        for j in group:
+            e = done[j.name]
+            classes.update(e["classes"])
+            shards.append({"name": Path(j.name).name, "count": e["count"], "bytes": e["bytes"],
+                           "sha256": e["sha256"], "seconds": e["seconds"], "start": j.start, "stop": j.stop})
+        manifest = {"count": sum(s["count"] for s in shards),
+                    "classes": dict(sorted(classes.items(), key=lambda kv: int(kv[0]))),
+                    "shards": shards, "meta": meta}
+        atomic_write_json(work_dir / sub / MANIFEST, manifest)
