@@ -42,6 +42,7 @@ __all__ = [
     "load_shards",
     "clean_stale_temps",
     "read_manifest",
+    "replace_dir",
     "sha256_file",
     "verify_shards",
     "write_shards",
@@ -104,18 +105,26 @@ def atomic_dir(final: str | os.PathLike[str]) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f"{final.name}{_TMP_MARK}", dir=final.parent))
     try:
         yield tmp
-        _fsync_dir(tmp)
-        if final.exists():
-            old = final.with_name(f"{final.name}{_TMP_MARK}old-{os.getpid()}")
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
-        _fsync_dir(final.parent)
+        replace_dir(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def replace_dir(src: str | os.PathLike[str], final: str | os.PathLike[str]) -> None:
+    """Move the finished directory ``src`` to ``final`` (same file system), replacing what was
+    there, by renames only: readers see the old or the new version, never a mix."""
+    src, final = Path(src), Path(final)
+    _fsync_dir(src)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    if final.exists():
+        old = final.with_name(f"{final.name}{_TMP_MARK}old-{os.getpid()}")
+        os.replace(final, old)
+        os.replace(src, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(src, final)
+    _fsync_dir(final.parent)
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:

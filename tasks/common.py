@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -14,7 +15,8 @@ from typing import Callable
 import yaml
 
 from sda.params import Params, ParamsError, parse_params
-from sda.shards import atomic_write_json
+from sda.sharded import jobs_fingerprint, run_shard_jobs
+from sda.shards import atomic_write_json, clean_stale_temps, replace_dir
 from sda.runtime import pick_device, seed_everything, set_threads
 
 DATA = Path("data")
@@ -90,10 +92,6 @@ def run_resumable(stage: str, params: Params, jobs, make_samples, *, plan: dict,
     work directory, and stale ones of this stage are removed. ``extra_files(work_dir)`` adds files
     (plans, indexes) before publishing.
     """
-    import shutil
-
-    from sda.sharded import jobs_fingerprint, run_shard_jobs
-
     fp = jobs_fingerprint(plan, jobs)
     work_root = DATA / ".work"
     work = work_root / f"{stage}-{fp[:16]}"
@@ -107,22 +105,6 @@ def run_resumable(stage: str, params: Params, jobs, make_samples, *, plan: dict,
     if extra_files:
         extra_files(work)
     atomic_write_json(work / "run.json", {"summary": summary, "fingerprint": fp})
-    _publish(work, out)
-    return summary
-
-
-def _publish(work: Path, out: Path) -> None:
-    """Move the finished work directory to ``out``, replacing what was there, via renames only."""
-    import shutil
-
-    from sda.shards import clean_stale_temps
-
-    out.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_temps(out.parent, out.name)
-    if out.exists():
-        old = out.with_name(f"{out.name}.tmp-old-{os.getpid()}")
-        os.replace(out, old)
-        os.replace(work, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(work, out)
+    replace_dir(work, out)
+    return summary
