@@ -23,6 +23,8 @@ import torch
 from PIL import Image, ImageDraw
 from torchvision.utils import make_grid
 
+from sda.shards import atomic_write_bytes
+
 __all__ = [
     "MAIN_METHODS",
     "method_predictions",
@@ -101,8 +103,6 @@ def write_plot_csv(metrics: Mapping[str, object], path: str | Path) -> None:
     for d, acc in metrics["domains"].items():  # type: ignore[union-attr]
         w.writerow([d, *(acc[m] for m in MAIN_METHODS)])
     w.writerow(["mean", *(metrics["mean"][m] for m in MAIN_METHODS)])  # type: ignore[index]
-    from sda.shards import atomic_write_bytes
-
     atomic_write_bytes(path, buf.getvalue().encode())
 
 

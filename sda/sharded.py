@@ -26,6 +26,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
 import os
 import time
 from collections import Counter
@@ -173,6 +174,7 @@ def _client(workers: int, scheduler: str | None):
     """A dask Client: an existing cluster when an address is given, else a new local one."""
     from distributed import Client, LocalCluster
 
+    logging.getLogger("distributed").setLevel(logging.WARNING)  # no per-worker INFO chatter in stage logs
     if scheduler:
         return Client(scheduler, timeout="30s")
     try:
