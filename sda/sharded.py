@@ -133,7 +133,13 @@ def write_shard(path: Path, samples: Iterable[Sample], max_bytes: float = float(
 
 
 def _do_job(make_samples: Callable[[ShardJob], Iterable[Sample]], work_dir: str, job: ShardJob,
-            max_bytes: float) -> tuple[str, dict[str, Any]]:
+            max_bytes: float, threads: int = 0) -> tuple[str, dict[str, Any]]:
+    if threads:
+        # Set in the thread that runs the job: OpenMP's thread count is per calling thread, and
+        # dask's nanny starts workers with OMP_NUM_THREADS=1.
+        import torch
+
+        torch.set_num_threads(threads)
     entry = write_shard(Path(work_dir) / job.name, make_samples(job), max_bytes)
     if entry["count"] != job.stop - job.start:
         raise RuntimeError(f"job {job.name} produced {entry['count']} samples, expected {job.stop - job.start}")
@@ -186,16 +192,10 @@ def _client(workers: int, scheduler: str | None):
             return Client(LocalCUDACluster())
     except ImportError:
         pass
-    # Single-threaded worker processes; each sets torch to cores // workers threads (see _worker_init).
+    # Single-threaded worker processes; each job sets torch to cores // workers threads (see _do_job).
     cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
                            silence_logs=40)
     return Client(cluster)
-
-
-def _worker_init(threads: int) -> None:
-    import torch
-
-    torch.set_num_threads(threads)
 
 
 def run_shard_jobs(
@@ -246,9 +246,8 @@ def run_shard_jobs(
 
         with _client(max(1, workers), scheduler) as client:
             n = len(client.scheduler_info()["workers"]) or max(1, workers)
-            cores = os.cpu_count() or 1
-            client.run(_worker_init, max(1, cores // n))
-            futures = [client.submit(run, job, max_bytes, key=f"{desc}-{fp[:8]}-{job.name}", pure=False)
+            threads = max(1, (os.cpu_count() or 1) // n) if not scheduler else 0
+            futures = [client.submit(run, job, max_bytes, threads, key=f"{desc}-{fp[:8]}-{job.name}", pure=False)
                        for job in todo]
             for fut in as_completed(futures):
                 finished(*fut.result())
