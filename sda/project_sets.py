@@ -17,7 +17,7 @@ from sda.dda import project
 from sda.diffusion import load_diffusion, to_uint8, to_unit_range
 from sda.runtime import derive_seed
 from sda.sharded import ShardJob, cached
-from sda.shards import Sample, iter_shard_file, read_manifest
+from sda.shards import Sample, batched, iter_shard_file, read_manifest
 
 __all__ = ["project_job", "projection_jobs"]
 
@@ -50,9 +50,7 @@ def project_job(
     unet, scheduler, info = cached(("diffusion", model_dir, device), lambda: load_diffusion(model_dir, device))
     dev = torch.device(device)
     p = projection
-    batch: list[Sample] = []
-
-    def flush(b: int) -> Iterator[Sample]:
+    for b, batch in enumerate(batched(iter_shard_file(Path(src_root) / job.name), p["batch_size"])):
         x = to_unit_range(np.stack([s.image for s in batch]), dev)
         labels = torch.full((len(batch),), info["null_label"], dtype=torch.long)
         gen = torch.Generator(device=dev).manual_seed(derive_seed(seed, job.name, b))
@@ -61,12 +59,3 @@ def project_job(
                     generator=gen, autocast_bf16=bf16 and dev.type == "cuda")
         for s, img in zip(batch, to_uint8(y)):
             yield Sample(key=s.key, image=img, label=s.label, meta=s.meta)
-
-    n_batches = 0
-    for s in iter_shard_file(Path(src_root) / job.name):
-        batch.append(s)
-        if len(batch) == p["batch_size"]:
-            yield from flush(n_batches)
-            batch, n_batches = [], n_batches + 1
-    if batch:
-        yield from flush(n_batches)

@@ -37,7 +37,7 @@ from typing import Any, Callable, Iterable
 import webdataset as wds
 from tqdm.auto import tqdm
 
-from sda.shards import MANIFEST, Sample, atomic_write_json, sha256_file
+from sda.shards import MANIFEST, Sample, atomic_write_json, sha256_file, shard_record
 
 __all__ = [
     "PlanMismatchError",
@@ -68,17 +68,12 @@ class ShardJob:
     stop: int
     extra: tuple[tuple[str, Any], ...] = ()
 
-    @property
-    def info(self) -> dict[str, Any]:
-        return dict(self.extra)
 
-
-def plan_jobs(n_items: int, shard_size: int, prefix: str, **extra: Any) -> list[ShardJob]:
+def plan_jobs(n_items: int, shard_size: int, prefix: str) -> list[ShardJob]:
     """Contiguous index ranges of ``shard_size`` items: ``<prefix>-000000.tar``, ... ."""
     if shard_size < 1:
         raise ValueError(f"shard_size must be >= 1, got {shard_size}")
-    ex = tuple(sorted(extra.items()))
-    return [ShardJob(f"{prefix}-{i // shard_size:06d}.tar", i, min(i + shard_size, n_items), ex)
+    return [ShardJob(f"{prefix}-{i // shard_size:06d}.tar", i, min(i + shard_size, n_items))
             for i in range(0, n_items, shard_size)]
 
 
@@ -112,10 +107,7 @@ def write_shard(path: Path, samples: Iterable[Sample], max_bytes: float = float(
     try:
         with wds.TarWriter(str(tmp), mtime=0.0) as sink:  # fixed mtime: same samples, same bytes
             for s in samples:
-                if s.key in keys:
-                    raise ValueError(f"duplicate key {s.key!r} in shard {path.name}")
-                keys.add(s.key)
-                sink.write({"__key__": s.key, "png": s.image, "cls": int(s.label), "json": s.meta})
+                sink.write(shard_record(s, keys, where=f"shard {path.name}"))
                 classes[int(s.label)] += 1
         size = tmp.stat().st_size
         if size > max_bytes:

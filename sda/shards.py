@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -36,6 +37,7 @@ __all__ = [
     "atomic_dir",
     "atomic_write_bytes",
     "atomic_write_json",
+    "batched",
     "iter_batches",
     "iter_samples",
     "iter_shard_file",
@@ -44,6 +46,7 @@ __all__ = [
     "read_manifest",
     "replace_dir",
     "sha256_file",
+    "shard_record",
     "verify_shards",
     "write_shards",
 ]
@@ -160,6 +163,17 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
 # writing
 
 
+def shard_record(s: Sample, seen: set[str], where: str) -> dict[str, Any]:
+    """Validate ``s`` (unique key, uint8 (H, W, 3) image), add its key to ``seen`` and return the
+    WebDataset record. Every shard writer goes through here, so the record format is in one place."""
+    if s.key in seen:
+        raise ValueError(f"duplicate key {s.key!r} while writing {where}")
+    if s.image.dtype != np.uint8 or s.image.ndim != 3 or s.image.shape[2] != 3:
+        raise ValueError(f"sample {s.key!r}: image must be uint8 (H, W, 3), got {s.image.dtype} {s.image.shape}")
+    seen.add(s.key)
+    return {"__key__": s.key, "png": s.image, "cls": int(s.label), "json": s.meta}
+
+
 def write_shards(
     samples: Iterable[Sample],
     out_dir: str | os.PathLike[str],
@@ -188,13 +202,7 @@ def write_shards(
         mtime=0.0,  # fixed mtime: the same samples give the same bytes (reproducible sha256)
     ) as sink:
         for s in samples:
-            if s.key in seen:
-                raise ValueError(f"duplicate key {s.key!r} while writing {out_dir}")
-            if s.image.dtype != np.uint8 or s.image.ndim != 3 or s.image.shape[2] != 3:
-                raise ValueError(f"sample {s.key!r}: image must be uint8 (H, W, 3), got "
-                                 f"{s.image.dtype} {s.image.shape}")
-            seen.add(s.key)
-            sink.write({"__key__": s.key, "png": s.image, "cls": int(s.label), "json": s.meta})
+            sink.write(shard_record(s, seen, where=str(out_dir)))
             classes[int(s.label)] += 1
             counts[Path(sink.fname).name] += 1
     shards = []
@@ -251,16 +259,16 @@ def iter_shard_file(path: str | os.PathLike[str]) -> Iterator[Sample]:
         yield Sample(key=rec["__key__"], image=rec["png"], label=int(rec["cls"]), meta=rec["json"])
 
 
+def batched(samples: Iterable[Sample], batch_size: int) -> Iterator[list[Sample]]:
+    """Consecutive lists of ``batch_size`` samples (the last may be shorter)."""
+    it = iter(samples)
+    while batch := list(itertools.islice(it, batch_size)):
+        yield batch
+
+
 def iter_batches(shard_dir: str | os.PathLike[str], batch_size: int) -> Iterator[list[Sample]]:
     """Group :func:`iter_samples` into lists of at most ``batch_size`` samples."""
-    batch: list[Sample] = []
-    for s in iter_samples(shard_dir):
-        batch.append(s)
-        if len(batch) == batch_size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
+    return batched(iter_samples(shard_dir), batch_size)
 
 
 def load_shards(shard_dir: str | os.PathLike[str]) -> ShardSet:
