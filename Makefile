@@ -1,5 +1,6 @@
 # make run   - create .venv if missing, install, run the embedded SDA pipeline end to end (Prefect + DVC)
 # make test  - same install, then the test suite
+# make serve - a local Prefect server + worker with the deployments of prefect.yaml (Ctrl-C stops)
 SHELL := /bin/bash
 .SHELLFLAGS := -eo pipefail -c
 .DEFAULT_GOAL := help
@@ -15,8 +16,10 @@ export PREFECT_HOME ?= $(CURDIR)/.prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export DO_NOT_TRACK ?= 1
 export PYTHONUNBUFFERED := 1
+export PREFECT_LOGGING_EXTRA_LOGGERS ?= sda
+PORT ?= 4200
 
-.PHONY: help install run test repro clean
+.PHONY: help install run test repro serve relabel clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -36,6 +39,12 @@ run: install  ## run the whole pipeline (Prefect flow over the DVC stages) and p
 
 repro: install  ## the same work with DVC alone
 	$(VENV)/bin/dvc repro
+
+serve: install  ## Prefect server + worker on 127.0.0.1:$(PORT), deployments from prefect.yaml (Ctrl-C stops)
+	$(PY) -m flows.serve --port $(PORT)
+
+relabel: install  ## label new images in relabel.inbox (data/inbox) now, without a server
+	$(PY) -m flows.relabel
 
 test: install  ## run the test suite
 	$(PY) -m pytest -q

@@ -30,6 +30,7 @@ __all__ = [
     "method_predictions",
     "projection_grid",
     "results_markdown",
+    "sda_logits",
     "summarise",
     "write_plot_csv",
 ]
@@ -42,6 +43,11 @@ def _entropy(logits: torch.Tensor) -> torch.Tensor:
     return -(p * p.clamp_min(1e-12).log()).sum(1)
 
 
+def sda_logits(source_orig: torch.Tensor, aligned_proj: torch.Tensor) -> torch.Tensor:
+    """SDA's decision logits (N, C): the raw sum source(original) + aligned(projected) (DESIGN.md §1)."""
+    return source_orig + aligned_proj
+
+
 def method_predictions(
     source_orig: torch.Tensor, source_proj: torch.Tensor, aligned_proj: torch.Tensor
 ) -> dict[str, torch.Tensor]:
@@ -52,7 +58,7 @@ def method_predictions(
         "source": source_orig.argmax(1),
         "dda": source_proj.argmax(1),
         "dda_ens": (source_orig.softmax(1) + source_proj.softmax(1)).argmax(1),
-        "sda": (source_orig + aligned_proj).argmax(1),
+        "sda": sda_logits(source_orig, aligned_proj).argmax(1),
         "dda_ens_entropy": torch.where(pick_entropy, source_proj.argmax(1), source_orig.argmax(1)),
         "dda_ens_confidence": torch.where(pick_conf, source_proj.argmax(1), source_orig.argmax(1)),
         "dda_ens_logit": (source_orig + source_proj).argmax(1),

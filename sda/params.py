@@ -151,6 +151,23 @@ class Evaluate(_Section):
     batch_size: int = Field(512, ge=1)
 
 
+class Relabel(_Section):
+    """Batch relabelling of new target images (``flows/relabel.py``); paths are relative to the repo."""
+
+    inbox: str = Field("data/inbox", description="Folder watched for new images (nested; jpg/png/webp/tar).")
+    labels: str = Field("data/labels", description="Parquet dataset of labels, partitioned by date.")
+    quarantine: str = Field("data/quarantine", description="Bad files (files/) and their Parquet table (table/).")
+    batch_size: int = Field(256, ge=1, description="Images per batch: the unit of commit and of resume.")
+    interval_minutes: float = Field(10.0, gt=0, description="Period of the relabel/scheduled deployment.")
+    max_file_bytes: int = Field(50_000_000, ge=1, description="Larger files are quarantined unread.")
+    max_pixels: int = Field(40_000_000, ge=1, description="Width x height limit, checked before decoding.")
+    min_side: int = Field(8, ge=1, description="Smaller images are quarantined.")
+    min_age_seconds: float = Field(2.0, ge=0, description="Files modified more recently are left for the next run.")
+    move_quarantined: bool = Field(True, description="Remove quarantined files from the inbox (after the copy).")
+    lock_timeout_seconds: float = Field(3600.0, ge=0, description="How long a run waits for a running one.")
+    grid_images: int = Field(8, ge=1, le=64, description="Images per predicted class in the batch grid.")
+
+
 class Params(_Section):
     profile: Literal["embedded"] = Field(
         "embedded", description="Which domain to run; 'imagenet' arrives with the ImageNet profile."
@@ -164,6 +181,7 @@ class Params(_Section):
     classifier_align: ClassifierAlign = ClassifierAlign()
     target_data: TargetData = TargetData()
     evaluate: Evaluate = Evaluate()
+    relabel: Relabel = Relabel()
 
 
 def _format(err: ValidationError, source: str) -> str:

@@ -19,7 +19,7 @@ from sda.runtime import derive_seed
 from sda.sharded import ShardJob, cached
 from sda.shards import Sample, batched, iter_shard_file, read_manifest
 
-__all__ = ["project_job", "projection_jobs"]
+__all__ = ["project_job", "project_uint8", "projection_jobs"]
 
 
 def projection_jobs(src_root: str | Path, subdirs: list[str]) -> list[ShardJob]:
@@ -48,14 +48,33 @@ def project_job(
     ``projection`` holds the :class:`sda.params.Projection` fields. The model is loaded once per process.
     """
     unet, scheduler, info = cached(("diffusion", model_dir, device), lambda: load_diffusion(model_dir, device))
-    dev = torch.device(device)
-    p = projection
-    for b, batch in enumerate(batched(iter_shard_file(Path(src_root) / job.name), p["batch_size"])):
-        x = to_unit_range(np.stack([s.image for s in batch]), dev)
-        labels = torch.full((len(batch),), info["null_label"], dtype=torch.long)
-        gen = torch.Generator(device=dev).manual_seed(derive_seed(seed, job.name, b))
-        y = project(unet, scheduler, x, respacing=p["respacing"], N=p["N"], D=p["D"], scale=p["scale"],
-                    per_sample_norm=p["per_sample_norm"], fix_off_by_one=p["fix_off_by_one"], class_labels=labels,
-                    generator=gen, autocast_bf16=bf16 and dev.type == "cuda")
-        for s, img in zip(batch, to_uint8(y)):
+    for b, batch in enumerate(batched(iter_shard_file(Path(src_root) / job.name), projection["batch_size"])):
+        gen = torch.Generator(device=device).manual_seed(derive_seed(seed, job.name, b))
+        out = project_uint8(unet, scheduler, np.stack([s.image for s in batch]), projection,
+                            null_label=info["null_label"], generator=gen, bf16=bf16)
+        for s, img in zip(batch, out):
             yield Sample(key=s.key, image=img, label=s.label, meta=s.meta)
+
+
+def project_uint8(
+    unet: torch.nn.Module,
+    scheduler: Any,
+    images: np.ndarray,
+    projection: dict[str, Any],
+    *,
+    null_label: int,
+    generator: torch.Generator,
+    bf16: bool = False,
+) -> np.ndarray:
+    """DDA projections of uint8 (B, H, W, 3) images as uint8 (B, H, W, 3), in one guidance batch.
+
+    ``projection`` holds the :class:`sda.params.Projection` fields; the unconditional model is the
+    diffusion model with ``null_label``; ``generator`` lives on the model's device.
+    """
+    dev = next(unet.parameters()).device
+    p = projection
+    labels = torch.full((len(images),), null_label, dtype=torch.long)
+    y = project(unet, scheduler, to_unit_range(images, dev), respacing=p["respacing"], N=p["N"], D=p["D"],
+                scale=p["scale"], per_sample_norm=p["per_sample_norm"], fix_off_by_one=p["fix_off_by_one"],
+                class_labels=labels, generator=generator, autocast_bf16=bf16 and dev.type == "cuda")
+    return to_uint8(y)

@@ -21,3 +21,11 @@ def scheduler():
     from sda.diffusion import make_scheduler
 
     return make_scheduler(1000)
+
+
+@pytest.fixture(scope="session")
+def tiny_repo(tmp_path_factory):
+    """A copy of this repository, tiny params, after a full ``dvc repro`` (every stage ran)."""
+    from repo_utils import make_tiny_repo
+
+    return make_tiny_repo(tmp_path_factory.mktemp("sda") / "repo")

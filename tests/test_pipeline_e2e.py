@@ -18,64 +18,15 @@ import yaml
 
 from sda.evaluate import MAIN_METHODS
 from sda.shards import load_shards, read_manifest
+from repo_utils import subprocess_env, sh
 from tasks import STAGES
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
-TINY = {
-    "runtime": {"threads": 2},
-    "source_model": {"epochs": 8},
-    "diffusion_finetune": {"train_steps": 40, "batch_size": 32},
-    "synth_generate": {"per_class": 3, "steps": 4, "batch_size": 4, "shard_size": 8},
-    "projection": {"respacing": 10, "N": 3, "batch_size": 64},
-    "classifier_align": {"epochs": 1},
-    "target_data": {"corruptions": ["gaussian_noise", "pixelate"], "shard_maxcount": 200},
-}
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env["PYTHONPATH"] = ""  # the copy must run from its own files
-    env["SDA_LOG_LEVEL"] = "WARNING"
-    return env
-
-
-def sh(cwd: Path, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
-    r = subprocess.run(list(cmd), cwd=cwd, env=_env(), capture_output=True, text=True)
-    if check and r.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
-    return r
-
-
-def _copy_repo(dst: Path) -> None:
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
-                           text=True, check=True).stdout.split()
-    for f in files:
-        if f.startswith(("data/", "metrics/", "tests/", "bench/")) or f == "dvc.lock":
-            continue
-        if (ROOT / f).is_file():
-            (dst / f).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / f, dst / f)
-    params = yaml.safe_load((dst / "params.yaml").read_text())
-    for section, values in TINY.items():
-        params[section].update(values)
-    (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    sh(dst, "git", "init", "-q")
-    sh(dst, "git", "-c", "user.email=t@t", "-c", "user.name=t", "add", "-A")
-    sh(dst, "git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "tiny")
-
-
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("sda") / "repo"
-    root.mkdir()
-    _copy_repo(root)
-    r = sh(root, "dvc", "repro")
-    for stage in STAGES:
-        assert f"Running stage '{stage}'" in r.stdout, f"{stage} did not run:\n{r.stdout[-2000:]}"
-    return root
+def repo(tiny_repo) -> Path:
+    return tiny_repo
 
 
 def test_every_stage_output(repo):
@@ -139,7 +90,7 @@ def test_exp_run_reruns_only_dependent_stages(repo):
 
 
 def _start_and_kill(repo: Path, stage: str, ready_glob: str, delay: float = 0.0) -> None:
-    proc = subprocess.Popen([sys.executable, "-m", f"tasks.{stage}"], cwd=repo, env=_env(),
+    proc = subprocess.Popen([sys.executable, "-m", f"tasks.{stage}"], cwd=repo, env=subprocess_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline and not list(repo.glob(ready_glob)):

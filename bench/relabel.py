@@ -1,0 +1,68 @@
+"""Relabel throughput: images/s of the whole job (scan + hash + decode + DDA projection + SDA
+predict + Parquet commit) on target images written as PNG files, with this checkout's models.
+
+    python bench/relabel.py                 # 1080 images (the gaussian_noise + pixelate test sets)
+    python bench/relabel.py --images 270 --batch-sizes 64 256
+
+Needs the pipeline's outputs (make run). Writes only to a temporary folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from PIL import Image  # noqa: E402
+
+from flows.relabel import make_job, run_job  # noqa: E402
+from sda.runtime import set_threads  # noqa: E402
+from sda.shards import iter_samples  # noqa: E402
+from tasks.common import load_params  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--images", type=int, default=1080)
+    ap.add_argument("--batch-sizes", type=int, nargs="+", default=[64, 256])
+    args = ap.parse_args()
+    params = load_params(ROOT / "params.yaml")
+    threads = set_threads(params.runtime.threads)
+    images = []
+    for domain in ("gaussian_noise", "pixelate", "snow", "fog"):
+        for s in iter_samples(ROOT / "data" / "target_data" / domain):
+            images.append(s.image)
+            if len(images) == args.images:
+                break
+        if len(images) == args.images:
+            break
+    print(f"{len(images)} images, {params.source_data.image_size} px, torch threads {threads}, "
+          f"projection respacing={params.projection.respacing} N={params.projection.N} "
+          f"batch={params.projection.batch_size}")
+    for bs in args.batch_sizes:
+        with tempfile.TemporaryDirectory() as tmp:
+            inbox = Path(tmp) / "inbox"
+            for i, img in enumerate(images):
+                p = inbox / f"d{i // 500}" / f"{i:05d}.png"
+                p.parent.mkdir(parents=True, exist_ok=True)
+                buf = io.BytesIO()
+                Image.fromarray(img).save(buf, format="PNG")
+                p.write_bytes(buf.getvalue())
+            job = make_job(ROOT, params, inbox=str(inbox),
+                           overrides={"labels": f"{tmp}/labels", "quarantine": f"{tmp}/q", "batch_size": bs,
+                                      "min_age_seconds": 0})
+            t0 = time.perf_counter()
+            summary = run_job(job, lambda j, batch, i: j.process(batch))
+            dt = time.perf_counter() - t0
+            print(f"batch_size {bs:4d}: {summary['labelled']} labelled in {dt:.1f} s -> "
+                  f"{summary['labelled'] / dt:.1f} images/s (model loading included)")
+
+
+if __name__ == "__main__":
+    main()

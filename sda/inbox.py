@@ -1,0 +1,219 @@
+"""New target images as they arrive: find them in an inbox folder, hash them, decode them safely.
+
+An inbox is a folder tree of image files (``.jpg .jpeg .png .webp``) and WebDataset / plain ``.tar``
+archives whose image members count as images. Every image is identified by the sha256 of its bytes,
+so the same picture under two names, or a file seen again on the next run, is one item.
+
+Decoding never trusts a file: the size is checked before reading, the pixel count from the header
+before decoding (decompression bombs), then the whole image is decoded (truncation shows up here)
+and converted to RGB (grayscale, palette, CMYK, RGBA and 16-bit images are converted, not rejected).
+A file that fails raises :class:`BadImage` with a one-line reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import tarfile
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from sda.shards import sha256_file
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "BadImage",
+    "InboxItem",
+    "Scan",
+    "decode_image",
+    "display_path",
+    "safe_file_name",
+    "scan_inbox",
+    "to_model_image",
+]
+
+IMAGE_SUFFIXES: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".webp"})
+TAR_SUFFIXES: frozenset[str] = frozenset({".tar"})
+
+
+class BadImage(ValueError):
+    """The bytes are not a usable image; ``str(err)`` is the reason recorded in quarantine."""
+
+
+@dataclass(frozen=True)
+class InboxItem:
+    """One candidate image: a file, or a member of a tar (``member`` set).
+
+    ``source`` is the display path relative to the inbox (``a/b.tar::key.jpg`` for tar members);
+    ``path`` the file on disk; ``sha256``/``size`` describe the image bytes themselves.
+    """
+
+    source: str
+    path: Path
+    sha256: str
+    size: int
+    member: str | None = None
+
+    def read(self) -> bytes:
+        if self.member is None:
+            return self.path.read_bytes()
+        with tarfile.open(self.path) as tar:
+            f = tar.extractfile(self.member)
+            if f is None:
+                raise BadImage(f"tar member {self.member!r} is not a regular file")
+            return f.read()
+
+
+@dataclass
+class Scan:
+    """What :func:`scan_inbox` found: candidate ``items`` (deduplicated by content), files whose
+    hash was in ``skip`` (``known``: files and tars, not tar members), files left for later
+    (too new), files that are not images (``ignored``), and unreadable tars (``broken``:
+    (item, reason) with the tar itself as the item)."""
+
+    items: list[InboxItem]
+    known: list[InboxItem]
+    too_new: list[str]
+    ignored: list[str]
+    broken: list[tuple[InboxItem, str]]
+    duplicates: int
+
+
+def display_path(path: Path, root: Path) -> str:
+    """``path`` relative to ``root`` as valid UTF-8 text: undecodable bytes of a file name become
+    ``\\xNN`` escapes instead of failing a Parquet write later."""
+    rel = os.fsencode(path.relative_to(root))
+    return rel.decode("utf-8", errors="backslashreplace")
+
+
+def safe_file_name(source: str, sha256: str, max_len: int = 80) -> str:
+    """A flat, harmless file name for a quarantined copy: ``<sha256[:16]>-<sanitised basename>``.
+    Separators, ``..``, control characters and leading dots cannot survive."""
+    base = source.replace("::", "/").rsplit("/", 1)[-1]
+    clean = "".join(c if (c.isalnum() or c in "-_.") and c.isprintable() else "_" for c in base)
+    clean = clean.replace("..", "_").lstrip(".") or "file"
+    return f"{sha256[:16]}-{clean[-max_len:]}"
+
+
+def _walk(inbox: Path) -> Iterator[Path]:
+    """Regular files under ``inbox`` in a stable (sorted) order. Symlinks are not followed (nothing
+    outside the inbox is read) and hidden folders are not entered. Sorted by relative path."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(inbox, followlinks=False):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        found += [p for p in (Path(dirpath) / n for n in filenames) if p.is_file() and not p.is_symlink()]
+    yield from sorted(found, key=lambda p: os.fsencode(p.relative_to(inbox)))
+
+
+def _tar_members(path: Path, root: Path) -> Iterator[InboxItem]:
+    with tarfile.open(path) as tar:
+        for m in tar:
+            if not m.isfile() or Path(m.name).suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            f = tar.extractfile(m)
+            data = f.read() if f is not None else b""
+            yield InboxItem(source=f"{display_path(path, root)}::{m.name}", path=path,
+                            sha256=hashlib.sha256(data).hexdigest(), size=len(data), member=m.name)
+
+
+def scan_inbox(inbox: str | os.PathLike[str], *, skip: set[str] | frozenset[str] = frozenset(),
+               min_age_s: float = 0.0, now: float | None = None) -> Scan:
+    """Every image in ``inbox`` whose sha256 is not in ``skip``, in sorted path order.
+
+    Hidden files and files that are neither images nor tars by their suffix are listed in ``ignored``.
+    Files modified less than ``min_age_s`` seconds ago are reported in ``too_new`` and left for the
+    next scan. A tar whose own sha256 is in ``skip`` (quarantined earlier) is not opened again.
+    """
+    root = Path(inbox)
+    if not root.is_dir():
+        raise FileNotFoundError(f"inbox {root} is not a folder: create it or set relabel.inbox")
+    now = time.time() if now is None else now
+    items: list[InboxItem] = []
+    seen = set(skip)
+    known: list[InboxItem] = []
+    too_new, ignored, broken, dups = [], [], [], 0
+    for p in _walk(root):
+        src = display_path(p, root)
+        suffix = p.suffix.lower()
+        # hidden names are uploads in progress by convention (rsync's .name.XXXXXX, .x.jpg.part)
+        if p.name.startswith(".") or suffix not in IMAGE_SUFFIXES | TAR_SUFFIXES:
+            ignored.append(src)
+            continue
+        st = p.stat()
+        if now - st.st_mtime < min_age_s:
+            too_new.append(src)
+            continue
+        if suffix in TAR_SUFFIXES:
+            tar_item = InboxItem(source=src, path=p, sha256=sha256_file(p), size=st.st_size)
+            if tar_item.sha256 in skip:
+                known.append(tar_item)
+                continue
+            members: list[InboxItem] = []
+            try:
+                members = list(_tar_members(p, root))
+            except (tarfile.TarError, OSError, EOFError) as err:
+                broken.append((tar_item, f"unreadable tar: {type(err).__name__}: {err}"[:300]))
+            candidates = members
+        else:
+            candidates = [InboxItem(source=src, path=p, sha256=sha256_file(p), size=st.st_size)]
+            if candidates[0].sha256 in skip:
+                known.append(candidates[0])
+                continue
+        for it in candidates:
+            if it.sha256 in seen:
+                dups += it.sha256 not in skip
+                continue
+            seen.add(it.sha256)
+            items.append(it)
+    return Scan(items=items, known=known, too_new=too_new, ignored=ignored, broken=broken, duplicates=dups)
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """RGB for every PIL mode: 16/32-bit and float greyscale are rescaled to 8 bits first (a plain
+    ``convert`` would clip them to white); alpha is dropped; palettes and CMYK are converted."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") else max(float(arr.max()), 1.0)
+        img = Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    return img.convert("RGB")
+
+
+def decode_image(data: bytes, *, max_pixels: int, min_side: int = 1) -> tuple[Image.Image, str]:
+    """Decode ``data`` fully: ``(RGB PIL image with EXIF orientation applied, original PIL mode)``;
+    raise :class:`BadImage` with the reason otherwise."""
+    if not data:
+        raise BadImage("empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            w, h = img.size
+            if w * h > max_pixels:
+                raise BadImage(f"too many pixels: header says {w}x{h} > relabel.max_pixels={max_pixels}")
+            if min(w, h) < min_side:
+                raise BadImage(f"too small: {w}x{h} < relabel.min_side={min_side}")
+            img.load()  # full decode: truncated or corrupt data fails here
+            mode = img.mode
+            return _to_rgb(ImageOps.exif_transpose(img)), mode
+    except BadImage:
+        raise
+    except UnidentifiedImageError:
+        raise BadImage("not an image (unrecognised format)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise BadImage(f"too many pixels: {err}"[:300]) from None
+    except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as err:
+        raise BadImage(f"truncated or corrupt image: {type(err).__name__}: {err}"[:300]) from None
+
+
+def to_model_image(img: Image.Image, size: int) -> np.ndarray:
+    """uint8 (size, size, 3): shorter side resized to ``size`` (bicubic, antialiased), centre crop."""
+    return np.asarray(ImageOps.fit(img, (size, size), method=Image.Resampling.BICUBIC), dtype=np.uint8)

@@ -1,0 +1,129 @@
+"""Append-only Parquet datasets keyed by content hash: the labels and the quarantine table.
+
+Layout (hive-partitioned by the UTC date of the commit, readable with ``pyarrow.dataset`` or
+``pandas.read_parquet(dir)``)::
+
+    <dir>/date=2026-11-25/part-<batch id>.parquet
+
+A batch is committed by writing one Parquet file under a hidden temporary name and renaming it into
+place: the rename is the commit, so after a crash or ``kill -9`` a batch is either wholly in the
+dataset or not at all. Which images are done is read back from the dataset itself (the ``sha256``
+column), so there is no second book-keeping file that could disagree with it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+import uuid
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+__all__ = ["LABEL_SCHEMA", "QUARANTINE_SCHEMA", "commit_batch", "committed_hashes", "part_files",
+           "read_table", "remove_stale_temps"]
+
+_TS = pa.timestamp("us", tz="UTC")
+
+LABEL_SCHEMA = pa.schema([
+    ("key", pa.string()),              # sha256[:16]: the short id used in grids and reports
+    ("sha256", pa.string()),           # identity of the image bytes: one row per value, ever
+    ("source_path", pa.string()),      # relative to the inbox; "x.tar::member.jpg" for tar members
+    ("width", pa.int32()),             # of the original image
+    ("height", pa.int32()),
+    ("mode", pa.string()),             # PIL mode before conversion to RGB
+    ("label", pa.int32()),             # SDA: argmax of source(original) + aligned(projected) logits
+    ("class_name", pa.string()),
+    ("confidence", pa.float32()),      # softmax of the SDA logit sum at the label
+    ("top5", pa.list_(pa.int32())),
+    ("top5_confidence", pa.list_(pa.float32())),
+    ("source_label", pa.int32()),      # the source model alone on the original image
+    ("source_class_name", pa.string()),
+    ("source_confidence", pa.float32()),
+    ("source_model_hash", pa.string()),     # DVC hashes of the models used
+    ("aligned_model_hash", pa.string()),
+    ("diffusion_model_hash", pa.string()),
+    ("params_hash", pa.string()),
+    ("code_version", pa.string()),
+    ("batch_id", pa.string()),
+    ("run_id", pa.string()),
+    ("flow_run_id", pa.string()),      # null outside Prefect (the CLI)
+    ("labelled_at", _TS),
+])
+
+QUARANTINE_SCHEMA = pa.schema([
+    ("file", pa.string()),             # source path relative to the inbox
+    ("sha256", pa.string()),
+    ("reason", pa.string()),
+    ("size_bytes", pa.int64()),
+    ("quarantined_as", pa.string()),   # the copy under <quarantine>/files/
+    ("batch_id", pa.string()),
+    ("run_id", pa.string()),
+    ("flow_run_id", pa.string()),
+    ("quarantined_at", _TS),
+])
+
+
+def part_files(root: str | os.PathLike[str]) -> list[Path]:
+    """The committed part files of the dataset at ``root`` (temporaries excluded)."""
+    return sorted(Path(root).glob("date=*/part-*.parquet"))
+
+
+def read_table(root: str | os.PathLike[str], columns: list[str] | None = None) -> pa.Table | None:
+    """The whole dataset (with its ``date`` partition column), or None when nothing is committed."""
+    files = part_files(root)
+    if not files:
+        return None
+    dataset = ds.dataset([str(f) for f in files], format="parquet",
+                         partitioning=ds.partitioning(flavor="hive"), partition_base_dir=str(root))
+    return dataset.to_table(columns=columns)
+
+
+def committed_hashes(root: str | os.PathLike[str]) -> set[str]:
+    """Every ``sha256`` committed to the dataset at ``root``."""
+    table = read_table(root, columns=["sha256"])
+    return set() if table is None else set(table.column("sha256").to_pylist())
+
+
+def remove_stale_temps(root: str | os.PathLike[str]) -> int:
+    """Delete the temporaries of commits that were killed half-way; returns how many. Call it only
+    while holding the store's lock (a running writer's temporary looks the same)."""
+    n = 0
+    for p in Path(root).glob("date=*/.part-*.tmp"):
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+            n += 1
+    return n
+
+
+def commit_batch(root: str | os.PathLike[str], table: pa.Table, batch_id: str,
+                 when: dt.datetime | None = None) -> Path:
+    """Atomically add ``table`` as ``<root>/date=<UTC date>/part-<batch_id>.parquet``; returns it.
+
+    Committing a batch id that is already there raises FileExistsError (a caller bug: the batch's
+    images were done already), so a row can never be committed twice under one batch id.
+    """
+    when = when or dt.datetime.now(dt.timezone.utc)
+    part = Path(root) / f"date={when.date().isoformat()}"
+    part.mkdir(parents=True, exist_ok=True)
+    final = part / f"part-{batch_id}.parquet"
+    if any(Path(root).glob(f"date=*/part-{batch_id}.parquet")):
+        raise FileExistsError(f"batch {batch_id} is already committed under {root}")
+    tmp = part / f".part-{batch_id}-{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        pq.write_table(table, tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+    with contextlib.suppress(OSError):
+        fd = os.open(part, os.O_RDONLY)
+        os.fsync(fd)
+        os.close(fd)
+    return final

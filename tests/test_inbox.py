@@ -1,0 +1,162 @@
+"""The inbox: what counts as a new image, and how every kind of bad or odd file is handled."""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+import tarfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sda.inbox import BadImage, decode_image, display_path, safe_file_name, scan_inbox, to_model_image
+
+LIMIT = 40_000_000
+
+
+def png_bytes(arr: np.ndarray, mode: str | None = None) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr, mode=mode).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def rgb(seed: int = 0, size: int = 20) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def huge_header_png(w: int = 50_000, h: int = 50_000) -> bytes:
+    """A valid PNG header that claims w x h pixels, with one row of data (a decompression bomb)."""
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
+    idat = zlib.compress(b"\x00" + b"\x00" * 3 * 16)
+    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", idat) + _chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("data, reason", [
+    (b"", "empty file"),
+    (b"hello, I am a text file", "not an image"),
+    (png_bytes(rgb())[:-40], "truncated or corrupt"),
+    (png_bytes(rgb())[:60], "truncated or corrupt"),
+    (huge_header_png(), "too many pixels: .*2500000000 pixels"),
+    (png_bytes(rgb(size=4)), "too small"),
+])
+def test_bad_bytes_raise_with_a_reason(data, reason):
+    with pytest.raises(BadImage, match=reason):
+        decode_image(data, max_pixels=LIMIT, min_side=8)
+
+
+def test_truncated_jpeg_is_rejected():
+    buf = io.BytesIO()
+    Image.fromarray(rgb(size=64)).save(buf, format="JPEG", quality=90)
+    with pytest.raises(BadImage, match="truncated or corrupt"):
+        decode_image(buf.getvalue()[: len(buf.getvalue()) // 2], max_pixels=LIMIT)
+
+
+def _encode(img: Image.Image, fmt: str) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def test_odd_modes_are_converted_not_rejected():
+    grey = np.linspace(0, 255, 400).reshape(20, 20).astype(np.uint8)
+    cases = {
+        "L": _encode(Image.fromarray(grey, "L"), "PNG"),
+        "RGBA": _encode(Image.fromarray(np.dstack([rgb(), np.full((20, 20), 128, np.uint8)]), "RGBA"), "PNG"),
+        "CMYK": _encode(Image.fromarray(rgb()).convert("CMYK"), "JPEG"),
+        "P": _encode(Image.fromarray(rgb()).convert("P"), "PNG"),
+        "I;16": _encode(Image.fromarray(grey.astype(np.uint16) * 257), "PNG"),
+        "WEBP": _encode(Image.fromarray(rgb()), "WEBP"),
+    }
+    for name, data in cases.items():
+        img, mode = decode_image(data, max_pixels=LIMIT)
+        assert img.mode == "RGB" and img.size == (20, 20), name
+        if name != "WEBP":
+            assert mode.startswith(name.split(";")[0]), (name, mode)
+    # 16-bit is rescaled, not clipped to white: the darkest and brightest pixels survive
+    img, _ = decode_image(cases["I;16"], max_pixels=LIMIT)
+    arr = np.asarray(img)
+    assert arr.min() <= 1 and arr.max() >= 254 and 100 < arr.mean() < 155
+
+
+def test_to_model_image_is_a_centre_crop_at_the_model_size():
+    img = Image.fromarray(np.zeros((30, 60, 3), np.uint8))
+    out = to_model_image(img, 16)
+    assert out.shape == (16, 16, 3) and out.dtype == np.uint8
+
+
+def test_safe_file_name_cannot_escape_or_hide():
+    sha = "ab" * 32
+    for src in ["../../etc/passwd", "a/b/..", "x.tar::../../evil.png", "spaced name ü名.png", ".hidden",
+                "new\nline.png", "bad\\xff.png"]:
+        name = safe_file_name(src, sha)
+        assert "/" not in name and "\n" not in name and ".." not in name and not name.startswith(".")
+        assert name.startswith(sha[:16])
+
+
+def _touch_old(p: Path) -> None:
+    os.utime(p, (1_000_000, 1_000_000))
+
+
+def test_scan_finds_nested_images_tar_members_and_dedupes(tmp_path):
+    inbox = tmp_path / "inbox"
+    (inbox / "a" / "deep er").mkdir(parents=True)
+    same = png_bytes(rgb(1))
+    (inbox / "a" / "one.png").write_bytes(same)
+    (inbox / "a" / "deep er" / "copy of one ü.PNG").write_bytes(same)  # same bytes: one item
+    (inbox / "a" / "two..weird.jpg").write_bytes(png_bytes(rgb(2)))
+    (inbox / "notes.txt").write_text("not an image")
+    (inbox / ".upload.jpg.part").write_bytes(b"partial")
+    (inbox / "link.png").symlink_to(inbox / "a" / "one.png")
+    (inbox / os.fsdecode(b"bytes\xffname.png")).write_bytes(png_bytes(rgb(4)))
+    with tarfile.open(inbox / "batch.tar", "w") as tar:
+        for key, seed in [("s1", 3), ("../../s2", 5)]:
+            data = png_bytes(rgb(seed))
+            info = tarfile.TarInfo(f"{key}.png")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        info = tarfile.TarInfo("s1.json")
+        info.size = 2
+        tar.addfile(info, io.BytesIO(b"{}"))
+    for p in inbox.rglob("*"):
+        if p.is_file() and not p.is_symlink():
+            _touch_old(p)
+
+    scan = scan_inbox(inbox, min_age_s=5)
+    sources = [it.source for it in scan.items]
+    assert sources == ["a/deep er/copy of one ü.PNG", "a/two..weird.jpg", "batch.tar::s1.png",
+                       "batch.tar::../../s2.png", "bytes\\xffname.png"]
+    assert scan.duplicates == 1
+    assert sorted(scan.ignored) == [".upload.jpg.part", "notes.txt"]
+    members = [it for it in scan.items if it.member]
+    assert all(it.read() and it.path.name == "batch.tar" for it in members)
+    assert len({it.sha256 for it in scan.items}) == len(scan.items)
+
+    # what is in `skip` is not offered again; a fresh file is left for later
+    again = scan_inbox(inbox, skip={scan.items[0].sha256}, min_age_s=5)
+    assert scan.items[0].sha256 not in {it.sha256 for it in again.items}
+    assert {it.source for it in again.known} >= {"a/one.png", "a/deep er/copy of one ü.PNG"}
+    (inbox / "fresh.png").write_bytes(png_bytes(rgb(9)))
+    assert scan_inbox(inbox, min_age_s=5).too_new == ["fresh.png"]
+
+
+def test_scan_reports_a_broken_tar_and_a_missing_inbox(tmp_path):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "broken.tar").write_bytes(b"\x00garbage" * 100)
+    scan = scan_inbox(tmp_path / "in")
+    assert [it.source for it, _ in scan.broken] == ["broken.tar"]
+    assert "unreadable tar" in scan.broken[0][1]
+    with pytest.raises(FileNotFoundError, match="relabel.inbox"):
+        scan_inbox(tmp_path / "nope")
+
+
+def test_display_path_keeps_undecodable_bytes_visible(tmp_path):
+    p = tmp_path / os.fsdecode(b"x\xfey.png")
+    assert display_path(p, tmp_path) == "x\\xfey.png"

@@ -1,0 +1,285 @@
+"""Relabelling new target images with the models of a real (tiny) pipeline run: the CLI, exactly-once
+under kill -9 and concurrent runs, bad inputs, and the Prefect deployments on a real local server."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from repo_utils import sh, subprocess_env
+from sda.label_store import committed_hashes, part_files, read_table
+from sda.shards import iter_samples, sha256_file
+from test_inbox import huge_header_png, png_bytes
+
+pytestmark = pytest.mark.slow
+
+
+def _target_images(repo: Path, n: int, domain: str = "clean") -> list[tuple[np.ndarray, int]]:
+    out = []
+    for s in iter_samples(repo / "data" / "target_data" / domain):
+        out.append((s.image, s.label))
+        if len(out) == n:
+            break
+    return out
+
+
+def _good_inbox(repo: Path, inbox: Path, n: int, domain: str = "clean", old: bool = True) -> dict[str, int]:
+    """``n`` PNGs of target images in nested folders; returns {relative path: true label}."""
+    truth = {}
+    for i, (img, label) in enumerate(_target_images(repo, n, domain)):
+        rel = f"cam {i % 3}/img-{i:03d}.png"
+        (inbox / rel).parent.mkdir(parents=True, exist_ok=True)
+        (inbox / rel).write_bytes(png_bytes(img))
+        truth[rel] = label
+    return truth
+
+
+def relabel_cli(repo: Path, inbox: Path, store: Path, *extra: str, check: bool = True) -> subprocess.CompletedProcess:
+    return sh(repo, sys.executable, "-m", "flows.relabel", "--inbox", str(inbox), "--labels", str(store / "labels"),
+              "--quarantine", str(store / "quarantine"), *extra, check=check)
+
+
+def _summary(r: subprocess.CompletedProcess) -> dict:
+    return json.loads(r.stdout[r.stdout.index("{"):])
+
+
+def test_cli_labels_each_image_once_and_quarantines_bad_files(tiny_repo, tmp_path):
+    inbox, store = tmp_path / "inbox", tmp_path / "store"
+    inbox.mkdir()
+    truth = _good_inbox(tiny_repo, inbox, 24)
+    imgs = _target_images(tiny_repo, 40)[24:]
+    # odd but valid: converted, not quarantined
+    grey = Image.fromarray(imgs[0][0]).convert("L")
+    odd = {
+        "odd/grey ü名.png": grey,
+        "odd/cmyk..x.jpg": Image.fromarray(imgs[1][0]).convert("CMYK"),
+        "odd/rgba.png": Image.fromarray(np.dstack([imgs[2][0], np.full((16, 16), 200, np.uint8)]), "RGBA"),
+        "odd/sixteen.png": Image.fromarray(np.asarray(grey).astype(np.uint16) * 257),
+        "odd/big.webp": Image.fromarray(imgs[3][0]).resize((64, 64)),
+    }
+    for rel, img in odd.items():
+        (inbox / rel).parent.mkdir(exist_ok=True)
+        img.save(inbox / rel, format={"png": "PNG", "jpg": "JPEG", "webp": "WEBP"}[rel.rsplit(".", 1)[1]])
+    with tarfile.open(inbox / "shard-000.tar", "w") as tar:  # a WebDataset shard: key.png + key.cls
+        for i, (img, label) in enumerate(imgs[5:9]):
+            for name, data in ((f"k{i}.png", png_bytes(img)), (f"k{i}.cls", str(label).encode())):
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    bad = {
+        "bad/empty.png": b"",
+        "bad/truncated.png": png_bytes(imgs[10][0])[:-30],
+        "bad/text.jpg": b"definitely not a jpeg\n",
+        "bad/bomb.png": huge_header_png(),
+        "bad/new\nline ..png": b"\x89PNG\r\n\x1a\nnope",
+    }
+    for rel, data in bad.items():
+        (inbox / rel).parent.mkdir(exist_ok=True)
+        (inbox / rel).write_bytes(data)
+    (inbox / "README.txt").write_text("ignored")
+
+    r = relabel_cli(tiny_repo, inbox, store)
+    s = _summary(r)
+    assert s["labelled"] == 24 + 5 + 4 and s["quarantined"] == 5 and s["ignored"] == 1
+
+    rows = read_table(store / "labels").to_pylist()
+    assert len(rows) == 33 and len({r["sha256"] for r in rows}) == 33
+    by_path = {r["source_path"]: r for r in rows}
+    assert set(by_path) == set(truth) | set(odd) | {f"shard-000.tar::k{i}.png" for i in range(4)}
+    assert by_path["odd/sixteen.png"]["mode"].startswith("I") and by_path["odd/cmyk..x.jpg"]["mode"] == "CMYK"
+    assert by_path["odd/big.webp"]["width"] == 64
+    lock = yaml.safe_load((tiny_repo / "dvc.lock").read_text())["stages"]
+    for r in rows:
+        assert 0 <= r["label"] < 10 and r["class_name"] == str(r["label"]) and len(r["top5"]) == 5
+        assert r["top5"][0] == r["label"] and 0 < r["confidence"] <= 1 and r["key"] == r["sha256"][:16]
+        assert r["source_model_hash"] == lock["source_model"]["outs"][0]["md5"]
+        assert r["aligned_model_hash"] == lock["classifier_align"]["outs"][0]["md5"]
+        assert r["diffusion_model_hash"] == lock["diffusion_finetune"]["outs"][0]["md5"]
+        assert r["flow_run_id"] is None and "+g" in r["code_version"] and len(r["params_hash"]) == 16
+    # the images reach the models as the pipeline's evaluation sees them: the source model is right
+    # on most clean images (a colour / layout / scaling mistake would make it chance-level)
+    src_acc = np.mean([by_path[p]["source_label"] == y for p, y in truth.items()])
+    assert src_acc > 0.7, src_acc
+
+    q = read_table(store / "quarantine" / "table").to_pylist()
+    reasons = {r["file"]: r["reason"] for r in q}
+    assert set(reasons) == set(bad)
+    assert reasons["bad/empty.png"].startswith("empty file")
+    assert reasons["bad/truncated.png"].startswith("truncated or corrupt")
+    assert reasons["bad/text.jpg"].startswith("not an image")
+    assert reasons["bad/bomb.png"].startswith("too many pixels")
+    for r in q:
+        copy = store / "quarantine" / "files" / r["quarantined_as"]
+        assert copy.is_file() and copy.parent == store / "quarantine" / "files"
+        assert not (inbox / r["file"]).exists()  # moved out of the inbox
+    reports = list((store / "labels" / "_reports").rglob("*.md"))
+    assert reports and "Labels (SDA)" in reports[0].read_text()
+    assert list((store / "labels" / "_reports").rglob("*.png"))
+
+    # a second run finds nothing new; a new file (and a renamed copy of an old one) -> one new row
+    assert _summary(relabel_cli(tiny_repo, inbox, store))["labelled"] == 0
+    (inbox / "later.png").write_bytes(png_bytes(imgs[12][0]))
+    (inbox / "renamed copy.png").write_bytes((inbox / "cam 0/img-000.png").read_bytes())
+    s = _summary(relabel_cli(tiny_repo, inbox, store))
+    assert s["labelled"] == 1
+    assert len(read_table(store / "labels")) == 34
+
+
+def test_kill_9_at_random_points_then_rerun_labels_each_file_exactly_once(tiny_repo, tmp_path):
+    inbox, store = tmp_path / "inbox", tmp_path / "store"
+    inbox.mkdir()
+    truth = _good_inbox(tiny_repo, inbox, 160, domain="gaussian_noise")
+    (inbox / "zero.png").write_bytes(b"")
+    (inbox / "text.png").write_text("nope")
+    rng = random.Random(1)
+    kills, committed_at_kill = 0, []
+    cmd = [sys.executable, "-m", "flows.relabel", "--inbox", str(inbox), "--labels", str(store / "labels"),
+           "--quarantine", str(store / "quarantine"), "--batch-size", "4"]
+    for _ in range(5):
+        before = len(part_files(store / "labels"))
+        proc = subprocess.Popen(cmd, cwd=tiny_repo, env=subprocess_env(), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        deadline = time.time() + 120  # wait for this run's first commit, then kill at a random point
+        while time.time() < deadline and len(part_files(store / "labels")) <= before and proc.poll() is None:
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0.0, 0.15))
+        if proc.poll() is not None:
+            break
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        kills += 1
+        committed_at_kill.append(len(read_table(store / "labels")))
+    mid_run = sum(n < 160 for n in committed_at_kill)
+    assert mid_run >= 3, f"only {mid_run} kills interrupted the work: {committed_at_kill}"
+    relabel_cli(tiny_repo, inbox, store, "--batch-size", "4")
+
+    rows = read_table(store / "labels").to_pylist()
+    assert len(rows) == 160 == len({r["sha256"] for r in rows})
+    assert {r["source_path"] for r in rows} == set(truth)
+    q = read_table(store / "quarantine" / "table").to_pylist()
+    assert sorted(r["file"] for r in q) == ["text.png", "zero.png"]
+    assert not list(store.rglob("*.tmp"))
+    print(f"kill -9 trials: {kills}; rows committed at each kill: {committed_at_kill}; final 160/160 once")
+
+
+def test_two_concurrent_runs_never_duplicate_a_row(tiny_repo, tmp_path):
+    inbox, store = tmp_path / "inbox", tmp_path / "store"
+    inbox.mkdir()
+    _good_inbox(tiny_repo, inbox, 48)
+    cmd = [sys.executable, "-m", "flows.relabel", "--inbox", str(inbox), "--labels", str(store / "labels"),
+           "--quarantine", str(store / "quarantine"), "--batch-size", "4"]
+    procs = [subprocess.Popen(cmd, cwd=tiny_repo, env=subprocess_env(), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    labelled = sorted(json.loads(o[o.index("{"):])["labelled"] for o, _ in outs)
+    assert labelled == [0, 48]  # one run did the work, the other waited for the lock and found it done
+    rows = read_table(store / "labels").to_pylist()
+    assert len(rows) == 48 == len({r["sha256"] for r in rows})
+
+
+def test_clear_errors_for_a_missing_inbox_and_missing_models(tiny_repo, tmp_path):
+    r = relabel_cli(tiny_repo, tmp_path / "no-such-inbox", tmp_path / "s", check=False)
+    assert r.returncode == 2 and "no-such-inbox" in r.stderr and "relabel.inbox" in r.stderr
+    empty = tmp_path / "empty-root"
+    (empty / "data").mkdir(parents=True)
+    (empty / "params.yaml").write_text((tiny_repo / "params.yaml").read_text())
+    (tmp_path / "in").mkdir()
+    r = sh(tiny_repo, sys.executable, "-m", "flows.relabel", "--root", str(empty), "--inbox", str(tmp_path / "in"),
+           check=False)
+    assert r.returncode == 2 and "run the pipeline first" in r.stderr
+
+
+# -- the service ----------------------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _flow_runs(env: dict, deployment: str) -> list[dict]:
+    code = f"""
+import asyncio, json
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
+async def main():
+    async with get_client() as c:
+        dep = await c.read_deployment_by_name({deployment!r})
+        runs = await c.read_flow_runs(deployment_filter=DeploymentFilter(id=dict(any_=[dep.id])))
+        arts = await c.read_artifacts()
+        print(json.dumps(dict(runs=[dict(state=r.state_type.value, params=r.parameters) for r in runs],
+                              schedules=[s.schedule.model_dump(mode="json") for s in dep.schedules],
+                              artifacts=sorted({{a.key for a in arts if a.key}}))))
+asyncio.run(main())
+"""
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    return json.loads(r.stdout)
+
+
+def test_service_deployments_on_a_real_local_server(tiny_repo, tmp_path):
+    """make serve's script on a random port: deploy prefect.yaml, run relabel/on-demand and
+    sda-pipeline/embedded through the worker, and let relabel/scheduled fire on its own."""
+    params = yaml.safe_load((tiny_repo / "params.yaml").read_text())
+    params["relabel"]["interval_minutes"] = 0.1  # the scheduled deployment fires every 6 s
+    (tiny_repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    port = _free_port()
+    env = subprocess_env()
+    env.update(PREFECT_HOME=str(tmp_path / "prefect-home"), PREFECT_API_URL=f"http://127.0.0.1:{port}/api",
+               PREFECT_WORKER_QUERY_SECONDS="2", PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    serve = subprocess.Popen([sys.executable, "-m", "flows.serve", "--port", str(port)], cwd=tiny_repo, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        lines = []
+        deadline = time.time() + 240
+        while time.time() < deadline:
+            line = serve.stdout.readline()
+            lines.append(line)
+            if line.startswith("ready.") or serve.poll() is not None:
+                break
+        assert any(x.startswith("ready.") for x in lines), "".join(lines)
+        # the scheduled relabel watches the params inbox (created by serve): drop images there
+        _good_inbox(tiny_repo, tiny_repo / "data" / "inbox", 6)
+        scheduled = {sha256_file(p) for p in (tiny_repo / "data" / "inbox").rglob("*.png")}
+        ondemand = tmp_path / "ondemand"
+        ondemand.mkdir()
+        _good_inbox(tiny_repo, ondemand, 10, domain="pixelate")
+        prefect = str(Path(sys.executable).parent / "prefect")
+        r = subprocess.run([prefect, "deployment", "run", "relabel/on-demand", "-p", f"inbox={ondemand}",
+                            "--watch", "--watch-timeout", "300"], env=env, capture_output=True, text=True)
+        assert r.returncode == 0 and "Completed" in r.stdout, r.stdout[-3000:] + r.stderr[-3000:]
+        r = subprocess.run([prefect, "deployment", "run", "sda-pipeline/embedded", "--watch", "--watch-timeout", "300"],
+                           env=env, capture_output=True, text=True)
+        assert r.returncode == 0 and "Completed" in r.stdout, r.stdout[-3000:] + r.stderr[-3000:]
+
+        deadline = time.time() + 180
+        while time.time() < deadline and not scheduled <= committed_hashes(tiny_repo / "data" / "labels"):
+            time.sleep(3)
+        sched = _flow_runs(env, "relabel/scheduled")
+        assert any(x["state"] == "COMPLETED" for x in sched["runs"]), sched["runs"][:5]
+        assert scheduled <= committed_hashes(tiny_repo / "data" / "labels")
+        assert sched["schedules"][0]["interval"] == 6.0
+        assert {"relabel-batch", "relabel-run", "sda-results"} <= set(sched["artifacts"])
+
+        rows = read_table(tiny_repo / "data" / "labels").to_pylist()
+        assert len(rows) == len({r["sha256"] for r in rows}) == 16
+        assert all(r["flow_run_id"] for r in rows)  # run through Prefect
+    finally:
+        os.killpg(serve.pid, signal.SIGINT)
+        try:
+            serve.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(serve.pid, signal.SIGKILL)
