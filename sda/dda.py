@@ -40,9 +40,22 @@ def low_pass(x: torch.Tensor, D: int) -> torch.Tensor:
     """
     if D == 1:
         return x
-    h, w = x.shape[-2:]
-    small = resize(x, out_shape=(int(h / D), int(w / D)))
-    return resize(small, out_shape=(h, w))
+    b, c, h, w = x.shape
+    # scale_factors AND out_shape, as the reference calls it: resize_right then sizes the cubic
+    # kernel from the factor, not from the (rounded) shape ratio
+    small = resize(x, scale_factors=1.0 / D, out_shape=(b, c, int(h / D), int(w / D)))
+    return resize(small, scale_factors=float(D), out_shape=(b, c, h, w))
+
+
+def _alphas_cumprod_fp64(sched: DDPMScheduler) -> torch.Tensor:
+    """alphas_cumprod in float64, as guided-diffusion computes its coefficients (diffusers' float32
+    cumprod drifts ~1e-5 per step from the reference; float64 brings it to ~1e-7)."""
+    cfg = sched.config
+    if cfg.beta_schedule == "linear" and cfg.trained_betas is None:
+        betas = torch.linspace(cfg.beta_start, cfg.beta_end, cfg.num_train_timesteps, dtype=torch.float64)
+    else:
+        betas = sched.betas.double()
+    return torch.cumprod(1.0 - betas, dim=0)
 
 
 def project(
@@ -83,6 +96,7 @@ def project(
     ts = respaced_timesteps(T, respacing)  # ascending, e.g. 0, 10, ..., 50, 61, ..., 999
     sched = DDPMScheduler.from_config(scheduler.config)
     sched.set_timesteps(timesteps=ts[::-1])  # custom timesteps: step() walks ts[i] -> ts[i-1]
+    sched.alphas_cumprod = _alphas_cumprod_fp64(sched)
     device = images.device
     ref = images.float()
     ref_low = low_pass(ref, D)
