@@ -6,6 +6,7 @@ At the end the results table is printed and published as a markdown artifact.
 
     python -m flows.pipeline               # run (or resume) the whole pipeline
     python -m flows.pipeline --force       # re-run every stage
+    python -m flows.pipeline --profile imagenet   # switch params.yaml to the ImageNet profile and run
 """
 
 from __future__ import annotations
@@ -16,15 +17,19 @@ import contextlib
 import json
 import logging
 import os
+import re
 import sys
 import time
 from pathlib import Path
+
+import yaml
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
 from tasks import STAGES
-from sda.params import ParamsError
+from sda.params import ParamsError, parse_params
+from sda.shards import atomic_write_bytes
 from tasks.common import load_params
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,7 +67,7 @@ def _results_markdown(root: Path, runs: list[dict]) -> str:
     parts = [
         f"# SDA results ({metrics.get('split', 'test')} split, top-1 %)",
         table,
-        "Mean over the 15 corruptions: "
+        "Mean over the corruption domains: "
         + ", ".join(f"{k} {v:.1f}" for k, v in metrics["mean"].items()),
         "## Stages\n| stage | state | seconds |\n|---|---|---|\n" + stages,
     ]
@@ -73,10 +78,34 @@ def _results_markdown(root: Path, runs: list[dict]) -> str:
     return "\n\n".join(parts)
 
 
+def set_profile(params_file: Path, profile: str) -> bool:
+    """Set ``profile:`` in ``params_file`` (comments kept, written atomically); True if it changed.
+
+    The switch is a visible edit of params.yaml, so DVC sees it and re-runs what depends on it.
+    """
+    text = params_file.read_text()
+    pattern = re.compile(r"^profile:[ \t]*([^\s#]+)", re.MULTILINE)
+    m = pattern.search(text)
+    if m is None:
+        raise ParamsError(f"{params_file}: no top-level 'profile:' line to switch")
+    if m.group(1) == profile:
+        return False
+    new = pattern.sub(f"profile: {profile}", text, count=1)
+    parse_params(yaml.safe_load(new), source=str(params_file))  # validate before writing
+    atomic_write_bytes(params_file, new.encode())
+    return True
+
+
 @flow(name="sda-pipeline", log_prints=True)
-def pipeline(root: str = str(ROOT), stages: list[str] | None = None, force: bool = False) -> dict:
-    """Validate ``params.yaml``, reproduce the DVC stages in order, publish the results table."""
+def pipeline(root: str = str(ROOT), stages: list[str] | None = None, force: bool = False,
+             profile: str | None = None) -> dict:
+    """Validate ``params.yaml``, reproduce the DVC stages in order, publish the results table.
+
+    ``profile`` (``embedded`` / ``imagenet``) switches params.yaml's profile first.
+    """
     root_p = Path(root).resolve()
+    if profile is not None and set_profile(root_p / "params.yaml", profile):
+        print(f"params.yaml: profile switched to {profile}")
     params = load_params(root_p / "params.yaml")  # fail before any work on a bad params file
     print(f"profile={params.profile} seed={params.runtime.seed} split={params.target_data.split}")
     _env_for_stages()
@@ -102,9 +131,13 @@ def main() -> None:
     parser.add_argument("--root", default=str(ROOT), help="repository root (default: this checkout)")
     parser.add_argument("--stages", nargs="+", choices=STAGES, help="only these stages (in pipeline order)")
     parser.add_argument("--force", action="store_true", help="re-run stages even when DVC has them cached")
+    parser.add_argument("--profile", choices=["embedded", "imagenet"],
+                        help="switch params.yaml's profile before running (default: as it is)")
     args = parser.parse_args()
     stages = [s for s in STAGES if s in args.stages] if args.stages else None
     try:
+        if args.profile:
+            set_profile(Path(args.root) / "params.yaml", args.profile)
         load_params(Path(args.root) / "params.yaml")  # a bad params file fails here, before Prefect starts
     except ParamsError as err:
         print(f"error: {err}", file=sys.stderr)

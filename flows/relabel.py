@@ -93,7 +93,7 @@ def make_job(root: Path, params: Params, *, inbox: str | None = None, overrides:
     lineage = Lineage(source_model_hash=hashes["source"], aligned_model_hash=hashes["aligned"],
                       diffusion_model_hash=hashes["diffusion"],
                       params_hash=fingerprint(params.model_dump(mode="json"))[:16], code_version=code_version(root))
-    return RelabelJob(settings, projection=params.projection.model_dump(), image_size=params.source_data.image_size,
+    return RelabelJob(settings, projection=params.projection.model_dump(), image_size=params.image_size,
                       models=models, lineage=lineage, seed=params.runtime.seed, run_id=uuid.uuid4().hex,
                       flow_run_id=flow_run_id, device=pick_device(params.runtime.device), bf16=params.runtime.bf16)
 

@@ -137,6 +137,7 @@ ready. UI: http://{args.host}:{args.port}   worker log: {home / 'worker.log'}
 in another shell:
     export PREFECT_API_URL={env['PREFECT_API_URL']}
     {root / '.venv/bin/prefect'} deployment run sda-pipeline/embedded --watch
+    {root / '.venv/bin/prefect'} deployment run sda-pipeline/imagenet --watch   # GPU; paths: params.yaml imagenet
     {root / '.venv/bin/prefect'} deployment run relabel/on-demand -p inbox=/path/to/images --watch
 new images dropped into {inbox} are labelled every {params.relabel.interval_minutes:g} min (data/labels/).
 Ctrl-C stops the worker and the server.""", flush=True)

@@ -18,6 +18,7 @@ import timm
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torchvision.transforms.v2.functional as TF
 from safetensors.torch import load_file, save_file
 from timm.models import register_model
 from tqdm.auto import tqdm
@@ -25,8 +26,12 @@ from tqdm.auto import tqdm
 from sda.shards import atomic_dir, atomic_write_json
 
 __all__ = [
+    "PAPER_RECIPES",
     "SmallCNN",
     "create_classifier",
+    "input_spec",
+    "load_pretrained_classifier",
+    "paper_recipe",
     "load_classifier",
     "predict_logits",
     "save_classifier",
@@ -78,13 +83,49 @@ def create_classifier(arch: str, num_classes: int, **kwargs: Any) -> nn.Module:
     return timm.create_model(arch, pretrained=False, num_classes=num_classes, **kwargs)
 
 
+# The SDA paper's fine-tuning recipes (DESIGN.md §1), per backbone family. The paper's batch is
+# 64 per GPU x 8 GPUs; one process here steps on batch_size images (use gradient-equivalent lr
+# scaling if you change it). The AdamW learning rate is not stated in DESIGN.md: 1e-5 is ours.
+PAPER_RECIPES: dict[str, dict[str, Any]] = {
+    "resnet": {"optimizer": "sgd", "lr": 5e-4, "momentum": 0.9, "weight_decay": 1e-4, "batch_size": 64,
+               "epochs": 15, "grad_clip": None},
+    "swin": {"optimizer": "adamw", "lr": 1e-5, "momentum": 0.9, "weight_decay": 0.05, "batch_size": 64,
+             "epochs": 15, "grad_clip": 5.0},
+    "convnext": {"optimizer": "adamw", "lr": 1e-5, "momentum": 0.9, "weight_decay": 0.05, "batch_size": 64,
+                 "epochs": 15, "grad_clip": 5.0},
+}
+
+
+def paper_recipe(arch: str) -> dict[str, Any]:
+    """The recipe of ``arch``'s family (``resnet50`` -> ``resnet``); unknown families are an error."""
+    for family, recipe in PAPER_RECIPES.items():
+        if arch.startswith(family):
+            return dict(recipe)
+    raise ValueError(f"classifier_align.recipe 'paper' has no recipe for {arch!r} (known families: "
+                     f"{sorted(PAPER_RECIPES)}); set classifier_align.recipe: custom and its fields")
+
+
+def input_spec(config: dict[str, Any]) -> dict[str, Any]:
+    """The preprocessing keyword arguments of a saved classifier's ``config.json``."""
+    return {"mean": config["mean"], "std": config["std"], "resize": config.get("resize"), "crop": config.get("crop")}
+
+
 def to_model_input(images: np.ndarray | torch.Tensor, mean: Sequence[float], std: Sequence[float],
-                   device: torch.device | str = "cpu") -> torch.Tensor:
-    """uint8 (B, H, W, 3) or float (B, 3, H, W) in [-1, 1] -> normalised float (B, 3, H, W)."""
+                   device: torch.device | str = "cpu", resize: int | None = None,
+                   crop: int | None = None) -> torch.Tensor:
+    """uint8 (B, H, W, 3) or float (B, 3, H, W) in [-1, 1] -> normalised float (B, 3, h, w).
+
+    ``resize``: shorter side to this many pixels, bicubic with antialias (a no-op when it already
+    is); ``crop``: then a centre crop (the reference's evaluation: 256 then 224, ImageNet mean/std).
+    """
     if isinstance(images, np.ndarray):
         x = torch.from_numpy(images).to(device).permute(0, 3, 1, 2).float() / 255.0
     else:
         x = (images.to(device).float() + 1.0) / 2.0
+    if resize is not None and min(x.shape[-2:]) != resize:
+        x = TF.resize(x, resize, interpolation=TF.InterpolationMode.BICUBIC, antialias=True)
+    if crop is not None:
+        x = TF.center_crop(x, [crop, crop])
     m = torch.tensor(mean, device=x.device).view(1, -1, 1, 1)
     s = torch.tensor(std, device=x.device).view(1, -1, 1, 1)
     return (x - m) / s
@@ -103,36 +144,53 @@ def train_classifier(
     weight_decay: float,
     seed: int,
     label_smoothing: float = 0.0,
+    optimizer: str = "adamw",
+    momentum: float = 0.9,
+    grad_clip: float | None = None,
+    resize: int | None = None,
+    crop: int | None = None,
     device: torch.device | str = "cpu",
     desc: str = "train",
     on_epoch: Callable[[int, float, float], None] | None = None,
 ) -> list[dict[str, float]]:
-    """Train in place with AdamW and a cosine schedule; returns per-epoch ``{epoch, loss, acc}``.
+    """Train in place (AdamW or SGD with momentum, cosine schedule per step, optional gradient
+    clipping); returns per-epoch ``{epoch, loss, acc}``.
 
-    ``images`` uint8 (N, H, W, 3), ``labels`` int (N,). Shuffling is seeded by ``seed``.
+    ``images`` uint8 (N, H, W, 3) stay on the CPU and are converted batch by batch
+    (:func:`to_model_input` with ``resize`` / ``crop``); ``labels`` int (N,). Shuffling is seeded by
+    ``seed``.
     """
     model.to(device).train()
-    x_all = to_model_input(images, mean, std, device)
     y_all = torch.as_tensor(labels, dtype=torch.long, device=device)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    steps_per_epoch = math.ceil(len(x_all) / batch_size)
+    if optimizer == "sgd":
+        opt: torch.optim.Optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum,
+                                                     weight_decay=weight_decay)
+    elif optimizer == "adamw":
+        opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    else:
+        raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {optimizer!r}")
+    steps_per_epoch = math.ceil(len(images) / batch_size)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps_per_epoch)
     gen = torch.Generator().manual_seed(seed)
     history = []
     bar = tqdm(range(epochs), desc=desc, unit="epoch", leave=False)
     for epoch in bar:
-        perm = torch.randperm(len(x_all), generator=gen).to(device)
+        perm = torch.randperm(len(images), generator=gen)
         total, correct, loss_sum = 0, 0, 0.0
         for i in range(0, len(perm), batch_size):
             idx = perm[i: i + batch_size]
-            logits = model(x_all[idx])
-            loss = F.cross_entropy(logits, y_all[idx], label_smoothing=label_smoothing)
+            x = to_model_input(images[idx.numpy()], mean, std, device, resize=resize, crop=crop)
+            y = y_all[idx.to(device)]
+            logits = model(x)
+            loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
             opt.step()
             sched.step()
             loss_sum += loss.item() * len(idx)
-            correct += int((logits.argmax(1) == y_all[idx]).sum())
+            correct += int((logits.argmax(1) == y).sum())
             total += len(idx)
         rec = {"epoch": epoch + 1, "loss": loss_sum / total, "acc": correct / total}
         history.append(rec)
@@ -150,14 +208,18 @@ def predict_logits(
     *,
     mean: Sequence[float],
     std: Sequence[float],
+    resize: int | None = None,
+    crop: int | None = None,
     batch_size: int = 512,
     device: torch.device | str = "cpu",
 ) -> torch.Tensor:
-    """Logits float32 (N, num_classes) on the CPU for uint8 (N, H, W, 3) or [-1, 1] (N, 3, H, W)."""
+    """Logits float32 (N, num_classes) on the CPU for uint8 (N, H, W, 3) or [-1, 1] (N, 3, H, W),
+    preprocessed by :func:`to_model_input` (pass ``**input_spec(config)``)."""
     model.to(device).eval()
     out = []
     for i in range(0, len(images), batch_size):
-        out.append(model(to_model_input(images[i: i + batch_size], mean, std, device)).float().cpu())
+        x = to_model_input(images[i: i + batch_size], mean, std, device, resize=resize, crop=crop)
+        out.append(model(x).float().cpu())
     return torch.cat(out) if out else torch.empty(0)
 
 
@@ -183,3 +245,47 @@ def load_classifier(model_dir: str | Path, device: torch.device | str = "cpu") -
     model = create_classifier(config["arch"], config["num_classes"], **config["kwargs"])
     model.load_state_dict(load_file(str(model_dir / "model.safetensors")))
     return model.to(device).eval(), config
+
+
+WHERE_TO_GET_WEIGHTS = (
+    "ImageNet classifier weights are published by torchvision (resnet50: ResNet50_Weights.IMAGENET1K_V1, "
+    "as in the paper) and by timm (swin_tiny_patch4_window7_224, convnext_tiny, swin_base_patch4_window7_224, "
+    "convnext_base on the Hugging Face hub); download the file once and set imagenet.classifier_weights to it"
+)
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    if path.suffix == ".safetensors":
+        state: Any = load_file(str(path))
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model", "model_ema"):  # common training-checkpoint wrappers
+        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+            state = state[key]
+            break
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path}: not a state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def load_pretrained_classifier(arch: str, weights: str | Path) -> tuple[nn.Module, int]:
+    """``timm.create_model(arch)`` with the weights of a local file; returns (model in eval mode,
+    number of classes read from the file's classifier head).
+
+    A missing file is a ``FileNotFoundError`` that says where to get it; keys that do not fit the
+    architecture are a ``ValueError`` listing them (strict loading, nothing silently left random).
+    """
+    weights = Path(weights)
+    if not weights.is_file():
+        raise FileNotFoundError(f"classifier weights {weights} not found (imagenet.classifier_weights). "
+                                f"{WHERE_TO_GET_WEIGHTS}")
+    state = _read_state_dict(weights)
+    head = (timm.models.get_pretrained_cfg(arch) or timm.models.get_pretrained_cfg(arch.split(".")[0]))
+    head_key = f"{head.classifier}.weight" if head is not None and head.classifier else None
+    num_classes = int(state[head_key].shape[0]) if head_key in state else 1000
+    model = create_classifier(arch, num_classes)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{weights} does not fit timm {arch!r}: missing {sorted(missing)[:20]} "
+                         f"unexpected {sorted(unexpected)[:20]} (is imagenet.classifier_weights for source_model.arch?)")
+    return model.eval(), num_classes

@@ -22,7 +22,7 @@ __all__ = ["ReferenceDiffusion", "reference_project"]
 
 class ReferenceDiffusion:
     """A linear-beta schedule of ``T`` steps respaced to ``respacing`` kept steps, learned-range
-    variance: the coefficients guided-diffusion derives, as float64 arrays indexed by the respaced
+    variance (or fixed-small for 3-channel models): the coefficients guided-diffusion derives, as float64 arrays indexed by the respaced
     step ``i`` (0 = least noisy)."""
 
     def __init__(self, T: int = 1000, respacing: int = 100, beta_start: float = 1e-4, beta_end: float = 0.02):
@@ -57,11 +57,14 @@ class ReferenceDiffusion:
         """One ancestral step from respaced index ``i``; the model sees the original timestep."""
         t = torch.from_numpy(self.timestep_map).to(x.device)[i]
         out = model(x, t)
-        eps, var_values = out[:, :3], out[:, 3:]
+        eps = out[:, :3]
         min_log = self._gather(self.posterior_log_variance_clipped, i, x.shape)
-        max_log = self._gather(np.log(self.betas), i, x.shape)
-        frac = (var_values + 1) / 2
-        log_variance = frac * max_log + (1 - frac) * min_log
+        if out.shape[1] == 6:  # learned range
+            max_log = self._gather(np.log(self.betas), i, x.shape)
+            frac = (out[:, 3:] + 1) / 2
+            log_variance = frac * max_log + (1 - frac) * min_log
+        else:  # fixed small
+            log_variance = min_log
         pred_x0 = (self._gather(self.sqrt_recip_alphas_cumprod, i, x.shape) * x
                    - self._gather(self.sqrt_recipm1_alphas_cumprod, i, x.shape) * eps).clamp(-1, 1)
         mean = (self._gather(self.posterior_mean_coef1, i, x.shape) * pred_x0
@@ -74,7 +77,8 @@ class ReferenceDiffusion:
 def reference_project(model, images: torch.Tensor, *, respacing: int = 100, N: int = 50, D: int = 4,
                       scale: float = 6.0, T: int = 1000) -> torch.Tensor:
     """The reference DDA loop: noise at respaced index N, denoise N-1 .. 0 with the batch-wide
-    low-pass guidance. ``model(x, t) -> (B, 6, H, W)`` (epsilon and variance values); ``images``
+    low-pass guidance. ``model(x, t) -> (B, 6, H, W)`` (epsilon and variance values) or
+    ``(B, 3, H, W)`` (epsilon, fixed-small variance); ``images``
     float (B, 3, H, W) in [-1, 1]. Draws from torch's global generator."""
     diffusion = ReferenceDiffusion(T, respacing)
     b, _, h, w = images.shape

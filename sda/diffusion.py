@@ -22,6 +22,7 @@ from sda.shards import atomic_dir, atomic_write_json
 
 __all__ = [
     "build_unet",
+    "finetune_epsilon",
     "load_diffusion",
     "make_scheduler",
     "respaced_timesteps",
@@ -150,6 +151,54 @@ def train_diffusion(
     return unet, losses
 
 
+def finetune_epsilon(
+    model: torch.nn.Module,
+    scheduler: DDPMScheduler,
+    images: np.ndarray,
+    labels: np.ndarray | None,
+    *,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    encode: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    device: torch.device | str = "cpu",
+) -> list[float]:
+    """Fine-tune a pretrained diffusion model in place on source images with the simple epsilon
+    loss (DDPM L_simple) on its first C output channels; returns the per-step losses.
+
+    ``model(x_t, t[, class_labels=...]).sample`` with C = ``model.config.in_channels`` input channels.
+    ``images`` uint8 (N, H, W, 3); ``labels`` int (N,) for class-conditional models (DiT), ``None``
+    for unconditional ones (ADM). ``encode`` maps [-1, 1] pixels to the model's space (DiT: VAE
+    latents times the scaling factor). A learned-variance head is trained only through the layers it
+    shares with epsilon (guided-diffusion's L_hybrid adds a variational term: not done here).
+    """
+    gen = torch.Generator().manual_seed(seed)
+    model.to(device).train()
+    ch = model.config.in_channels
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
+    T = scheduler.config.num_train_timesteps
+    losses: list[float] = []
+    for _ in tqdm(range(steps), desc="finetune", unit="step", leave=False):
+        idx = torch.randint(0, len(images), (batch_size,), generator=gen)
+        x0 = to_unit_range(images[idx.numpy()], device)
+        if encode is not None:
+            with torch.no_grad():
+                x0 = encode(x0)
+        t = torch.randint(0, T, (batch_size,), generator=gen).to(device)
+        noise = torch.randn(x0.shape, generator=gen).to(device)
+        kwargs = {} if labels is None else {"class_labels": torch.as_tensor(labels[idx.numpy()], device=device)}
+        out = model(scheduler.add_noise(x0, noise, t), t, **kwargs).sample
+        loss = F.mse_loss(out[:, :ch].float(), noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        losses.append(loss.item())
+    model.eval()
+    return losses
+
+
 @torch.no_grad()
 def sample_class_conditional(
     unet: UNet2DModel,
@@ -160,13 +209,17 @@ def sample_class_conditional(
     null_label: int,
     steps: int,
     guidance_scale: float = 1.0,
+    clamp: bool = True,
     device: torch.device | str = "cpu",
     progress: bool = False,
 ) -> torch.Tensor:
-    """Respaced ancestral (DDPM) sampling; returns float (B, 3, H, W) in [-1, 1].
+    """Respaced ancestral (DDPM) sampling; returns float (B, C, S, S) with C, S the model's
+    ``in_channels`` and ``sample_size``, clamped to [-1, 1] when ``clamp`` (pixels, not latents).
 
-    Sample ``b`` depends only on ``(class_labels[b], seeds[b])``: its initial noise and every step's
-    noise come from its own ``torch.Generator``. Classifier-free guidance (Ho & Salimans 2022):
+    ``unet(x, t, class_labels=...)`` returns ``.sample`` with C channels (epsilon) or 2C (epsilon and
+    learned-range variance: a UNet2DModel or a DiTTransformer2DModel). Sample ``b`` depends only on
+    ``(class_labels[b], seeds[b])``: its initial noise and every step's noise come from its own
+    ``torch.Generator``. Classifier-free guidance (Ho & Salimans 2022) on the epsilon channels:
     eps = eps_null + w * (eps_cond - eps_null); w = 1 is the plain conditional model.
     """
     if len(class_labels) != len(seeds):
@@ -174,10 +227,10 @@ def sample_class_conditional(
     sched = DDPMScheduler.from_config(scheduler.config)  # never mutate the caller's scheduler
     sched.set_timesteps(timesteps=respaced_timesteps(sched.config.num_train_timesteps, steps)[::-1])
     gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
-    size = unet.config.sample_size
+    size, ch = unet.config.sample_size, unet.config.in_channels
     b = len(seeds)
     # 1. initial noise x_T ~ N(0, I), one generator per sample
-    x = randn_tensor((b, 3, size, size), generator=gens).to(device)
+    x = randn_tensor((b, ch, size, size), generator=gens).to(device)
     y = torch.as_tensor(list(class_labels), dtype=torch.long, device=device)
     y_null = torch.full_like(y, null_label)
     for t in tqdm(sched.timesteps, desc="sample", leave=False, disable=not progress):
@@ -186,11 +239,12 @@ def sample_class_conditional(
         if guidance_scale == 1.0:
             eps = unet(x, tt, class_labels=y).sample
         else:
-            eps_c, eps_u = unet(torch.cat([x, x]), torch.cat([tt, tt]), class_labels=torch.cat([y, y_null])).sample.chunk(2)
-            eps = eps_u + guidance_scale * (eps_c - eps_u)
+            out_c, out_u = unet(torch.cat([x, x]), torch.cat([tt, tt]), class_labels=torch.cat([y, y_null])).sample.chunk(2)
+            eps = out_c.clone()  # learned variance channels (if any) from the conditional branch
+            eps[:, :ch] = out_u[:, :ch] + guidance_scale * (out_c[:, :ch] - out_u[:, :ch])
         # 3. x_{t-1} ~ p(x_{t-1} | x_t), DDPM eq. 6-7 on the respaced schedule
-        x = sched.step(eps.cpu(), t, x.cpu(), generator=gens).prev_sample.to(device)
-    return x.clamp(-1, 1)
+        x = sched.step(eps.float().cpu(), t, x.cpu(), generator=gens).prev_sample.to(device)
+    return x.clamp(-1, 1) if clamp else x
 
 
 def save_diffusion(unet: UNet2DModel, scheduler: DDPMScheduler, out_dir: str | Path, info: dict[str, Any]) -> None:

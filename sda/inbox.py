@@ -25,6 +25,7 @@ from typing import Iterator
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from sda.domains.imagenet import center_crop_arr
 from sda.shards import sha256_file
 
 __all__ = [
@@ -215,5 +216,6 @@ def decode_image(data: bytes, *, max_pixels: int, min_side: int = 1) -> tuple[Im
 
 
 def to_model_image(img: Image.Image, size: int) -> np.ndarray:
-    """uint8 (size, size, 3): shorter side resized to ``size`` (bicubic, antialiased), centre crop."""
-    return np.asarray(ImageOps.fit(img, (size, size), method=Image.Resampling.BICUBIC), dtype=np.uint8)
+    """uint8 (size, size, 3): guided-diffusion's loader (shorter side to ``size``, centre crop), the
+    same path as the target_data stage's images."""
+    return center_crop_arr(img, size)

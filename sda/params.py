@@ -8,12 +8,14 @@ passes the parsed mapping to :func:`parse_params`.
 
 from __future__ import annotations
 
-from typing import Any, Literal, Mapping
+from typing import Annotated, Any, Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 __all__ = [
+    "ADM_256_UNCOND",
     "CORRUPTIONS",
+    "PROFILES",
     "ParamsError",
     "Params",
     "parse_params",
@@ -26,6 +28,16 @@ CORRUPTIONS: tuple[str, ...] = (
     "snow", "frost", "fog", "brightness",
     "contrast", "elastic_transform", "pixelate", "jpeg_compression",
 )
+
+
+PROFILES: tuple[str, ...] = ("embedded", "imagenet")
+
+# guided-diffusion's flags of 256x256_diffusion_uncond.pt (DESIGN.md §3)
+ADM_256_UNCOND: dict[str, Any] = {
+    "image_size": 256, "num_channels": 256, "num_res_blocks": 2, "attention_resolutions": "32,16,8",
+    "num_head_channels": 64, "learn_sigma": True, "resblock_updown": True, "use_scale_shift_norm": True,
+    "class_cond": False,
+}
 
 
 class ParamsError(ValueError):
@@ -118,10 +130,16 @@ class Projection(_Section):
 
 
 class ClassifierAlign(_Section):
+    recipe: Literal["custom", "paper"] = Field(
+        "custom", description="'paper': the SDA paper's recipe for source_model.arch (sda.classifiers.PAPER_RECIPES) "
+        "replaces optimizer, lr, momentum, weight_decay, batch_size, epochs and grad_clip.")
+    optimizer: Literal["adamw", "sgd"] = "adamw"
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(64, ge=1)
     lr: float = Field(5e-4, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD only.")
     weight_decay: float = Field(1e-4, ge=0)
+    grad_clip: float | None = Field(None, gt=0, description="Max gradient norm; null = no clipping.")
     label_smoothing: float = Field(0.0, ge=0, lt=1)
 
 
@@ -168,10 +186,48 @@ class Relabel(_Section):
     grid_images: int = Field(8, ge=1, le=64, description="Images per predicted class in the batch grid.")
 
 
+class ImageNet(_Section):
+    """The ImageNet profile's models and data, all read from local paths (relative to the repo root)."""
+
+    adm_checkpoint: str = Field("models/256x256_diffusion_uncond.pt", description=(
+        "Unconditional projector: a guided-diffusion state dict (.pt) or a folder written by "
+        "`python -m sda.adm convert`."))
+    adm_flags: dict[str, Any] = Field(default_factory=lambda: dict(ADM_256_UNCOND),
+                                      description="guided-diffusion model flags of adm_checkpoint.")
+    dit: str = Field("models/DiT-XL-2-256", description="diffusers DiT folder: transformer/ and vae/.")
+    classifier_weights: str = Field("models/resnet50.pth", description=(
+        "Weights of source_model.arch (.pth/.pt/.bin state dict or .safetensors)."))
+    val_dir: str = Field("datasets/imagenet/val", description="ImageNet val: class folders, or flat with val_labels.")
+    val_labels: str | None = Field(None, description="For a flat val_dir: lines '<file name> <class index>'.")
+    imagenet_c_dir: str | None = Field("datasets/imagenet-c", description=(
+        "ImageNet-C root: <corruption>/<severity>/<class>/<file>. null = no corruption domains."))
+    severities: tuple[Annotated[int, Field(ge=1, le=5)], ...] = Field(
+        (5,), min_length=1, description="ImageNet-C severities to evaluate (1-5).")
+    imagenet_w: bool = Field(True, description="Add the ImageNet-W domain, rendered from val with imagenet-w.")
+    train_dir: str | None = Field(None, description="Source train images (class folders) for finetune_steps > 0.")
+    classes: tuple[str, ...] | None = Field(None, description="Subset: class folder names (or indices); null = all.")
+    images_per_class: int | None = Field(None, ge=1, description="Subset: first N files per class; null = all.")
+    image_size: int = Field(256, ge=16, description="Projection / generation resolution.")
+    resize_size: int = Field(256, ge=16, description="Classifier input: resize (bicubic, shorter side) ...")
+    crop_size: int = Field(224, ge=16, description="... then centre crop.")
+    finetune_steps: int = Field(0, ge=0, description="diffusion_finetune: 0 = use the weights as they are.")
+    finetune_lr: float = Field(1e-5, gt=0)
+    finetune_batch_size: int = Field(4, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> "ImageNet":
+        if self.crop_size > self.resize_size:
+            raise ValueError(f"crop_size {self.crop_size} is larger than resize_size {self.resize_size}")
+        return self
+
+
 class Params(_Section):
-    profile: Literal["embedded"] = Field(
-        "embedded", description="Which domain to run; 'imagenet' arrives with the ImageNet profile."
+    profile: Literal["embedded", "imagenet"] = Field(
+        "embedded", description="Which domain to run: the built-in digits (CPU) or ImageNet (GPU, local weights)."
     )
+    profiles: dict[Literal["embedded", "imagenet"], dict[str, dict[str, Any]]] = Field(
+        default_factory=dict, description="Per-profile overrides of the sections, applied for the chosen profile.")
+    imagenet: ImageNet = ImageNet()
     runtime: Runtime = Runtime()
     source_data: SourceData = SourceData()
     source_model: SourceModel = SourceModel()
@@ -182,6 +238,11 @@ class Params(_Section):
     target_data: TargetData = TargetData()
     evaluate: Evaluate = Evaluate()
     relabel: Relabel = Relabel()
+
+    @property
+    def image_size(self) -> int:
+        """Side of the images the diffusion models see (stored target / synthetic images)."""
+        return self.imagenet.image_size if self.profile == "imagenet" else self.source_data.image_size
 
 
 def _format(err: ValidationError, source: str) -> str:
@@ -198,12 +259,29 @@ def _format(err: ValidationError, source: str) -> str:
 
 
 def parse_params(raw: Mapping[str, Any] | None, source: str = "params.yaml") -> Params:
-    """Validate a parsed ``params.yaml`` mapping; raise :class:`ParamsError` naming bad keys."""
+    """Validate a parsed ``params.yaml`` mapping; raise :class:`ParamsError` naming bad keys.
+
+    The sections of the chosen ``profile`` are the top-level sections with ``profiles.<profile>``
+    merged over them key by key (so ``profile: imagenet`` is the one setting to switch).
+    """
     if raw is None:
         raw = {}
     if not isinstance(raw, Mapping):
         raise ParamsError(f"{source}: the top level must be a mapping of sections, got {type(raw).__name__}")
+    raw = dict(raw)
+    profile = raw.get("profile", "embedded")
+    overrides = (raw.get("profiles") or {}).get(profile) if isinstance(raw.get("profiles"), Mapping) else None
+    if overrides:
+        if not isinstance(overrides, Mapping):
+            raise ParamsError(f"{source}: profiles.{profile} must be a mapping of sections")
+        for section, values in overrides.items():
+            if section in ("profile", "profiles") or section not in Params.model_fields:
+                raise ParamsError(f"{source}: profiles.{profile}.{section}: unknown section; choose from "
+                                  f"{sorted(set(Params.model_fields) - {'profile', 'profiles'})}")
+            if not isinstance(values, Mapping):
+                raise ParamsError(f"{source}: profiles.{profile}.{section} must be a mapping")
+            raw[section] = {**(raw.get(section) or {}), **values}
     try:
-        return Params.model_validate(dict(raw))
+        return Params.model_validate(raw)
     except ValidationError as err:
         raise ParamsError(_format(err, source)) from None

@@ -62,18 +62,19 @@ def project_uint8(
     images: np.ndarray,
     projection: dict[str, Any],
     *,
-    null_label: int,
+    null_label: int | None,
     generator: torch.Generator,
     bf16: bool = False,
 ) -> np.ndarray:
     """DDA projections of uint8 (B, H, W, 3) images as uint8 (B, H, W, 3), in one guidance batch.
 
     ``projection`` holds the :class:`sda.params.Projection` fields; the unconditional model is the
-    diffusion model with ``null_label``; ``generator`` lives on the model's device.
+    diffusion model with ``null_label`` (``None``: an unconditional model such as ADM); ``generator``
+    lives on the model's device.
     """
     dev = next(unet.parameters()).device
     p = projection
-    labels = torch.full((len(images),), null_label, dtype=torch.long)
+    labels = None if null_label is None else torch.full((len(images),), null_label, dtype=torch.long)
     y = project(unet, scheduler, to_unit_range(images, dev), respacing=p["respacing"], N=p["N"], D=p["D"],
                 scale=p["scale"], per_sample_norm=p["per_sample_norm"], fix_off_by_one=p["fix_off_by_one"],
                 class_labels=labels, generator=generator, autocast_bf16=bf16 and dev.type == "cuda")

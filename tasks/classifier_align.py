@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from sda.classifiers import load_classifier, save_classifier, train_classifier
+from sda.classifiers import input_spec, load_classifier, paper_recipe, save_classifier, train_classifier
 from sda.params import ClassifierAlign, Params
 from sda.runtime import derive_seed
 from sda.shards import load_shards
@@ -25,11 +25,14 @@ def run(cfg: ClassifierAlign, seed: int, source_model: Path, synth_dir: Path, ou
     synth = load_shards(synth_dir)
     s = derive_seed(seed, "classifier_align")
     torch.manual_seed(s)
-    history = train_classifier(model, synth.images, synth.labels, mean=config["mean"], std=config["std"],
-                               epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
-                               weight_decay=cfg.weight_decay, label_smoothing=cfg.label_smoothing, seed=s, device=device, desc="classifier_align")
+    hp = cfg.model_dump(include={"optimizer", "lr", "momentum", "weight_decay", "batch_size", "epochs", "grad_clip"})
+    if cfg.recipe == "paper":
+        hp = paper_recipe(config["arch"])
+        log.info("paper recipe for %s: %s", config["arch"], hp)
+    history = train_classifier(model, synth.images, synth.labels, **input_spec(config), seed=s, device=device,
+                               label_smoothing=cfg.label_smoothing, desc="classifier_align", **hp)
     log.info("aligned model: train acc on aligned synthetic set %.1f%%", 100 * history[-1]["acc"])
-    new_config = {**config, "aligned_on": str(synth_dir), "history": history, "seed": s}
+    new_config = {**config, "aligned_on": str(synth_dir), "hyperparameters": hp, "history": history, "seed": s}
     new_config.pop("val_acc", None)
     save_classifier(model, out, new_config)
     return new_config

@@ -75,7 +75,12 @@ def stage_main(stage: str, doc: str, body: Callable[[Params, argparse.Namespace]
     except (FileNotFoundError, ValueError) as err:
         print(f"error in stage {stage}: {err}", file=sys.stderr)
         raise SystemExit(2) from None
-    log.info("stage %s done in %.1f s", stage, time.perf_counter() - t0)
+    peak = ""
+    if args.device.type == "cuda":
+        import torch
+
+        peak = f", peak GPU memory {torch.cuda.max_memory_allocated(args.device) / 2**30:.2f} GiB"
+    log.info("stage %s done in %.1f s%s", stage, time.perf_counter() - t0, peak)
 
 
 def section_json(params: Params, *sections: str) -> dict:

@@ -1,23 +1,32 @@
-"""Stage diffusion_finetune: train the class-conditional diffusion UNet (with a "null" class, so it
-is also the unconditional projector) on the source train split, with EMA.
+"""Stage diffusion_finetune: the diffusion models, fitted to the source domain.
 
-Embedded profile: from scratch. Writes ``data/diffusion_finetune/`` (``unet/``, ``scheduler/`` as
-``save_pretrained`` folders, ``info.json`` with the null label and the loss curve).
+Embedded profile: one class-conditional UNet (with a "null" class, so it is also the unconditional
+projector) trained from scratch with EMA. ImageNet profile: the unconditional ADM projector from
+``imagenet.adm_checkpoint`` (a guided-diffusion state dict, converted exactly, or a converted
+folder) and the DiT-XL/2 generator from ``imagenet.dit``; used as they are when
+``imagenet.finetune_steps`` is 0 (the paper), fine-tuned on the source train images otherwise.
+
+Writes ``data/diffusion_finetune/``: ``unet/`` + ``scheduler/`` (the projector, ``save_pretrained``),
+``dit/`` (ImageNet: ``transformer/`` + ``vae/``) and ``info.json`` (classes, null label, losses).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 from pathlib import Path
 
 import numpy as np
 import torch
+from diffusers import UNet2DModel
 
-from sda.diffusion import build_unet, make_scheduler, save_diffusion, train_diffusion
-from sda.params import DiffusionFinetune, Params
+from sda.adm import adm_scheduler, load_adm_unet
+from sda.diffusion import build_unet, finetune_epsilon, make_scheduler, save_diffusion, train_diffusion
+from sda.dit import dit_scheduler, load_dit, save_dit
+from sda.params import DiffusionFinetune, ImageNet, Params
 from sda.runtime import derive_seed
-from sda.shards import load_shards
+from sda.shards import atomic_dir, atomic_write_json, load_shards
 from tasks.common import DATA, stage_main
 
 log = logging.getLogger("sda.diffusion_finetune")
@@ -46,7 +55,50 @@ def run(cfg: DiffusionFinetune, seed: int, source_dir: Path, out: Path, device: 
     return info
 
 
+def load_projector(cfg: ImageNet) -> UNet2DModel:
+    """The ADM projector: a converted folder (``unet/``) or a guided-diffusion checkpoint file."""
+    path = Path(cfg.adm_checkpoint)
+    if path.is_dir():
+        if not (path / "unet" / "config.json").is_file():
+            raise FileNotFoundError(f"{path}/unet/config.json not found: imagenet.adm_checkpoint must be a "
+                                    "guided-diffusion .pt file or a folder written by `python -m sda.adm convert`")
+        return UNet2DModel.from_pretrained(path / "unet", low_cpu_mem_usage=False)
+    return load_adm_unet(path, **cfg.adm_flags)
+
+
+def run_imagenet(cfg: ImageNet, seed: int, source_dir: Path, out: Path, device: torch.device) -> dict:
+    classes = json.loads((source_dir / "classes.json").read_text())
+    adm = load_projector(cfg).to(device).eval()
+    transformer, vae = load_dit(cfg.dit, device)
+    info = {"profile": "imagenet", "num_classes": len(classes["names"]), "classes": classes["selected"],
+            "null_label": None, "generator": "dit", "adm_checkpoint": cfg.adm_checkpoint, "dit": cfg.dit,
+            "finetune_steps": cfg.finetune_steps, "seed": derive_seed(seed, "diffusion_finetune")}
+    sched = adm_scheduler(learn_sigma=adm.config.out_channels == 6)
+    if cfg.finetune_steps > 0:
+        train = load_shards(source_dir / "train")
+        s = info["seed"]
+        log.info("fine-tuning ADM and DiT for %d steps on %d source images", cfg.finetune_steps, len(train.keys))
+        kw = dict(steps=cfg.finetune_steps, batch_size=cfg.finetune_batch_size, lr=cfg.finetune_lr, device=device)
+        adm_losses = finetune_epsilon(adm, sched, train.images, None, seed=s, **kw)
+        sf = vae.config.scaling_factor
+        dit_losses = finetune_epsilon(transformer, dit_scheduler(), train.images, train.labels, seed=s + 1,
+                                      encode=lambda x: vae.encode(x).latent_dist.sample() * sf, **kw)
+        info["losses"] = {"adm": [round(v, 5) for v in adm_losses], "dit": [round(v, 5) for v in dit_losses]}
+    with atomic_dir(out) as tmp:
+        adm.save_pretrained(tmp / "unet")
+        sched.save_pretrained(tmp / "scheduler")
+        save_dit(transformer, vae, tmp / "dit")
+        atomic_write_json(tmp / "info.json", info)
+    log.info("projector ADM %.1fM parameters, generator DiT %.1fM parameters",
+             sum(p.numel() for p in adm.parameters()) / 1e6, sum(p.numel() for p in transformer.parameters()) / 1e6)
+    return info
+
+
 def _main(params: Params, args: argparse.Namespace) -> None:
+    if params.profile == "imagenet":
+        run_imagenet(params.imagenet, params.runtime.seed, DATA / "source_data", DATA / "diffusion_finetune",
+                     args.device)
+        return
     run(params.diffusion_finetune, params.runtime.seed, DATA / "source_data", DATA / "diffusion_finetune", args.device)
 
 

@@ -14,7 +14,7 @@ import logging
 from pathlib import Path
 
 
-from sda.classifiers import load_classifier, predict_logits
+from sda.classifiers import input_spec, load_classifier, predict_logits
 from sda.evaluate import method_predictions, projection_grid, results_markdown, summarise, write_plot_csv
 from sda.params import Params
 from sda.shards import atomic_write_bytes, atomic_write_json, load_shards
@@ -24,7 +24,8 @@ log = logging.getLogger("sda.evaluate")
 
 
 def run(params: Params, device, data: Path = DATA, metrics_dir: Path = METRICS) -> dict:
-    domains = json.loads((data / "target_data" / "domains.json").read_text())["domains"]
+    index = json.loads((data / "target_data" / "domains.json").read_text())
+    domains = index["domains"]
     source, src_cfg = load_classifier(data / "source_model", device)
     aligned, al_cfg = load_classifier(data / "classifier_align", device)
     bs = params.evaluate.batch_size
@@ -34,15 +35,15 @@ def run(params: Params, device, data: Path = DATA, metrics_dir: Path = METRICS) 
         if orig.keys != proj.keys:
             raise ValueError(f"keys of data/target_data/{d} and data/target_project/{d} differ: re-run target_project")
         logits = {
-            "so": predict_logits(source, orig.images, mean=src_cfg["mean"], std=src_cfg["std"], batch_size=bs, device=device),
-            "sp": predict_logits(source, proj.images, mean=src_cfg["mean"], std=src_cfg["std"], batch_size=bs, device=device),
-            "ap": predict_logits(aligned, proj.images, mean=al_cfg["mean"], std=al_cfg["std"], batch_size=bs, device=device),
+            "so": predict_logits(source, orig.images, **input_spec(src_cfg), batch_size=bs, device=device),
+            "sp": predict_logits(source, proj.images, **input_spec(src_cfg), batch_size=bs, device=device),
+            "ap": predict_logits(aligned, proj.images, **input_spec(al_cfg), batch_size=bs, device=device),
         }
         preds = method_predictions(logits["so"], logits["sp"], logits["ap"])
         per_domain[d] = {m: round(float((p.numpy() == orig.labels).mean() * 100), 2) for m, p in preds.items()}
         k = params.evaluate.grid_images
         grid_rows[d] = (orig.images[:k], proj.images[:k])
-    metrics = summarise(per_domain, params.target_data.corruptions)
+    metrics = summarise(per_domain, index.get("corruption_domains", params.target_data.corruptions))
     metrics["split"] = params.target_data.split
     metrics["images_per_domain"] = len(orig.keys)
     table = results_markdown(metrics)
@@ -51,7 +52,7 @@ def run(params: Params, device, data: Path = DATA, metrics_dir: Path = METRICS) 
     write_plot_csv(metrics, metrics_dir / "per_domain.csv")
     atomic_write_bytes(metrics_dir / "results.md", (table + "\n").encode())
     buf = io.BytesIO()
-    projection_grid(grid_rows).save(buf, format="PNG")
+    projection_grid(grid_rows, upscale=max(1, 64 // params.image_size)).save(buf, format="PNG")
     atomic_write_bytes(metrics_dir / "projection_grid.png", buf.getvalue())
     log.info("results (top-1 %%, %s split):\n%s", params.target_data.split, table)
     return metrics

@@ -1,6 +1,8 @@
-"""Stage source_data: the embedded digits domain as train / val / test WebDataset shard sets.
+"""Stage source_data: the source domain as WebDataset shard sets, and its class list.
 
-Writes ``data/source_data/{train,val,test}/`` (shards + manifest) and ``classes.json``.
+Embedded profile: the digits as ``data/source_data/{train,val,test}/``. ImageNet profile: the class
+list of ``imagenet.val_dir`` (``classes.json`` with the selected subset) and, when
+``imagenet.finetune_steps > 0``, ``train/`` from ``imagenet.train_dir`` for diffusion fine-tuning.
 """
 
 from __future__ import annotations
@@ -10,7 +12,8 @@ import logging
 from pathlib import Path
 
 from sda.domains.digits import CLASS_NAMES, render_digits, split_digits
-from sda.params import Params, SourceData
+from sda.domains.imagenet import class_names, iter_domain, list_images, select_classes
+from sda.params import ImageNet, Params, SourceData
 from sda.runtime import derive_seed
 from sda.shards import Sample, atomic_dir, atomic_write_json, write_shards
 from tasks.common import DATA, section_json, stage_main
@@ -39,10 +42,32 @@ def run(cfg: SourceData, seed: int, out: Path) -> dict[str, int]:
     return counts
 
 
+def run_imagenet(cfg: ImageNet, out: Path) -> dict[str, int]:
+    """ImageNet: ``classes.json`` (all names in index order + the selected indices) and, for
+    fine-tuning, the selected train images at ``cfg.image_size``."""
+    names = class_names(cfg.val_dir, cfg.val_labels)
+    selected = select_classes(names, cfg.classes)
+    counts = {}
+    with atomic_dir(out) as tmp:
+        if cfg.finetune_steps > 0:
+            if cfg.train_dir is None:
+                raise ValueError("imagenet.finetune_steps > 0 needs imagenet.train_dir (source images, class folders)")
+            refs = list_images(cfg.train_dir, names, classes=cfg.classes, per_class=cfg.images_per_class)
+            (tmp / "train").mkdir()
+            samples = (Sample(key=k, image=im, label=y) for k, im, y in iter_domain(refs, cfg.image_size, "train"))
+            counts["train"] = write_shards(samples, tmp / "train", meta={"split": "train", "root": cfg.train_dir})["count"]
+        atomic_write_json(tmp / "classes.json", {"names": names, "selected": selected})
+    log.info("%d classes (%d selected), %s", len(names), len(selected), counts or "no train images")
+    return counts
+
+
 def _main(params: Params, args: argparse.Namespace) -> None:
     out = DATA / "source_data"
-    run(params.source_data, params.runtime.seed, out)
-    atomic_write_json(out / "params.json", section_json(params, "source_data", "runtime"))
+    if params.profile == "imagenet":
+        run_imagenet(params.imagenet, out)
+    else:
+        run(params.source_data, params.runtime.seed, out)
+    atomic_write_json(out / "params.json", section_json(params, "source_data", "imagenet", "runtime"))
 
 
 if __name__ == "__main__":

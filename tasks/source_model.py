@@ -1,7 +1,9 @@
-"""Stage source_model: train the source classifier on the source train split.
+"""Stage source_model: the source classifier.
 
-Writes ``data/source_model/`` (``model.safetensors`` + ``config.json`` with the training log and
-the clean val accuracy).
+Embedded profile: trained on the source train split. ImageNet profile: timm ``source_model.arch``
+with the pretrained weights of ``imagenet.classifier_weights`` (no training), evaluated the
+reference way (resize 256 bicubic, centre crop 224, ImageNet mean / std). Writes
+``data/source_model/`` (``model.safetensors`` + ``config.json`` with preprocessing and log).
 """
 
 from __future__ import annotations
@@ -12,8 +14,11 @@ from pathlib import Path
 
 import torch
 
-from sda.classifiers import create_classifier, predict_logits, save_classifier, train_classifier
-from sda.params import Params, SourceModel
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+from sda.classifiers import (create_classifier, load_pretrained_classifier, predict_logits, save_classifier,
+                             train_classifier)
+from sda.params import ImageNet, Params, SourceModel
 from sda.runtime import derive_seed
 from sda.shards import load_shards
 from tasks.common import DATA, stage_main
@@ -44,7 +49,21 @@ def run(cfg: SourceModel, seed: int, source_dir: Path, out: Path, device: torch.
     return config
 
 
+def run_imagenet(arch: str, cfg: ImageNet, out: Path) -> dict:
+    model, num_classes = load_pretrained_classifier(arch, cfg.classifier_weights)
+    config = {"arch": arch, "num_classes": num_classes, "kwargs": {}, "mean": list(IMAGENET_DEFAULT_MEAN),
+              "std": list(IMAGENET_DEFAULT_STD), "resize": cfg.resize_size, "crop": cfg.crop_size,
+              "weights": str(cfg.classifier_weights)}
+    log.info("source model: timm %s from %s (%d classes), input resize %d -> crop %d", arch,
+             cfg.classifier_weights, num_classes, cfg.resize_size, cfg.crop_size)
+    save_classifier(model, out, config)
+    return config
+
+
 def _main(params: Params, args: argparse.Namespace) -> None:
+    if params.profile == "imagenet":
+        run_imagenet(params.source_model.arch, params.imagenet, DATA / "source_model")
+        return
     run(params.source_model, params.runtime.seed, DATA / "source_data", DATA / "source_model", args.device)
 
 

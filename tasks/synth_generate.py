@@ -1,4 +1,5 @@
-"""Stage synth_generate: a class-balanced synthetic set from the class-conditional diffusion model.
+"""Stage synth_generate: a class-balanced synthetic set from the class-conditional diffusion model
+(embedded UNet; DiT-XL/2 in the ImageNet profile: 250 steps, guidance 1.0, 50 per class).
 
 Follows an explicit (class, seed) plan (``plan.parquet``), shard by shard, resumably (re-run the
 same command after an interruption); writes ``data/synth_generate/`` (shards + manifest + plan).
@@ -16,7 +17,7 @@ from sda.params import Params
 from sda.runtime import derive_seed
 from sda.sharded import plan_jobs
 from sda.shards import sha256_file
-from sda.synth import generate_job, sample_plan, write_plan
+from sda.synth import generate_job, plan_classes, sample_plan, write_plan
 from tasks.common import DATA, run_resumable, stage_main
 
 log = logging.getLogger("sda.synth_generate")
@@ -26,17 +27,19 @@ def _main(params: Params, args: argparse.Namespace) -> None:
     cfg, model_dir = params.synth_generate, DATA / "diffusion_finetune"
     info = json.loads((model_dir / "info.json").read_text())
     seed = derive_seed(params.runtime.seed, "synth_generate")
-    n = info["num_classes"] * cfg.per_class
+    classes = plan_classes(info)
+    n = len(classes) * cfg.per_class
     log.info("generating %d images (%d per class, %d steps, w=%.2f)", n, cfg.per_class, cfg.steps, cfg.guidance_scale)
     jobs = plan_jobs(n, cfg.shard_size, "synth")
     make = functools.partial(generate_job, model_dir=str(model_dir), seed=seed, steps=cfg.steps,
                              guidance_scale=cfg.guidance_scale, batch_size=cfg.batch_size, device=str(args.device))
-    model_hash = sha256_file(model_dir / "unet" / "diffusion_pytorch_model.safetensors")
+    weights = "dit/transformer" if info.get("generator") == "dit" else "unet"
+    model_hash = sha256_file(model_dir / weights / "diffusion_pytorch_model.safetensors")
     plan = {"synth_generate": cfg.model_dump(exclude={"batch_size"}), "seed": seed, "model": model_hash,
             "batch_size": cfg.batch_size}
     run_resumable("synth_generate", params, jobs, make, plan=plan, meta={"seed": seed, "model": model_hash},
                   out=DATA / "synth_generate", max_bytes=cfg.max_shard_bytes,
-                  extra_files=lambda work: write_plan(sample_plan(info["num_classes"], cfg.per_class, seed),
+                  extra_files=lambda work: write_plan(sample_plan(classes, cfg.per_class, seed),
                                                       Path(work) / "plan.parquet"))
 
 

@@ -41,7 +41,7 @@ def sh(cwd: Path, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
     return r
 
 
-def _copy_repo(dst: Path) -> None:
+def _copy_repo(dst: Path, overrides: dict | None = None) -> None:
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
                            text=True, check=True).stdout.split()
     for f in files:
@@ -53,6 +53,11 @@ def _copy_repo(dst: Path) -> None:
     params = yaml.safe_load((dst / "params.yaml").read_text())
     for section, values in TINY.items():
         params[section].update(values)
+    for key, values in (overrides or {}).items():
+        if isinstance(values, dict) and isinstance(params.get(key), dict):
+            params[key].update(values)
+        else:
+            params[key] = values
     (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     sh(dst, "git", "init", "-q")
     sh(dst, "git", "-c", "user.email=t@t", "-c", "user.name=t", "add", "-A")
@@ -69,3 +74,78 @@ def make_tiny_repo(root: Path) -> Path:
     return root
 
 
+
+
+# --- the ImageNet profile on a tiny ImageNet-like set-up: same code path, tiny random-weight models
+
+WNIDS = ["n01440764", "n01443537", "n01484850"]
+IMAGENET_CORRUPTIONS = ["gaussian_noise", "pixelate"]
+ADM_TINY_FLAGS = {"image_size": 32, "num_channels": 32, "num_res_blocks": 1, "num_head_channels": 16,
+                  "attention_resolutions": "8", "channel_mult": "1,2,2", "learn_sigma": True,
+                  "resblock_updown": True, "use_scale_shift_norm": True, "class_cond": False}
+
+
+def make_imagenet_assets(root: Path, per_class: int = 3) -> dict:
+    """Under ``root``: ``datasets/`` (val class folders of JPEGs of odd sizes, ImageNet-C layout for
+    two corruptions at severity 5) and ``models/`` (a guided-diffusion-format ADM state dict, a
+    diffusers DiT folder with a tiny VAE, timm resnet18 weights). Returns the ``imagenet`` params."""
+    import numpy as np
+    import torch
+    import timm
+    from diffusers import AutoencoderKL, DiTTransformer2DModel, UNet2DModel
+    from PIL import Image
+
+    from sda.adm import adm_unet_config, diffusers_to_adm_state_dict
+
+    rng = np.random.default_rng(0)
+    for c, wnid in enumerate(WNIDS):
+        for i in range(per_class):
+            name = f"ILSVRC2012_val_{c * per_class + i + 1:08d}.JPEG"
+            h, w = 40 + 7 * i, 52 - 3 * c
+            base = np.zeros((h, w, 3), np.uint8)
+            base[..., c] = 200  # class = dominant colour
+            img = np.clip(base + rng.integers(0, 50, (h, w, 3)), 0, 255).astype(np.uint8)
+            for d in ["val", *[f"imagenet-c/{k}/5" for k in IMAGENET_CORRUPTIONS]]:
+                out = root / "datasets" / d / wnid / name
+                out.parent.mkdir(parents=True, exist_ok=True)
+                arr = img if d == "val" else np.clip(img.astype(int) + rng.integers(-60, 60, img.shape), 0, 255)
+                Image.fromarray(arr.astype(np.uint8)).save(out, quality=90)
+    models = root / "models"
+    models.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    unet = UNet2DModel(**adm_unet_config(**ADM_TINY_FLAGS))
+    torch.save(diffusers_to_adm_state_dict(unet.state_dict(), **ADM_TINY_FLAGS), models / "adm.pt")
+    dit = DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=8,
+                                num_layers=2, sample_size=4, patch_size=2, num_embeds_ada_norm=1000)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
+                        up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(8, 8, 8, 8),
+                        layers_per_block=1, latent_channels=4, norm_num_groups=8, sample_size=32)
+    dit.save_pretrained(models / "dit" / "transformer")
+    vae.save_pretrained(models / "dit" / "vae")
+    torch.save(timm.create_model("resnet18", num_classes=len(WNIDS)).state_dict(), models / "resnet18.pth")
+    return {
+        "adm_checkpoint": "models/adm.pt", "adm_flags": ADM_TINY_FLAGS, "dit": "models/dit",
+        "classifier_weights": "models/resnet18.pth", "val_dir": "datasets/val",
+        "imagenet_c_dir": "datasets/imagenet-c", "severities": [5], "imagenet_w": True,
+        "classes": None, "images_per_class": 2, "image_size": 32, "resize_size": 32, "crop_size": 28,
+    }
+
+
+IMAGENET_TINY = {
+    "synth_generate": {"per_class": 2, "steps": 5, "guidance_scale": 1.0, "batch_size": 3, "shard_size": 4},
+    "projection": {"respacing": 10, "N": 3, "D": 4, "scale": 6.0, "batch_size": 4},
+    "classifier_align": {"recipe": "paper"},
+    "target_data": {"corruptions": IMAGENET_CORRUPTIONS, "shard_maxcount": 4},
+    "source_model": {"arch": "resnet18"},
+}
+
+
+def make_imagenet_repo(root: Path) -> Path:
+    """A copy of this repository with ``profile: imagenet`` over tiny local assets, after ``dvc repro``."""
+    root.mkdir(parents=True)
+    inet = make_imagenet_assets(root)
+    _copy_repo(root, {"profile": "imagenet", "imagenet": inet, "profiles": {"imagenet": IMAGENET_TINY}})
+    r = sh(root, "dvc", "repro")
+    for stage in STAGES:
+        assert f"Running stage '{stage}'" in r.stdout, f"{stage} did not run:\n{r.stdout[-2000:]}"
+    return root

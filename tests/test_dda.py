@@ -91,7 +91,7 @@ def test_low_pass_is_resize_right_cubic():
 
 def _adm_like_unet(size=32):
     """A tiny ADM-shaped UNet (learned sigma: 6 output channels), random weights."""
-    from sda.adm import adm_unet_from_state_dict, adm_unet_config
+    from sda.adm import adm_unet_config
     from diffusers import UNet2DModel
 
     flags = dict(image_size=size, num_channels=32, num_res_blocks=1, num_head_channels=16,

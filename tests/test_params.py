@@ -61,3 +61,42 @@ def test_stage_cli_rejects_bad_params_before_work(tmp_path):
     assert r.returncode == 2
     assert "diffusion_finetune.lr" in r.stderr
     assert not (tmp_path / "data").exists()  # nothing was written
+
+
+def test_profile_overrides_merge_over_sections():
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    embedded = parse_params(raw)
+    imagenet = parse_params({**raw, "profile": "imagenet"})
+    # the one switch: the paper's settings come from profiles.imagenet, key by key
+    assert (imagenet.projection.respacing, imagenet.projection.N, imagenet.projection.scale) == (100, 50, 6.0)
+    assert imagenet.projection.D == embedded.projection.D == 4
+    assert imagenet.synth_generate.steps == 250 and imagenet.synth_generate.per_class == 50
+    assert imagenet.source_model.arch == "resnet50" and imagenet.classifier_align.recipe == "paper"
+    assert imagenet.runtime.threads == embedded.runtime.threads  # not overridden: shared
+    assert imagenet.image_size == 256 and embedded.image_size == embedded.source_data.image_size
+    assert (embedded.projection.respacing, embedded.source_model.arch) == (20, "sda_cnn3")
+
+
+def test_profile_override_errors_are_named():
+    with pytest.raises(ParamsError, match=r"profiles\.imagenet\.projektion: unknown section"):
+        parse_params({"profile": "imagenet", "profiles": {"imagenet": {"projektion": {"N": 3}}}})
+    with pytest.raises(ParamsError, match=r"projection: .*N=500"):
+        parse_params({"profile": "imagenet", "profiles": {"imagenet": {"projection": {"N": 500}}}})
+    with pytest.raises(ParamsError, match=r"imagenet\.severities"):
+        parse_params({"imagenet": {"severities": [7]}})
+
+
+def test_pipeline_profile_switch_keeps_comments(tmp_path):
+    from flows.pipeline import set_profile
+
+    f = tmp_path / "params.yaml"
+    text = (ROOT / "params.yaml").read_text()
+    f.write_text(text)
+    assert set_profile(f, "imagenet") is True
+    new = f.read_text()
+    assert load_params(f).profile == "imagenet"
+    assert new.replace("profile: imagenet", "profile: embedded", 1) == text  # only that word changed
+    assert set_profile(f, "imagenet") is False
+    with pytest.raises(ParamsError, match="profile"):
+        set_profile(f, "cifar")
+    assert f.read_text() == new  # a bad switch loses nothing

@@ -41,10 +41,10 @@ def test_plan_is_balanced_deterministic_and_contiguous():
     jobs = plan_jobs(23, 10, "synth")
     assert [(j.name, j.start, j.stop) for j in jobs] == [
         ("synth-000000.tar", 0, 10), ("synth-000001.tar", 10, 20), ("synth-000002.tar", 20, 23)]
-    plan = sample_plan(3, 4, seed=5).to_pylist()
+    plan = sample_plan(range(3), 4, seed=5).to_pylist()
     assert [r["class"] for r in plan] == [0, 1, 2] * 4
-    assert plan == sample_plan(3, 4, seed=5).to_pylist()
-    assert plan[7] == plan_row(7, 3, 5)
+    assert plan == sample_plan(range(3), 4, seed=5).to_pylist()
+    assert plan[7] == plan_row(7, range(3), 5)
     assert len({r["seed"] for r in plan}) == 12 and len({r["key"] for r in plan}) == 12
 
 

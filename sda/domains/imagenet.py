@@ -1,0 +1,198 @@
+"""ImageNet, ImageNet-C and ImageNet-W as the ImageNet profile reads them, from local folders.
+
+Layouts (the ones the datasets ship in):
+
+- ImageNet val (or train): ``<root>/<class>/<file>`` with one folder per class (``n01440764`` ...),
+  class index = position of the folder name in sorted order; or a flat ``<root>/<file>`` plus a
+  label file of ``<file name> <class index>`` lines.
+- ImageNet-C: ``<root>/<corruption>/<severity>/<class>/<file>`` (the same file names as val).
+- ImageNet-W: rendered here from val with the ``imagenet-w`` package's watermark, on the 224 px
+  evaluation crop (resize 256 + centre crop 224), as its authors render it.
+
+Every image enters the pipeline through :func:`center_crop_arr` at the profile's ``image_size``
+(256): guided-diffusion's own loader (BOX halving while the shorter side is at least twice the
+target, then bicubic to the target, centre crop), which is how DDA reads its references.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+from PIL import Image
+
+__all__ = [
+    "ImageRef",
+    "center_crop_arr",
+    "class_names",
+    "imagenet_c_refs",
+    "imagenet_w_image",
+    "iter_domain",
+    "list_images",
+    "read_image",
+    "select_classes",
+]
+
+IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png", ".webp"}
+IMAGENET_C_URL = "https://zenodo.org/record/2235448 (ImageNet-C, Hendrycks & Dietterich 2019)"
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """One source image: ``key`` is unique within a domain and the same across domains."""
+
+    key: str
+    path: Path
+    label: int
+
+
+def center_crop_arr(img: Image.Image, size: int) -> np.ndarray:
+    """guided-diffusion's ``center_crop_arr``: uint8 (size, size, 3) from any PIL image."""
+    img = img.convert("RGB")
+    while min(img.size) >= 2 * size:
+        img = img.resize(tuple(x // 2 for x in img.size), resample=Image.Resampling.BOX)
+    scale = size / min(img.size)
+    img = img.resize(tuple(round(x * scale) for x in img.size), resample=Image.Resampling.BICUBIC)
+    arr = np.asarray(img)
+    y, x = (arr.shape[0] - size) // 2, (arr.shape[1] - size) // 2
+    return np.ascontiguousarray(arr[y: y + size, x: x + size])
+
+
+def read_image(path: Path, size: int) -> np.ndarray:
+    """Open ``path`` and return :func:`center_crop_arr` of it; a bad file names the path."""
+    try:
+        with Image.open(path) as img:
+            return center_crop_arr(img, size)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{path}: cannot read the image ({err}); replace or remove the file") from None
+
+
+def _need_dir(path: Path, what: str, where: str) -> None:
+    if not path.is_dir():
+        raise FileNotFoundError(f"{what} {path} not found; {where}")
+
+
+def class_names(root: str | Path, label_file: str | Path | None = None) -> list[str]:
+    """The class names in index order: sorted class folders of ``root``, or ``0 .. max`` of a label file."""
+    root = Path(root)
+    _need_dir(root, "ImageNet folder", "set imagenet.val_dir (class folders, or flat with imagenet.val_labels)")
+    if label_file is not None:
+        labels = _read_label_file(Path(label_file))
+        return [str(i) for i in range(max(labels.values()) + 1)]
+    names = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not names:
+        raise ValueError(f"{root} has no class folders; for a flat folder set imagenet.val_labels")
+    return names
+
+
+def _read_label_file(path: Path) -> dict[str, int]:
+    if not path.is_file():
+        raise FileNotFoundError(f"label file {path} not found (imagenet.val_labels)")
+    out: dict[str, int] = {}
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) != 2 or not parts[1].isdigit():
+            raise ValueError(f"{path}:{n}: expected '<file name> <class index>', got {line!r}")
+        out[Path(parts[0]).name] = int(parts[1])
+    return out
+
+
+def select_classes(names: list[str], classes: Sequence[str] | None) -> list[int]:
+    """Indices (sorted) of the chosen class names or index strings; ``None`` = every class."""
+    if classes is None:
+        return list(range(len(names)))
+    index = {n: i for i, n in enumerate(names)}
+    chosen = []
+    for c in classes:
+        if c in index:
+            chosen.append(index[c])
+        elif str(c).isdigit() and int(c) < len(names):
+            chosen.append(int(c))
+        else:
+            raise ValueError(f"imagenet.classes: {c!r} is neither a class folder nor an index < {len(names)}")
+    return sorted(set(chosen))
+
+
+def list_images(root: str | Path, names: list[str], *, label_file: str | Path | None = None,
+                classes: Sequence[str] | None = None, per_class: int | None = None) -> list[ImageRef]:
+    """The images of an ImageNet-style folder, class by class in index order, files sorted by name;
+    ``classes`` / ``per_class`` select a subset (the first ``per_class`` files of each class)."""
+    root = Path(root)
+    chosen = select_classes(names, classes)
+    refs: list[ImageRef] = []
+    if label_file is not None:
+        labels = _read_label_file(Path(label_file))
+        by_class: dict[int, list[str]] = {}
+        for f, y in sorted(labels.items()):
+            by_class.setdefault(y, []).append(f)
+        for y in chosen:
+            files = by_class.get(y, [])[:per_class]
+            refs += [ImageRef(Path(f).stem, root / f, y) for f in files]
+    else:
+        for y in chosen:
+            folder = root / names[y]
+            _need_dir(folder, "class folder", f"every class of imagenet.classes must exist under {root}")
+            files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:per_class]
+            refs += [ImageRef(p.stem, p, y) for p in files]
+    if not refs:
+        raise ValueError(f"no images found under {root} for the chosen classes")
+    keys = [r.key for r in refs]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"{root}: file names are not unique across classes; keys must be")
+    return refs
+
+
+def imagenet_c_refs(root: str | Path, corruption: str, severity: int, val_refs: list[ImageRef],
+                    names: list[str]) -> list[ImageRef]:
+    """The ImageNet-C files of ``val_refs`` (same class folder, same file stem) for one domain."""
+    base = Path(root) / corruption / str(severity)
+    _need_dir(base, "ImageNet-C folder", f"expected <imagenet_c_dir>/{corruption}/{severity}/<class>/<file>; "
+              f"get ImageNet-C from {IMAGENET_C_URL} or set imagenet.imagenet_c_dir: null")
+    out = []
+    for r in val_refs:
+        folder = base / names[r.label]
+        hits = [p for p in (folder / f"{r.key}{s}" for s in (".JPEG", ".jpeg", ".jpg", ".png")) if p.is_file()]
+        if not hits:
+            raise FileNotFoundError(f"{folder}/{r.key}.JPEG not found: ImageNet-C {corruption}/{severity} "
+                                    "lacks a val image that the subset selects")
+        out.append(ImageRef(r.key, hits[0], r.label))
+    return out
+
+
+def imagenet_w_image(path: Path, size: int, *, eval_resize: int = 256, eval_crop: int = 224) -> np.ndarray:
+    """ImageNet-W: the val image's evaluation crop (resize ``eval_resize`` bicubic, centre crop
+    ``eval_crop``) with the ``imagenet-w`` watermark, then :func:`center_crop_arr` to ``size``."""
+    with Image.open(path) as img:
+        img = img.convert("RGB")
+        w, h = img.size
+        s = eval_resize / min(w, h)
+        img = img.resize((round(w * s), round(h * s)), resample=Image.Resampling.BICUBIC)
+        left, top = (img.size[0] - eval_crop) // 2, (img.size[1] - eval_crop) // 2
+        img = img.crop((left, top, left + eval_crop, top + eval_crop))
+        marked = _watermark(eval_crop)(img)
+    return center_crop_arr(marked, size)
+
+
+_WATERMARKS: dict[int, object] = {}
+
+
+def _watermark(size: int):
+    from imagenet_w import AddWatermark
+
+    if size not in _WATERMARKS:
+        _WATERMARKS[size] = AddWatermark(image_size=size)
+    return _WATERMARKS[size]
+
+
+def iter_domain(refs: list[ImageRef], size: int, domain: str, *, eval_resize: int = 256,
+                eval_crop: int = 224) -> Iterator[tuple[str, np.ndarray, int]]:
+    """``(key, uint8 image, label)`` of each ref; ``domain == "imagenet_w"`` renders the watermark
+    on the ``eval_resize`` / ``eval_crop`` evaluation crop."""
+    for r in refs:
+        img = (imagenet_w_image(r.path, size, eval_resize=eval_resize, eval_crop=eval_crop)
+               if domain == "imagenet_w" else read_image(r.path, size))
+        yield r.key, img, r.label

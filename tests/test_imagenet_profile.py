@@ -1,0 +1,171 @@
+"""The ImageNet profile end to end on a tiny ImageNet-like set-up (class folders of JPEGs, the
+ImageNet-C layout, a guided-diffusion-format ADM checkpoint, a diffusers DiT folder, timm weights:
+tiny random-weight models of the real architectures), plus its readers and loaders."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from repo_utils import IMAGENET_CORRUPTIONS, WNIDS, make_imagenet_repo, sh
+from sda.domains.imagenet import center_crop_arr, class_names, imagenet_c_refs, list_images
+from sda.evaluate import MAIN_METHODS
+from sda.shards import load_shards
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    return make_imagenet_repo(tmp_path_factory.mktemp("inet") / "repo")
+
+
+@pytest.mark.slow
+def test_imagenet_profile_stage_outputs(repo):
+    data = repo / "data"
+    info = json.loads((data / "diffusion_finetune" / "info.json").read_text())
+    assert info["generator"] == "dit" and info["null_label"] is None and info["num_classes"] == 3
+
+    # the projector is the converted guided-diffusion checkpoint, with the learned-range scheduler
+    from diffusers import DDPMScheduler, UNet2DModel
+    from sda.adm import load_adm_unet
+    from repo_utils import ADM_TINY_FLAGS
+
+    saved = UNet2DModel.from_pretrained(data / "diffusion_finetune" / "unet").eval()
+    direct = load_adm_unet(repo / "models" / "adm.pt", **ADM_TINY_FLAGS).eval()
+    assert all(torch.equal(v, direct.state_dict()[k]) for k, v in saved.state_dict().items())
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(saved(x, torch.tensor([500])).sample, direct(x, torch.tensor([500])).sample, atol=1e-5)
+    assert DDPMScheduler.from_pretrained(data / "diffusion_finetune" / "scheduler").config.variance_type == "learned_range"
+
+    synth, aligned = load_shards(data / "synth_generate"), load_shards(data / "synth_align")
+    assert synth.images.shape == (6, 32, 32, 3) and sorted(synth.labels.tolist()) == [0, 0, 1, 1, 2, 2]
+    assert aligned.keys == synth.keys and (aligned.images != synth.images).any()
+
+    domains = json.loads((data / "target_data" / "domains.json").read_text())
+    assert domains["domains"] == ["clean", *IMAGENET_CORRUPTIONS, "imagenet_w"]
+    assert domains["corruption_domains"] == IMAGENET_CORRUPTIONS
+    clean = load_shards(data / "target_data" / "clean")
+    first = sorted((repo / "datasets" / "val" / WNIDS[0]).iterdir())[0]
+    assert clean.keys[0] == first.stem and clean.labels.tolist() == [0, 0, 1, 1, 2, 2]  # 2 per class
+    with Image.open(first) as im:
+        assert np.array_equal(clean.images[0], center_crop_arr(im, 32))
+    for d in domains["domains"]:
+        orig, proj = load_shards(data / "target_data" / d), load_shards(data / "target_project" / d)
+        assert orig.keys == proj.keys == clean.keys and orig.images.shape == (6, 32, 32, 3)
+    noisy = load_shards(data / "target_data" / "gaussian_noise")
+    with Image.open(repo / "datasets" / "imagenet-c" / "gaussian_noise" / "5" / WNIDS[0] / first.name) as im:
+        assert np.array_equal(noisy.images[0], center_crop_arr(im, 32))
+    marked = load_shards(data / "target_data" / "imagenet_w")
+    assert (marked.images != clean.images).any()  # the watermark is there
+
+    src = json.loads((data / "source_model" / "config.json").read_text())
+    assert (src["arch"], src["resize"], src["crop"], src["num_classes"]) == ("resnet18", 32, 28, 3)
+    aligned_cfg = json.loads((data / "classifier_align" / "config.json").read_text())
+    assert aligned_cfg["hyperparameters"]["optimizer"] == "sgd"  # the paper's ResNet recipe
+
+    metrics = json.loads((repo / "metrics" / "evaluate.json").read_text())
+    assert set(metrics["domains"]) == set(domains["domains"])
+    assert metrics["more"]["corruptions_in_mean"] == IMAGENET_CORRUPTIONS
+    assert set(metrics["mean"]) == set(MAIN_METHODS)
+
+
+@pytest.mark.slow
+def test_imagenet_profile_is_cached_and_errors_name_the_file(repo):
+    r = sh(repo, "dvc", "repro")
+    assert "Running stage" not in r.stdout  # everything cached
+    params = (repo / "params.yaml").read_text()
+    try:
+        (repo / "params.yaml").write_text(params.replace("models/resnet18.pth", "models/missing.pth"))
+        r = sh(repo, "python", "-m", "tasks.source_model", check=False)
+        assert r.returncode == 2
+        assert "models/missing.pth" in r.stderr and "torchvision" in r.stderr
+    finally:
+        (repo / "params.yaml").write_text(params)
+
+
+def test_imagenet_readers_subset_and_errors(tmp_path):
+    root = tmp_path / "val"
+    for c, wnid in enumerate(WNIDS):
+        for i in range(3):
+            (root / wnid).mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (30 + i, 20), (c * 80, 0, 0)).save(root / wnid / f"img_{c}_{i}.JPEG")
+    names = class_names(root)
+    assert names == WNIDS
+    refs = list_images(root, names, classes=[WNIDS[2], "0"], per_class=2)
+    assert [(r.key, r.label) for r in refs] == [("img_0_0", 0), ("img_0_1", 0), ("img_2_0", 2), ("img_2_1", 2)]
+    with pytest.raises(ValueError, match="neither a class folder"):
+        list_images(root, names, classes=["n99999999"])
+    with pytest.raises(FileNotFoundError, match="zenodo"):
+        imagenet_c_refs(tmp_path / "nowhere", "fog", 5, refs, names)
+    # a flat val folder with a label file
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    lines = []
+    for r in refs:
+        Image.open(r.path).save(flat / f"{r.key}.JPEG")
+        lines.append(f"{r.key}.JPEG {r.label}")
+    (tmp_path / "val.txt").write_text("\n".join(lines) + "\n")
+    names_flat = class_names(flat, tmp_path / "val.txt")
+    again = list_images(flat, names_flat, label_file=tmp_path / "val.txt")
+    assert [(r.key, r.label) for r in again] == [(r.key, r.label) for r in refs]
+    (tmp_path / "bad.txt").write_text("a.JPEG\n")
+    with pytest.raises(ValueError, match="bad.txt:1"):
+        list_images(flat, names_flat, label_file=tmp_path / "bad.txt")
+
+
+def test_center_crop_arr_matches_guided_diffusion_definition():
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (600, 900, 3), dtype=np.uint8))
+    out = center_crop_arr(img, 256)
+    # by hand: 600 >= 512 -> one BOX halving to 450x300, then bicubic to 384x256, crop x 64..320
+    half = img.resize((450, 300), resample=Image.Resampling.BOX)
+    expect = np.asarray(half.resize((384, 256), resample=Image.Resampling.BICUBIC))[:, 64:320]
+    assert out.shape == (256, 256, 3) and np.array_equal(out, expect)
+
+
+def test_sample_dit_depends_on_class_and_seed_only(tmp_path):
+    from sda.dit import load_dit, sample_dit
+
+    make_dir = tmp_path / "m"
+    from diffusers import AutoencoderKL, DiTTransformer2DModel
+
+    torch.manual_seed(0)
+    DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=8, num_layers=2,
+                          sample_size=4, patch_size=2, num_embeds_ada_norm=1000).save_pretrained(make_dir / "transformer")
+    AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                  block_out_channels=(8, 8, 8, 8), layers_per_block=1, norm_num_groups=8,
+                  sample_size=32).save_pretrained(make_dir / "vae")
+    transformer, vae = load_dit(make_dir)
+    with torch.no_grad():  # give the zero-initialised output layers some weight
+        for p in transformer.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    a = sample_dit(transformer, vae, [3, 7], [11, 12], steps=4)
+    b = sample_dit(transformer, vae, [5, 7], [99, 12], steps=4)
+    c = sample_dit(transformer, vae, [3, 7], [11, 12], steps=4, guidance_scale=2.0)
+    assert a.shape == (2, 3, 32, 32) and a.min() >= -1 and a.max() <= 1
+    assert torch.allclose(a[1], b[1], atol=1e-5)  # same (class, seed), other batch-mate
+    assert (a[0] - b[0]).abs().max() > 1e-3
+    assert (a - c).abs().max() > 1e-4  # guidance changes the samples
+    with pytest.raises(FileNotFoundError, match="transformer"):
+        load_dit(tmp_path / "nothing")
+
+
+def test_pretrained_classifier_loading(tmp_path):
+    import timm
+    from sda.classifiers import load_pretrained_classifier, paper_recipe
+
+    torch.save({"state_dict": {f"module.{k}": v for k, v in timm.create_model("resnet18", num_classes=7).state_dict().items()}},
+               tmp_path / "w.pth")
+    model, n = load_pretrained_classifier("resnet18", tmp_path / "w.pth")
+    assert n == 7 and model(torch.zeros(1, 3, 32, 32)).shape == (1, 7)
+    with pytest.raises(ValueError, match="does not fit"):
+        load_pretrained_classifier("resnet34", tmp_path / "w.pth")
+    with pytest.raises(FileNotFoundError, match="timm"):
+        load_pretrained_classifier("resnet18", tmp_path / "nope.pth")
+    assert paper_recipe("convnext_tiny")["grad_clip"] == 5.0 and paper_recipe("resnet50")["optimizer"] == "sgd"
+    with pytest.raises(ValueError, match="no recipe"):
+        paper_recipe("vit_base_patch16_224")
