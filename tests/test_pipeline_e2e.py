@@ -88,11 +88,12 @@ def test_exp_run_reruns_only_dependent_stages(repo):
     assert ran == ["classifier_align", "evaluate"], r.stdout[-2000:]
 
 
-def _start_and_kill(repo: Path, stage: str, ready_glob: str, delay: float = 0.0) -> None:
+def _start_and_kill(repo: Path, stage: str, ready_glob: str, delay: float = 0.0, ready=None) -> None:
+    """Start ``tasks.<stage>``, wait until ``ready_glob`` matches (and ``ready()`` is true), kill -9."""
     proc = subprocess.Popen([sys.executable, "-m", f"tasks.{stage}"], cwd=repo, env=subprocess_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
-    while time.time() < deadline and not list(repo.glob(ready_glob)):
+    while time.time() < deadline and not (list(repo.glob(ready_glob)) and (ready is None or ready())):
         time.sleep(0.02)
     time.sleep(delay)
     assert proc.poll() is None, f"{stage} finished before it could be killed"
@@ -106,7 +107,16 @@ def test_stage_killed_half_way_leaves_no_partial_output(repo):
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["projection"]["scale"] = 3.0  # a different projection, so the new output would differ
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    _start_and_kill(repo, "target_project", "data/.work/target_project-*/clean/*.tar")
+    def one_shard_recorded() -> bool:  # a shard is renamed into place before progress.json records it
+        for f in repo.glob("data/.work/target_project-*/progress.json"):
+            try:
+                if json.loads(f.read_text()).get("shards"):
+                    return True
+            except ValueError:
+                pass
+        return False
+
+    _start_and_kill(repo, "target_project", "data/.work/target_project-*/progress.json", ready=one_shard_recorded)
     # the published output is still the previous, complete version; the work in progress is apart
     after = {d.name: read_manifest(d) for d in out.iterdir() if d.is_dir()}
     assert after == before
