@@ -102,7 +102,7 @@ def bench_model(name: str, device: torch.device, batch_sizes: list[int], steps: 
                 break
             ips, ref_ips = bs / (ours * scale_to_full), bs / (ref * scale_to_full)
             mem = lambda g: f"{g:>9.2f}" if g == g else f"{'-':>9}"  # noqa: E731 - nan on CPU
-            print(f"  {bs:>5} {'bf16' if bf16 else 'fp32':>9} {ips:>11.2f} {mem(peak)} {ref_ips:>12.2f} {mem(ref_peak)} {ips / ref_ips:>10.2f}")
+            print(f"  {bs:>5} {'bf16' if bf16 else 'fp32':>9} {ips:>11.3g} {mem(peak)} {ref_ips:>12.3g} {mem(ref_peak)} {ips / ref_ips:>10.2f}")
 
 
 def lpf_difference() -> None:
