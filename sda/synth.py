@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -17,7 +17,7 @@ from sda.runtime import derive_seed
 from sda.sharded import ShardJob, cached
 from sda.shards import Sample
 
-__all__ = ["generate_job", "plan_classes", "plan_row", "sample_plan", "write_plan"]
+__all__ = ["generate_job", "generator_weights", "plan_classes", "plan_row", "sample_plan", "write_plan"]
 
 
 def plan_row(i: int, classes: Sequence[int], seed: int) -> dict[str, int | str]:
@@ -62,19 +62,27 @@ def generate_job(
     worker runs the job. The model is loaded once per process.
     """
     info = json.loads((Path(model_dir) / "info.json").read_text())
-    if info.get("generator") == "dit":
-        transformer, vae = cached(("dit", model_dir, device), lambda: load_dit(Path(model_dir) / "dit", device))
-    else:
-        unet, scheduler, _ = cached(("diffusion", model_dir, device), lambda: load_diffusion(model_dir, device))
-    rows = [plan_row(i, plan_classes(info), seed) for i in range(job.start, job.stop)]
+    sample = cached(("generator", model_dir, device), lambda: _load_sampler(Path(model_dir), info, torch.device(device)))
+    classes = plan_classes(info)
+    rows = [plan_row(i, classes, seed) for i in range(job.start, job.stop)]
     for b in range(0, len(rows), batch_size):
         chunk = rows[b: b + batch_size]
-        classes, seeds = [r["class"] for r in chunk], [r["seed"] for r in chunk]
-        if info.get("generator") == "dit":
-            x = sample_dit(transformer, vae, classes, seeds, steps=steps, guidance_scale=guidance_scale,
-                           device=torch.device(device))
-        else:
-            x = sample_class_conditional(unet, scheduler, classes, seeds, null_label=info["null_label"], steps=steps,
-                                         guidance_scale=guidance_scale, device=torch.device(device))
+        x = sample([r["class"] for r in chunk], [r["seed"] for r in chunk], steps, guidance_scale)
         for r, img in zip(chunk, to_uint8(x)):
             yield Sample(key=r["key"], image=img, label=r["class"], meta={"seed": r["seed"], "index": r["index"]})
+
+
+def generator_weights(model_dir: str | Path, info: dict) -> Path:
+    """The weights file that identifies the class-conditional generator of a diffusion_finetune folder."""
+    sub = "dit/transformer" if info.get("generator") == "dit" else "unet"
+    return Path(model_dir) / sub / "diffusion_pytorch_model.safetensors"
+
+
+def _load_sampler(model_dir: Path, info: dict, device: torch.device) -> Callable[..., torch.Tensor]:
+    """``sample(classes, seeds, steps, guidance_scale) -> [-1, 1] images`` of the folder's generator."""
+    if info.get("generator") == "dit":
+        transformer, vae = load_dit(model_dir / "dit", device)
+        return lambda c, s, steps, w: sample_dit(transformer, vae, c, s, steps=steps, guidance_scale=w, device=device)
+    unet, scheduler, _ = load_diffusion(model_dir, device)
+    return lambda c, s, steps, w: sample_class_conditional(unet, scheduler, c, s, null_label=info["null_label"],
+                                                           steps=steps, guidance_scale=w, device=device)

@@ -43,7 +43,7 @@ def run(params: Params, device, data: Path = DATA, metrics_dir: Path = METRICS) 
         per_domain[d] = {m: round(float((p.numpy() == orig.labels).mean() * 100), 2) for m, p in preds.items()}
         k = params.evaluate.grid_images
         grid_rows[d] = (orig.images[:k], proj.images[:k])
-    metrics = summarise(per_domain, index.get("corruption_domains", params.target_data.corruptions))
+    metrics = summarise(per_domain, index["corruption_domains"])
     metrics["split"] = params.target_data.split
     metrics["images_per_domain"] = len(orig.keys)
     table = results_markdown(metrics)

@@ -17,7 +17,7 @@ from sda.params import Params
 from sda.runtime import derive_seed
 from sda.sharded import plan_jobs
 from sda.shards import sha256_file
-from sda.synth import generate_job, plan_classes, sample_plan, write_plan
+from sda.synth import generate_job, generator_weights, plan_classes, sample_plan, write_plan
 from tasks.common import DATA, run_resumable, stage_main
 
 log = logging.getLogger("sda.synth_generate")
@@ -33,8 +33,7 @@ def _main(params: Params, args: argparse.Namespace) -> None:
     jobs = plan_jobs(n, cfg.shard_size, "synth")
     make = functools.partial(generate_job, model_dir=str(model_dir), seed=seed, steps=cfg.steps,
                              guidance_scale=cfg.guidance_scale, batch_size=cfg.batch_size, device=str(args.device))
-    weights = "dit/transformer" if info.get("generator") == "dit" else "unet"
-    model_hash = sha256_file(model_dir / weights / "diffusion_pytorch_model.safetensors")
+    model_hash = sha256_file(generator_weights(model_dir, info))
     plan = {"synth_generate": cfg.model_dump(exclude={"batch_size"}), "seed": seed, "model": model_hash,
             "batch_size": cfg.batch_size}
     run_resumable("synth_generate", params, jobs, make, plan=plan, meta={"seed": seed, "model": model_hash},

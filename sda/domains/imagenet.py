@@ -16,6 +16,7 @@ target, then bicubic to the target, centre crop), which is how DDA reads its ref
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -177,15 +178,12 @@ def imagenet_w_image(path: Path, size: int, *, eval_resize: int = 256, eval_crop
     return center_crop_arr(marked, size)
 
 
-_WATERMARKS: dict[int, object] = {}
-
-
+@functools.cache
 def _watermark(size: int):
+    """imagenet-w's ``AddWatermark`` for ``size`` px images (loads its font once per size)."""
     from imagenet_w import AddWatermark
 
-    if size not in _WATERMARKS:
-        _WATERMARKS[size] = AddWatermark(image_size=size)
-    return _WATERMARKS[size]
+    return AddWatermark(image_size=size)
 
 
 def iter_domain(refs: list[ImageRef], size: int, domain: str, *, eval_resize: int = 256,
