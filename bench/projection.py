@@ -89,7 +89,7 @@ def bench_model(name: str, device: torch.device, batch_sizes: list[int], steps: 
             if bf16 and device.type != "cuda":
                 continue  # CPU bf16 autocast is slower than fp32 on these machines' cores
             try:
-                ours, peak = _time(lambda: project(unet, sched, x, class_labels=labels, autocast_bf16=bf16, **kw),
+                ours, peak = _time(lambda: project(unet, sched, x, class_labels=labels, precision="bf16" if bf16 else "fp32", **kw),
                                    device, repeats)
 
                 def naive():

@@ -95,7 +95,7 @@ def make_job(root: Path, params: Params, *, inbox: str | None = None, overrides:
                       params_hash=fingerprint(params.model_dump(mode="json"))[:16], code_version=code_version(root))
     return RelabelJob(settings, projection=params.projection.model_dump(), image_size=params.image_size,
                       models=models, lineage=lineage, seed=params.runtime.seed, run_id=uuid.uuid4().hex,
-                      flow_run_id=flow_run_id, device=pick_device(params.runtime.device), bf16=params.runtime.bf16)
+                      flow_run_id=flow_run_id, device=pick_device(params.runtime.device))
 
 
 def run_summary(job: RelabelJob, reports: list[BatchReport], seconds: float) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from resize_right import resize
 from tqdm.auto import tqdm
 
+from sda.accel import autocast
 from sda.diffusion import respaced_timesteps
 
 __all__ = ["low_pass", "project"]
@@ -71,7 +72,7 @@ def project(
     fix_off_by_one: bool = False,
     class_labels: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
-    autocast_bf16: bool = False,
+    precision: str = "fp32",
     progress: bool = False,
 ) -> torch.Tensor:
     """Project ``images`` (float (B, 3, H, W) in [-1, 1]) and return the projections, same shape
@@ -82,6 +83,10 @@ def project(
     label; ``None`` for ADM). ``scheduler`` is the model's training schedule (``clip_sample=True``);
     it is copied, never mutated. Noise comes from ``generator`` (``torch.randn`` semantics): one draw
     for the forward noising of the batch, then one per denoising step except the last.
+
+    ``precision`` ("fp32" | "bf16" | "fp16") is the UNet's autocast on CUDA (the scheduler step, the
+    low-pass and the guidance stay float32); ``unet`` may be a :func:`sda.accel.fast_model`
+    (channels_last, ``torch.compile``). fp32 on the CPU whatever ``precision`` says.
     """
     if not 1 <= N < respacing:
         raise ValueError(f"N must be in [1, respacing - 1] = [1, {respacing - 1}], got {N}")
@@ -108,14 +113,14 @@ def project(
     x = sched.add_noise(ref, noise, t_start)
 
     kwargs: dict[str, Any] = {} if class_labels is None else {"class_labels": class_labels.to(device)}
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast_bf16)
+    amp = autocast(device, precision)
     for i in tqdm(range(N - 1, -1, -1), desc="project", leave=False, disable=not progress):
         t = ts[i]
         tt = torch.full((ref.shape[0],), t, device=device, dtype=torch.long)
         with torch.enable_grad():
             x = x.detach().requires_grad_(True)
             # 2. model output at the ORIGINAL timestep t (not the respaced index)
-            with autocast:
+            with amp:
                 model_out = unet(x, tt, **kwargs).sample
             # 3. p_sample: pred_x0 (clamped) and x_{t-1} on the respaced schedule
             out = sched.step(model_out.float(), t, x, generator=generator)

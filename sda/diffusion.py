@@ -83,9 +83,9 @@ def respaced_timesteps(num_train_timesteps: int, steps: int) -> list[int]:
     return [int(round(i * frac)) for i in range(steps)]
 
 
-def to_unit_range(images: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
-    """uint8 (B, H, W, 3) -> float32 (B, 3, H, W) in [-1, 1]."""
-    return torch.from_numpy(images).to(device).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+def to_unit_range(images: np.ndarray | torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:
+    """uint8 (B, H, W, 3) (NumPy, or a tensor on any device) -> float32 (B, 3, H, W) in [-1, 1] on ``device``."""
+    return torch.as_tensor(images).to(device).permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:

@@ -40,6 +40,11 @@ ADM_256_UNCOND: dict[str, Any] = {
 }
 
 
+Precision = Literal["fp32", "bf16", "fp16"]
+# torch.compile modes of the fast mode; "reduce-overhead" = inductor + CUDA graphs
+CompileMode = Literal["none", "default", "reduce-overhead", "max-autotune-no-cudagraphs"]
+
+
 class ParamsError(ValueError):
     """``params.yaml`` does not validate; the message lists every bad parameter by dotted path."""
 
@@ -52,7 +57,6 @@ class Runtime(_Section):
     seed: int = Field(0, ge=0, description="Master seed; every stage derives its own from it.")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = Field(0, ge=0, description="torch CPU threads; 0 = the cores that are free now.")
-    bf16: bool = Field(False, description="bf16 autocast for inference on CUDA.")
     workers: int = Field(0, ge=0, description="Heavy stages: 0 = in-process; N = dask LocalCluster of N.")
     scheduler: str | None = Field(None, description="dask scheduler address (or env SDA_DASK_SCHEDULER).")
 
@@ -109,6 +113,7 @@ class SynthGenerate(_Section):
     batch_size: int = Field(100, ge=1)
     shard_size: int = Field(500, ge=1, description="Images per shard (a shard is the unit of work).")
     max_shard_bytes: int = Field(1 << 30, ge=1 << 16, description="A shard over this size is an error.")
+    precision: Precision = Field("fp32", description="The generator's autocast on CUDA (fp32 on the CPU).")
 
 
 class Projection(_Section):
@@ -120,7 +125,15 @@ class Projection(_Section):
     scale: float = Field(6.0, ge=0, description="Guidance step size.")
     per_sample_norm: bool = Field(False, description="Principled per-image norm (reference: batch norm).")
     fix_off_by_one: bool = Field(False, description="Noise at N-1, where denoising starts (ref: N).")
-    batch_size: int = Field(128, ge=1, description="Also the norm's batch under the reference quirk.")
+    batch_size: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        32, description="Also the norm's batch under the reference quirk; 'auto' = the largest power of two "
+        "that fits the free GPU memory (use per_sample_norm with it for card-independent results).")
+    # the GPU fast mode (sda.accel); the defaults are the reference-faithful fp32 eager path
+    precision: Precision = Field("fp32", description="The UNet's autocast on CUDA: fp32 | bf16 | fp16 "
+                                 "(the reference ran fp16); fp32 on the CPU.")
+    channels_last: bool = Field(False, description="channels_last memory layout for the UNet.")
+    compile: CompileMode = Field(
+        "none", description="torch.compile mode for the guided step; reduce-overhead adds CUDA graphs.")
 
     @model_validator(mode="after")
     def _n_fits(self) -> "Projection":
@@ -252,6 +265,8 @@ def _format(err: ValidationError, source: str) -> str:
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown parameter (typo? remove it or check the spelling against params.yaml)"
+            if where == "runtime.bf16":
+                msg = "moved: set projection.precision: bf16 (and synth_generate.precision for the generator)"
         got = e.get("input")
         got_s = f" (got {got!r})" if e["type"] != "extra_forbidden" and not isinstance(got, dict) else ""
         lines.append(f"  - {where}: {msg}{got_s}")

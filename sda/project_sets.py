@@ -2,7 +2,12 @@
 
 One job per input shard: output shard ``<sub>/<name>`` holds the projections of input shard
 ``<sub>/<name>`` in the same order. Batch ``b`` of a shard draws its noise from
-``derive_seed(seed, shard name, b)``, so the bytes depend on the inputs and params only.
+``derive_seed(seed, shard name, b)``, so the bytes depend on the inputs and params only (with
+``projection.batch_size: auto`` the batch, and so the batch-wide guidance norm, depends on the GPU's
+free memory too: use ``per_sample_norm: true`` with it to keep results independent of the card).
+
+On CUDA the fast mode of :mod:`sda.accel` applies (``projection.precision`` / ``channels_last`` /
+``compile``) and the next batch is decoded and copied while the current one is projected.
 """
 
 from __future__ import annotations
@@ -13,13 +18,14 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
+from sda.accel import auto_batch_size, fast_model, name_oom, prefetch
 from sda.dda import project
 from sda.diffusion import load_diffusion, to_uint8, to_unit_range
 from sda.runtime import derive_seed
 from sda.sharded import ShardJob, cached
 from sda.shards import Sample, batched, iter_shard_file, read_manifest
 
-__all__ = ["project_job", "project_uint8", "projection_jobs"]
+__all__ = ["project_job", "project_uint8", "projection_batch_size", "projection_jobs"]
 
 
 def projection_jobs(src_root: str | Path, subdirs: list[str]) -> list[ShardJob]:
@@ -33,6 +39,22 @@ def projection_jobs(src_root: str | Path, subdirs: list[str]) -> list[ShardJob]:
     return jobs
 
 
+def projection_batch_size(unet: torch.nn.Module, scheduler: Any, projection: dict[str, Any], image_size: int,
+                          null_label: int | None) -> int:
+    """``projection['batch_size']``, or for ``"auto"`` the largest power of two whose guided step fits
+    the free memory of the model's GPU (:func:`sda.accel.auto_batch_size`; 32 on the CPU)."""
+    if projection["batch_size"] != "auto":
+        return int(projection["batch_size"])
+    dev = next(unet.parameters()).device
+
+    def one_step(b: int) -> None:
+        x = torch.zeros(b, image_size, image_size, 3, dtype=torch.uint8).numpy()
+        project_uint8(unet, scheduler, x, {**projection, "N": 1, "compile": "none", "batch_size": b},
+                      null_label=null_label, generator=torch.Generator(device=dev).manual_seed(0))
+
+    return auto_batch_size(one_step, dev)
+
+
 def project_job(
     job: ShardJob,
     *,
@@ -41,17 +63,22 @@ def project_job(
     projection: dict[str, Any],
     seed: int,
     device: str = "cpu",
-    bf16: bool = False,
 ) -> Iterator[Sample]:
     """The projections of input shard ``src_root/job.name``, in batches of ``projection['batch_size']``.
 
-    ``projection`` holds the :class:`sda.params.Projection` fields. The model is loaded once per process.
+    ``projection`` holds the :class:`sda.params.Projection` fields. The model (and, for
+    ``batch_size: auto``, the batch size) is loaded once per process.
     """
     unet, scheduler, info = cached(("diffusion", model_dir, device), lambda: load_diffusion(model_dir, device))
-    for b, batch in enumerate(batched(iter_shard_file(Path(src_root) / job.name), projection["batch_size"])):
+    bs = cached(("projection batch", model_dir, device, repr(sorted(projection.items()))),
+                lambda: projection_batch_size(unet, scheduler, projection, unet.config.sample_size,
+                                              info["null_label"]))
+    batches = batched(iter_shard_file(Path(src_root) / job.name), bs)
+    for b, (batch, x) in enumerate(prefetch(batches, lambda batch: torch.from_numpy(np.stack([s.image for s in batch])),
+                                            device)):
         gen = torch.Generator(device=device).manual_seed(derive_seed(seed, job.name, b))
-        out = project_uint8(unet, scheduler, np.stack([s.image for s in batch]), projection,
-                            null_label=info["null_label"], generator=gen, bf16=bf16)
+        out = project_uint8(unet, scheduler, x, {**projection, "batch_size": bs}, null_label=info["null_label"],
+                            generator=gen)
         for s, img in zip(batch, out):
             yield Sample(key=s.key, image=img, label=s.label, meta=s.meta)
 
@@ -59,23 +86,27 @@ def project_job(
 def project_uint8(
     unet: torch.nn.Module,
     scheduler: Any,
-    images: np.ndarray,
+    images: np.ndarray | torch.Tensor,
     projection: dict[str, Any],
     *,
     null_label: int | None,
     generator: torch.Generator,
-    bf16: bool = False,
 ) -> np.ndarray:
-    """DDA projections of uint8 (B, H, W, 3) images as uint8 (B, H, W, 3), in one guidance batch.
+    """DDA projections of uint8 (B, H, W, 3) images (NumPy, or a tensor on any device) as uint8
+    (B, H, W, 3), in one guidance batch.
 
-    ``projection`` holds the :class:`sda.params.Projection` fields; the unconditional model is the
-    diffusion model with ``null_label`` (``None``: an unconditional model such as ADM); ``generator``
-    lives on the model's device.
+    ``projection`` holds the :class:`sda.params.Projection` fields, the fast-mode ones included; the
+    unconditional model is the diffusion model with ``null_label`` (``None``: an unconditional model
+    such as ADM); ``generator`` lives on the model's device. A CUDA out-of-memory error becomes a
+    ``ValueError`` that names ``projection.batch_size``.
     """
     dev = next(unet.parameters()).device
     p = projection
-    labels = None if null_label is None else torch.full((len(images),), null_label, dtype=torch.long)
-    y = project(unet, scheduler, to_unit_range(images, dev), respacing=p["respacing"], N=p["N"], D=p["D"],
-                scale=p["scale"], per_sample_norm=p["per_sample_norm"], fix_off_by_one=p["fix_off_by_one"],
-                class_labels=labels, generator=generator, autocast_bf16=bf16 and dev.type == "cuda")
+    x = to_unit_range(images, dev)
+    labels = None if null_label is None else torch.full((len(x),), null_label, dtype=torch.long)
+    model = fast_model(unet, channels_last=p.get("channels_last", False), compile=p.get("compile", "none"))
+    with name_oom("projection.batch_size", len(x), "projecting"):
+        y = project(model, scheduler, x, respacing=p["respacing"], N=p["N"], D=p["D"], scale=p["scale"],
+                    per_sample_norm=p["per_sample_norm"], fix_off_by_one=p["fix_off_by_one"],
+                    class_labels=labels, generator=generator, precision=p.get("precision", "fp32"))
     return to_uint8(y)

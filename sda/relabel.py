@@ -48,7 +48,7 @@ from sda.evaluate import projection_grid, sda_logits
 from sda.inbox import BadImage, InboxItem, Scan, decode_image, safe_file_name, scan_inbox, to_model_image
 from sda.label_store import (LABEL_SCHEMA, QUARANTINE_SCHEMA, commit_batch, committed_hashes,
                              remove_stale_temps)
-from sda.project_sets import project_uint8
+from sda.project_sets import project_uint8, projection_batch_size
 from sda.runtime import derive_seed
 from sda.shards import atomic_write_bytes
 
@@ -124,7 +124,7 @@ class RelabelJob:
 
     def __init__(self, settings: Any, *, projection: dict[str, Any], image_size: int,
                  models: dict[str, Path], lineage: Lineage, seed: int, run_id: str,
-                 flow_run_id: str | None = None, device: torch.device | str = "cpu", bf16: bool = False,
+                 flow_run_id: str | None = None, device: torch.device | str = "cpu",
                  inbox: Path | None = None) -> None:
         self.s = settings
         self.inbox = Path(inbox or settings.inbox)
@@ -132,7 +132,7 @@ class RelabelJob:
         self.reports_dir = self.labels_dir / "_reports"  # "_" keeps it out of Parquet readers' way
         self.projection, self.image_size, self.models = projection, image_size, models
         self.lineage, self.seed, self.run_id, self.flow_run_id = lineage, seed, run_id, flow_run_id
-        self.device, self.bf16 = torch.device(device), bf16
+        self.device = torch.device(device)
         self._lock = FileLock(str(self.labels_dir / ".relabel.lock"))
         self.scan: Scan | None = None
         self.batches: list[list[InboxItem]] = []
@@ -229,12 +229,13 @@ class RelabelJob:
     @torch.no_grad()
     def _predict(self, images: np.ndarray, bid: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """Projections in guidance batches of projection.batch_size, then both classifiers."""
-        pbs = self.projection["batch_size"]
+        pbs = projection_batch_size(self.unet, self.scheduler, self.projection, self.image_size,
+                                    self.diffusion_info["null_label"])
         proj = []
         for c in range(0, len(images), pbs):
             gen = torch.Generator(device=self.device).manual_seed(derive_seed(self.seed, "relabel", bid, c))
             proj.append(project_uint8(self.unet, self.scheduler, images[c: c + pbs], self.projection,
-                                      null_label=self.diffusion_info["null_label"], generator=gen, bf16=self.bf16))
+                                      null_label=self.diffusion_info["null_label"], generator=gen))
         projected = np.concatenate(proj)
         so = predict_logits(self.source, images, mean=self.source_cfg["mean"], std=self.source_cfg["std"],
                             device=self.device)

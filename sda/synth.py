@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from sda.accel import autocast, name_oom
 from sda.diffusion import load_diffusion, sample_class_conditional, to_uint8
 from sda.dit import load_dit, sample_dit
 from sda.runtime import derive_seed
@@ -55,11 +56,13 @@ def generate_job(
     guidance_scale: float,
     batch_size: int,
     device: str = "cpu",
+    precision: str = "fp32",
 ) -> Iterator[Sample]:
     """The samples of plan rows ``[job.start, job.stop)``, generated in batches of ``batch_size``.
 
     Each sample depends only on its (class, seed) row, so the shard's bytes do not depend on which
-    worker runs the job. The model is loaded once per process.
+    worker runs the job. The model is loaded once per process. ``precision``: the model's autocast
+    on CUDA (:func:`sda.accel.autocast`); a CUDA out-of-memory error names synth_generate.batch_size.
     """
     info = json.loads((Path(model_dir) / "info.json").read_text())
     sample = cached(("generator", model_dir, device), lambda: _load_sampler(Path(model_dir), info, torch.device(device)))
@@ -67,7 +70,8 @@ def generate_job(
     rows = [plan_row(i, classes, seed) for i in range(job.start, job.stop)]
     for b in range(0, len(rows), batch_size):
         chunk = rows[b: b + batch_size]
-        x = sample([r["class"] for r in chunk], [r["seed"] for r in chunk], steps, guidance_scale)
+        with autocast(device, precision), name_oom("synth_generate.batch_size", len(chunk), "generating"):
+            x = sample([r["class"] for r in chunk], [r["seed"] for r in chunk], steps, guidance_scale)
         for r, img in zip(chunk, to_uint8(x)):
             yield Sample(key=r["key"], image=img, label=r["class"], meta={"seed": r["seed"], "index": r["index"]})
 

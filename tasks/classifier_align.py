@@ -32,15 +32,17 @@ def run(cfg: ClassifierAlign, seed: int, source_model: Path, synth_dir: Path, ou
     history = train_classifier(model, synth.images, synth.labels, **input_spec(config), seed=s, device=device,
                                label_smoothing=cfg.label_smoothing, desc="classifier_align", **hp)
     log.info("aligned model: train acc on aligned synthetic set %.1f%%", 100 * history[-1]["acc"])
-    new_config = {**config, "aligned_on": str(synth_dir), "hyperparameters": hp, "history": history, "seed": s}
+    new_config = {**config, "aligned_on": str(synth_dir), "hyperparameters": hp, "history": history, "seed": s,
+                  "trained_images": len(synth.labels) * hp["epochs"]}
     new_config.pop("val_acc", None)
     save_classifier(model, out, new_config)
     return new_config
 
 
-def _main(params: Params, args: argparse.Namespace) -> None:
-    run(params.classifier_align, params.runtime.seed, DATA / "source_model", DATA / "synth_align",
+def _main(params: Params, args: argparse.Namespace) -> int:
+    config = run(params.classifier_align, params.runtime.seed, DATA / "source_model", DATA / "synth_align",
         DATA / "classifier_align", args.device)
+    return config["trained_images"]
 
 
 if __name__ == "__main__":

@@ -46,12 +46,13 @@ def setup_logging() -> None:
     )
 
 
-def stage_main(stage: str, doc: str, body: Callable[[Params, argparse.Namespace], None],
+def stage_main(stage: str, doc: str, body: Callable[[Params, argparse.Namespace], int | None],
                add_args: Callable[[argparse.ArgumentParser], None] | None = None) -> None:
     """Parse argv, validate params, set seeds / threads / device, run ``body``, log the time.
 
     A :class:`ParamsError` or ``FileNotFoundError`` exits with status 2 and a one-paragraph message
-    instead of a traceback.
+    instead of a traceback. ``body`` may return the number of images it processed (forward passes
+    for training: images x epochs); the closing log line then gives images/s with the peak GPU memory.
     """
     parser = argparse.ArgumentParser(prog=f"python -m tasks.{stage}", description=doc,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -67,20 +68,26 @@ def stage_main(stage: str, doc: str, body: Callable[[Params, argparse.Namespace]
         raise SystemExit(2) from None
     threads = set_threads(params.runtime.threads)
     seed_everything(params.runtime.seed)
-    args.device = pick_device(params.runtime.device)
+    try:
+        args.device = pick_device(params.runtime.device)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
     log.info("stage %s: device=%s threads=%d seed=%d", stage, args.device, threads, params.runtime.seed)
     t0 = time.perf_counter()
     try:
-        body(params, args)
+        images = body(params, args)
     except (FileNotFoundError, ValueError) as err:
         print(f"error in stage {stage}: {err}", file=sys.stderr)
         raise SystemExit(2) from None
+    seconds = time.perf_counter() - t0
+    rate = f", {images} images ({images / seconds:.3g} img/s)" if images and seconds > 0 else ""
     peak = ""
     if args.device.type == "cuda":
         import torch
 
         peak = f", peak GPU memory {torch.cuda.max_memory_allocated(args.device) / 2**30:.2f} GiB"
-    log.info("stage %s done in %.1f s%s", stage, time.perf_counter() - t0, peak)
+    log.info("stage %s done in %.1f s%s%s", stage, seconds, rate, peak)
 
 
 def section_json(params: Params, *sections: str) -> dict:

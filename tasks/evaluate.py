@@ -58,8 +58,9 @@ def run(params: Params, device, data: Path = DATA, metrics_dir: Path = METRICS) 
     return metrics
 
 
-def _main(params: Params, args: argparse.Namespace) -> None:
-    run(params, args.device)
+def _main(params: Params, args: argparse.Namespace) -> int:
+    metrics = run(params, args.device)
+    return metrics["images_per_domain"] * len(metrics["domains"])  # each read twice (original, projected)
 
 
 if __name__ == "__main__":

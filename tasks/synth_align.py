@@ -24,14 +24,14 @@ def run_projection(stage: str, params: Params, args: argparse.Namespace, src_roo
     cfg = params.projection.model_dump()
     jobs = projection_jobs(src_root, subdirs)
     make = functools.partial(project_job, model_dir=str(model_dir), src_root=str(src_root), projection=cfg,
-                             seed=seed, device=str(args.device), bf16=params.runtime.bf16)
+                             seed=seed, device=str(args.device))
     model_hash = sha256_file(model_dir / "unet" / "diffusion_pytorch_model.safetensors")
     meta = {"projection": cfg, "seed": seed, "model": model_hash, "projected_from": str(src_root)}
-    return run_resumable(stage, params, jobs, make, plan={**meta, "bf16": params.runtime.bf16}, meta=meta, out=out)
+    return run_resumable(stage, params, jobs, make, plan=meta, meta=meta, out=out)
 
 
-def _main(params: Params, args: argparse.Namespace) -> None:
-    run_projection("synth_align", params, args, DATA / "synth_generate", [""], DATA / "synth_align")
+def _main(params: Params, args: argparse.Namespace) -> int:
+    return run_projection("synth_align", params, args, DATA / "synth_generate", [""], DATA / "synth_align")["new_items"]
 
 
 if __name__ == "__main__":

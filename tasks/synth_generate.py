@@ -23,7 +23,7 @@ from tasks.common import DATA, run_resumable, stage_main
 log = logging.getLogger("sda.synth_generate")
 
 
-def _main(params: Params, args: argparse.Namespace) -> None:
+def _main(params: Params, args: argparse.Namespace) -> int:
     cfg, model_dir = params.synth_generate, DATA / "diffusion_finetune"
     info = json.loads((model_dir / "info.json").read_text())
     seed = derive_seed(params.runtime.seed, "synth_generate")
@@ -32,14 +32,17 @@ def _main(params: Params, args: argparse.Namespace) -> None:
     log.info("generating %d images (%d per class, %d steps, w=%.2f)", n, cfg.per_class, cfg.steps, cfg.guidance_scale)
     jobs = plan_jobs(n, cfg.shard_size, "synth")
     make = functools.partial(generate_job, model_dir=str(model_dir), seed=seed, steps=cfg.steps,
-                             guidance_scale=cfg.guidance_scale, batch_size=cfg.batch_size, device=str(args.device))
+                             guidance_scale=cfg.guidance_scale, batch_size=cfg.batch_size, device=str(args.device),
+                             precision=cfg.precision)
     model_hash = sha256_file(generator_weights(model_dir, info))
+    # batch size changes nothing (one generator per sample); precision does
     plan = {"synth_generate": cfg.model_dump(exclude={"batch_size"}), "seed": seed, "model": model_hash,
             "batch_size": cfg.batch_size}
-    run_resumable("synth_generate", params, jobs, make, plan=plan, meta={"seed": seed, "model": model_hash},
+    summary = run_resumable("synth_generate", params, jobs, make, plan=plan, meta={"seed": seed, "model": model_hash},
                   out=DATA / "synth_generate", max_bytes=cfg.max_shard_bytes,
                   extra_files=lambda work: write_plan(sample_plan(classes, cfg.per_class, seed),
                                                       Path(work) / "plan.parquet"))
+    return summary["new_items"]
 
 
 if __name__ == "__main__":

@@ -15,11 +15,12 @@ from tasks.common import DATA, stage_main
 from tasks.synth_align import run_projection
 
 
-def _main(params: Params, args: argparse.Namespace) -> None:
+def _main(params: Params, args: argparse.Namespace) -> int:
     src = DATA / "target_data"
     domains = json.loads((src / "domains.json").read_text())["domains"]
-    run_projection("target_project", params, args, src, domains, DATA / "target_project")
+    summary = run_projection("target_project", params, args, src, domains, DATA / "target_project")
     shutil.copy2(src / "domains.json", DATA / "target_project" / "domains.json")
+    return summary["new_items"]
 
 
 if __name__ == "__main__":

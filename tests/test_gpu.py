@@ -1,0 +1,163 @@
+"""CUDA tests (``pytest -m gpu``; ``bench/gpu.sh`` runs them on a GPU machine). Each is skipped only
+when ``torch.cuda.is_available()`` is false."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from repo_utils import IMAGENET_TINY, STAGES, _copy_repo, make_imagenet_assets, subprocess_env
+
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (torch.cuda.is_available() is false)")]
+
+PROJ = {"respacing": 10, "N": 3, "D": 4, "scale": 6.0, "per_sample_norm": False, "fix_off_by_one": False,
+        "batch_size": 8, "precision": "fp32", "channels_last": False, "compile": "none"}
+# stages that run a model, so a CUDA run must have allocated GPU memory in them
+GPU_STAGES = {"source_model", "synth_generate", "synth_align", "classifier_align", "target_project", "evaluate"}
+
+
+@pytest.fixture
+def cuda_unet(tiny_unet):
+    return tiny_unet.cuda()
+
+
+def _images(n: int = 8, size: int = 16) -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+
+
+def _project(unet, scheduler, images, **cfg):
+    from sda.project_sets import project_uint8
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    return project_uint8(unet, scheduler, images, {**PROJ, **cfg}, null_label=3, generator=g)
+
+
+def test_imagenet_profile_end_to_end_on_cuda(tmp_path):
+    """Every stage of the ImageNet profile (tiny generated set) with runtime.device: cuda, bf16
+    projection and generation: each stage logs device=cuda, the model stages used GPU memory, and
+    the table is written."""
+    root = tmp_path / "repo"
+    root.mkdir()
+    inet = make_imagenet_assets(root)
+    tiny = {**IMAGENET_TINY, "projection": {**IMAGENET_TINY["projection"], "precision": "bf16", "channels_last": True},
+            "synth_generate": {**IMAGENET_TINY["synth_generate"], "precision": "bf16"}}
+    _copy_repo(root, {"profile": "imagenet", "imagenet": inet, "profiles": {"imagenet": tiny},
+                      "runtime": {"device": "cuda", "threads": 2}})
+    env = {**subprocess_env(), "SDA_LOG_LEVEL": "INFO"}
+    for stage in STAGES:
+        r = subprocess.run([sys.executable, "-m", f"tasks.{stage}"], cwd=root, env=env, capture_output=True,
+                           text=True, timeout=300)
+        assert r.returncode == 0, f"{stage} failed:\n{r.stderr[-3000:]}"
+        assert f"stage {stage}: device=cuda" in r.stderr, r.stderr[-2000:]
+        done = re.search(rf"stage {stage} done in .*peak GPU memory ([0-9.]+) GiB", r.stderr)
+        assert done, f"{stage}: no closing line with the peak GPU memory:\n{r.stderr[-2000:]}"
+        if stage in GPU_STAGES:
+            assert float(done.group(1)) > 0, f"{stage} ran with device=cuda but allocated no GPU memory"
+    metrics = json.loads((root / "metrics" / "evaluate.json").read_text())
+    assert set(metrics["domains"]) >= {"clean", "gaussian_noise", "pixelate"}
+    manifest = json.loads((root / "data" / "target_project" / "clean" / "manifest.json").read_text())
+    assert manifest["meta"]["projection"]["precision"] == "bf16"
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_reduced_precision_projection_is_close_to_fp32(cuda_unet, scheduler, precision):
+    imgs = _images()
+    ref = _project(cuda_unet, scheduler, imgs).astype(int)
+    fast = _project(cuda_unet, scheduler, imgs, precision=precision).astype(int)
+    diff = np.abs(fast - ref)
+    assert diff.mean() < 3.0 and np.percentile(diff, 99) < 24, (diff.mean(), diff.max())
+    assert not np.array_equal(fast, ref)  # the autocast really ran
+
+
+def test_channels_last_and_compile_match_eager(cuda_unet, scheduler):
+    imgs = _images()
+    ref = _project(cuda_unet, scheduler, imgs).astype(int)
+    cl = _project(cuda_unet, scheduler, imgs, channels_last=True).astype(int)
+    assert np.abs(cl - ref).max() <= 2
+    compiled = _project(cuda_unet, scheduler, imgs, compile="default").astype(int)
+    assert np.abs(compiled - ref).mean() < 1.0
+
+
+def test_cuda_out_of_memory_names_the_batch_size(cuda_unet, scheduler):
+    from sda.accel import name_oom
+
+    _, total = torch.cuda.mem_get_info()
+    with pytest.raises(ValueError, match=r"projection\.batch_size"):
+        with name_oom("projection.batch_size", 10**6, "projecting"):
+            torch.empty(int(total * 4), dtype=torch.uint8, device="cuda")  # more bytes than the card has
+    # the same path through the projection: a batch too large for a 1 GiB share of the card
+    torch.cuda.set_per_process_memory_fraction(2**30 / total)
+    try:
+        with pytest.raises(ValueError, match=r"lower projection\.batch_size"):
+            _project(cuda_unet, scheduler, _images(50_000))
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0)
+        torch.cuda.empty_cache()
+
+
+def test_auto_batch_size_fits_the_card(cuda_unet, scheduler):
+    from sda.project_sets import projection_batch_size
+
+    bs = projection_batch_size(cuda_unet, scheduler, {**PROJ, "batch_size": "auto"}, 16, 3)
+    assert bs >= 8 and bs & (bs - 1) == 0
+    out = _project(cuda_unet, scheduler, _images(bs), batch_size=bs)
+    assert out.shape == (bs, 16, 16, 3)
+
+
+def test_shard_jobs_on_a_local_cuda_cluster(tmp_path, cuda_unet, scheduler):
+    """workers >= 1 on a CUDA machine: dask-cuda's LocalCUDACluster (one worker per GPU) projects
+    the shards; the keys are those of the in-process run and the pixels agree."""
+    from dask_cuda import LocalCUDACluster  # noqa: F401 - dask-cuda must be installed on GPU machines
+
+    from sda.diffusion import save_diffusion
+    from sda.project_sets import project_job, projection_jobs
+    from sda.sharded import run_shard_jobs
+    from sda.shards import Sample, load_shards, write_shards
+
+    model_dir = tmp_path / "model"
+    save_diffusion(cuda_unet.cpu(), scheduler, model_dir, {"null_label": 3, "num_classes": 3})
+    src = tmp_path / "src"
+    src.mkdir()
+    imgs = _images(24)
+    write_shards((Sample(key=f"k{i:03d}", image=im, label=i % 3) for i, im in enumerate(imgs)), src, maxcount=8)
+    jobs = projection_jobs(src, [""])
+    make = dict(model_dir=str(model_dir), src_root=str(src), projection=PROJ, seed=0, device="cuda")
+
+    runs = {}
+    for workers in (0, 1):
+        out = tmp_path / f"out{workers}"
+        run_shard_jobs(out, jobs, functools.partial(project_job, **make), plan={"w": 0}, workers=workers)
+        runs[workers] = load_shards(out)
+    assert runs[0].keys == runs[1].keys == [f"k{i:03d}" for i in range(24)]
+    assert np.abs(runs[0].images.astype(int) - runs[1].images.astype(int)).max() <= 1
+
+
+def test_prefetch_overlaps_and_keeps_order():
+    from sda.accel import prefetch
+
+    items = [torch.full((4, 3), i, dtype=torch.uint8) for i in range(5)]
+    got = list(prefetch(items, lambda t: t, "cuda"))
+    assert [int(x[0, 0]) for _, x in got] == list(range(5))
+    assert all(x.is_cuda for _, x in got)
+
+
+def test_device_cuda_is_refused_cleanly_without_visible_gpus(tmp_path):
+    """runtime.device: cuda with CUDA_VISIBLE_DEVICES='' is a user error (exit 2, names the key)."""
+    root = Path(__file__).resolve().parents[1]
+    params = tmp_path / "params.yaml"
+    params.write_text((root / "params.yaml").read_text().replace("device: auto", "device: cuda"))
+    env = {**subprocess_env(), "CUDA_VISIBLE_DEVICES": ""}
+    r = subprocess.run([sys.executable, "-m", "tasks.source_data", "--params", str(params)], cwd=tmp_path,
+                       env={**env, "PYTHONPATH": str(root)}, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "runtime.device" in r.stderr, r.stderr[-1500:]
+    assert os.environ.get("CUDA_VISIBLE_DEVICES") != ""
