@@ -7,10 +7,11 @@ Sections (each row says what it measured, or why it was skipped):
 - ``adm256``: the DDA projection on ADM-256 (552.8M parameters, random weights: speed does not
   depend on them), 100 respaced steps, N=50, D=4, scale 6: images/s per full projection, achieved
   TFLOP/s (FLOPs counted with ``torch.utils.flop_counter.FlopCounterMode`` on one guided step, not
-  assumed) and peak GiB for fp32 / bf16 / bf16+channels_last / bf16+compile (+ CUDA graphs) at
-  batch 4, 8, 16, 32, and the reference-structured loop (``sda.dda_reference``) in fp32 and fp16
-  on the same card in the same run. Timed over a few guided steps after a warm-up (images/s
-  scales with 1/N).
+  assumed) and peak GiB for fp32 / fp16 / bf16 / bf16+channels_last at batch 4, 8, 16, 32, and
+  the reference-structured loop (``sda.dda_reference``) in fp32 and fp16 on the same card in the
+  same run; then bf16 + ``torch.compile`` (in the faster layout) at ``--compile-batches`` (16), and
+  with CUDA graphs when ``--graphs``. Timed over a few guided steps after a warm-up (images/s scales
+  with 1/N). The compiled rows come last: ADM-256 compiles for about two minutes.
 - ``deviation``: the fast modes against the fp32 path: mean / p99.9 absolute pixel difference
   (uint8 levels) of full N=50 projections at 256 px; with the embedded pipeline's models in
   ``data/`` (after ``make run``), the SDA label agreement and top-1 on the embedded target domains.
@@ -26,6 +27,7 @@ the table says what was skipped.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import subprocess
@@ -132,16 +134,20 @@ def guided_step_flops(unet, sched, size: int, device: torch.device) -> float:
     return float(counter.get_total_flops())
 
 
-def bench_adm(t: Table, device: torch.device, full: bool, batches: list[int], steps: int, modes: list[str]) -> None:
+def bench_adm(t: Table, device: torch.device, full: bool, batches: list[int], steps: int,
+              modes: list[str], describe: bool = True) -> dict[str, dict[int, float]]:
+    """Rows per (mode, batch); returns images/s by mode and batch."""
     unet, sched = adm(device, full), adm_scheduler()
     size = 256 if full else 32
     n_params = sum(p.numel() for p in unet.parameters()) / 1e6
     flops = guided_step_flops(unet, sched, size, device)
     name = "adm256" if full else "adm-tiny"
-    t.add(name, "model", note=f"{n_params:.1f}M params, {size} px, {flops / 1e12:.3f} TFLOP per image per "
+    if describe:
+        t.add(name, "model", note=f"{n_params:.1f}M params, {size} px, {flops / 1e12:.3f} TFLOP per image per "
           f"guided step (counted), N=50, timed over {steps} steps; SDPA attention: "
           f"{type(unet.mid_block.attentions[0].processor).__name__}")
     kw = dict(respacing=100, D=4, scale=6.0)
+    speeds: dict[str, dict[int, float]] = {}
     call = lambda xt, tt: unet(xt, tt).sample  # noqa: E731 - the reference loop's model(x, t)
     for mode in modes:
         skip_rest = ""
@@ -149,7 +155,7 @@ def bench_adm(t: Table, device: torch.device, full: bool, batches: list[int], st
             if skip_rest:
                 t.add(name, mode, bs, note=skip_rest)
                 continue
-            if t.left() < 25:
+            if t.left() < (150 if "compile" in mode else 25):  # ADM-256 compiles for ~2 min
                 t.add(name, mode, bs, note="skipped: time budget")
                 continue
             x = torch.rand(bs, 3, size, size, device=device) * 2 - 1
@@ -181,11 +187,13 @@ def bench_adm(t: Table, device: torch.device, full: bool, batches: list[int], st
                 continue
             per_step = sec / steps
             note = f"warm-up {warm:.0f} s (compile)" if "compile" in mode or "graphs" in mode else ""
+            speeds.setdefault(mode, {})[bs] = bs / (per_step * 50)
             t.add(name, mode, bs, ips=bs / (per_step * 50), tflops=flops * bs / per_step / 1e12, peak=peak, note=note)
         unet.to(memory_format=torch.contiguous_format)  # channels_last converts in place
     del unet
     if device.type == "cuda":
         torch.cuda.empty_cache()
+    return speeds
 
 
 def smooth_images(b: int, size: int, device: torch.device) -> torch.Tensor:
@@ -223,9 +231,10 @@ def bench_deviation(t: Table, device: torch.device, full: bool, modes: list[str]
     unet.to(memory_format=torch.contiguous_format)
 
 
-def bench_embedded_agreement(t: Table, device: torch.device, modes: list[str]) -> None:
-    """SDA predictions with fast-mode projections vs fp32 projections, on the embedded target domains."""
-    data = ROOT / "data"
+def bench_embedded_agreement(t: Table, device: torch.device, modes: list[str], data: Path,
+                             max_domains: int = 6) -> None:
+    """SDA predictions with fast-mode projections vs fp32 projections, on the first ``max_domains``
+    embedded target domains (clean first) of the pipeline outputs in ``data``."""
     needed = [data / p for p in ("diffusion_finetune/info.json", "source_model/config.json",
                                  "classifier_align/config.json", "target_data/domains.json")]
     if not all(p.is_file() for p in needed):
@@ -242,7 +251,7 @@ def bench_embedded_agreement(t: Table, device: torch.device, modes: list[str]) -
     unet, sched, info = load_diffusion(data / "diffusion_finetune", device)
     source, scfg = load_classifier(data / "source_model", device)
     aligned, acfg = load_classifier(data / "classifier_align", device)
-    domains = json.loads((data / "target_data" / "domains.json").read_text())["domains"]
+    domains = json.loads((data / "target_data" / "domains.json").read_text())["domains"][:max_domains]
     base = params.projection.model_dump()
     preds: dict[str, list[np.ndarray]] = {m: [] for m in ["fp32", *modes]}
     labels, pix = [], {m: [] for m in modes}
@@ -304,7 +313,7 @@ def bench_dit(t: Table, device: torch.device, full: bool, batch: int, modes: lis
             continue
         try:
             with autocast(device, mode):
-                sample_dit(transformer, vae, labels[:2], seeds[:2], steps=2, device=device)  # warm-up
+                sample_dit(transformer, vae, labels, seeds, steps=2, device=device)  # warm-up at the timed shape
                 s1, _ = timed(lambda: sample_dit(transformer, vae, labels, seeds, steps=3, device=device), device)
                 s2, peak = timed(lambda: sample_dit(transformer, vae, labels, seeds, steps=6, device=device), device)
         except Exception as err:  # noqa: BLE001
@@ -358,6 +367,8 @@ def start_gpu_tests(log: Path, junit: Path | None) -> subprocess.Popen:
     """``pytest -m gpu`` in the background (it is mostly CPU-bound subprocess start-up: running it
     beside the benches keeps the whole check inside one short GPU lease)."""
     cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-rs", "-p", "no:cacheprovider", "tests/test_gpu.py"]
+    if torch.cuda.is_available() and importlib.util.find_spec("xdist"):
+        cmd += ["-n", "4"]  # the two end-to-end runs and the compile test side by side
     if junit:
         cmd += [f"--junitxml={junit}"]
     return subprocess.Popen(cmd, cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT, text=True)
@@ -379,11 +390,19 @@ def finish_gpu_tests(t: Table, proc: subprocess.Popen, log: Path, timeout: float
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--budget-s", type=float, default=460, help="no new measurement starts after this (seconds)")
+    ap.add_argument("--budget-s", type=float, default=420, help="no new measurement starts after this (seconds)")
     ap.add_argument("--steps", type=int, default=3, help="guided steps timed per ADM configuration")
     ap.add_argument("--batches", type=int, nargs="+", default=[4, 8, 16, 32])
     ap.add_argument("--sections", nargs="+", default=["tests", "adm", "deviation", "dit", "resnet"],
-                    choices=["tests", "adm", "deviation", "dit", "resnet"])
+                    choices=["tests", "adm", "adm-eager", "adm-compiled", "deviation", "dit", "resnet"])
+    ap.add_argument("--compile-batches", type=int, nargs="+", default=[16],
+                    help="batches of the compiled rows (ADM-256 compiles for ~2 min, and again for the "
+                         "first new shape after it: 4 8 16 32 takes ~5 min more)")
+    ap.add_argument("--graphs", action="store_true", help="also time compile + CUDA graphs (one more compilation)")
+    ap.add_argument("--memory-fraction", type=float, default=0.75,
+                    help="the benches' share of the GPU memory while the tests run beside them")
+    ap.add_argument("--data", type=Path, default=ROOT / "data",
+                    help="the embedded pipeline's outputs (after `make run`) for the label-agreement rows")
     ap.add_argument("--out", type=Path, default=None, help="also write the table here (markdown) as rows come")
     args = ap.parse_args()
 
@@ -397,6 +416,8 @@ def main() -> None:
         tests = start_gpu_tests(log, args.out.parent / "junit.xml" if args.out else None)
     if cuda:
         torch.backends.cudnn.benchmark = True
+        if tests is not None:  # leave the tests' processes their share of the card
+            torch.cuda.set_per_process_memory_fraction(args.memory_fraction)
         free, total = torch.cuda.mem_get_info()
         where = f"{torch.cuda.get_device_name(0)}, {total / 2**30:.0f} GiB, torch {torch.__version__}, CUDA {torch.version.cuda}"
     else:
@@ -404,19 +425,32 @@ def main() -> None:
     print(f"bench/gpu.py on {where}; budget {args.budget_s:.0f} s", flush=True)
     t.add("machine", where, note="" if cuda else "no CUDA: tiny models on the CPU; skipped: ADM-256, DiT-XL/2 and "
           "ResNet-50 at full size, fast modes (CUDA only), the CUDA paths of the -m gpu tests")
-    fast = ["fp32", "bf16", "bf16+cl", "fp16", "bf16+compile", "reference fp32", "reference fp16"]
-    for section in args.sections:
+    eager = ["reference fp32", "reference fp16", "fp32", "fp16", "bf16", "bf16+cl"]
+    speeds: dict[str, dict[int, float]] = {}
+    # compilation takes minutes on ADM-256: the compiled rows come last, after every eager figure
+    order = ["adm-eager", "deviation", "dit", "resnet", "adm-compiled"]
+    sections = [s for s in order if s in args.sections or s.split("-")[0] in args.sections]
+    for section in sections:
         try:
-            if section == "adm":
+            if section == "adm-eager":
                 if cuda:
-                    bench_adm(t, device, True, args.batches, args.steps, fast)
-                    bench_adm(t, device, True, [16], args.steps, ["bf16+cl+compile+graphs"])
+                    speeds = bench_adm(t, device, True, args.batches, args.steps, eager)
                 else:
                     bench_adm(t, device, False, [2], 1, ["fp32", "reference fp32"])
+            elif section == "adm-compiled":
+                if not cuda:
+                    t.add("adm-tiny", "compile", note="skipped: no CUDA (compile is timed on the GPU)")
+                    continue
+                # compiled with the faster layout of the eager bf16 rows (at the largest batch both ran)
+                both = set(speeds.get("bf16", {})) & set(speeds.get("bf16+cl", {}))
+                cl = "+cl" if both and speeds["bf16+cl"][max(both)] > speeds["bf16"][max(both)] else ""
+                compiled = [f"bf16{cl}+compile"] + ([f"bf16{cl}+compile+graphs"] if args.graphs else [])
+                bench_adm(t, device, True, args.compile_batches, args.steps, compiled,
+                          describe="adm-eager" not in sections)
             elif section == "deviation":
                 if cuda:
-                    bench_deviation(t, device, True, ["bf16", "fp16", "bf16+compile"], batch=8)
-                    bench_embedded_agreement(t, device, ["bf16", "fp16", "bf16+cl"])
+                    bench_deviation(t, device, True, ["bf16", "fp16"], batch=8)
+                    bench_embedded_agreement(t, device, ["bf16", "fp16", "bf16+cl"], args.data)
                 else:
                     t.add("deviation", "fast modes vs fp32", note="skipped: no CUDA (reduced precision is CUDA only)")
             elif section == "dit":

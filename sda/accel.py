@@ -11,7 +11,6 @@ the CPU the models always run fp32 (bf16 autocast there is slower on our cores a
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import math
 from concurrent.futures import ThreadPoolExecutor
@@ -66,13 +65,12 @@ def fast_model(model: torch.nn.Module, *, channels_last: bool = False, compile: 
         model = model.to(memory_format=torch.channels_last)
     if compile == "none":
         return model
-    return _compiled(model, compile)
-
-
-@functools.cache
-def _compiled(model: torch.nn.Module, mode: str) -> torch.nn.Module:
-    log.info("torch.compile(%s, mode=%s): the first batch of each shape compiles", type(model).__name__, mode)
-    return torch.compile(model, mode=mode)
+    # kept on the model itself (a plain dict attribute, not a submodule): freed with the model
+    cache = model.__dict__.setdefault("_sda_compiled", {})
+    if compile not in cache:
+        log.info("torch.compile(%s, mode=%s): the first batch of each shape compiles", type(model).__name__, compile)
+        cache[compile] = torch.compile(model, mode=compile)
+    return cache[compile]
 
 
 def name_oom(param: str, batch_size: int, what: str) -> contextlib.AbstractContextManager:

@@ -94,12 +94,14 @@ def run_imagenet(cfg: ImageNet, seed: int, source_dir: Path, out: Path, device: 
     return info
 
 
-def _main(params: Params, args: argparse.Namespace) -> None:
+def _main(params: Params, args: argparse.Namespace) -> int | None:
     if params.profile == "imagenet":
         run_imagenet(params.imagenet, params.runtime.seed, DATA / "source_data", DATA / "diffusion_finetune",
                      args.device)
-        return
-    run(params.diffusion_finetune, params.runtime.seed, DATA / "source_data", DATA / "diffusion_finetune", args.device)
+        return params.imagenet.finetune_steps * params.imagenet.finetune_batch_size or None
+    cfg = params.diffusion_finetune
+    run(cfg, params.runtime.seed, DATA / "source_data", DATA / "diffusion_finetune", args.device)
+    return cfg.train_steps * cfg.batch_size  # images seen in training
 
 
 if __name__ == "__main__":

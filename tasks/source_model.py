@@ -44,7 +44,8 @@ def run(cfg: SourceModel, seed: int, source_dir: Path, out: Path, device: torch.
                      .argmax(1).numpy() == val.labels).mean() * 100)
     log.info("source model: train acc %.1f%%, clean val acc %.1f%%", 100 * history[-1]["acc"], val_acc)
     config = {"arch": cfg.arch, "num_classes": num_classes, "kwargs": kwargs, "mean": list(EMBEDDED_MEAN),
-              "std": list(EMBEDDED_STD), "val_acc": val_acc, "history": history, "seed": s}
+              "std": list(EMBEDDED_STD), "val_acc": val_acc, "history": history, "seed": s,
+              "trained_images": len(train.labels) * cfg.epochs}
     save_classifier(model, out, config)
     return config
 
@@ -60,11 +61,12 @@ def run_imagenet(arch: str, cfg: ImageNet, out: Path) -> dict:
     return config
 
 
-def _main(params: Params, args: argparse.Namespace) -> None:
+def _main(params: Params, args: argparse.Namespace) -> int | None:
     if params.profile == "imagenet":
         run_imagenet(params.source_model.arch, params.imagenet, DATA / "source_model")
-        return
-    run(params.source_model, params.runtime.seed, DATA / "source_data", DATA / "source_model", args.device)
+        return None
+    config = run(params.source_model, params.runtime.seed, DATA / "source_data", DATA / "source_model", args.device)
+    return config["trained_images"]
 
 
 if __name__ == "__main__":

@@ -29,7 +29,10 @@ TINY = {
 def subprocess_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env["PYTHONPATH"] = ""  # the copy must run from its own files
+    # the copy must run from its own files: drop this checkout from PYTHONPATH, keep the rest
+    # (a GPU machine may hold the project's dependencies in a PYTHONPATH folder)
+    keep = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and Path(p).resolve() != ROOT]
+    env["PYTHONPATH"] = os.pathsep.join(keep)
     env["SDA_LOG_LEVEL"] = "WARNING"
     return env
 
@@ -41,10 +44,20 @@ def sh(cwd: Path, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
     return r
 
 
-def _copy_repo(dst: Path, overrides: dict | None = None) -> None:
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
-                           text=True, check=True).stdout.split()
-    for f in files:
+def _project_files() -> list[str]:
+    """The checkout's files as git sees them; without git (a copied work tree), the code folders."""
+    try:
+        return subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
+                              text=True, check=True).stdout.split()
+    except (OSError, subprocess.CalledProcessError):
+        files = [str(p.relative_to(ROOT)) for d in ("sda", "tasks", "flows") for p in (ROOT / d).rglob("*.py")]
+        return files + [f for f in ("params.yaml", "dvc.yaml", "prefect.yaml", "pyproject.toml", ".dvcignore")
+                        if (ROOT / f).is_file()]
+
+
+def _copy_repo(dst: Path, overrides: dict | None = None, git: bool = True) -> None:
+    """``dst``: the project's files with TINY params plus ``overrides``; a git repository when ``git``."""
+    for f in _project_files():
         if f.startswith(("data/", "metrics/", "tests/", "bench/")) or f == "dvc.lock":
             continue
         if (ROOT / f).is_file():
@@ -59,6 +72,8 @@ def _copy_repo(dst: Path, overrides: dict | None = None) -> None:
         else:
             params[key] = values
     (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    if not git:
+        return
     sh(dst, "git", "init", "-q")
     sh(dst, "git", "-c", "user.email=t@t", "-c", "user.name=t", "add", "-A")
     sh(dst, "git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "tiny")
