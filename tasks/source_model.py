@@ -20,7 +20,7 @@ from sda.classifiers import (create_classifier, load_pretrained_classifier, pred
                              train_classifier)
 from sda.params import ImageNet, Params, SourceModel
 from sda.runtime import derive_seed
-from sda.shards import load_shards
+from sda.shards import load_shards, read_manifest
 from tasks.common import DATA, stage_main
 
 log = logging.getLogger("sda.source_model")
@@ -44,8 +44,7 @@ def run(cfg: SourceModel, seed: int, source_dir: Path, out: Path, device: torch.
                      .argmax(1).numpy() == val.labels).mean() * 100)
     log.info("source model: train acc %.1f%%, clean val acc %.1f%%", 100 * history[-1]["acc"], val_acc)
     config = {"arch": cfg.arch, "num_classes": num_classes, "kwargs": kwargs, "mean": list(EMBEDDED_MEAN),
-              "std": list(EMBEDDED_STD), "val_acc": val_acc, "history": history, "seed": s,
-              "trained_images": len(train.labels) * cfg.epochs}
+              "std": list(EMBEDDED_STD), "val_acc": val_acc, "history": history, "seed": s}
     save_classifier(model, out, config)
     return config
 
@@ -65,8 +64,8 @@ def _main(params: Params, args: argparse.Namespace) -> int | None:
     if params.profile == "imagenet":
         run_imagenet(params.source_model.arch, params.imagenet, DATA / "source_model")
         return None
-    config = run(params.source_model, params.runtime.seed, DATA / "source_data", DATA / "source_model", args.device)
-    return config["trained_images"]
+    run(params.source_model, params.runtime.seed, DATA / "source_data", DATA / "source_model", args.device)
+    return read_manifest(DATA / "source_data" / "train")["count"] * params.source_model.epochs  # images trained on
 
 
 if __name__ == "__main__":
