@@ -97,6 +97,17 @@ def test_channels_last_and_compile_match_eager(cuda_unet, scheduler):
     assert np.abs(compiled - ref).mean() < 1.0
 
 
+def test_cuda_graphs_match_eager(cuda_unet, scheduler):
+    """compile: reduce-overhead (inductor + CUDA graphs, one graph per batch shape) through the guided
+    step's input-gradient backward, twice with the same shape (the replay), then a new shape."""
+    imgs = _images()
+    ref = _project(cuda_unet, scheduler, imgs).astype(int)
+    for _ in range(2):
+        graphs = _project(cuda_unet, scheduler, imgs, compile="reduce-overhead").astype(int)
+        assert np.abs(graphs - ref).mean() < 1.0
+    assert _project(cuda_unet, scheduler, _images(4), compile="reduce-overhead", batch_size=4).shape == (4, 16, 16, 3)
+
+
 def test_cuda_out_of_memory_names_the_batch_size(cuda_unet, scheduler):
     from sda.accel import name_oom
 
