@@ -119,6 +119,9 @@ def main(argv: list[str] | None = None) -> int:
                 os.killpg(p.pid, signal.SIGKILL)
 
     signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
+    # Ctrl-C / SIGINT must stop the children even when this process was started with SIGINT ignored
+    # (a background job of a non-interactive shell, e.g. a CI step): Python then keeps SIG_IGN.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         with open(home / "server.log", "ab") as server_log, open(home / "worker.log", "ab") as worker_log:
             print(f"starting the Prefect server on {env['PREFECT_API_URL']} (log: {home / 'server.log'})", flush=True)
