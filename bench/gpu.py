@@ -41,7 +41,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sda.accel import fast_model  # noqa: E402
+from sda.accel import autocast, fast_model  # noqa: E402
 from sda.adm import adm_scheduler, adm_unet_config  # noqa: E402
 from sda.dda import project  # noqa: E402
 from sda.dda_reference import reference_project  # noqa: E402
@@ -106,6 +106,13 @@ def timed(fn, device: torch.device) -> tuple[float, float]:
     return sec, peak
 
 
+def fast_settings(mode: str) -> dict[str, object]:
+    """A row's mode name ("bf16+cl+compile+graphs", "fp16", ...) as projection params."""
+    return {"precision": "fp16" if "fp16" in mode else "bf16" if "bf16" in mode else "fp32",
+            "channels_last": "cl" in mode,
+            "compile": "reduce-overhead" if "graphs" in mode else "default" if "compile" in mode else "none"}
+
+
 def is_oom(err: BaseException) -> bool:
     return isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower()
 
@@ -159,14 +166,14 @@ def bench_adm(t: Table, device: torch.device, full: bool, batches: list[int], st
                 t.add(name, mode, bs, note="skipped: time budget")
                 continue
             x = torch.rand(bs, 3, size, size, device=device) * 2 - 1
-            precision = "fp16" if "fp16" in mode else "bf16" if "bf16" in mode else "fp32"
+            fast = fast_settings(mode)
+            precision = fast["precision"]
             if mode.startswith("reference"):
                 def run(n: int, precision=precision, x=x) -> None:
-                    with torch.autocast(device.type, dtype=torch.float16, enabled=precision == "fp16" and device.type == "cuda"):
+                    with autocast(device, precision):  # the reference's fp16 (or plain fp32)
                         reference_project(call, x, N=n, **kw)
             else:
-                compile_mode = "reduce-overhead" if "graphs" in mode else "default" if "compile" in mode else "none"
-                model = fast_model(unet, channels_last="cl" in mode, compile=compile_mode)
+                model = fast_model(unet, channels_last=fast["channels_last"], compile=fast["compile"])
 
                 def run(n: int, model=model, precision=precision, x=x) -> None:
                     g = torch.Generator(device=device).manual_seed(0)
@@ -186,7 +193,7 @@ def bench_adm(t: Table, device: torch.device, full: bool, batches: list[int], st
                     t.add(name, mode, bs, note=f"error: {type(err).__name__}: {str(err).splitlines()[0][:120] if str(err) else ''}")
                 continue
             per_step = sec / steps
-            note = f"warm-up {warm:.0f} s (compile)" if "compile" in mode or "graphs" in mode else ""
+            note = f"warm-up {warm:.0f} s (compile)" if fast["compile"] != "none" else ""
             speeds.setdefault(mode, {})[bs] = bs / (per_step * 50)
             t.add(name, mode, bs, ips=bs / (per_step * 50), tflops=flops * bs / per_step / 1e12, peak=peak, note=note)
         unet.to(memory_format=torch.contiguous_format)  # channels_last converts in place
@@ -214,8 +221,9 @@ def bench_deviation(t: Table, device: torch.device, full: bool, modes: list[str]
     x = smooth_images(batch, size, device)
     outs = {}
     for mode in ["fp32", *modes]:
-        precision = "fp16" if "fp16" in mode else "bf16" if "bf16" in mode else "fp32"
-        model = fast_model(unet, channels_last="cl" in mode, compile="default" if "compile" in mode else "none")
+        fast = fast_settings(mode)
+        precision = fast["precision"]
+        model = fast_model(unet, channels_last=fast["channels_last"], compile=fast["compile"])
         g = torch.Generator(device=device).manual_seed(0)
         t0 = time.perf_counter()
         outs[mode] = to_uint8(project(model, sched, x, respacing=100, N=50, D=4, scale=6.0, precision=precision,
@@ -262,8 +270,7 @@ def bench_embedded_agreement(t: Table, device: torch.device, modes: list[str], d
         so = predict_logits(source, tgt.images, **input_spec(scfg), device=device)
         proj_fp32 = None
         for mode in preds:
-            cfg = {**base, "precision": "fp16" if "fp16" in mode else "bf16" if "bf16" in mode else "fp32",
-                   "channels_last": "cl" in mode}
+            cfg = {**base, **fast_settings(mode)}
             bs = int(cfg["batch_size"])
             out = []
             for c in range(0, len(tgt.images), bs):
@@ -298,7 +305,6 @@ def bench_embedded_agreement(t: Table, device: torch.device, modes: list[str], d
 def bench_dit(t: Table, device: torch.device, full: bool, batch: int, modes: list[str]) -> None:
     from diffusers import AutoencoderKL, DiTTransformer2DModel
 
-    from sda.accel import autocast
     from sda.dit import sample_dit
 
     torch.manual_seed(0)

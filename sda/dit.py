@@ -62,5 +62,5 @@ def sample_dit(
     null_label = transformer.config.num_embeds_ada_norm  # DiT's "null" class for CFG (1000)
     latents = sample_class_conditional(transformer, dit_scheduler(), class_labels, seeds, null_label=null_label,
                                        steps=steps, guidance_scale=guidance_scale, clamp=False, device=device)
-    images = vae.decode((latents.to(device) / vae.config.scaling_factor).to(vae.dtype)).sample
+    images = vae.decode(latents.to(device) / vae.config.scaling_factor).sample
     return images.float().clamp(-1, 1)

@@ -104,9 +104,9 @@ def project_uint8(
     p = projection
     x = to_unit_range(images, dev)
     labels = None if null_label is None else torch.full((len(x),), null_label, dtype=torch.long)
-    model = fast_model(unet, channels_last=p.get("channels_last", False), compile=p.get("compile", "none"))
+    model = fast_model(unet, channels_last=p["channels_last"], compile=p["compile"])
     with name_oom("projection.batch_size", len(x), "projecting"):
         y = project(model, scheduler, x, respacing=p["respacing"], N=p["N"], D=p["D"], scale=p["scale"],
                     per_sample_norm=p["per_sample_norm"], fix_off_by_one=p["fix_off_by_one"],
-                    class_labels=labels, generator=generator, precision=p.get("precision", "fp32"))
+                    class_labels=labels, generator=generator, precision=p["precision"])
     return to_uint8(y)

@@ -188,6 +188,9 @@ class RelabelJob:
         self.source, self.source_cfg = load_classifier(m["source"], self.device)
         self.aligned, self.aligned_cfg = load_classifier(m["aligned"], self.device)
         self.unet, self.scheduler, self.diffusion_info = load_diffusion(m["diffusion"], self.device)
+        # once per run: with batch_size "auto" this measures a guided step on the GPU
+        self.projection_batch = projection_batch_size(self.unet, self.scheduler, self.projection, self.image_size,
+                                                      self.diffusion_info["null_label"])
         self.class_names: list[str] = json.loads(Path(m["classes"]).read_text())["names"]
 
     # -- work ------------------------------------------------------------------------------------
@@ -229,8 +232,7 @@ class RelabelJob:
     @torch.no_grad()
     def _predict(self, images: np.ndarray, bid: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """Projections in guidance batches of projection.batch_size, then both classifiers."""
-        pbs = projection_batch_size(self.unet, self.scheduler, self.projection, self.image_size,
-                                    self.diffusion_info["null_label"])
+        pbs = self.projection_batch
         proj = []
         for c in range(0, len(images), pbs):
             gen = torch.Generator(device=self.device).manual_seed(derive_seed(self.seed, "relabel", bid, c))
