@@ -10,8 +10,10 @@ Sections (each row says what it measured, or why it was skipped):
   assumed) and peak GiB for fp32 / fp16 / bf16 / bf16+channels_last at batch 4, 8, 16, 32, and
   the reference-structured loop (``sda.dda_reference``) in fp32 and fp16 on the same card in the
   same run; then bf16 + ``torch.compile`` (in the faster layout) at ``--compile-batches`` (16), and
-  with CUDA graphs when ``--graphs``. Timed over a few guided steps after a warm-up (images/s scales
-  with 1/N). The compiled rows come last: ADM-256 compiles for about two minutes.
+  with CUDA graphs when ``--graphs`` (or any modes with ``--compiled-modes``, ``--inductor`` for
+  inductor settings). Timed over a few guided steps after a warm-up (images/s scales with 1/N). The
+  compiled rows come last: ADM-256 compiles for about two minutes. ``--profile-batches`` adds the
+  device-time split of one guided step by kernel kind (conv / GroupNorm / elementwise / copies).
 - ``deviation``: the fast modes against the fp32 path: mean / p99.9 absolute pixel difference
   (uint8 levels) of full N=50 projections at 256 px; with the embedded pipeline's models in
   ``data/`` (after ``make run``), the SDA label agreement and top-1 on the embedded target domains.
@@ -107,14 +109,50 @@ def timed(fn, device: torch.device) -> tuple[float, float]:
 
 
 def fast_settings(mode: str) -> dict[str, object]:
-    """A row's mode name ("bf16+cl+compile+graphs", "fp16", ...) as projection params."""
+    """A row's mode name ("bf16+cl+compile+graphs", "bf16+cl+autotune", "fp16", ...) as projection params."""
     return {"precision": "fp16" if "fp16" in mode else "bf16" if "bf16" in mode else "fp32",
             "channels_last": "cl" in mode,
-            "compile": "reduce-overhead" if "graphs" in mode else "default" if "compile" in mode else "none"}
+            "compile": "reduce-overhead" if "graphs" in mode else "max-autotune-no-cudagraphs" if "autotune" in mode
+            else "default" if "compile" in mode else "none"}
 
 
 def is_oom(err: BaseException) -> bool:
     return isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower()
+
+
+# kernel-name keywords -> kind, first match wins (cuDNN / CUTLASS conv kernels, cuBLAS GEMMs, flash attention)
+KERNEL_KINDS = (("attention", ("flash", "fmha", "attention", "sdpa")),
+                ("conv", ("conv", "dgrad", "wgrad", "fprop", "implicit", "xmma", "cudnn", "nhwc", "nchw")),
+                ("gemm", ("gemm", "sm90", "sm80", "cutlass", "matmul", "_mm_", "addmm", "bmm")),
+                ("norm", ("norm", "welford", "reduce", "red_", "per_")),
+                ("copy", ("copy", "transpose", "cat", "memcpy", "memset", "fill")))
+
+
+def kernel_split(fn, device: torch.device, top: int = 12) -> str:
+    """Where one call of ``fn`` spends its device time: a split by kernel kind (conv / gemm /
+    attention / norm / elementwise+fused / copy), and the ``top`` kernels printed to stdout."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    with profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU]) as prof:
+        fn()
+        sync(device)
+    events = [e for e in prof.key_averages()
+              if (e.device_type.name == "CUDA") == cuda and not e.key.startswith("ProfilerStep")]
+    own = (lambda e: e.self_device_time_total) if cuda else (lambda e: e.self_cpu_time_total)
+    total = sum(own(e) for e in events) or 1.0
+    kinds: dict[str, float] = {}
+    for e in events:
+        name = e.key.lower()
+        if name.startswith("triton_"):  # inductor's: fused pointwise (poi), reductions (red / per), templates (tem)
+            kind = "gemm" if "_tem_" in name else "norm" if ("_red_" in name or "_per_" in name) else "elementwise"
+        else:
+            kind = next((k for k, words in KERNEL_KINDS if any(w in name for w in words)), "elementwise")
+        kinds[kind] = kinds.get(kind, 0.0) + own(e)
+    print(f"    top kernels ({total / 1e3:.0f} ms of {'device' if cuda else 'CPU'} time):", flush=True)
+    for e in sorted(events, key=own, reverse=True)[:top]:
+        print(f"      {100 * own(e) / total:5.1f}%  x{e.count:<5d} {e.key[:110]}", flush=True)
+    return ", ".join(f"{k} {100 * v / total:.0f}%" for k, v in sorted(kinds.items(), key=lambda kv: -kv[1]))
 
 
 # --------------------------------------------------------------------------------------------- ADM
@@ -142,8 +180,9 @@ def guided_step_flops(unet, sched, size: int, device: torch.device) -> float:
 
 
 def bench_adm(t: Table, device: torch.device, full: bool, batches: list[int], steps: int,
-              modes: list[str], describe: bool = True) -> dict[str, dict[int, float]]:
-    """Rows per (mode, batch); returns images/s by mode and batch."""
+              modes: list[str], describe: bool = True, profile_batches: tuple[int, ...] = ()) -> dict[str, dict[int, float]]:
+    """Rows per (mode, batch); returns images/s by mode and batch. At ``profile_batches`` a row is
+    followed by the device-time split of one guided step by kernel kind (``kernel_split``)."""
     unet, sched = adm(device, full), adm_scheduler()
     size = 256 if full else 32
     n_params = sum(p.numel() for p in unet.parameters()) / 1e6
@@ -162,7 +201,7 @@ def bench_adm(t: Table, device: torch.device, full: bool, batches: list[int], st
             if skip_rest:
                 t.add(name, mode, bs, note=skip_rest)
                 continue
-            if t.left() < (150 if "compile" in mode else 25):  # ADM-256 compiles for ~2 min
+            if t.left() < (150 if ("compile" in mode or "autotune" in mode) else 25):  # ADM-256 compiles for ~2 min
                 t.add(name, mode, bs, note="skipped: time budget")
                 continue
             x = torch.rand(bs, 3, size, size, device=device) * 2 - 1
@@ -196,6 +235,8 @@ def bench_adm(t: Table, device: torch.device, full: bool, batches: list[int], st
             note = f"warm-up {warm:.0f} s (compile)" if fast["compile"] != "none" else ""
             speeds.setdefault(mode, {})[bs] = bs / (per_step * 50)
             t.add(name, mode, bs, ips=bs / (per_step * 50), tflops=flops * bs / per_step / 1e12, peak=peak, note=note)
+            if bs in profile_batches:
+                t.add(name, f"{mode} profile", bs, note="device time: " + kernel_split(lambda: run(1), device))
         unet.to(memory_format=torch.contiguous_format)  # channels_last converts in place
     del unet
     if device.type == "cuda":
@@ -394,6 +435,20 @@ def finish_gpu_tests(t: Table, proc: subprocess.Popen, log: Path, timeout: float
     t.add("tests", "pytest -m gpu", note=f"{last} (ran beside the benches)")
 
 
+def set_inductor(t: Table, settings: list[str]) -> None:
+    """Apply ``KEY=VALUE`` settings to ``torch._inductor.config`` (values parsed as Python literals)."""
+    import ast
+
+    import torch._inductor.config as inductor
+
+    for item in settings:
+        key, _, value = item.partition("=")
+        if not hasattr(inductor, key):
+            raise SystemExit(f"--inductor {item}: torch._inductor.config has no setting {key!r}")
+        setattr(inductor, key, ast.literal_eval(value))
+    t.add("adm256", "inductor config", note=" ".join(settings))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--budget-s", type=float, default=420, help="no new measurement starts after this (seconds)")
@@ -405,6 +460,16 @@ def main() -> None:
                     help="batches of the compiled rows (ADM-256 compiles for ~2 min, and again for the "
                          "first new shape after it: 4 8 16 32 takes ~5 min more)")
     ap.add_argument("--graphs", action="store_true", help="also time compile + CUDA graphs (one more compilation)")
+    ap.add_argument("--eager-modes", nargs="+", default=None, metavar="MODE",
+                    help="the eager ADM rows' modes (default: reference fp32, reference fp16, fp32, fp16, bf16, bf16+cl)")
+    ap.add_argument("--compiled-modes", nargs="+", default=None, metavar="MODE",
+                    help="the compiled rows' modes, e.g. bf16+compile bf16+cl+compile+graphs (default: bf16+compile "
+                         "in the faster eager layout, and +graphs with --graphs)")
+    ap.add_argument("--inductor", nargs="+", default=[], metavar="KEY=VALUE",
+                    help="torch._inductor.config settings for the compiled rows, e.g. conv_1x1_as_mm=True "
+                         "coordinate_descent_tuning=True (noted in the table)")
+    ap.add_argument("--profile-batches", type=int, nargs="+", default=[],
+                    help="after the ADM rows at these batches, the device-time split of one step by kernel kind")
     ap.add_argument("--memory-fraction", type=float, default=0.75,
                     help="the benches' share of the GPU memory while the tests run beside them")
     ap.add_argument("--data", type=Path, default=ROOT / "data",
@@ -440,9 +505,10 @@ def main() -> None:
         try:
             if section == "adm-eager":
                 if cuda:
-                    speeds = bench_adm(t, device, True, args.batches, args.steps, eager)
+                    speeds = bench_adm(t, device, True, args.batches, args.steps, args.eager_modes or eager,
+                                       profile_batches=tuple(args.profile_batches))
                 else:
-                    bench_adm(t, device, False, [2], 1, ["fp32", "reference fp32"])
+                    bench_adm(t, device, False, [2], 1, ["fp32", "reference fp32"], profile_batches=(2,))
             elif section == "adm-compiled":
                 if not cuda:
                     t.add("adm-tiny", "compile", note="skipped: no CUDA (compile is timed on the GPU)")
@@ -450,9 +516,11 @@ def main() -> None:
                 # compiled with the faster layout of the eager bf16 rows (at the largest batch both ran)
                 both = set(speeds.get("bf16", {})) & set(speeds.get("bf16+cl", {}))
                 cl = "+cl" if both and speeds["bf16+cl"][max(both)] > speeds["bf16"][max(both)] else ""
-                compiled = [f"bf16{cl}+compile"] + ([f"bf16{cl}+compile+graphs"] if args.graphs else [])
+                compiled = args.compiled_modes or ([f"bf16{cl}+compile"] + ([f"bf16{cl}+compile+graphs"] if args.graphs else []))
+                if args.inductor:
+                    set_inductor(t, args.inductor)
                 bench_adm(t, device, True, args.compile_batches, args.steps, compiled,
-                          describe="adm-eager" not in sections)
+                          describe="adm-eager" not in sections, profile_batches=tuple(args.profile_batches))
             elif section == "deviation":
                 if cuda:
                     bench_deviation(t, device, True, ["bf16", "fp16"], batch=8)

@@ -123,7 +123,11 @@ def test_gpu_check_runs_its_cpu_part(tmp_path):
         assert "skipped: ADM-256" in table and "skipped" in next(r for r in rows if r.startswith("| tests"))
     for row in rows:
         cells = [c.strip() for c in row.strip("|").split("|")]
-        if cells[0] in {"adm-tiny", "dit-tiny", "resnet18"} and cells[1] != "model" and "skipped" not in cells[6]:
+        if cells[1].endswith("profile"):  # the time split by kernel kind adds up to ~100 %
+            shares = [int(part.rsplit(" ", 1)[1].rstrip("%")) for part in cells[6].split(": ", 1)[1].split(", ")]
+            assert "conv" in cells[6] and 95 <= sum(shares) <= 105, row
+        elif cells[0] in {"adm-tiny", "dit-tiny", "resnet18"} and cells[1] != "model" and "skipped" not in cells[6]:
             assert float(cells[3]) > 0, row  # images/s measured
+    assert any(row.startswith("| adm-tiny | fp32 profile") for row in rows), table
     assert (tmp_path / "pytest-gpu.log").is_file()
     assert Path(ROOT / "bench" / "gpu.py").is_file()
