@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from sda import __version__
 from sda.params import Params, ParamsError
 from sda.relabel import BatchReport, Lineage, RelabelJob
-from sda.runtime import pick_device, set_threads
+from sda.runtime import pick_device, set_deterministic, set_threads
 from sda.sharded import fingerprint
 from tasks.common import load_params
 
@@ -147,6 +147,7 @@ def relabel(inbox: str | None = None, batch_size: int | None = None, root: str =
     root_p = Path(root).resolve()
     params = load_params(root_p / "params.yaml")
     set_threads(params.runtime.threads)
+    set_deterministic(params.runtime.deterministic)
     try:
         job = make_job(root_p, params, inbox=inbox, flow_run_id=str(flow_run.id),
                        overrides={"batch_size": batch_size} if batch_size else None)
@@ -183,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         params = load_params(root / "params.yaml")
         set_threads(params.runtime.threads)
+        set_deterministic(params.runtime.deterministic)
         job = make_job(root, params, inbox=args.inbox, overrides=overrides)
 
         def process(job: RelabelJob, batch: list, index: int) -> BatchReport:

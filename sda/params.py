@@ -4,6 +4,10 @@ One pydantic model per stage section, all frozen and ``extra="forbid"``: an unkn
 value fails before any work starts, and the error names the parameter by its dotted path
 (``projection.D``) and says what is allowed. ``sda/`` never reads the file itself; the caller
 passes the parsed mapping to :func:`parse_params`.
+
+The defaults here are the values in the repository's ``params.yaml``, which lists every parameter:
+``tests/test_params.py`` fails when the two disagree, so a notebook's ``Params()`` is the pipeline's
+configuration.
 """
 
 from __future__ import annotations
@@ -56,7 +60,12 @@ class _Section(BaseModel):
 class Runtime(_Section):
     seed: int = Field(0, ge=0, description="Master seed; every stage derives its own from it.")
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    threads: int = Field(0, ge=0, description="torch CPU threads; 0 = the cores that are free now.")
+    threads: int = Field(2, ge=0, description=(
+        "torch CPU threads, fixed so that the same params give the same bytes (training reductions depend "
+        "on it); 0 = the cores idle at stage start (fastest, not reproducible across loads)."))
+    deterministic: bool = Field(True, description=(
+        "torch.use_deterministic_algorithms: the same bytes run to run (the projection's low-pass backward "
+        "accumulates in a thread-dependent order otherwise); false = a little faster."))
     workers: int = Field(0, ge=0, description="Heavy stages: 0 = in-process; N = dask LocalCluster of N.")
     scheduler: str | None = Field(None, description="dask scheduler address (or env SDA_DASK_SCHEDULER).")
 
@@ -77,7 +86,7 @@ class SourceModel(_Section):
     batch_size: int = Field(64, ge=1)
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
-    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    label_smoothing: float = Field(0.3, ge=0, lt=1, description="A less over-confident source model (val: best).")
 
 
 class DiffusionFinetune(_Section):
@@ -86,7 +95,7 @@ class DiffusionFinetune(_Section):
     attention_levels: tuple[bool, ...] = (False, False, True)
     norm_num_groups: int = Field(8, ge=1)
     num_train_timesteps: int = Field(1000, ge=10)
-    train_steps: int = Field(1100, ge=1)
+    train_steps: int = Field(2000, ge=1)
     batch_size: int = Field(64, ge=1)
     lr: float = Field(1e-3, gt=0)
     ema_decay: float = Field(0.995, gt=0, lt=1)
@@ -107,7 +116,7 @@ class DiffusionFinetune(_Section):
 
 
 class SynthGenerate(_Section):
-    per_class: int = Field(100, ge=1, description="Synthetic images per class (class-balanced).")
+    per_class: int = Field(300, ge=1, description="Synthetic images per class (class-balanced).")
     steps: int = Field(25, ge=1, description="Respaced DDPM sampling steps.")
     guidance_scale: float = Field(1.0, ge=0, description="CFG weight w; 1.0 = conditional only.")
     batch_size: int = Field(100, ge=1)
@@ -120,9 +129,9 @@ class Projection(_Section):
     """The one DDA projection used by synth_align, target_project (and relabel)."""
 
     respacing: int = Field(20, ge=2, description="Respaced steps of the training schedule.")
-    N: int = Field(10, ge=1, description="Noising depth in respaced steps.")
+    N: int = Field(6, ge=1, description="Noising depth in respaced steps.")
     D: int = Field(4, ge=1, description="Low-pass down-sampling factor.")
-    scale: float = Field(6.0, ge=0, description="Guidance step size.")
+    scale: float = Field(24.0, ge=0, description="Guidance step size.")
     per_sample_norm: bool = Field(False, description="Principled per-image norm (reference: batch norm).")
     fix_off_by_one: bool = Field(False, description="Noise at N-1, where denoising starts (ref: N).")
     batch_size: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
@@ -163,7 +172,7 @@ class TargetData(_Section):
     corruptions: tuple[str, ...] = CORRUPTIONS
     severity: int = Field(5, ge=1, le=5)
     include_clean: bool = True
-    shard_maxcount: int = Field(1000, ge=1)
+    shard_maxcount: int = Field(270, ge=1)
 
     @model_validator(mode="after")
     def _known(self) -> "TargetData":

@@ -9,7 +9,7 @@ import random
 import numpy as np
 import torch
 
-__all__ = ["derive_seed", "free_cores", "pick_device", "seed_everything", "set_threads"]
+__all__ = ["derive_seed", "free_cores", "pick_device", "seed_everything", "set_deterministic", "set_threads"]
 
 
 def derive_seed(seed: int, *names: object) -> int:
@@ -45,10 +45,22 @@ def free_cores(sample_s: float = 0.3) -> int:
 
 
 def set_threads(threads: int) -> int:
-    """Set torch's intra-op threads; 0 = :func:`free_cores`. Returns the number used."""
+    """Set torch's intra-op threads and return the number used. A fixed count keeps a stage's bytes
+    reproducible (CPU training reductions depend on it); 0 = :func:`free_cores`, the fastest under
+    load but not reproducible."""
     n = threads if threads > 0 else free_cores()
     torch.set_num_threads(n)
     return n
+
+
+def set_deterministic(on: bool = True) -> None:
+    """``torch.use_deterministic_algorithms(on)`` (warn-only: an op without a deterministic kernel
+    warns rather than stops). Without it the projection differs from run to run in the last bits on
+    2 CPU threads: the backward of resize_right's gather (the low-pass) accumulates in a
+    thread-dependent order. cuBLAS needs its workspace config set before CUDA starts, hence the env."""
+    if on:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(on, warn_only=True)
 
 
 def pick_device(device: str = "auto") -> torch.device:

@@ -6,13 +6,16 @@ bytes), whichever worker runs it and whenever. Progress lives in a work director
 
 - each shard is written to a temporary name by a worker and renamed when complete;
 - ``progress.json`` (rewritten atomically after every finished shard) records the plan's
-  fingerprint and, per finished shard, its sample count, bytes, sha256, class counts and seconds;
+  fingerprint and, per finished shard, its sample count, bytes, sha256, class counts and seconds
+  (a work file: the published set leaves it, and its timings, out, see :func:`publish_work`);
 - on restart the recorded shards are verified against the files (size + sha256); missing, corrupt
   or unrecorded files are removed and redone, so no key is ever written twice;
 - a work directory whose fingerprint differs from the plan is refused, never mixed.
 
 When every job is done, :func:`run_shard_jobs` writes an ordinary shard-set ``manifest.json`` per
-output sub-directory (see :mod:`sda.shards`), so readers do not care how the set was made.
+output sub-directory (see :mod:`sda.shards`), so readers do not care how the set was made. The
+manifests hold content only (counts, sizes, hashes, the plan's meta): the same plan gives the same
+manifest bytes, so a re-run leaves the DVC out hash unchanged; timings go to the returned summary.
 
 Execution: ``workers=0`` runs in this process; ``workers >= 1`` starts a dask ``LocalCluster`` of
 that many single-threaded worker processes (``LocalCUDACluster`` from dask-cuda when CUDA is
@@ -202,7 +205,8 @@ def run_shard_jobs(
     max_bytes: float = float("inf"),
     desc: str = "shards",
 ) -> dict[str, Any]:
-    """Run (or resume) ``jobs`` into ``work_dir``; returns the summary with per-shard timings.
+    """Run (or resume) ``jobs`` into ``work_dir``; returns the summary with timings (``seconds``,
+    ``items_per_s`` and ``shard_seconds`` per shard), which never go into the shards or manifests.
 
     ``plan`` is anything JSON-able that fixes the output (params, input hashes); with the job list
     it forms the fingerprint that a resumed run must match. When all shards exist, a ``manifest.json``
@@ -249,7 +253,8 @@ def run_shard_jobs(
     _write_manifests(work_dir, jobs, done, meta)
     summary = {"shards": len(jobs), "resumed_shards": len(jobs) - len(todo), "items": total_items,
                "new_items": new_items, "seconds": round(seconds, 2),
-               "items_per_s": round(new_items / seconds, 2) if seconds > 0 else None}
+               "items_per_s": round(new_items / seconds, 2) if seconds > 0 else None,
+               "shard_seconds": {j.name: done[j.name].get("seconds") for j in jobs}}
     tqdm.write(f"{desc}: {len(todo)} shard(s) written, {len(jobs) - len(todo)} resumed; {new_items} images "
                f"in {seconds:.1f} s ({summary['items_per_s']} img/s)")
     return summary
@@ -257,7 +262,7 @@ def run_shard_jobs(
 
 def _write_manifests(work_dir: Path, jobs: list[ShardJob], done: dict[str, dict[str, Any]],
                      meta: dict[str, Any]) -> None:
-    """An ordinary shard-set manifest per sub-directory (``sda.shards`` format + timings)."""
+    """An ordinary shard-set manifest per sub-directory (``sda.shards`` format, content only)."""
     groups: dict[str, list[ShardJob]] = {}
     for j in jobs:
         groups.setdefault(str(Path(j.name).parent), []).append(j)
@@ -268,7 +273,7 @@ def _write_manifests(work_dir: Path, jobs: list[ShardJob], done: dict[str, dict[
             e = done[j.name]
             classes.update(e["classes"])
             shards.append({"name": Path(j.name).name, "count": e["count"], "bytes": e["bytes"],
-                           "sha256": e["sha256"], "seconds": e["seconds"], "start": j.start, "stop": j.stop})
+                           "sha256": e["sha256"], "start": j.start, "stop": j.stop})
         manifest = {"count": sum(s["count"] for s in shards),
                     "classes": dict(sorted(classes.items(), key=lambda kv: int(kv[0]))),
                     "shards": shards, "meta": meta}

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -15,12 +16,14 @@ from typing import Callable
 import yaml
 
 from sda.params import Params, ParamsError, parse_params
-from sda.sharded import jobs_fingerprint, run_shard_jobs
+from sda.sharded import PROGRESS, fingerprint, jobs_fingerprint, run_shard_jobs
 from sda.shards import atomic_write_json, clean_stale_temps, replace_dir
-from sda.runtime import pick_device, seed_everything, set_threads
+from sda.runtime import pick_device, seed_everything, set_deterministic, set_threads
 
 DATA = Path("data")
 METRICS = Path("metrics")
+# run records (timings, resumed shards) of the heavy stages: beside the DVC outs, never inside one
+RUNS = DATA / ".runs"
 
 log = logging.getLogger("sda")
 
@@ -67,6 +70,7 @@ def stage_main(stage: str, doc: str, body: Callable[[Params, argparse.Namespace]
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
     threads = set_threads(params.runtime.threads)
+    set_deterministic(params.runtime.deterministic)
     seed_everything(params.runtime.seed)
     try:
         args.device = pick_device(params.runtime.device)
@@ -90,6 +94,32 @@ def stage_main(stage: str, doc: str, body: Callable[[Params, argparse.Namespace]
     log.info("stage %s done in %.1f s%s%s", stage, seconds, rate, peak)
 
 
+# what fixes a result: every section but relabel, and of runtime the seed, threads and determinism (the device,
+# workers and scheduler change where it runs, not what it computes); evaluate's DVC params match
+RESULT_PARAMS = ("profile", "imagenet", "source_data", "source_model", "diffusion_finetune", "synth_generate",
+                 "projection", "classifier_align", "target_data", "evaluate")
+
+
+def params_hash(params: Params) -> str:
+    """sha256 of the resolved params (profile merged) that fix the pipeline's results."""
+    d = json.loads(params.model_dump_json())
+    return fingerprint({**{k: d[k] for k in RESULT_PARAMS},
+                        "runtime": {k: d["runtime"][k] for k in ("seed", "threads", "deterministic")}})
+
+
+def code_version(root: str | os.PathLike[str] = ".") -> str:
+    """The git revision of the code (``<sha>`` or ``<sha>-dirty`` when tracked files under sda/,
+    tasks/ or dvc.yaml / params.yaml differ from it); ``unknown`` outside a git checkout."""
+    try:
+        run = lambda *a: subprocess.run(["git", *a], cwd=root, capture_output=True, text=True,  # noqa: E731
+                                        check=True, timeout=30).stdout.strip()
+        rev = run("rev-parse", "HEAD")
+        dirty = run("status", "--porcelain", "--untracked-files=no", "--", "sda", "tasks", "dvc.yaml", "params.yaml")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"{rev}-dirty" if dirty else rev
+
+
 def section_json(params: Params, *sections: str) -> dict:
     """The resolved params sections a stage used, to store next to its outputs."""
     return {s: json.loads(getattr(params, s).model_dump_json()) for s in sections}
@@ -98,6 +128,9 @@ def section_json(params: Params, *sections: str) -> dict:
 def run_resumable(stage: str, params: Params, jobs, make_samples, *, plan: dict, meta: dict, out: Path,
                   workers: int | None = None, max_bytes: float = float("inf"), extra_files=None) -> dict:
     """Run a heavy stage's shard jobs resumably, then publish the finished set at ``out`` atomically.
+
+    The published out holds content only (shards, manifests, ``extra_files``); the run's summary
+    (timings, resumed shards) is written to ``data/.runs/<stage>.json``, outside every out.
 
     Work happens in ``data/.work/<stage>-<fingerprint>/``: a re-run of the same command (after
     Ctrl-C, ``kill -9`` or a crash, through DVC or not) resumes there; other params get another
@@ -116,7 +149,10 @@ def run_resumable(stage: str, params: Params, jobs, make_samples, *, plan: dict,
                              max_bytes=max_bytes, desc=stage)
     if extra_files:
         extra_files(work)
-    atomic_write_json(work / "run.json", {"summary": summary, "fingerprint": fp})
+    # the out is content only: the progress file (timings) stays behind, the run record goes beside
+    (work / PROGRESS).unlink(missing_ok=True)
+    RUNS.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(RUNS / f"{stage}.json", {"summary": summary, "fingerprint": fp})
     clean_stale_temps(out.parent, out.name)
     replace_dir(work, out)
     return summary

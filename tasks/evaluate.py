@@ -18,9 +18,18 @@ from sda.classifiers import input_spec, load_classifier, predict_logits
 from sda.evaluate import method_predictions, projection_grid, results_markdown, summarise, write_plot_csv
 from sda.params import Params
 from sda.shards import atomic_write_bytes, atomic_write_json, load_shards
-from tasks.common import DATA, METRICS, stage_main
+from tasks.common import DATA, METRICS, code_version, params_hash, stage_main
 
 log = logging.getLogger("sda.evaluate")
+
+
+def protocol(params: Params, images_per_domain: int) -> dict:
+    """What the numbers were measured under, so two results can be compared or told apart."""
+    td = params.target_data
+    return {"profile": params.profile, "split": td.split, "images_per_domain": images_per_domain,
+            "seed": params.runtime.seed, "threads": params.runtime.threads,
+            "severities": list(params.imagenet.severities) if params.profile == "imagenet" else [td.severity],
+            "params_sha256": params_hash(params), "code_version": code_version()}
 
 
 def run(params: Params, device, data: Path = DATA, metrics_dir: Path = METRICS) -> dict:
@@ -46,6 +55,7 @@ def run(params: Params, device, data: Path = DATA, metrics_dir: Path = METRICS) 
     metrics = summarise(per_domain, index["corruption_domains"])
     metrics["split"] = params.target_data.split
     metrics["images_per_domain"] = len(orig.keys)
+    metrics["protocol"] = protocol(params, images_per_domain=len(orig.keys))
     table = results_markdown(metrics)
     metrics_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(metrics_dir / "evaluate.json", metrics)

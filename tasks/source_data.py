@@ -67,7 +67,9 @@ def _main(params: Params, args: argparse.Namespace) -> None:
         run_imagenet(params.imagenet, out)
     else:
         run(params.source_data, params.runtime.seed, out)
-    atomic_write_json(out / "params.json", section_json(params, "source_data", "imagenet", "runtime"))
+    # content only: runtime's device / threads / workers do not change these bytes, the seed does
+    atomic_write_json(out / "params.json", {**section_json(params, "source_data", "imagenet"),
+                                            "seed": params.runtime.seed})
 
 
 if __name__ == "__main__":

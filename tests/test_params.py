@@ -22,6 +22,21 @@ def test_empty_mapping_gives_defaults():
     assert parse_params({}) == Params()
 
 
+def test_code_defaults_are_params_yaml():
+    """One source: params.yaml lists every parameter, each at the pydantic default, so the pipeline,
+    a notebook's ``Params()`` and the docs cannot disagree."""
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    defaults = Params().model_dump(mode="json")
+    from_yaml = parse_params({**raw, "profiles": {}}).model_dump(mode="json")
+    for section, values in defaults.items():
+        if section in ("profile", "profiles"):
+            continue
+        assert set(raw[section]) == set(values), f"params.yaml {section}: keys differ from sda/params.py"
+        for key, default in values.items():
+            assert from_yaml[section][key] == default, (
+                f"{section}.{key}: params.yaml has {from_yaml[section][key]!r}, sda/params.py {default!r}")
+
+
 def test_unknown_key_is_named():
     with pytest.raises(ParamsError, match=r"projection\.scael: unknown parameter"):
         parse_params({"projection": {"scael": 3}})

@@ -1,0 +1,64 @@
+"""dvc.yaml's code deps are each stage's import closure (tasks/code_deps.py)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from tasks import STAGES
+from tasks.code_deps import check, import_closure, rewrite, stage_code_deps
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_dvc_yaml_lists_every_imported_module():
+    assert check(ROOT / "dvc.yaml") == [], "run `python -m tasks.code_deps --write`"
+
+
+def test_closures_hold_what_the_stages_import():
+    for stage in STAGES:
+        deps = stage_code_deps(stage)
+        assert f"tasks/{stage}.py" in deps and "tasks/__init__.py" in deps and "sda/params.py" in deps
+    # the modules the issue found missing by hand
+    assert {"sda/diffusion.py", "sda/shards.py", "sda/runtime.py"} <= set(stage_code_deps("synth_align"))
+    assert "sda/adm.py" in stage_code_deps("synth_generate")
+    assert "tasks/synth_align.py" in stage_code_deps("target_project")
+
+
+def _write(root: Path, files: dict[str, str]) -> None:
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+
+
+def test_closure_follows_lazy_relative_and_package_imports(tmp_path):
+    _write(tmp_path, {
+        "tasks/__init__.py": "",
+        "tasks/stage.py": "from sda.a import f\nimport json\n",
+        "sda/__init__.py": "",
+        "sda/a.py": "def f():\n    from sda.pkg import b  # lazy, a submodule through its package\n",
+        "sda/pkg/__init__.py": "from .c import g\n",
+        "sda/pkg/b.py": "x = 1\n",
+        "sda/pkg/c.py": "from ..d import h\n",
+        "sda/d.py": "h = 1\n",
+        "sda/unused.py": "",
+    })
+    assert import_closure("tasks.stage", tmp_path) == [
+        "sda/__init__.py", "sda/a.py", "sda/d.py", "sda/pkg/__init__.py", "sda/pkg/b.py", "sda/pkg/c.py",
+        "tasks/__init__.py", "tasks/stage.py"]
+
+
+def test_check_names_a_missing_dep_and_write_restores_it(tmp_path):
+    text = (ROOT / "dvc.yaml").read_text()
+    broken = text.replace("      - sda/shards.py\n", "", 1).replace(
+        "      - tasks/evaluate.py\n", "      - tasks/evaluate.py\n      - sda/relabel.py\n", 1)
+    f = tmp_path / "dvc.yaml"
+    f.write_text(broken)
+    problems = check(f)
+    assert any(p.startswith("source_data: dvc.yaml misses sda/shards.py") for p in problems), problems
+    assert any("evaluate: dvc.yaml lists sda/relabel.py" in p for p in problems), problems
+    r = subprocess.run([sys.executable, "-m", "tasks.code_deps", "--check", "--dvc-yaml", str(f)], cwd=ROOT,
+                       capture_output=True, text=True)
+    assert r.returncode == 1 and "misses sda/shards.py" in r.stderr and "--write" in r.stderr
+    assert rewrite(broken) == text  # data deps, params and comments kept
