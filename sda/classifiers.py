@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import timm
@@ -29,6 +29,7 @@ __all__ = [
     "PAPER_RECIPES",
     "SmallCNN",
     "create_classifier",
+    "fit_classifier",
     "input_spec",
     "load_pretrained_classifier",
     "paper_recipe",
@@ -136,13 +137,34 @@ def train_classifier(
     images: np.ndarray,
     labels: np.ndarray,
     *,
-    mean: Sequence[float],
-    std: Sequence[float],
     epochs: int,
     batch_size: int,
+    seed: int,
+    **kw: Any,
+) -> list[dict[str, float]]:
+    """Train in place on arrays: ``images`` uint8 (N, H, W, 3) stay on the CPU, ``labels`` int (N,);
+    each epoch a permutation seeded by ``seed``. See :func:`fit_classifier` for ``kw``."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def epoch_batches(epoch: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        perm = torch.randperm(len(images), generator=gen).numpy()
+        for i in range(0, len(perm), batch_size):
+            idx = perm[i: i + batch_size]
+            yield images[idx], labels[idx]
+
+    steps = [math.ceil(len(images) / batch_size)] * epochs
+    return fit_classifier(model, epoch_batches, steps, **kw)
+
+
+def fit_classifier(
+    model: nn.Module,
+    epoch_batches: Callable[[int], Iterable[tuple[np.ndarray, np.ndarray]]],
+    steps_per_epoch: Sequence[int],
+    *,
+    mean: Sequence[float],
+    std: Sequence[float],
     lr: float,
     weight_decay: float,
-    seed: int,
     label_smoothing: float = 0.0,
     optimizer: str = "adamw",
     momentum: float = 0.9,
@@ -156,12 +178,12 @@ def train_classifier(
     """Train in place (AdamW or SGD with momentum, cosine schedule per step, optional gradient
     clipping); returns per-epoch ``{epoch, loss, acc}``.
 
-    ``images`` uint8 (N, H, W, 3) stay on the CPU and are converted batch by batch
-    (:func:`to_model_input` with ``resize`` / ``crop``); ``labels`` int (N,). Shuffling is seeded by
-    ``seed``.
+    ``epoch_batches(e)`` yields the batches of epoch ``e`` (0-based) as (uint8 (B, H, W, 3), int
+    (B,)) pairs, from arrays (:func:`train_classifier`) or a stream (:class:`sda.streaming.ShardStream`);
+    they are preprocessed on ``device`` (:func:`to_model_input` with ``resize`` / ``crop``).
+    ``steps_per_epoch[e]`` is how many batches epoch ``e`` has (the cosine schedule's length).
     """
     model.to(device).train()
-    y_all = torch.as_tensor(labels, dtype=torch.long, device=device)
     if optimizer == "sgd":
         opt: torch.optim.Optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum,
                                                      weight_decay=weight_decay)
@@ -169,18 +191,14 @@ def train_classifier(
         opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     else:
         raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {optimizer!r}")
-    steps_per_epoch = math.ceil(len(images) / batch_size)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps_per_epoch)
-    gen = torch.Generator().manual_seed(seed)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, sum(steps_per_epoch)))
     history = []
-    bar = tqdm(range(epochs), desc=desc, unit="epoch", leave=False)
+    bar = tqdm(range(len(steps_per_epoch)), desc=desc, unit="epoch", leave=False)
     for epoch in bar:
-        perm = torch.randperm(len(images), generator=gen)
         total, correct, loss_sum = 0, 0, 0.0
-        for i in range(0, len(perm), batch_size):
-            idx = perm[i: i + batch_size]
-            x = to_model_input(images[idx.numpy()], mean, std, device, resize=resize, crop=crop)
-            y = y_all[idx.to(device)]
+        for images, labels in epoch_batches(epoch):
+            x = to_model_input(images, mean, std, device, resize=resize, crop=crop)
+            y = torch.as_tensor(labels, dtype=torch.long).to(device)
             logits = model(x)
             loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
             opt.zero_grad(set_to_none=True)
@@ -189,9 +207,11 @@ def train_classifier(
                 torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
             opt.step()
             sched.step()
-            loss_sum += loss.item() * len(idx)
+            loss_sum += loss.item() * len(y)
             correct += int((logits.argmax(1) == y).sum())
-            total += len(idx)
+            total += len(y)
+        if total == 0:
+            raise ValueError("an epoch had no training samples: the training set is empty")
         rec = {"epoch": epoch + 1, "loss": loss_sum / total, "acc": correct / total}
         history.append(rec)
         bar.set_postfix(loss=f"{rec['loss']:.3f}", acc=f"{rec['acc']:.3f}", refresh=False)

@@ -67,6 +67,9 @@ class Runtime(_Section):
         "torch.use_deterministic_algorithms: the same bytes run to run (the projection's low-pass backward "
         "accumulates in a thread-dependent order otherwise); false = a little faster."))
     workers: int = Field(0, ge=0, description="Heavy stages: 0 = in-process; N = dask LocalCluster of N.")
+    loader_workers: int = Field(2, ge=0, description=(
+        "Processes that read and decode shards for classifier_align and evaluate (0 = in the stage's "
+        "process); training batches depend on it, so it is fixed rather than taken from the cores."))
     scheduler: str | None = Field(None, description="dask scheduler address (or env SDA_DASK_SCHEDULER).")
 
 
@@ -163,6 +166,9 @@ class ClassifierAlign(_Section):
     weight_decay: float = Field(1e-4, ge=0)
     grad_clip: float | None = Field(None, gt=0, description="Max gradient norm; null = no clipping.")
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+    shuffle_buffer: int = Field(2000, ge=1, description=(
+        "Samples each loader worker shuffles through (after a seeded shard shuffle); memory is bounded "
+        "by it, not by the set."))
 
 
 class TargetData(_Section):

@@ -1,4 +1,5 @@
-"""The only WebDataset reader / writer, plus atomic output helpers.
+"""The WebDataset reader / writer, plus atomic output helpers (:mod:`sda.streaming` streams sets
+through DataLoader workers on top of :func:`iter_shard_file`).
 
 A shard set is a directory of ``<prefix>-NNNNNN.tar`` files written by ``webdataset.ShardWriter``
 and a ``manifest.json`` that lists every shard with its sample count, byte size and sha256, the
@@ -254,7 +255,9 @@ def iter_samples(shard_dir: str | os.PathLike[str]) -> Iterator[Sample]:
 
 def iter_shard_file(path: str | os.PathLike[str]) -> Iterator[Sample]:
     """Stream the samples of one shard file in order."""
-    ds = wds.WebDataset([str(path)], shardshuffle=False, empty_check=False).decode("rgb8")
+    # no worker / node splitting: one file is read whole, also inside a DataLoader worker (sda.streaming)
+    ds = wds.WebDataset([str(path)], shardshuffle=False, empty_check=False, nodesplitter=None,
+                        workersplitter=None).decode("rgb8")
     for rec in ds:
         yield Sample(key=rec["__key__"], image=rec["png"], label=int(rec["cls"]), meta=rec["json"])
 

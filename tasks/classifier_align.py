@@ -1,4 +1,5 @@
-"""Stage classifier_align: fine-tune the source classifier on the aligned synthetic set.
+"""Stage classifier_align: fine-tune the source classifier on the aligned synthetic set, streamed
+from its shards (seeded shard + buffer shuffles, ``runtime.loader_workers`` reading processes).
 
 Writes ``data/classifier_align/`` (same format as ``data/source_model/``).
 """
@@ -11,29 +12,35 @@ from pathlib import Path
 
 import torch
 
-from sda.classifiers import input_spec, load_classifier, paper_recipe, save_classifier, train_classifier
+from sda.classifiers import fit_classifier, input_spec, load_classifier, paper_recipe, save_classifier
 from sda.params import ClassifierAlign, Params
 from sda.runtime import derive_seed
-from sda.shards import load_shards
+from sda.streaming import ShardStream
 from tasks.common import DATA, stage_main
 
 log = logging.getLogger("sda.classifier_align")
 
 
-def run(cfg: ClassifierAlign, seed: int, source_model: Path, synth_dir: Path, out: Path, device: torch.device) -> dict:
+def run(cfg: ClassifierAlign, seed: int, source_model: Path, synth_dir: Path, out: Path, device: torch.device,
+        loader_workers: int = 0) -> dict:
+    """Fine-tune the source model on the shard set ``synth_dir``, streamed (seeded shard + buffer
+    shuffles, ``loader_workers`` reading processes): memory is bounded by batch and buffer."""
     model, config = load_classifier(source_model, device)
-    synth = load_shards(synth_dir)
     s = derive_seed(seed, "classifier_align")
     torch.manual_seed(s)
     hp = cfg.model_dump(include={"optimizer", "lr", "momentum", "weight_decay", "batch_size", "epochs", "grad_clip"})
     if cfg.recipe == "paper":
         hp = paper_recipe(config["arch"])
         log.info("paper recipe for %s: %s", config["arch"], hp)
-    history = train_classifier(model, synth.images, synth.labels, **input_spec(config), seed=s, device=device,
-                               label_smoothing=cfg.label_smoothing, desc="classifier_align", **hp)
+    epochs = [ShardStream(synth_dir, hp["batch_size"], workers=loader_workers, seed=s, epoch=e,
+                          shuffle_buffer=cfg.shuffle_buffer) for e in range(hp["epochs"])]
+    train_hp = {k: v for k, v in hp.items() if k not in ("batch_size", "epochs")}
+    history = fit_classifier(model, lambda e: ((b.images, b.labels) for b in epochs[e]), [len(e) for e in epochs],
+                             **input_spec(config), device=device, label_smoothing=cfg.label_smoothing,
+                             desc="classifier_align", **train_hp)
     log.info("aligned model: train acc on aligned synthetic set %.1f%%", 100 * history[-1]["acc"])
     new_config = {**config, "aligned_on": str(synth_dir), "hyperparameters": hp, "history": history, "seed": s,
-                  "trained_images": len(synth.labels) * hp["epochs"]}
+                  "trained_images": epochs[0].count * hp["epochs"]}
     new_config.pop("val_acc", None)
     save_classifier(model, out, new_config)
     return new_config
@@ -41,7 +48,7 @@ def run(cfg: ClassifierAlign, seed: int, source_model: Path, synth_dir: Path, ou
 
 def _main(params: Params, args: argparse.Namespace) -> int:
     config = run(params.classifier_align, params.runtime.seed, DATA / "source_model", DATA / "synth_align",
-        DATA / "classifier_align", args.device)
+                 DATA / "classifier_align", args.device, loader_workers=params.runtime.loader_workers)
     return config["trained_images"]
 
 

@@ -94,7 +94,7 @@ def stage_main(stage: str, doc: str, body: Callable[[Params, argparse.Namespace]
     log.info("stage %s done in %.1f s%s%s", stage, seconds, rate, peak)
 
 
-# what fixes a result: every section but relabel, and of runtime the seed, threads and determinism (the device,
+# what fixes a result: every section but relabel, and of runtime the seed, threads, determinism and loader workers (the device,
 # workers and scheduler change where it runs, not what it computes); evaluate's DVC params match
 RESULT_PARAMS = ("profile", "imagenet", "source_data", "source_model", "diffusion_finetune", "synth_generate",
                  "projection", "classifier_align", "target_data", "evaluate")
@@ -104,7 +104,7 @@ def params_hash(params: Params) -> str:
     """sha256 of the resolved params (profile merged) that fix the pipeline's results."""
     d = json.loads(params.model_dump_json())
     return fingerprint({**{k: d[k] for k in RESULT_PARAMS},
-                        "runtime": {k: d["runtime"][k] for k in ("seed", "threads", "deterministic")}})
+                        "runtime": {k: d["runtime"][k] for k in ("seed", "threads", "deterministic", "loader_workers")}})
 
 
 def code_version(root: str | os.PathLike[str] = ".") -> str:

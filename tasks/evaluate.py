@@ -2,7 +2,9 @@
 
 Writes ``metrics/evaluate.json`` (``{"domains": {d: {source, dda, dda_ens, sda}}, "mean": {...},
 "more": {...}}``, percent), ``metrics/per_domain.csv`` (a DVC plot), ``metrics/results.md`` and
-``metrics/projection_grid.png`` (originals vs projections, per domain).
+``metrics/projection_grid.png`` (originals vs projections, per domain). Originals and projections
+are streamed side by side by key (:class:`sda.streaming.ShardStream`, ``runtime.loader_workers``
+reading processes): memory holds a batch and the predictions, not a domain.
 """
 
 from __future__ import annotations
@@ -13,11 +15,13 @@ import json
 import logging
 from pathlib import Path
 
+import numpy as np
 
 from sda.classifiers import input_spec, load_classifier, predict_logits
 from sda.evaluate import method_predictions, projection_grid, results_markdown, summarise, write_plot_csv
 from sda.params import Params
-from sda.shards import atomic_write_bytes, atomic_write_json, load_shards
+from sda.shards import atomic_write_bytes, atomic_write_json
+from sda.streaming import ShardStream
 from tasks.common import DATA, METRICS, code_version, params_hash, stage_main
 
 log = logging.getLogger("sda.evaluate")
@@ -37,25 +41,32 @@ def run(params: Params, device, data: Path = DATA, metrics_dir: Path = METRICS) 
     domains = index["domains"]
     source, src_cfg = load_classifier(data / "source_model", device)
     aligned, al_cfg = load_classifier(data / "classifier_align", device)
-    bs = params.evaluate.batch_size
-    per_domain, grid_rows = {}, {}
+    bs, k = params.evaluate.batch_size, params.evaluate.grid_images
+    per_domain, grid_rows, n = {}, {}, 0
     for d in domains:
-        orig, proj = load_shards(data / "target_data" / d), load_shards(data / "target_project" / d)
-        if orig.keys != proj.keys:
-            raise ValueError(f"keys of data/target_data/{d} and data/target_project/{d} differ: re-run target_project")
-        logits = {
-            "so": predict_logits(source, orig.images, **input_spec(src_cfg), batch_size=bs, device=device),
-            "sp": predict_logits(source, proj.images, **input_spec(src_cfg), batch_size=bs, device=device),
-            "ap": predict_logits(aligned, proj.images, **input_spec(al_cfg), batch_size=bs, device=device),
-        }
-        preds = method_predictions(logits["so"], logits["sp"], logits["ap"])
-        per_domain[d] = {m: round(float((p.numpy() == orig.labels).mean() * 100), 2) for m, p in preds.items()}
-        k = params.evaluate.grid_images
-        grid_rows[d] = (orig.images[:k], proj.images[:k])
+        # originals and projections side by side, streamed: memory is a batch, not a domain
+        stream = ShardStream(data / "target_data" / d, bs, workers=params.runtime.loader_workers,
+                             paired_dir=data / "target_project" / d)
+        preds: dict[str, list[np.ndarray]] = {}
+        labels, grid_o, grid_p = [], [], []
+        for b in stream:
+            so = predict_logits(source, b.images, **input_spec(src_cfg), batch_size=bs, device=device)
+            sp = predict_logits(source, b.paired, **input_spec(src_cfg), batch_size=bs, device=device)
+            ap = predict_logits(aligned, b.paired, **input_spec(al_cfg), batch_size=bs, device=device)
+            for m, p in method_predictions(so, sp, ap).items():
+                preds.setdefault(m, []).append(p.numpy())
+            labels.append(b.labels)
+            if sum(map(len, grid_o)) < k:  # the first batch comes from the first shard: same images every run
+                grid_o.append(b.images[:k])
+                grid_p.append(b.paired[:k])
+        y = np.concatenate(labels)
+        per_domain[d] = {m: round(float((np.concatenate(p) == y).mean() * 100), 2) for m, p in preds.items()}
+        grid_rows[d] = (np.concatenate(grid_o)[:k], np.concatenate(grid_p)[:k])
+        n = stream.count
     metrics = summarise(per_domain, index["corruption_domains"])
     metrics["split"] = params.target_data.split
-    metrics["images_per_domain"] = len(orig.keys)
-    metrics["protocol"] = protocol(params, images_per_domain=len(orig.keys))
+    metrics["images_per_domain"] = n
+    metrics["protocol"] = protocol(params, images_per_domain=n)
     table = results_markdown(metrics)
     metrics_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(metrics_dir / "evaluate.json", metrics)

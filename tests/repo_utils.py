@@ -100,10 +100,11 @@ ADM_TINY_FLAGS = {"image_size": 32, "num_channels": 32, "num_res_blocks": 1, "nu
                   "resblock_updown": True, "use_scale_shift_norm": True, "class_cond": False}
 
 
-def make_imagenet_assets(root: Path, per_class: int = 3) -> dict:
-    """Under ``root``: ``datasets/`` (val class folders of JPEGs of odd sizes, ImageNet-C layout for
-    two corruptions at severity 5) and ``models/`` (a guided-diffusion-format ADM state dict, a
-    diffusers DiT folder with a tiny VAE, timm resnet18 weights). Returns the ``imagenet`` params."""
+def make_imagenet_assets(root: Path, per_class: int = 3, side: int = 40) -> dict:
+    """Under ``root``: ``datasets/`` (val class folders of JPEGs of odd sizes around ``side`` px,
+    ImageNet-C layout for two corruptions at severity 5) and ``models/`` (a guided-diffusion-format
+    ADM state dict, a diffusers DiT folder with a tiny VAE, timm resnet18 weights). Returns the
+    ``imagenet`` params."""
     import numpy as np
     import torch
     import timm
@@ -116,7 +117,7 @@ def make_imagenet_assets(root: Path, per_class: int = 3) -> dict:
     for c, wnid in enumerate(WNIDS):
         for i in range(per_class):
             name = f"ILSVRC2012_val_{c * per_class + i + 1:08d}.JPEG"
-            h, w = 40 + 7 * i, 52 - 3 * c
+            h, w = side + 7 * (i % 4), side + 12 - 3 * c
             base = np.zeros((h, w, 3), np.uint8)
             base[..., c] = 200  # class = dominant colour
             img = np.clip(base + rng.integers(0, 50, (h, w, 3)), 0, 255).astype(np.uint8)
