@@ -4,11 +4,12 @@ Builds two copies of the repository with ``profile: imagenet`` over a generated 
 folder set (``--side`` px JPEGs, 3 classes, ImageNet-C layout for two corruptions, ImageNet-W
 rendered) and tiny random-weight models (the same code path as the paper's models), at
 ``--per-class`` and 10x that many images per class (and 10x the synthetic set), then runs each
-stage as ``python -m tasks.<stage>`` and samples the resident memory of its process tree (stage
-plus loader workers) every 20 ms. Prints one table: peak RSS per stage at 1x and 10x, the ratio,
-and peak GPU memory from the stage's own log line on CUDA.
+stage as ``python -m tasks.<stage>`` and samples the memory of its process tree (the stage and its
+loader workers; proportional set size, so pages the forked workers share count once) every 100 ms.
+Prints one table: peak memory per stage at 1x and 10x, the ratio, and peak GPU memory from the
+stage's own log line on CUDA. Only the stage's processes are measured; run nothing heavy beside it.
 
-    python bench/memory.py                     # 1x = 8 images per class, 256 px
+    python bench/memory.py                     # 1x = 4 images per class, 256 px
     python bench/memory.py --per-class 20 --side 256
 """
 
@@ -34,8 +35,8 @@ from repo_utils import IMAGENET_CORRUPTIONS, _copy_repo, make_imagenet_assets, s
 from tasks import STAGES  # noqa: E402
 
 # tiny ADM at full resolution: one cheap guided step per image keeps the 10x run short on a CPU
-ADM_MEMORY = {"image_size": 256, "num_channels": 16, "num_res_blocks": 1, "num_head_channels": 16,
-              "attention_resolutions": "32", "channel_mult": "1,2,2,2", "learn_sigma": True,
+ADM_MEMORY = {"image_size": 256, "num_channels": 32, "num_res_blocks": 1, "num_head_channels": 32,
+              "attention_resolutions": "32", "channel_mult": "1,1,2,2", "learn_sigma": True,
               "resblock_updown": True, "use_scale_shift_norm": True, "class_cond": False}
 
 
@@ -68,7 +69,7 @@ def make_repo(root: Path, per_class: int, side: int) -> Path:
 
 
 def run_stage(repo: Path, stage: str) -> tuple[float, float | None, float]:
-    """(peak RSS of the stage's process tree in MiB, peak GPU GiB from its log or None, seconds)."""
+    """(peak PSS of the stage's process tree in MiB, peak GPU GiB from its log or None, seconds)."""
     env = {**subprocess_env(), "SDA_LOG_LEVEL": "INFO"}
     t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", f"tasks.{stage}"], cwd=repo, env=env,
@@ -80,11 +81,12 @@ def run_stage(repo: Path, stage: str) -> tuple[float, float | None, float]:
         p = psutil.Process(proc.pid)
         while not done.is_set():
             try:
-                rss = p.memory_info().rss + sum(c.memory_info().rss for c in p.children(recursive=True))
+                # PSS: pages shared with the forked loader workers are counted once, not per process
+                rss = sum(q.memory_full_info().pss for q in [p, *p.children(recursive=True)])
                 peak[0] = max(peak[0], rss)
             except psutil.Error:
                 pass
-            time.sleep(0.02)
+            time.sleep(0.1)
 
     watcher = threading.Thread(target=sample, daemon=True)
     watcher.start()
@@ -99,7 +101,7 @@ def run_stage(repo: Path, stage: str) -> tuple[float, float | None, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--per-class", type=int, default=8, help="images per class at 1x (3 classes)")
+    ap.add_argument("--per-class", type=int, default=4, help="images per class at 1x (3 classes)")
     ap.add_argument("--side", type=int, default=256, help="side of the generated JPEGs in pixels")
     ap.add_argument("--scale", type=int, default=10)
     args = ap.parse_args()
@@ -111,11 +113,11 @@ def main() -> None:
             for stage in STAGES:
                 results[k][stage] = run_stage(repo, stage)
                 rss, gpu, sec = results[k][stage]
-                print(f"  {k}x {stage}: {rss:.0f} MiB peak RSS, {sec:.1f} s", flush=True)
+                print(f"  {k}x {stage}: {rss:.0f} MiB peak memory (PSS), {sec:.1f} s", flush=True)
     n1, n10 = 3 * args.per_class, 3 * args.per_class * args.scale
     print(f"\nbench/memory.py: {n1} vs {n10} images per domain ({args.side} px JPEGs -> 256 px), "
           f"torch threads 2, loader workers 2, on {os.cpu_count()} CPUs\n")
-    print(f"| stage | peak RSS 1x (MiB) | peak RSS {args.scale}x (MiB) | {args.scale}x / 1x | peak GPU GiB 1x / {args.scale}x |")
+    print(f"| stage | peak memory 1x (MiB) | peak memory {args.scale}x (MiB) | {args.scale}x / 1x | peak GPU GiB 1x / {args.scale}x |")
     print("|---|---|---|---|---|")
     for stage in STAGES:
         (r1, g1, _), (r10, g10, _) = results[1][stage], results[args.scale][stage]

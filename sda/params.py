@@ -67,9 +67,10 @@ class Runtime(_Section):
         "torch.use_deterministic_algorithms: the same bytes run to run (the projection's low-pass backward "
         "accumulates in a thread-dependent order otherwise); false = a little faster."))
     workers: int = Field(0, ge=0, description="Heavy stages: 0 = in-process; N = dask LocalCluster of N.")
-    loader_workers: int = Field(2, ge=0, description=(
+    loader_workers: int = Field(0, ge=0, description=(
         "Processes that read and decode shards for classifier_align and evaluate (0 = in the stage's "
-        "process); training batches depend on it, so it is fixed rather than taken from the cores."))
+        "process); training batches depend on it, so it is fixed rather than taken from the cores. "
+        "2-4 where decoding would keep a GPU waiting; each costs memory (~0.3 GiB measured on the CPU)."))
     scheduler: str | None = Field(None, description="dask scheduler address (or env SDA_DASK_SCHEDULER).")
 
 
