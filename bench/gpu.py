@@ -180,7 +180,8 @@ def guided_step_flops(unet, sched, size: int, device: torch.device) -> float:
 
 
 def bench_adm(t: Table, device: torch.device, full: bool, batches: list[int], steps: int,
-              modes: list[str], describe: bool = True, profile_batches: tuple[int, ...] = ()) -> dict[str, dict[int, float]]:
+              modes: list[str], describe: bool = True,
+              profile_batches: tuple[int, ...] = ()) -> dict[str, dict[int, float]]:
     """Rows per (mode, batch); returns images/s by mode and batch. At ``profile_batches`` a row is
     followed by the device-time split of one guided step by kernel kind (``kernel_split``)."""
     unet, sched = adm(device, full), adm_scheduler()
@@ -201,11 +202,11 @@ def bench_adm(t: Table, device: torch.device, full: bool, batches: list[int], st
             if skip_rest:
                 t.add(name, mode, bs, note=skip_rest)
                 continue
-            if t.left() < (150 if ("compile" in mode or "autotune" in mode) else 25):  # ADM-256 compiles for ~2 min
+            fast = fast_settings(mode)
+            if t.left() < (150 if fast["compile"] != "none" else 25):  # ADM-256 compiles for ~2 min
                 t.add(name, mode, bs, note="skipped: time budget")
                 continue
             x = torch.rand(bs, 3, size, size, device=device) * 2 - 1
-            fast = fast_settings(mode)
             precision = fast["precision"]
             if mode.startswith("reference"):
                 def run(n: int, precision=precision, x=x) -> None:
@@ -461,7 +462,8 @@ def main() -> None:
                          "first new shape after it: 4 8 16 32 takes ~5 min more)")
     ap.add_argument("--graphs", action="store_true", help="also time compile + CUDA graphs (one more compilation)")
     ap.add_argument("--eager-modes", nargs="+", default=None, metavar="MODE",
-                    help="the eager ADM rows' modes (default: reference fp32, reference fp16, fp32, fp16, bf16, bf16+cl)")
+                    help="the eager ADM rows' modes "
+                         "(default: reference fp32, reference fp16, fp32, fp16, bf16, bf16+cl)")
     ap.add_argument("--compiled-modes", nargs="+", default=None, metavar="MODE",
                     help="the compiled rows' modes, e.g. bf16+compile bf16+cl+compile+graphs (default: bf16+compile "
                          "in the faster eager layout, and +graphs with --graphs)")
@@ -516,7 +518,8 @@ def main() -> None:
                 # compiled with the faster layout of the eager bf16 rows (at the largest batch both ran)
                 both = set(speeds.get("bf16", {})) & set(speeds.get("bf16+cl", {}))
                 cl = "+cl" if both and speeds["bf16+cl"][max(both)] > speeds["bf16"][max(both)] else ""
-                compiled = args.compiled_modes or ([f"bf16{cl}+compile"] + ([f"bf16{cl}+compile+graphs"] if args.graphs else []))
+                default = [f"bf16{cl}+compile"] + ([f"bf16{cl}+compile+graphs"] if args.graphs else [])
+                compiled = args.compiled_modes or default
                 if args.inductor:
                     set_inductor(t, args.inductor)
                 bench_adm(t, device, True, args.compile_batches, args.steps, compiled,

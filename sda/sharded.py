@@ -7,7 +7,7 @@ bytes), whichever worker runs it and whenever. Progress lives in a work director
 - each shard is written to a temporary name by a worker and renamed when complete;
 - ``progress.json`` (rewritten atomically after every finished shard) records the plan's
   fingerprint and, per finished shard, its sample count, bytes, sha256, class counts and seconds
-  (a work file: the published set leaves it, and its timings, out, see :func:`publish_work`);
+  (a work file: ``tasks.common.run_resumable`` publishes the set without it and its timings);
 - on restart the recorded shards are verified against the files (size + sha256); missing, corrupt
   or unrecorded files are removed and redone, so no key is ever written twice;
 - a work directory whose fingerprint differs from the plan is refused, never mixed.

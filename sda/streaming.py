@@ -97,7 +97,8 @@ class ShardStream:
         self.seed, self.epoch, self.shuffle_buffer = seed, epoch, shuffle_buffer
         entries = read_manifest(self.shard_dir)["shards"]
         paired = read_manifest(paired_dir)["shards"] if paired_dir is not None else None
-        if paired is not None and [(e["name"], e["count"]) for e in paired] != [(e["name"], e["count"]) for e in entries]:
+        layout = lambda shards: [(e["name"], e["count"]) for e in shards]  # noqa: E731
+        if paired is not None and layout(paired) != layout(entries):
             raise ValueError(f"{paired_dir} and {shard_dir} do not hold the same shards (names, counts): "
                              "re-run the stage that wrote the first from the second")
         self.items = [{"url": str(self.shard_dir / e["name"]), "count": e["count"],

@@ -94,17 +94,19 @@ def stage_main(stage: str, doc: str, body: Callable[[Params, argparse.Namespace]
     log.info("stage %s done in %.1f s%s%s", stage, seconds, rate, peak)
 
 
-# what fixes a result: every section but relabel, and of runtime the seed, threads, determinism and loader workers (the device,
-# workers and scheduler change where it runs, not what it computes); evaluate's DVC params match
+# What fixes a result: every section but relabel, and of runtime these keys (the device, workers
+# and scheduler change where it runs, not what it computes). evaluate's DVC params list the same
+# (tests/test_code_deps.py checks), so the params hash that evaluate.json records cannot go stale.
 RESULT_PARAMS = ("profile", "imagenet", "source_data", "source_model", "diffusion_finetune", "synth_generate",
                  "projection", "classifier_align", "target_data", "evaluate")
+RESULT_RUNTIME = ("seed", "threads", "deterministic", "loader_workers")
 
 
 def params_hash(params: Params) -> str:
     """sha256 of the resolved params (profile merged) that fix the pipeline's results."""
     d = json.loads(params.model_dump_json())
     return fingerprint({**{k: d[k] for k in RESULT_PARAMS},
-                        "runtime": {k: d["runtime"][k] for k in ("seed", "threads", "deterministic", "loader_workers")}})
+                        "runtime": {k: d["runtime"][k] for k in RESULT_RUNTIME}})
 
 
 def code_version(root: str | os.PathLike[str] = ".") -> str:

@@ -42,6 +42,7 @@ def run(params: Params, device, data: Path = DATA, metrics_dir: Path = METRICS) 
     source, src_cfg = load_classifier(data / "source_model", device)
     aligned, al_cfg = load_classifier(data / "classifier_align", device)
     bs, k = params.evaluate.batch_size, params.evaluate.grid_images
+    src_in, al_in = input_spec(src_cfg), input_spec(al_cfg)
     per_domain, grid_rows, n = {}, {}, 0
     for d in domains:
         # originals and projections side by side, streamed: memory is a batch, not a domain
@@ -50,9 +51,9 @@ def run(params: Params, device, data: Path = DATA, metrics_dir: Path = METRICS) 
         preds: dict[str, list[np.ndarray]] = {}
         labels, grid_o, grid_p = [], [], []
         for b in stream:
-            so = predict_logits(source, b.images, **input_spec(src_cfg), batch_size=bs, device=device)
-            sp = predict_logits(source, b.paired, **input_spec(src_cfg), batch_size=bs, device=device)
-            ap = predict_logits(aligned, b.paired, **input_spec(al_cfg), batch_size=bs, device=device)
+            so = predict_logits(source, b.images, **src_in, batch_size=bs, device=device)
+            sp = predict_logits(source, b.paired, **src_in, batch_size=bs, device=device)
+            ap = predict_logits(aligned, b.paired, **al_in, batch_size=bs, device=device)
             for m, p in method_predictions(so, sp, ap).items():
                 preds.setdefault(m, []).append(p.numpy())
             labels.append(b.labels)

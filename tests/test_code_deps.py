@@ -62,3 +62,14 @@ def test_check_names_a_missing_dep_and_write_restores_it(tmp_path):
                        capture_output=True, text=True)
     assert r.returncode == 1 and "misses sda/shards.py" in r.stderr and "--write" in r.stderr
     assert rewrite(broken) == text  # data deps, params and comments kept
+
+
+def test_evaluate_depends_on_every_param_its_hash_covers():
+    """metrics/evaluate.json records a hash of RESULT_PARAMS (+ runtime keys): evaluate must re-run
+    whenever one of them changes, or the recorded hash goes stale."""
+    import yaml
+
+    from tasks.common import RESULT_PARAMS, RESULT_RUNTIME
+
+    listed = set(yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["evaluate"]["params"])
+    assert set(RESULT_PARAMS) | {f"runtime.{k}" for k in RESULT_RUNTIME} <= listed
