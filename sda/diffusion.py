@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -154,11 +154,9 @@ def train_diffusion(
 def finetune_epsilon(
     model: torch.nn.Module,
     scheduler: DDPMScheduler,
-    images: np.ndarray,
-    labels: np.ndarray | None,
+    batches: Iterator[tuple[np.ndarray, np.ndarray | None]],
     *,
     steps: int,
-    batch_size: int,
     lr: float,
     seed: int,
     encode: Callable[[torch.Tensor], torch.Tensor] | None = None,
@@ -168,26 +166,30 @@ def finetune_epsilon(
     loss (DDPM L_simple) on its first C output channels; returns the per-step losses.
 
     ``model(x_t, t[, class_labels=...]).sample`` with C = ``model.config.in_channels`` input channels.
-    ``images`` uint8 (N, H, W, 3); ``labels`` int (N,) for class-conditional models (DiT), ``None``
-    for unconditional ones (ADM). ``encode`` maps [-1, 1] pixels to the model's space (DiT: VAE
-    latents times the scaling factor). A learned-variance head is trained only through the layers it
-    shares with epsilon (guided-diffusion's L_hybrid adds a variational term: not done here).
+    ``batches`` yields at least ``steps`` (images uint8 (B, H, W, 3), labels int (B,)) pairs, e.g.
+    :func:`sda.streaming.endless_batches`; labels are passed to class-conditional models (DiT) and
+    must be ``None`` for unconditional ones (ADM). ``encode`` maps [-1, 1] pixels to the model's space
+    (DiT: VAE latents times the scaling factor). A learned-variance head is trained only through the
+    layers it shares with epsilon (guided-diffusion's L_hybrid adds a variational term: not done here).
+    ``seed`` fixes the timesteps and noise, and seeds the global generator that dropout and
+    ``encode``'s latent sampling draw from.
     """
     gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
     model.to(device).train()
     ch = model.config.in_channels
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
     T = scheduler.config.num_train_timesteps
     losses: list[float] = []
-    for _ in tqdm(range(steps), desc="finetune", unit="step", leave=False):
-        idx = torch.randint(0, len(images), (batch_size,), generator=gen)
-        x0 = to_unit_range(images[idx.numpy()], device)
+    for _, (images, labels) in zip(tqdm(range(steps), desc="finetune", unit="step", leave=False), batches):
+        x0 = to_unit_range(images, device)
         if encode is not None:
             with torch.no_grad():
                 x0 = encode(x0)
-        t = torch.randint(0, T, (batch_size,), generator=gen).to(device)
+        b = len(x0)
+        t = torch.randint(0, T, (b,), generator=gen).to(device)
         noise = torch.randn(x0.shape, generator=gen).to(device)
-        kwargs = {} if labels is None else {"class_labels": torch.as_tensor(labels[idx.numpy()], device=device)}
+        kwargs = {} if labels is None else {"class_labels": torch.as_tensor(labels, device=device)}
         out = model(scheduler.add_noise(x0, noise, t), t, **kwargs).sample
         loss = F.mse_loss(out[:, :ch].float(), noise)
         opt.zero_grad(set_to_none=True)
@@ -195,6 +197,8 @@ def finetune_epsilon(
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         losses.append(loss.item())
+    if len(losses) < steps:
+        raise ValueError(f"finetune_epsilon: the batches ran out after {len(losses)} of {steps} steps")
     model.eval()
     return losses
 

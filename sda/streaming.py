@@ -17,6 +17,7 @@ by the caller on its device (:func:`sda.classifiers.to_model_input`), the GPU wh
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import random
@@ -31,7 +32,7 @@ from torch.utils.data import IterableDataset
 from sda.runtime import derive_seed
 from sda.shards import iter_shard_file, read_manifest
 
-__all__ = ["Batch", "ShardStream"]
+__all__ = ["Batch", "ShardStream", "endless_batches"]
 
 
 @dataclass
@@ -132,3 +133,18 @@ class ShardStream:
 
 def _as_is(batch: Batch) -> Batch:
     return batch
+
+
+def endless_batches(shard_dir: str | os.PathLike[str], batch_size: int, *, seed: int, workers: int = 0,
+                    shuffle_buffer: int = 1000, labels: bool = True) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+    """(images uint8 (B, H, W, 3), labels int64 (B,) or ``None`` when ``labels`` is false) for ever:
+    epoch after epoch of seeded shuffled :class:`ShardStream` passes, for step-counted training.
+    Batches are full: each epoch's last partial batch is left out (a set smaller than one batch is
+    an error)."""
+    if ShardStream(shard_dir, batch_size).count < batch_size:
+        raise ValueError(f"{shard_dir} holds fewer than batch_size={batch_size} samples")
+    for epoch in itertools.count():
+        for b in ShardStream(shard_dir, batch_size, workers=workers, seed=seed, epoch=epoch,
+                             shuffle_buffer=shuffle_buffer):
+            if len(b.keys) == batch_size:
+                yield b.images, b.labels if labels else None

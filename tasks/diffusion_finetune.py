@@ -26,10 +26,14 @@ from sda.diffusion import build_unet, finetune_epsilon, make_scheduler, save_dif
 from sda.dit import dit_scheduler, load_dit, save_dit
 from sda.params import DiffusionFinetune, ImageNet, Params
 from sda.runtime import derive_seed
-from sda.shards import atomic_dir, atomic_write_json, load_shards
+from sda.shards import atomic_dir, atomic_write_json, load_shards, read_manifest
+from sda.streaming import endless_batches
 from tasks.common import DATA, stage_main
 
 log = logging.getLogger("sda.diffusion_finetune")
+
+# samples shuffled at a time when fine-tuning on the ImageNet source images (bounds memory, not data size)
+FINETUNE_SHUFFLE_BUFFER = 1000
 
 
 def run(cfg: DiffusionFinetune, seed: int, source_dir: Path, out: Path, device: torch.device) -> dict:
@@ -66,7 +70,9 @@ def load_projector(cfg: ImageNet) -> UNet2DModel:
     return load_adm_unet(path, **cfg.adm_flags)
 
 
-def run_imagenet(cfg: ImageNet, seed: int, source_dir: Path, out: Path, device: torch.device) -> dict:
+def run_imagenet(cfg: ImageNet, seed: int, source_dir: Path, out: Path, device: torch.device,
+                 loader_workers: int = 0) -> dict:
+    """The source train images are streamed (:func:`sda.streaming.endless_batches`), never loaded whole."""
     classes = json.loads((source_dir / "classes.json").read_text())
     adm = load_projector(cfg).to(device).eval()
     transformer, vae = load_dit(cfg.dit, device)
@@ -75,13 +81,16 @@ def run_imagenet(cfg: ImageNet, seed: int, source_dir: Path, out: Path, device: 
             "finetune_steps": cfg.finetune_steps, "seed": derive_seed(seed, "diffusion_finetune")}
     sched = adm_scheduler(learn_sigma=adm.config.out_channels == 6)
     if cfg.finetune_steps > 0:
-        train = load_shards(source_dir / "train")
-        s = info["seed"]
-        log.info("fine-tuning ADM and DiT for %d steps on %d source images", cfg.finetune_steps, len(train.keys))
-        kw = dict(steps=cfg.finetune_steps, batch_size=cfg.finetune_batch_size, lr=cfg.finetune_lr, device=device)
-        adm_losses = finetune_epsilon(adm, sched, train.images, None, seed=s, **kw)
+        train_dir, s = source_dir / "train", info["seed"]
+        log.info("fine-tuning ADM and DiT for %d steps of batch %d on %d source images", cfg.finetune_steps,
+                 cfg.finetune_batch_size, read_manifest(train_dir)["count"])
+        stream = dict(seed=s, workers=loader_workers, shuffle_buffer=FINETUNE_SHUFFLE_BUFFER)
+        kw = dict(steps=cfg.finetune_steps, lr=cfg.finetune_lr, device=device)
+        adm_losses = finetune_epsilon(adm, sched, endless_batches(train_dir, cfg.finetune_batch_size, labels=False,
+                                                                  **stream), seed=s, **kw)
         sf = vae.config.scaling_factor
-        dit_losses = finetune_epsilon(transformer, dit_scheduler(), train.images, train.labels, seed=s + 1,
+        dit_losses = finetune_epsilon(transformer, dit_scheduler(), endless_batches(train_dir, cfg.finetune_batch_size,
+                                                                                    **stream), seed=s + 1,
                                       encode=lambda x: vae.encode(x).latent_dist.sample() * sf, **kw)
         info["losses"] = {"adm": [round(v, 5) for v in adm_losses], "dit": [round(v, 5) for v in dit_losses]}
     with atomic_dir(out) as tmp:
@@ -97,7 +106,7 @@ def run_imagenet(cfg: ImageNet, seed: int, source_dir: Path, out: Path, device: 
 def _main(params: Params, args: argparse.Namespace) -> int | None:
     if params.profile == "imagenet":
         run_imagenet(params.imagenet, params.runtime.seed, DATA / "source_data", DATA / "diffusion_finetune",
-                     args.device)
+                     args.device, params.runtime.loader_workers)
         return params.imagenet.finetune_steps * params.imagenet.finetune_batch_size or None
     cfg = params.diffusion_finetune
     run(cfg, params.runtime.seed, DATA / "source_data", DATA / "diffusion_finetune", args.device)

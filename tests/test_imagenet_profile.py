@@ -88,6 +88,33 @@ def test_imagenet_profile_is_cached_and_errors_name_the_file(repo):
         (repo / "params.yaml").write_text(params)
 
 
+@pytest.mark.slow
+def test_imagenet_finetuning_streams_the_source_images(repo, tmp_path, monkeypatch):
+    """imagenet.finetune_steps > 0: ADM and DiT take that many steps over streamed, seeded batches
+    that run over an epoch boundary (6 images, batch 4), and the same seed gives the same losses."""
+    from diffusers import UNet2DModel
+    from sda.shards import Sample, read_manifest, write_shards
+    from tasks.common import load_params
+    from tasks.diffusion_finetune import run_imagenet
+
+    monkeypatch.chdir(repo)  # the profile's model paths are relative to the repository
+    cfg = load_params(repo / "params.yaml").imagenet.model_copy(update={"finetune_steps": 3, "finetune_batch_size": 4})
+    src = tmp_path / "source_data"
+    (src / "train").mkdir(parents=True)
+    (src / "classes.json").write_text((repo / "data" / "source_data" / "classes.json").read_text())
+    clean = load_shards(repo / "data" / "target_data" / "clean")
+    write_shards((Sample(key=k, image=im, label=int(y)) for k, im, y in zip(clean.keys, clean.images, clean.labels)),
+                 src / "train", maxcount=2)
+    assert read_manifest(src / "train")["count"] == 6
+    infos = [run_imagenet(cfg, 0, src, tmp_path / f"out{i}", "cpu") for i in range(2)]
+    for name in ("adm", "dit"):
+        losses = infos[0]["losses"][name]
+        assert len(losses) == 3 and np.isfinite(losses).all() and losses == infos[1]["losses"][name]
+    tuned = UNet2DModel.from_pretrained(tmp_path / "out0" / "unet").state_dict()
+    original = UNet2DModel.from_pretrained(repo / "data" / "diffusion_finetune" / "unet").state_dict()
+    assert any(not torch.equal(v, original[k]) for k, v in tuned.items())
+
+
 def test_imagenet_readers_subset_and_errors(tmp_path):
     root = tmp_path / "val"
     for c, wnid in enumerate(WNIDS):

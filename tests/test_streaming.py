@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from sda.shards import Sample, write_shards
-from sda.streaming import ShardStream
+from sda.streaming import ShardStream, endless_batches
 
 N = 37  # 5 shards of at most 8
 
@@ -66,3 +66,20 @@ def test_a_projection_with_other_keys_is_refused(tmp_path, shard_set):
     short = _write(tmp_path / "short", [f"k{i:03d}" for i in range(N - 2)])
     with pytest.raises(ValueError, match="do not hold the same shards"):
         ShardStream(shard_set, 8, paired_dir=short)
+
+
+def test_endless_batches_run_over_epochs_in_full_seeded_batches(shard_set):
+    """37 samples, batch 10: three full batches per epoch (the partial one is left out), then the
+    next epoch in another order; the seed fixes the sequence; ``labels=False`` gives ``None``."""
+    def take(seed, n=7, **kw):
+        it = endless_batches(shard_set, 10, seed=seed, shuffle_buffer=5, **kw)
+        return [next(it) for _ in range(n)]
+    first, again = take(3), take(3)
+    assert all(im.shape == (10, 4, 4, 3) and y.shape == (10,) for im, y in first)
+    ids = [im[:, 0, 0, 0].tolist() for im, _ in first]
+    assert ids == [im[:, 0, 0, 0].tolist() for im, _ in again] != [im[:, 0, 0, 0].tolist() for im, _ in take(4)]
+    epoch0, epoch1 = sum(ids[:3], []), sum(ids[3:6], [])
+    assert len(set(epoch0)) == 30 and epoch0 != epoch1
+    assert all(y is None for _, y in take(3, n=2, labels=False))
+    with pytest.raises(ValueError, match="fewer than batch_size"):
+        next(endless_batches(shard_set, 38, seed=0))
