@@ -1,5 +1,5 @@
 # make run   - create .venv if missing, install, run the embedded SDA pipeline end to end (Prefect + DVC)
-# make test  - same install, then the test suite
+# make test  - same install, then the test suite (make test-fast: the unit tests alone)
 # make serve - a local Prefect server + worker with the deployments of prefect.yaml (Ctrl-C stops)
 SHELL := /bin/bash
 .SHELLFLAGS := -eo pipefail -c
@@ -19,7 +19,7 @@ export PYTHONUNBUFFERED := 1
 export PREFECT_LOGGING_EXTRA_LOGGERS ?= sda
 PORT ?= 4200
 
-.PHONY: help install run test repro serve relabel clean
+.PHONY: help install run test test-fast repro serve relabel clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -46,8 +46,11 @@ serve: install  ## Prefect server + worker on 127.0.0.1:$(PORT), deployments fro
 relabel: install  ## label new images in relabel.inbox (data/inbox) now, without a server
 	$(PY) -m flows.relabel
 
-test: install  ## run the test suite
+test: install  ## run the test suite (CI: everything, ~20 min on 2 cores)
 	$(PY) -m pytest -q
+
+test-fast: install  ## the unit tests alone (no pipeline runs, no GPU): about a minute
+	$(PY) -m pytest -q -m "not slow and not gpu"
 
 clean:  ## remove pipeline outputs (not the DVC cache or .venv)
 	rm -rf data/source_data data/source_model data/diffusion_finetune data/synth_generate data/synth_align \

@@ -56,11 +56,13 @@ def make_repo(root: Path, per_class: int, side: int) -> Path:
     profile = {
         "synth_generate": {"per_class": per_class, "steps": 2, "batch_size": 8, "shard_size": 16},
         "projection": {"respacing": 10, "N": 1, "D": 4, "scale": 6.0, "batch_size": 8},
-        "classifier_align": {"recipe": "custom", "optimizer": "sgd", "epochs": 1, "batch_size": 16,
+        # batches smaller than the 1x sets (12 images), so both scales run full batches: memory that
+        # follows the batch size is the same at 1x and 10x, and only data-sized memory shows in the ratio
+        "classifier_align": {"recipe": "custom", "optimizer": "sgd", "epochs": 1, "batch_size": 8,
                              "shuffle_buffer": 32},
         "target_data": {"corruptions": IMAGENET_CORRUPTIONS, "shard_maxcount": 16},
         "source_model": {"arch": "resnet18"},
-        "evaluate": {"batch_size": 16},
+        "evaluate": {"batch_size": 8},
     }
     _copy_repo(root, {"profile": "imagenet", "imagenet": inet, "profiles": {"imagenet": profile}}, git=False)
     return root

@@ -109,6 +109,7 @@ def run_summary(job: RelabelJob, reports: list[BatchReport], seconds: float) -> 
         "duplicates": sc.duplicates if sc else 0,
         "too_new": len(sc.too_new) if sc else 0,
         "ignored": len(sc.ignored) if sc else 0,
+        "symlinks": len(sc.symlinks) if sc else 0,  # quarantined (counted above), not followed
         "seconds": round(seconds, 2),
         "images_per_second": round(labelled / seconds, 2) if seconds > 0 else 0.0,
         "labels": str(job.labels_dir),

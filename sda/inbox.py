@@ -30,6 +30,7 @@ from sda.shards import sha256_file
 
 __all__ = [
     "IMAGE_SUFFIXES",
+    "SYMLINK_REASON",
     "BadImage",
     "InboxItem",
     "Scan",
@@ -42,6 +43,8 @@ __all__ = [
 
 IMAGE_SUFFIXES: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".webp"})
 TAR_SUFFIXES: frozenset[str] = frozenset({".tar"})
+# Nothing outside the inbox is read, so a symlink (to a file or a folder) is reported, not labelled.
+SYMLINK_REASON = "symlink, not followed: copy the file into the inbox instead of linking it"
 
 
 class BadImage(ValueError):
@@ -53,7 +56,8 @@ class InboxItem:
     """One candidate image: a file, or a member of a tar (``member`` set).
 
     ``source`` is the display path relative to the inbox (``a/b.tar::key.jpg`` for tar members);
-    ``path`` the file on disk; ``sha256``/``size`` describe the image bytes themselves.
+    ``path`` the file on disk; ``sha256``/``size`` describe the image bytes themselves. A symlink
+    (``link`` true) is never followed: its ``sha256`` hashes its path and target, its size is 0.
     """
 
     source: str
@@ -61,6 +65,7 @@ class InboxItem:
     sha256: str
     size: int
     member: str | None = None
+    link: bool = False
 
     def read(self) -> bytes:
         if self.member is None:
@@ -76,8 +81,9 @@ class InboxItem:
 class Scan:
     """What :func:`scan_inbox` found: candidate ``items`` (deduplicated by content), files whose
     hash was in ``skip`` (``known``: files and tars, not tar members), files left for later
-    (too new), files that are not images (``ignored``), and unreadable tars (``broken``:
-    (item, reason) with the tar itself as the item)."""
+    (too new), files that are not images (``ignored``), and what is refused before decoding
+    (``broken``: (item, reason) for unreadable tars, the tar itself as the item, and for symlinks,
+    which are not followed: :data:`SYMLINK_REASON`)."""
 
     items: list[InboxItem]
     known: list[InboxItem]
@@ -85,6 +91,10 @@ class Scan:
     ignored: list[str]
     broken: list[tuple[InboxItem, str]]
     duplicates: int
+
+    @property
+    def symlinks(self) -> list[str]:
+        return [it.source for it, _ in self.broken if it.link]
 
 
 def display_path(path: Path, root: Path) -> str:
@@ -104,12 +114,13 @@ def safe_file_name(source: str, sha256: str, max_len: int = 80) -> str:
 
 
 def _walk(inbox: Path) -> Iterator[Path]:
-    """Regular files under ``inbox`` in a stable (sorted) order. Symlinks are not followed (nothing
-    outside the inbox is read) and hidden folders are not entered. Sorted by relative path."""
+    """Regular files and symlinks (to files or folders, not followed) under ``inbox``, sorted by
+    relative path. Hidden folders are not entered."""
     found = []
     for dirpath, dirnames, filenames in os.walk(inbox, followlinks=False):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        found += [p for p in (Path(dirpath) / n for n in filenames) if p.is_file() and not p.is_symlink()]
+        found += [p for p in (Path(dirpath) / n for n in dirnames) if p.is_symlink()]
+        found += [p for p in (Path(dirpath) / n for n in filenames) if p.is_symlink() or p.is_file()]
     yield from sorted(found, key=lambda p: os.fsencode(p.relative_to(inbox)))
 
 
@@ -128,7 +139,8 @@ def scan_inbox(inbox: str | os.PathLike[str], *, skip: set[str] | frozenset[str]
                min_age_s: float = 0.0, now: float | None = None) -> Scan:
     """Every image in ``inbox`` whose sha256 is not in ``skip``, in sorted path order.
 
-    Hidden files and files that are neither images nor tars by their suffix are listed in ``ignored``.
+    Hidden files and files that are neither images nor tars by their suffix are listed in ``ignored``;
+    symlinks go to ``broken`` (to be quarantined: the user learns why they were not labelled).
     Files modified less than ``min_age_s`` seconds ago are reported in ``too_new`` and left for the
     next scan. A tar whose own sha256 is in ``skip`` (quarantined earlier) is not opened again.
     """
@@ -144,7 +156,15 @@ def scan_inbox(inbox: str | os.PathLike[str], *, skip: set[str] | frozenset[str]
         src = display_path(p, root)
         suffix = p.suffix.lower()
         # hidden names are uploads in progress by convention (rsync's .name.XXXXXX, .x.jpg.part)
-        if p.name.startswith(".") or suffix not in IMAGE_SUFFIXES | TAR_SUFFIXES:
+        if p.name.startswith("."):
+            ignored.append(src)
+            continue
+        if p.is_symlink():
+            ident = b"symlink\0" + os.fsencode(src) + b"\0" + os.fsencode(os.readlink(p))
+            link = InboxItem(source=src, path=p, sha256=hashlib.sha256(ident).hexdigest(), size=0, link=True)
+            (known.append(link) if link.sha256 in skip else broken.append((link, SYMLINK_REASON)))
+            continue
+        if suffix not in IMAGE_SUFFIXES | TAR_SUFFIXES:
             ignored.append(src)
             continue
         st = p.stat()

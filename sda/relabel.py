@@ -173,13 +173,14 @@ class RelabelJob:
                 if it.sha256 in quarantined:
                     it.path.unlink(missing_ok=True)
         log.info("inbox %s: %d new image(s), %d already done, %d duplicate(s), %d too new, %d not images, "
-                 "%d broken tar(s)", self.inbox, len(sc.items), len(labelled) + len(quarantined),
-                 sc.duplicates, len(sc.too_new), len(sc.ignored), len(sc.broken))
+                 "%d broken tar(s), %d symlink(s)", self.inbox, len(sc.items), len(labelled) + len(quarantined),
+                 sc.duplicates, len(sc.too_new), len(sc.ignored), len(sc.broken) - len(sc.symlinks),
+                 len(sc.symlinks))
         bs = self.s.batch_size
         self.batches = [sc.items[i: i + bs] for i in range(0, len(sc.items), bs)]
         if sc.broken:
             items = [it for it, _ in sc.broken]
-            self._quarantine(items, {it.sha256: r for it, r in sc.broken}, "tars-" + batch_id_of(items))
+            self._quarantine(items, {it.sha256: r for it, r in sc.broken}, "refused-" + batch_id_of(items))
         if self.batches:
             self._load_models()
 
@@ -286,11 +287,15 @@ class RelabelJob:
 
     def _quarantine(self, items: list[InboxItem], reasons: dict[str, str], bid: str) -> None:
         """Copy the files into ``<quarantine>/files/``, commit their rows, then (optionally) remove
-        them from the inbox. Each step is idempotent, so a kill between them is repaired by a re-run."""
+        them from the inbox. Each step is idempotent, so a kill between them is repaired by a re-run.
+        A symlink gets a row but no copy (``quarantined_as`` empty); removing it leaves its target."""
         files_dir = self.quarantine_dir / "files"
         files_dir.mkdir(parents=True, exist_ok=True)
         names = []
         for it in items:
+            if it.link:
+                names.append("")
+                continue
             name = safe_file_name(it.source, it.sha256)
             dst = files_dir / name
             if not dst.exists():

@@ -1,7 +1,35 @@
 """One module per DVC stage: a pure ``run(...)`` plus ``main()`` for ``python -m tasks.<stage>``."""
 
+import importlib.util
 import os
 import sys
+from pathlib import Path
+
+# What every stage imports; checked by name (cheap) before anything heavy is imported.
+_REQUIRED = ("torch", "torchvision", "diffusers", "timm", "webdataset", "pydantic", "yaml")
+
+
+def _run_with_project_python() -> None:
+    """DVC runs ``python -m tasks.<stage>`` through the shell, so ``dvc repro`` from outside the
+    activated venv would run the stages with whatever ``python`` is first on PATH. When that one
+    lacks the project's packages, re-run the same command with the repository's ``.venv`` python
+    (what ``make install`` creates), or exit 2 with what to do."""
+    missing = [m for m in _REQUIRED if importlib.util.find_spec(m) is None]
+    if not missing:
+        return
+    venv_python = Path(__file__).resolve().parents[1] / ".venv" / "bin" / "python"
+    if venv_python.is_file() and not os.environ.get("SDA_REEXEC"):
+        os.environ["SDA_REEXEC"] = "1"  # once: a broken venv must not loop
+        os.execv(venv_python, [str(venv_python), *sys.orig_argv[1:]])
+    print(f"error: {sys.executable} lacks {', '.join(missing)}: the stages need the project's environment. "
+          f"Run `make install` (creates .venv), then `.venv/bin/dvc repro` or `source .venv/bin/activate`; "
+          "or `pip install -e .` into this interpreter's environment.", file=sys.stderr)
+    raise SystemExit(2)
+
+
+_module = sys.orig_argv[sys.orig_argv.index("-m") + 1] if "-m" in sys.orig_argv[:-1] else ""
+if _module.startswith("tasks."):  # `python [opts] -m tasks.<stage>`: a stage command, not a library import
+    _run_with_project_python()
 
 # Under DVC / Prefect / CI stderr is a log, not a terminal: redraw progress bars every 10 s rather
 # than many times a second. tqdm reads TQDM_* at import time, so this must precede any sda import.

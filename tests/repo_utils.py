@@ -37,8 +37,13 @@ def subprocess_env() -> dict[str, str]:
     return env
 
 
-def sh(cwd: Path, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
-    r = subprocess.run(list(cmd), cwd=cwd, env=subprocess_env(), capture_output=True, text=True)
+def sh(cwd: Path, *cmd: str, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess:
+    """Run ``cmd`` in ``cwd`` with the project's environment; a command still running after
+    ``timeout`` seconds is killed and fails the test (pytest-timeout is the outer guard)."""
+    try:
+        r = subprocess.run(list(cmd), cwd=cwd, env=subprocess_env(), capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as err:
+        raise AssertionError(f"{' '.join(cmd)} still running after {timeout:.0f} s:\n{err.stdout!s:.3000}") from None
     if check and r.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
     return r

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sda.inbox import BadImage, decode_image, display_path, safe_file_name, scan_inbox, to_model_image
+from sda.inbox import (SYMLINK_REASON, BadImage, decode_image, display_path, safe_file_name, scan_inbox,
+                       to_model_image)
 
 LIMIT = 40_000_000
 
@@ -115,6 +116,7 @@ def test_scan_finds_nested_images_tar_members_and_dedupes(tmp_path):
     (inbox / "notes.txt").write_text("not an image")
     (inbox / ".upload.jpg.part").write_bytes(b"partial")
     (inbox / "link.png").symlink_to(inbox / "a" / "one.png")
+    (inbox / "linked dir").symlink_to(inbox / "a", target_is_directory=True)
     (inbox / os.fsdecode(b"bytes\xffname.png")).write_bytes(png_bytes(rgb(4)))
     with tarfile.open(inbox / "batch.tar", "w") as tar:
         for key, seed in [("s1", 3), ("../../s2", 5)]:
@@ -135,6 +137,11 @@ def test_scan_finds_nested_images_tar_members_and_dedupes(tmp_path):
                        "batch.tar::../../s2.png", "bytes\\xffname.png"]
     assert scan.duplicates == 1
     assert sorted(scan.ignored) == [".upload.jpg.part", "notes.txt"]
+    # symlinks, to a file or a folder, are reported for quarantine and never followed
+    assert scan.symlinks == ["link.png", "linked dir"]
+    assert all(r == SYMLINK_REASON for _, r in scan.broken)
+    assert [it.size for it, _ in scan.broken] == [0, 0]
+    assert scan_inbox(inbox, skip={it.sha256 for it, _ in scan.broken}).symlinks == []  # known next time
     members = [it for it in scan.items if it.member]
     assert all(it.read() and it.path.name == "batch.tar" for it in members)
     assert len({it.sha256 for it in scan.items}) == len(scan.items)

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 from pathlib import Path
 
@@ -53,6 +54,24 @@ def relabel_cli(repo: Path, inbox: Path, store: Path, *extra: str, check: bool =
               "--quarantine", str(store / "quarantine"), *extra, check=check)
 
 
+def _pump_lines(proc: subprocess.Popen, until: str, timeout: float) -> list[str]:
+    """Read ``proc``'s stdout in a thread (for as long as it runs, so a full pipe never blocks it);
+    return the lines so far once one starts with ``until``, the process ends, or ``timeout`` passes."""
+    lines: list[str] = []
+    seen = threading.Event()
+
+    def pump() -> None:
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith(until):
+                seen.set()
+        seen.set()  # end of output: the process is gone
+
+    threading.Thread(target=pump, daemon=True).start()
+    seen.wait(timeout)
+    return list(lines)
+
+
 def _summary(r: subprocess.CompletedProcess) -> dict:
     return json.loads(r.stdout[r.stdout.index("{"):])
 
@@ -91,10 +110,13 @@ def test_cli_labels_each_image_once_and_quarantines_bad_files(tiny_repo, tmp_pat
         (inbox / rel).parent.mkdir(exist_ok=True)
         (inbox / rel).write_bytes(data)
     (inbox / "README.txt").write_text("ignored")
+    outside = tmp_path / "outside.png"  # people `ln -s` images into folders: reported, never read
+    outside.write_bytes(png_bytes(imgs[11][0]))
+    (inbox / "linked.png").symlink_to(outside)
 
     r = relabel_cli(tiny_repo, inbox, store)
     s = _summary(r)
-    assert s["labelled"] == 24 + 5 + 4 and s["quarantined"] == 5 and s["ignored"] == 1
+    assert s["labelled"] == 24 + 5 + 4 and s["quarantined"] == 5 + 1 and s["ignored"] == 1 and s["symlinks"] == 1
 
     rows = read_table(store / "labels").to_pylist()
     assert len(rows) == 33 and len({r["sha256"] for r in rows}) == 33
@@ -117,7 +139,11 @@ def test_cli_labels_each_image_once_and_quarantines_bad_files(tiny_repo, tmp_pat
 
     q = read_table(store / "quarantine" / "table").to_pylist()
     reasons = {r["file"]: r["reason"] for r in q}
-    assert set(reasons) == set(bad)
+    assert set(reasons) == set(bad) | {"linked.png"}
+    assert reasons["linked.png"].startswith("symlink, not followed")
+    link_row = q.pop([r["file"] for r in q].index("linked.png"))
+    assert link_row["quarantined_as"] == "" and link_row["size_bytes"] == 0  # no copy of the target
+    assert not (inbox / "linked.png").is_symlink() and outside.is_file()  # the link left, its target kept
     assert reasons["bad/empty.png"].startswith("empty file")
     assert reasons["bad/truncated.png"].startswith("truncated or corrupt")
     assert reasons["bad/text.jpg"].startswith("not an image")
@@ -243,13 +269,7 @@ def test_service_deployments_on_a_real_local_server(tiny_repo, tmp_path):
     serve = subprocess.Popen([sys.executable, "-m", "flows.serve", "--port", str(port)], cwd=tiny_repo, env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
-        lines = []
-        deadline = time.time() + 240
-        while time.time() < deadline:
-            line = serve.stdout.readline()
-            lines.append(line)
-            if line.startswith("ready.") or serve.poll() is not None:
-                break
+        lines = _pump_lines(serve, until="ready.", timeout=240)
         assert any(x.startswith("ready.") for x in lines), "".join(lines)
         # the scheduled relabel watches the params inbox (created by serve): drop images there
         _good_inbox(tiny_repo, tiny_repo / "data" / "inbox", 6)
@@ -259,10 +279,10 @@ def test_service_deployments_on_a_real_local_server(tiny_repo, tmp_path):
         _good_inbox(tiny_repo, ondemand, 10, domain="pixelate")
         prefect = str(Path(sys.executable).parent / "prefect")
         r = subprocess.run([prefect, "deployment", "run", "relabel/on-demand", "-p", f"inbox={ondemand}",
-                            "--watch", "--watch-timeout", "300"], env=env, capture_output=True, text=True)
+                            "--watch", "--watch-timeout", "300"], env=env, capture_output=True, text=True, timeout=420)
         assert r.returncode == 0 and "Completed" in r.stdout, r.stdout[-3000:] + r.stderr[-3000:]
         r = subprocess.run([prefect, "deployment", "run", "sda-pipeline/embedded", "--watch", "--watch-timeout", "300"],
-                           env=env, capture_output=True, text=True)
+                           env=env, capture_output=True, text=True, timeout=420)
         assert r.returncode == 0 and "Completed" in r.stdout, r.stdout[-3000:] + r.stderr[-3000:]
 
         deadline = time.time() + 180

@@ -1,0 +1,58 @@
+"""A stage command's own mistakes: the wrong interpreter (DVC outside the venv) and a device that
+is not there end in a message that says what to do and exit status 2, before any work."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SYSTEM_PYTHON = shutil.which("python3", path="/usr/local/bin:/usr/bin:/bin")
+
+
+def _lacks_torch(python: str | None) -> bool:
+    if python is None:
+        return False
+    r = subprocess.run([python, "-c", "import importlib.util as u; print(u.find_spec('torch') is None)"],
+                       capture_output=True, text=True, timeout=60)
+    return r.stdout.strip() == "True"
+
+
+needs_bare_python = pytest.mark.skipif(not _lacks_torch(SYSTEM_PYTHON) or not (ROOT / ".venv" / "bin" / "python").is_file(),
+                                       reason="needs a system python3 without torch and the project's .venv")
+
+
+@needs_bare_python
+def test_a_stage_run_by_a_bare_python_reruns_with_the_project_venv():
+    """What `dvc repro` does without the venv activated: `python -m tasks.<stage>` from PATH."""
+    r = subprocess.run([SYSTEM_PYTHON, "-m", "tasks.source_data", "--help"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=120, env={"PATH": "/usr/bin:/bin"})
+    assert r.returncode == 0, r.stderr
+    assert "usage: python -m tasks.source_data" in r.stdout
+
+
+@needs_bare_python
+def test_without_a_venv_a_bare_python_says_what_to_do(tmp_path):
+    shutil.copytree(ROOT / "tasks", tmp_path / "tasks", ignore=shutil.ignore_patterns("__pycache__"))
+    r = subprocess.run([SYSTEM_PYTHON, "-m", "tasks.source_data"], cwd=tmp_path, capture_output=True, text=True,
+                       timeout=120, env={"PATH": "/usr/bin:/bin"})
+    assert r.returncode == 2
+    assert "lacks torch" in r.stderr and "make install" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")
+def test_device_cuda_without_a_gpu_is_a_named_error(tmp_path):
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["runtime"]["device"] = "cuda"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    r = subprocess.run([sys.executable, "-m", "tasks.source_data"], cwd=tmp_path, capture_output=True, text=True,
+                       timeout=300, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    assert r.returncode == 2, r.stderr
+    assert "runtime.device is 'cuda'" in r.stderr and "'auto' or 'cpu'" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "data").exists()  # nothing was written
