@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import argparse
 import base64
-import contextlib
+import collections
 import json
 import logging
 import os
 import re
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -43,21 +44,56 @@ def _env_for_stages() -> None:
         os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
 
 
-@task(name="dvc-stage", task_run_name="{stage}")
-def run_stage(stage: str, root: str, force: bool = False) -> dict:
-    """``dvc repro --single-item <stage>`` in-process; returns whether it ran and how long it took."""
-    from dvc.repo import Repo
+class StageFailed(RuntimeError):
+    """A stage's command failed under ``dvc repro``; the message ends with its last output lines.
 
+    ``user_error``: the stage exited with status 2 (bad params, a missing or unreadable input: the
+    stage's message says what to fix), which a retry cannot mend."""
+
+    def __init__(self, stage: str, exit_status: int | None, tail: str) -> None:
+        self.stage, self.exit_status = stage, exit_status
+        self.user_error = exit_status == 2
+        kind = "a user error: fix what it names, then run again" if self.user_error else "retried once"
+        super().__init__(f"stage {stage} failed (exit status {exit_status}; {kind}):\n{tail}")
+
+
+def _transient(task, task_run, state) -> bool:
+    """Prefect ``retry_condition_fn``: retry crashes and kills, never a user error."""
+    return not (isinstance(state.data, StageFailed) and state.data.user_error)
+
+
+@task(name="dvc-stage", task_run_name="{stage}", retries=1, retry_delay_seconds=5, retry_condition_fn=_transient)
+def run_stage(stage: str, root: str, force: bool = False) -> dict:
+    """``dvc repro --single-item <stage>`` as a subprocess; returns whether it ran and how long it took.
+
+    The stage's own output goes to the run's log line by line (visible in the Prefect UI). DVC's
+    repository lock makes a second pipeline started meanwhile wait for each stage
+    (``--wait-for-lock``), and it then finds the stage cached. Raises :class:`StageFailed`.
+    """
     logger = get_run_logger()
-    logging.getLogger("dvc").setLevel(logging.WARNING)  # DVC's own ui lines still show what it does
+    cmd = [sys.executable, "-m", "dvc", "--wait-for-lock", "repro", "--single-item", stage, *(["--force"] * force)]
     t0 = time.perf_counter()
-    with contextlib.chdir(root), Repo(root) as repo:  # DVC resolves outputs against the cwd
-        repo.scm_context.quiet = True  # no "git add dvc.lock" hint after every stage
-        ran = repo.reproduce(stage, single_item=True, force=force)
+    tail: collections.deque[str] = collections.deque(maxlen=30)
+    ran = False
+    # text mode reads tqdm's carriage-return redraws as lines: one log line per redraw (every 10 s)
+    with subprocess.Popen(cmd, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          errors="backslashreplace") as proc:
+        for line in proc.stdout:
+            line = line.rstrip()
+            if not line:
+                continue
+            ran |= line.startswith(f"Running stage '{stage}'")
+            tail.append(line)
+            logger.info("%s", line)
+    if proc.returncode != 0:
+        status = re.search(r"exited with (-?\d+)", "\n".join(tail))
+        err = StageFailed(stage, int(status.group(1)) if status else proc.returncode, "\n".join(tail))
+        logger.error("%s", err)
+        raise err
     seconds = round(time.perf_counter() - t0, 1)
     state = "ran" if ran else "cached (unchanged)"
     logger.info("stage %-18s %s in %.1f s", stage, state, seconds)
-    return {"stage": stage, "ran": bool(ran), "seconds": seconds}
+    return {"stage": stage, "ran": ran, "seconds": seconds}
 
 
 def _results_markdown(root: Path, runs: list[dict]) -> str:

@@ -183,7 +183,7 @@ def test_prefect_flow_over_the_dvc_stages(repo, tmp_path):
 
     from flows.pipeline import pipeline
 
-    with prefect_test_harness():
+    with prefect_test_harness(server_startup_timeout=180):
         pipeline(root=str(repo))  # brings the repo up to date (earlier tests ran stages outside DVC)
         result = pipeline(root=str(repo))
     assert [r["stage"] for r in result["stages"]] == list(STAGES)

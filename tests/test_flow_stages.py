@@ -1,0 +1,84 @@
+"""The pipeline flow over real DVC stages that fail: a user error fails the flow run with the
+stage's own message and is not retried, a crash is retried once, and a second run started while
+DVC's lock is held waits for it instead of failing."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # a Prefect test server
+
+# Stage commands of a small DVC repo under the pipeline's stage names: each appends to attempts.txt.
+USER_ERROR = "error: data/raw/cat.png is not an image: replace or remove it"
+SCRIPTS = {
+    "user_error.py": f"open('attempts.txt', 'a').write('x')\nimport sys\nprint({USER_ERROR!r}, file=sys.stderr)\n"
+                     "sys.exit(2)\n",
+    "flaky.py": "import os, sys\nopen('attempts.txt', 'a').write('x')\n"
+                "if not os.path.exists('crashed'):\n    open('crashed', 'w').close()\n    os.abort()\n"
+                "open('model.txt', 'w').write('ok')\n",
+}
+
+
+@pytest.fixture
+def dvc_repo(tmp_path):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for name, code in SCRIPTS.items():
+        (repo / name).write_text(code)
+    shutil.copy(ROOT / "params.yaml", repo / "params.yaml")
+    stages = {"source_data": {"cmd": "python user_error.py"},
+              "source_model": {"cmd": "python flaky.py", "deps": ["flaky.py"], "outs": ["model.txt"]}}
+    (repo / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}))
+    for cmd in (["git", "init", "-q"], [sys.executable, "-m", "dvc", "init", "-q"]):
+        subprocess.run(cmd, cwd=repo, check=True, capture_output=True, timeout=120)
+    return repo
+
+
+@pytest.fixture(scope="module")
+def harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):  # a loaded 2-core machine starts it slowly
+        yield
+
+
+def test_a_user_error_fails_the_run_with_the_stage_message_and_no_retry(dvc_repo, harness):
+    from flows.pipeline import pipeline
+
+    state = pipeline(root=str(dvc_repo), stages=["source_data"], return_state=True)
+    assert state.is_failed()
+    assert USER_ERROR in state.message and "exit status 2" in state.message
+    assert (dvc_repo / "attempts.txt").read_text() == "x"  # not retried
+
+
+def test_a_crashed_stage_is_retried_once(dvc_repo, harness):
+    from flows.pipeline import pipeline
+
+    result = pipeline(root=str(dvc_repo), stages=["source_model"])
+    assert (dvc_repo / "attempts.txt").read_text() == "xx" and (dvc_repo / "model.txt").read_text() == "ok"
+    assert result["stages"] == [{"stage": "source_model", "ran": True, "seconds": result["stages"][0]["seconds"]}]
+
+
+def test_a_second_run_waits_for_the_dvc_lock(dvc_repo, harness):
+    from dvc.repo import Repo
+
+    from flows.pipeline import pipeline
+
+    (dvc_repo / "crashed").touch()  # no crash: this test is about the lock
+    done: list[dict] = []
+    with Repo(str(dvc_repo)) as repo, repo.lock:  # another DVC process at work
+        runner = threading.Thread(target=lambda: done.append(pipeline(root=str(dvc_repo), stages=["source_model"])))
+        runner.start()
+        time.sleep(8)
+        assert runner.is_alive() and not (dvc_repo / "model.txt").exists()  # waiting, not failed
+    runner.join(timeout=300)
+    assert done and done[0]["stages"][0]["ran"] and (dvc_repo / "model.txt").read_text() == "ok"
