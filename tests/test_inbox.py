@@ -88,9 +88,17 @@ def test_odd_modes_are_converted_not_rejected():
 
 
 def test_to_model_image_is_a_centre_crop_at_the_model_size():
-    img = Image.fromarray(np.zeros((30, 60, 3), np.uint8))
-    out = to_model_image(img, 16)
-    assert out.shape == (16, 16, 3) and out.dtype == np.uint8
+    """Red | green | blue thirds, 60 x 30: the shorter side goes to 16, the middle 16 columns are
+    kept: green in the middle, only a sliver of red on the left and of blue on the right."""
+    arr = np.zeros((30, 60, 3), np.uint8)
+    for i in range(3):
+        arr[:, 20 * i: 20 * (i + 1), i] = 255
+    out = to_model_image(Image.fromarray(arr), 16).astype(int)
+    assert out.shape == (16, 16, 3)
+    assert (np.abs(out[:, 4:12] - [0, 255, 0]) <= 8).all()  # the centre is the green third
+    assert out[:, 0, 0].min() > 100 and out[:, 0, 2].max() < 20  # left edge: red, no blue
+    assert out[:, -1, 2].min() > 100 and out[:, -1, 0].max() < 20  # right edge: blue, no red
+    assert (out == out[:1]).all()  # every row alike: nothing was cropped or shifted vertically
 
 
 def test_safe_file_name_cannot_escape_or_hide():

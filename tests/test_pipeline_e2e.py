@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -99,7 +100,11 @@ def test_metrics_and_plots_commands(repo):
     shown = json.loads(sh(repo, "dvc", "metrics", "show", "--json").stdout)
     assert "metrics/evaluate.json" in json.dumps(shown)
     sh(repo, "dvc", "plots", "show", "-o", str(repo / "plots_html"))
-    assert (repo / "plots_html" / "index.html").stat().st_size > 1000
+    html = (repo / "plots_html" / "index.html").read_text()
+    domains = [line.split(",")[0] for line in (repo / "metrics" / "per_domain.csv").read_text().split()[1:]]
+    assert domains and all(f'"{d}"' in html for d in domains)  # the per-domain bars carry every domain
+    grid = re.search(r'src="(static/[^"]*projection_grid\.png)"', html)
+    assert grid and (repo / "plots_html" / grid.group(1)).read_bytes() == (repo / "metrics" / "projection_grid.png").read_bytes()
 
 
 def test_exp_run_reruns_only_dependent_stages(repo):
