@@ -62,6 +62,9 @@ def run(cfg: DiffusionFinetune, seed: int, source_dir: Path, out: Path, device: 
 def load_projector(cfg: ImageNet) -> UNet2DModel:
     """The ADM projector: a converted folder (``unet/``) or a guided-diffusion checkpoint file."""
     path = Path(cfg.adm_checkpoint)
+    if not path.exists():
+        raise FileNotFoundError(f"imagenet.adm_checkpoint {path} not found: point it at guided-diffusion's "
+                                "256x256_diffusion_uncond.pt (or a folder written by `python -m sda.adm convert`)")
     if path.is_dir():
         if not (path / "unet" / "config.json").is_file():
             raise FileNotFoundError(f"{path}/unet/config.json not found: imagenet.adm_checkpoint must be a "

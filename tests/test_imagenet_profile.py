@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from repo_utils import IMAGENET_CORRUPTIONS, WNIDS, make_imagenet_repo, sh
@@ -86,6 +87,50 @@ def test_imagenet_profile_is_cached_and_errors_name_the_file(repo):
         assert "models/missing.pth" in r.stderr and "torchvision" in r.stderr
     finally:
         (repo / "params.yaml").write_text(params)
+
+
+def _tree_digest(folder: Path) -> dict[str, str]:
+    import hashlib
+
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage, key, value, named", [
+    ("diffusion_finetune", "adm_checkpoint", "models/no-adm.pt", "imagenet.adm_checkpoint models/no-adm.pt not found"),
+    ("diffusion_finetune", "dit", "models/no-dit", "models/no-dit"),
+    ("target_data", "val_dir", "datasets/no-val", "datasets/no-val"),
+    ("target_data", "imagenet_c_dir", "datasets/no-c", "datasets/no-c"),
+    ("target_data", "corrupt val JPEG", None, "replace or remove the file"),
+    ("target_data", "corrupt ImageNet-C JPEG", None, "replace or remove the file"),
+])
+def test_wrong_imagenet_paths_and_corrupt_files_through_the_stage(repo, stage, key, value, named):
+    """Exit status 2, a message naming the path and what to do, the previous outputs untouched."""
+    params_file = repo / "params.yaml"
+    params = params_file.read_text()
+    before = _tree_digest(repo / "data" / stage)
+    broken: Path | None = None
+    try:
+        if value is not None:
+            raw = yaml.safe_load(params)
+            raw["imagenet"][key] = value
+            params_file.write_text(yaml.safe_dump(raw, sort_keys=False))
+        else:
+            folder = repo / "datasets" / ("val" if "val" in key else "imagenet-c/gaussian_noise/5")
+            broken = sorted(p for p in folder.rglob("*.JPEG"))[0]
+            original = broken.read_bytes()
+            broken.write_bytes(original[: len(original) // 3])  # truncated upload
+            named = broken.name
+        r = sh(repo, "python", "-m", f"tasks.{stage}", check=False)
+    finally:
+        params_file.write_text(params)
+        if broken is not None:
+            broken.write_bytes(original)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert named in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert _tree_digest(repo / "data" / stage) == before  # the last good outputs are intact
+    assert not list((repo / "data").glob(f"{stage}.tmp-*"))  # nothing half-written left behind
 
 
 @pytest.mark.slow
