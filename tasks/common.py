@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
@@ -26,6 +27,9 @@ METRICS = Path("metrics")
 RUNS = DATA / ".runs"
 
 log = logging.getLogger("sda")
+
+# a full disk, a full quota, a file size limit: the user's to fix, not a crash
+_DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 
 def load_params(path: str | os.PathLike[str] = "params.yaml") -> Params:
@@ -53,7 +57,7 @@ def stage_main(stage: str, doc: str, body: Callable[[Params, argparse.Namespace]
                add_args: Callable[[argparse.ArgumentParser], None] | None = None) -> None:
     """Parse argv, validate params, set seeds / threads / device, run ``body``, log the time.
 
-    A :class:`ParamsError` or ``FileNotFoundError`` exits with status 2 and a one-paragraph message
+    A :class:`ParamsError`, ``FileNotFoundError``, ``ValueError`` or a full disk exits with status 2 and a message
     instead of a traceback. ``body`` may return the number of images it processed (forward passes
     for training: images x epochs); the closing log line then gives images/s with the peak GPU memory.
     """
@@ -83,6 +87,13 @@ def stage_main(stage: str, doc: str, body: Callable[[Params, argparse.Namespace]
         images = body(params, args)
     except (FileNotFoundError, ValueError) as err:
         print(f"error in stage {stage}: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except OSError as err:
+        if err.errno not in _DISK_FULL:
+            raise
+        print(f"error in stage {stage}: cannot write {err.filename or 'its outputs'} ({err.strerror}): free disk "
+              "space (or raise the file size limit) and run again; the previous outputs are intact and finished "
+              "shards are kept for the resume", file=sys.stderr)
         raise SystemExit(2) from None
     seconds = time.perf_counter() - t0
     rate = f", {images} images ({images / seconds:.3g} img/s)" if images and seconds > 0 else ""

@@ -5,6 +5,7 @@ tiny random-weight models of the real architectures), plus its readers and loade
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -131,6 +132,29 @@ def test_wrong_imagenet_paths_and_corrupt_files_through_the_stage(repo, stage, k
     assert named in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]
     assert _tree_digest(repo / "data" / stage) == before  # the last good outputs are intact
     assert not list((repo / "data").glob(f"{stage}.tmp-*"))  # nothing half-written left behind
+
+
+@pytest.mark.slow
+def test_a_full_disk_during_a_stage_is_a_user_error_that_keeps_the_outputs(repo):
+    """target_data in a process whose file size limit its shards outgrow (the OS refuses the write,
+    as on a full disk): exit 2, what to do, the previous outputs intact, nothing half-written."""
+    import resource
+    import signal
+    import subprocess
+
+    from repo_utils import subprocess_env
+
+    def limit() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (8_000, 8_000))
+
+    before = _tree_digest(repo / "data" / "target_data")
+    r = subprocess.run([sys.executable, "-m", "tasks.target_data"], cwd=repo, env=subprocess_env(), capture_output=True,
+                       text=True, timeout=600, preexec_fn=limit)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "free disk space" in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert _tree_digest(repo / "data" / "target_data") == before
+    assert not list((repo / "data").glob("target_data.tmp-*"))
 
 
 @pytest.mark.slow
