@@ -9,6 +9,8 @@ import random
 import numpy as np
 import torch
 
+from sda.cores import free_cores
+
 __all__ = ["derive_seed", "free_cores", "pick_device", "seed_everything", "set_deterministic", "set_threads"]
 
 
@@ -25,23 +27,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
-
-
-def free_cores(sample_s: float = 0.3) -> int:
-    """Cores of this process's affinity set that are idle now (< 50 % busy over ``sample_s``).
-
-    Measured rather than assumed: with more torch threads than free cores, OpenMP spin-waits and
-    training runs many times slower (DESIGN.md §4).
-    """
-    allowed = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    try:
-        import psutil
-
-        busy = psutil.cpu_percent(interval=sample_s, percpu=True)
-        idle = sum(1 for b in busy if b < 50.0)
-        return max(1, min(allowed, idle))
-    except Exception:  # psutil missing or /proc unreadable: fall back to the affinity set
-        return max(1, allowed)
 
 
 def set_threads(threads: int) -> int:

@@ -37,20 +37,13 @@ if not sys.stderr.isatty():
     os.environ.setdefault("TQDM_MININTERVAL", "10")
 
 
-def _some_core_busy(sample_s: float = 0.1) -> bool:
-    try:
-        import psutil
-
-        return any(b >= 50.0 for b in psutil.cpu_percent(interval=sample_s, percpu=True))
-    except Exception:  # psutil missing or /proc unreadable
-        return False
-
-
 # runtime.threads is fixed (the bytes depend on it), so a stage may start with fewer idle cores than
 # threads; OpenMP's spinning waits then make training 3-12x slower (DESIGN.md §4). Passive waits cost
 # ~15 % on an idle machine and remove that; same bytes either way. OpenMP reads this when torch
-# loads, hence here, before any sda import. An explicit OMP_WAIT_POLICY wins.
-if "OMP_WAIT_POLICY" not in os.environ and _some_core_busy():
+# loads, hence here, before torch is imported (sda.cores does not). An explicit OMP_WAIT_POLICY wins.
+from sda.cores import busy_cores  # noqa: E402
+
+if "OMP_WAIT_POLICY" not in os.environ and busy_cores():
     os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
 
 STAGES: tuple[str, ...] = (

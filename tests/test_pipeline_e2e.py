@@ -129,22 +129,25 @@ def _start_and_kill(repo: Path, stage: str, ready_glob: str, delay: float = 0.0,
     proc.wait()
 
 
+def _one_shard_recorded(repo: Path, stage: str) -> bool:
+    """A shard of ``stage``'s work in progress is finished (renamed into place, then recorded)."""
+    for f in repo.glob(f"data/.work/{stage}-*/progress.json"):
+        try:
+            if json.loads(f.read_text()).get("shards"):
+                return True
+        except ValueError:
+            pass
+    return False
+
+
 def test_stage_killed_half_way_leaves_no_partial_output(repo):
     out = repo / "data" / "target_project"
     before = {d.name: read_manifest(d) for d in out.iterdir() if d.is_dir()}
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["projection"]["scale"] = 3.0  # a different projection, so the new output would differ
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    def one_shard_recorded() -> bool:  # a shard is renamed into place before progress.json records it
-        for f in repo.glob("data/.work/target_project-*/progress.json"):
-            try:
-                if json.loads(f.read_text()).get("shards"):
-                    return True
-            except ValueError:
-                pass
-        return False
-
-    _start_and_kill(repo, "target_project", "data/.work/target_project-*/progress.json", ready=one_shard_recorded)
+    _start_and_kill(repo, "target_project", "data/.work/target_project-*/progress.json",
+                    ready=lambda: _one_shard_recorded(repo, "target_project"))
     # the published output is still the previous, complete version; the work in progress is apart
     after = {d.name: read_manifest(d) for d in out.iterdir() if d.is_dir()}
     assert after == before
@@ -157,6 +160,31 @@ def test_stage_killed_half_way_leaves_no_partial_output(repo):
     run = json.loads((repo / "data" / ".runs" / "target_project.json").read_text())["summary"]
     assert run["resumed_shards"] >= 1
     assert read_manifest(out / "clean")["meta"]["projection"]["scale"] == 3.0
+
+
+def test_params_changed_between_a_kill_and_the_resume(repo):
+    """Killed with one projection scale, re-run with another: nothing of the killed run's shards is
+    reused (its work folder is dropped), and the output is the new params' alone."""
+    text = (repo / "params.yaml").read_text()
+    params = yaml.safe_load(text)
+    try:
+        params["projection"]["scale"] = 5.0
+        (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        _start_and_kill(repo, "target_project", "data/.work/target_project-*/progress.json",
+                        ready=lambda: _one_shard_recorded(repo, "target_project"))
+        killed = list(repo.glob("data/.work/target_project-*"))
+        assert len(killed) == 1
+        params["projection"]["scale"] = 4.0
+        (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        sh(repo, sys.executable, "-m", "tasks.target_project")
+        assert not killed[0].exists() and not list(repo.glob("data/.work/*"))
+        run = json.loads((repo / "data" / ".runs" / "target_project.json").read_text())["summary"]
+        assert run["resumed_shards"] == 0
+        out = repo / "data" / "target_project"
+        assert {read_manifest(d)["meta"]["projection"]["scale"] for d in out.iterdir() if d.is_dir()} == {4.0}
+    finally:
+        (repo / "params.yaml").write_text(text)
+        sh(repo, "dvc", "repro")  # the repository as the other tests expect it
 
 
 def test_kill_and_resume_gives_the_same_bytes(repo):
