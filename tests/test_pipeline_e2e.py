@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -26,7 +27,17 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def repo(tiny_repo) -> Path:
+    sh(tiny_repo, "dvc", "repro")  # up to date whatever ran before (the session's other modules share it)
     return tiny_repo
+
+
+@pytest.fixture
+def own_repo(repo, tmp_path) -> Path:
+    """A private copy of the repository (git, DVC cache, outputs) for a test that changes params or
+    outputs: nothing it does reaches the other tests, whatever order they run in."""
+    dst = tmp_path / "repo"
+    shutil.copytree(repo, dst)
+    return dst
 
 
 def test_every_stage_output(repo):
@@ -107,7 +118,8 @@ def test_metrics_and_plots_commands(repo):
     assert grid and (repo / "plots_html" / grid.group(1)).read_bytes() == (repo / "metrics" / "projection_grid.png").read_bytes()
 
 
-def test_exp_run_reruns_only_dependent_stages(repo):
+def test_exp_run_reruns_only_dependent_stages(own_repo):
+    repo = own_repo
     r = sh(repo, "dvc", "exp", "run", "-S", "evaluate.grid_images=4")
     ran = [s for s in STAGES if f"Running stage '{s}'" in r.stdout]
     assert ran == ["evaluate"], r.stdout[-2000:]
@@ -140,7 +152,8 @@ def _one_shard_recorded(repo: Path, stage: str) -> bool:
     return False
 
 
-def test_stage_killed_half_way_leaves_no_partial_output(repo):
+def test_stage_killed_half_way_leaves_no_partial_output(own_repo):
+    repo = own_repo
     out = repo / "data" / "target_project"
     before = {d.name: read_manifest(d) for d in out.iterdir() if d.is_dir()}
     params = yaml.safe_load((repo / "params.yaml").read_text())
@@ -162,33 +175,30 @@ def test_stage_killed_half_way_leaves_no_partial_output(repo):
     assert read_manifest(out / "clean")["meta"]["projection"]["scale"] == 3.0
 
 
-def test_params_changed_between_a_kill_and_the_resume(repo):
+def test_params_changed_between_a_kill_and_the_resume(own_repo):
     """Killed with one projection scale, re-run with another: nothing of the killed run's shards is
     reused (its work folder is dropped), and the output is the new params' alone."""
-    text = (repo / "params.yaml").read_text()
-    params = yaml.safe_load(text)
-    try:
-        params["projection"]["scale"] = 5.0
-        (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-        _start_and_kill(repo, "target_project", "data/.work/target_project-*/progress.json",
-                        ready=lambda: _one_shard_recorded(repo, "target_project"))
-        killed = list(repo.glob("data/.work/target_project-*"))
-        assert len(killed) == 1
-        params["projection"]["scale"] = 4.0
-        (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-        sh(repo, sys.executable, "-m", "tasks.target_project")
-        assert not killed[0].exists() and not list(repo.glob("data/.work/*"))
-        run = json.loads((repo / "data" / ".runs" / "target_project.json").read_text())["summary"]
-        assert run["resumed_shards"] == 0
-        out = repo / "data" / "target_project"
-        assert {read_manifest(d)["meta"]["projection"]["scale"] for d in out.iterdir() if d.is_dir()} == {4.0}
-    finally:
-        (repo / "params.yaml").write_text(text)
-        sh(repo, "dvc", "repro")  # the repository as the other tests expect it
+    repo = own_repo
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["projection"]["scale"] = 5.0
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    _start_and_kill(repo, "target_project", "data/.work/target_project-*/progress.json",
+                    ready=lambda: _one_shard_recorded(repo, "target_project"))
+    killed = list(repo.glob("data/.work/target_project-*"))
+    assert len(killed) == 1
+    params["projection"]["scale"] = 4.0
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    sh(repo, sys.executable, "-m", "tasks.target_project")
+    assert not killed[0].exists() and not list(repo.glob("data/.work/*"))
+    run = json.loads((repo / "data" / ".runs" / "target_project.json").read_text())["summary"]
+    assert run["resumed_shards"] == 0
+    out = repo / "data" / "target_project"
+    assert {read_manifest(d)["meta"]["projection"]["scale"] for d in out.iterdir() if d.is_dir()} == {4.0}
 
 
-def test_kill_and_resume_gives_the_same_bytes(repo):
+def test_kill_and_resume_gives_the_same_bytes(own_repo):
     """kill -9 synth_generate at random points, re-run until done: same keys, same shard bytes."""
+    repo = own_repo
     import random
 
     out = repo / "data" / "synth_generate"

@@ -4,6 +4,7 @@ the repository elsewhere, pull, and find every stage up to date (the flow re-run
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import yaml
@@ -19,20 +20,22 @@ GIT = ("git", "-c", "user.email=t@t", "-c", "user.name=t")
 def test_push_clone_pull_runs_no_stage(tiny_repo, tmp_path):
     remote, clone = tmp_path / "remote", tmp_path / "clone"
     sh(tiny_repo, "dvc", "repro")  # up to date, whatever earlier tests changed
-    sh(tiny_repo, "dvc", "remote", "add", "--force", "--default", "shared", str(remote))
-    sh(tiny_repo, *GIT, "add", "dvc.lock", "metrics", "params.yaml", ".dvc/config")
-    sh(tiny_repo, *GIT, "commit", "-qm", "results")
-    sh(tiny_repo, "dvc", "push")
+    origin = tmp_path / "origin"  # a copy: the session's repository stays as it is
+    shutil.copytree(tiny_repo, origin)
+    sh(origin, "dvc", "remote", "add", "--force", "--default", "shared", str(remote))
+    sh(origin, *GIT, "add", "dvc.lock", "metrics", "params.yaml", ".dvc/config")
+    sh(origin, *GIT, "commit", "-qm", "results")
+    sh(origin, "dvc", "push")
     assert any(p.is_file() for p in remote.rglob("*"))
 
-    sh(tmp_path, "git", "clone", "-q", str(tiny_repo), str(clone))
+    sh(tmp_path, "git", "clone", "-q", str(origin), str(clone))
     assert not (clone / "data" / "classifier_align").exists()  # code and lock only, no data
     sh(clone, "dvc", "pull")
     assert "up to date" in sh(clone, "dvc", "status").stdout.lower()
     for stage in STAGES:
         assert (clone / "data" / stage).exists()
     assert json.loads((clone / "metrics" / "evaluate.json").read_text()) == \
-        json.loads((tiny_repo / "metrics" / "evaluate.json").read_text())
+        json.loads((origin / "metrics" / "evaluate.json").read_text())
 
     from prefect.testing.utilities import prefect_test_harness
 
@@ -43,4 +46,4 @@ def test_push_clone_pull_runs_no_stage(tiny_repo, tmp_path):
     assert [r["stage"] for r in result["stages"]] == list(STAGES)
     assert not any(r["ran"] for r in result["stages"]), result["stages"]
     lock = yaml.safe_load((clone / "dvc.lock").read_text())
-    assert lock == yaml.safe_load((tiny_repo / "dvc.lock").read_text())  # nothing re-recorded
+    assert lock == yaml.safe_load((origin / "dvc.lock").read_text())  # nothing re-recorded
