@@ -97,6 +97,7 @@ def test_fast_mode_params():
         parse_params({"runtime": {"bf16": True}})
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
 def test_device_cuda_without_a_gpu_is_a_user_error(tmp_path):
     params = tmp_path / "params.yaml"
@@ -108,6 +109,7 @@ def test_device_cuda_without_a_gpu_is_a_user_error(tmp_path):
     assert "Traceback" not in r.stderr
 
 
+@pytest.mark.slow
 def test_gpu_check_runs_its_cpu_part(tmp_path):
     """bench/gpu.sh without CUDA: tiny models on the CPU, one table, what was skipped said."""
     r = subprocess.run(["bash", str(ROOT / "bench" / "gpu.sh"), "--budget-s", "120"], cwd=ROOT,

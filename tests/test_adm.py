@@ -103,6 +103,7 @@ def test_scheduler_timesteps_are_guided_diffusions_space_timesteps():
     assert abs(float(s.betas[0]) - 1e-4) < 1e-9 and abs(float(s.betas[-1]) - 0.02) < 1e-9
 
 
+@pytest.mark.slow
 def test_convert_cli_writes_a_loadable_folder(tmp_path):
     cfg = CONFIGS[0]
     unet = _random_unet(cfg)

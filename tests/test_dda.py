@@ -105,6 +105,7 @@ def _adm_like_unet(size=32):
     return unet
 
 
+@pytest.mark.slow
 def test_project_matches_reference_loop_draw_for_draw():
     from sda.adm import adm_scheduler
     from sda.dda_reference import reference_project

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 
 from sda.diffusion import (load_diffusion, respaced_timesteps, sample_class_conditional, save_diffusion,
@@ -24,6 +25,7 @@ def test_sampling_depends_only_on_class_and_seed(tiny_unet, scheduler):
     assert (g[0] - b[0]).abs().mean() > 1e-4  # guidance changes the sample
 
 
+@pytest.mark.slow
 def test_training_reduces_loss_and_round_trips(tiny_unet, scheduler, tmp_path):
     rng = np.random.default_rng(0)
     images = np.zeros((40, 16, 16, 3), np.uint8)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pytest
 
 from sda.label_store import commit_batch, read_table
 from sda.shards import Sample, atomic_dir, read_manifest, write_shards
@@ -35,6 +36,7 @@ def _samples(n: int, value: int):
     return (Sample(key=f"k{i:04d}", image=np.full((64, 64, 3), value, np.uint8), label=i % 3) for i in range(n))
 
 
+@pytest.mark.slow
 def test_a_shard_set_rewrite_that_fills_the_disk_keeps_the_old_set(tmp_path):
     out = tmp_path / "set"
     with atomic_dir(out) as tmp:

@@ -66,6 +66,7 @@ def test_bad_yaml_file(tmp_path):
         load_params(f)
 
 
+@pytest.mark.slow
 def test_stage_cli_rejects_bad_params_before_work(tmp_path):
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     raw["diffusion_finetune"]["lr"] = "fast"

@@ -48,6 +48,7 @@ def test_plan_is_balanced_deterministic_and_contiguous():
     assert len({r["seed"] for r in plan}) == 12 and len({r["key"] for r in plan}) == 12
 
 
+@pytest.mark.slow
 def test_in_process_and_two_dask_workers_write_identical_shards(model_dir, tmp_path):
     jobs = plan_jobs(18, 5, "synth")
     t0 = time.perf_counter()
@@ -99,6 +100,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_explicit_dask_scheduler_and_worker_processes(model_dir, tmp_path):
     port = _free_port()
     bindir = Path(sys.executable).parent
