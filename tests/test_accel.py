@@ -39,6 +39,7 @@ def test_reduced_precision_is_cuda_only_and_validated(tiny_unet, scheduler):
     assert isinstance(autocast("cpu", "bf16"), type(autocast("cpu", "fp32")))  # both no-ops
 
 
+@pytest.mark.slow
 def test_channels_last_keeps_the_projection(tiny_unet, scheduler):
     ref = _project(tiny_unet, scheduler, _images()).astype(int)
     out = _project(tiny_unet, scheduler, _images(), channels_last=True).astype(int)

@@ -16,6 +16,7 @@ def _run(unet, sched, x, seed=0, **kw):
     return project(unet, sched, x, class_labels=labels, generator=torch.Generator().manual_seed(seed), **{**KW, **kw})
 
 
+@pytest.mark.slow
 def test_deterministic_from_seed_and_shape(tiny_unet, scheduler):
     x = _images(4)
     a, b = _run(tiny_unet, scheduler, x), _run(tiny_unet, scheduler, x)
@@ -34,6 +35,7 @@ def test_scheduler_left_usable(tiny_unet, scheduler):
     assert len(scheduler.timesteps) == 10
 
 
+@pytest.mark.slow
 def test_batch_norm_couples_batch_per_sample_norm_does_not(tiny_unet, scheduler):
     a, b, c = _images(1, 1), _images(1, 2), _images(1, 3) * 0.1
     ab, ac = torch.cat([a, b]), torch.cat([a, c])
@@ -126,6 +128,7 @@ def test_project_matches_reference_loop_draw_for_draw():
     assert (other - ours).abs().mean() > 100 * d.mean()
 
 
+@pytest.mark.slow
 def test_noise_draws_one_forward_then_one_per_step():
     # project: one draw for the forward noising, then one per step except the last (t = 0 adds
     # no noise); the reference draws at t = 0 too and masks it out. Same sequence, same images.

@@ -102,6 +102,7 @@ def test_profile_override_errors_are_named():
         parse_params({"imagenet": {"severities": [7]}})
 
 
+@pytest.mark.slow
 def test_pipeline_profile_switch_keeps_comments(tmp_path):
     from flows.pipeline import set_profile
 
