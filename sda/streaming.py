@@ -139,12 +139,16 @@ def endless_batches(shard_dir: str | os.PathLike[str], batch_size: int, *, seed:
                     shuffle_buffer: int = 1000, labels: bool = True) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
     """(images uint8 (B, H, W, 3), labels int64 (B,) or ``None`` when ``labels`` is false) for ever:
     epoch after epoch of seeded shuffled :class:`ShardStream` passes, for step-counted training.
-    Batches are full: each epoch's last partial batch is left out (a set smaller than one batch is
-    an error)."""
-    if ShardStream(shard_dir, batch_size).count < batch_size:
-        raise ValueError(f"{shard_dir} holds fewer than batch_size={batch_size} samples")
+    Batches are full: each worker's last partial batch of an epoch is left out, and a pass that
+    gives no full batch at all (fewer samples than ``batch_size``, or per loader worker) is an
+    error rather than an endless loop."""
     for epoch in itertools.count():
+        full = 0
         for b in ShardStream(shard_dir, batch_size, workers=workers, seed=seed, epoch=epoch,
                              shuffle_buffer=shuffle_buffer):
             if len(b.keys) == batch_size:
+                full += 1
                 yield b.images, b.labels if labels else None
+        if not full:
+            raise ValueError(f"{shard_dir} holds fewer than batch_size={batch_size} samples (per loader worker, "
+                             f"with {workers}): lower the batch size or the loader workers")

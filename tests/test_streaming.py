@@ -83,3 +83,7 @@ def test_endless_batches_run_over_epochs_in_full_seeded_batches(shard_set):
     assert all(y is None for _, y in take(3, n=2, labels=False))
     with pytest.raises(ValueError, match="fewer than batch_size"):
         next(endless_batches(shard_set, 38, seed=0))
+    # 37 samples, but at most 24 per loader worker (3 of the 5 shards): no full batch of 25 ever (this
+    # looped for ever before)
+    with pytest.raises(ValueError, match="fewer than batch_size"):
+        next(endless_batches(shard_set, 25, seed=0, workers=2))
