@@ -72,6 +72,7 @@ def run_stage(stage: str, root: str, force: bool = False) -> dict:
     """
     logger = get_run_logger()
     cmd = [sys.executable, "-m", "dvc", "--wait-for-lock", "repro", "--single-item", stage, *(["--force"] * force)]
+    started = time.time()
     t0 = time.perf_counter()
     tail: collections.deque[str] = collections.deque(maxlen=30)
     ran = False
@@ -93,19 +94,48 @@ def run_stage(stage: str, root: str, force: bool = False) -> dict:
     seconds = round(time.perf_counter() - t0, 1)
     state = "ran" if ran else "cached (unchanged)"
     logger.info("stage %-18s %s in %.1f s", stage, state, seconds)
-    return {"stage": stage, "ran": ran, "seconds": seconds}
+    return {"stage": stage, "ran": ran, "seconds": seconds, **_split_time(Path(root), stage, started, seconds)}
+
+
+def _split_time(root: Path, stage: str, started: float, seconds: float) -> dict:
+    """The stage's ``work`` (its own record, tasks.common), the ``start_up`` of its process (imports,
+    params) and the ``dvc`` rest of ``seconds``, when the stage ran in this call."""
+    try:
+        t = json.loads((root / "data" / ".runs" / f"{stage}.timing.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    if t["process_start"] < started:  # an older run's record: the stage was cached
+        return {}
+    start_up = t["work_start"] - t["process_start"]
+    return {"work": round(t["work_seconds"], 1), "start_up": round(start_up, 1),
+            "dvc": round(max(0.0, seconds - start_up - t["work_seconds"]), 1)}
+
+
+def time_table(runs: list[dict]) -> str:
+    """Markdown: per stage, its work against the wall time around it (process start-up, DVC,
+    Prefect), and the share of the run that was not the stages' work."""
+    rows = ["| stage | state | work s | start-up s | dvc s | prefect s | wall s |", "|---|---|---|---|---|---|---|"]
+    for r in runs:
+        cells = [r.get(k, "") for k in ("work", "start_up", "dvc")]
+        rows.append(f"| {r['stage']} | {'ran' if r['ran'] else 'cached'} | " + " | ".join(map(str, cells))
+                    + f" | {r.get('prefect', '')} | {r.get('wall', r['seconds'])} |")
+    wall = sum(r.get("wall", r["seconds"]) for r in runs)
+    work = sum(r.get("work", 0.0) for r in runs)
+    if wall > 0:
+        rows.append(f"\n{work:.0f} s of stage work in {wall:.0f} s: orchestration and start-up "
+                    f"{100 * (wall - work) / wall:.1f}% of the run")
+    return "\n".join(rows)
 
 
 def _results_markdown(root: Path, runs: list[dict]) -> str:
     metrics = json.loads((root / "metrics" / "evaluate.json").read_text())
     table = (root / "metrics" / "results.md").read_text()
-    stages = "\n".join(f"| {r['stage']} | {'ran' if r['ran'] else 'cached'} | {r['seconds']} |" for r in runs)
     parts = [
         f"# SDA results ({metrics.get('split', 'test')} split, top-1 %)",
         table,
         "Mean over the corruption domains: "
         + ", ".join(f"{k} {v:.1f}" for k, v in metrics["mean"].items()),
-        "## Stages\n| stage | state | seconds |\n|---|---|---|\n" + stages,
+        "## Stages\n" + time_table(runs),
     ]
     grid = root / "metrics" / "projection_grid.png"
     if grid.is_file() and grid.stat().st_size < 2_000_000:
@@ -151,7 +181,12 @@ def pipeline(root: str = str(ROOT), stages: list[str] | None = None, force: bool
         raise ValueError(f"unknown stage(s) {unknown}; stages are {list(STAGES)}")
     runs = []
     for stage in todo:
-        runs.append(run_stage(stage, str(root_p), force))
+        t0 = time.perf_counter()
+        r = run_stage(stage, str(root_p), force)
+        r["wall"] = round(time.perf_counter() - t0, 1)
+        r["prefect"] = round(max(0.0, r["wall"] - r["seconds"]), 1)
+        runs.append(r)
+    print("Where the time went:\n" + time_table(runs))
     metrics_path = root_p / "metrics" / "evaluate.json"
     if "evaluate" in todo and metrics_path.is_file():
         md = _results_markdown(root_p, runs)

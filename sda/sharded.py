@@ -26,6 +26,7 @@ to an existing cluster instead. Job functions must be picklable (module-level fu
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -44,14 +45,19 @@ from sda.shards import MANIFEST, Sample, atomic_write_json, sha256_file, shard_r
 
 __all__ = [
     "PlanMismatchError",
+    "SchedulerUnreachableError",
     "ShardJob",
     "cached",
+    "dask_client",
+    "worker_settings",
     "fingerprint",
     "jobs_fingerprint",
     "plan_jobs",
     "run_shard_jobs",
     "write_shard",
 ]
+
+log = logging.getLogger(__name__)
 
 PROGRESS = "progress.json"
 SCHEDULER_ENV = "SDA_DASK_SCHEDULER"
@@ -128,7 +134,12 @@ def write_shard(path: Path, samples: Iterable[Sample], max_bytes: float = float(
 
 
 def _do_job(make_samples: Callable[[ShardJob], Iterable[Sample]], work_dir: str, job: ShardJob,
-            max_bytes: float, threads: int = 0) -> tuple[str, dict[str, Any]]:
+            max_bytes: float, threads: int = 0, deterministic: bool | None = None) -> tuple[str, dict[str, Any]]:
+    if deterministic is not None:
+        # process-wide, and a dask worker is a process of its own: set where the job runs
+        from sda.runtime import set_deterministic
+
+        set_deterministic(deterministic)
     if threads:
         # Set in the thread that runs the job: OpenMP's thread count is per calling thread, and
         # dask's nanny starts workers with OMP_NUM_THREADS=1.
@@ -171,26 +182,77 @@ def _save_progress(work_dir: Path, fp: str, meta: dict[str, Any], done: dict[str
                                             "shards": dict(sorted(done.items()))})
 
 
-def _client(workers: int, scheduler: str | None):
-    """A dask Client: an existing cluster when an address is given, else a new local one."""
+class SchedulerUnreachableError(ConnectionError):
+    """The dask scheduler named by ``runtime.scheduler`` / ``SDA_DASK_SCHEDULER`` did not answer."""
+
+
+# Worker settings that keep torch jobs at full speed (bench/dask_scaling.py measures them):
+# - dask's nanny starts every worker with MALLOC_TRIM_THRESHOLD_=65536. Setting any glibc malloc
+#   tunable switches off malloc's dynamic mmap threshold, so every tensor over 128 KiB is mmap'd on
+#   allocation and unmapped on free: ~35x the page faults, ~40% of the worker's CPU time in the
+#   kernel, half the images/s. None unsets it (distributed.nanny._get_env_variables).
+# - the worker's statistical profiler (every 10 ms), event-loop tick (20 ms) and system monitor
+#   (500 ms) take the GIL from the job's Python-heavy UNet loop: ~14% of a worker's CPU time.
+DASK_WORKER_CONFIG: dict[str, Any] = {
+    "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
+    "distributed.worker.profile.enabled": False,
+    "distributed.admin.tick.interval": "1s",
+    "distributed.admin.system-monitor.interval": "2s",
+}
+
+
+def dask_client(workers: int = 1, scheduler: str | None = None, threads_per_worker: int = 1):
+    """A dask ``Client``: to the cluster at ``scheduler`` when given, else a new ``LocalCluster`` of
+    ``workers`` processes (dask-cuda's ``LocalCUDACluster``, one worker per GPU, when CUDA is
+    present and it is installed). Local workers start with ``DASK_WORKER_CONFIG``; workers of a
+    cluster started without it (plain ``dask worker``) are named in a warning. Raises :class:`SchedulerUnreachableError` (naming the
+    address) when the scheduler does not answer within ``distributed.comm.timeouts.connect``."""
+    import dask
     from distributed import Client, LocalCluster
 
     logging.getLogger("distributed").setLevel(logging.WARNING)  # no per-worker INFO chatter in stage logs
     if scheduler:
-        return Client(scheduler, timeout="30s")
-    try:
-        import torch
+        timeout = dask.config.get("distributed.comm.timeouts.connect")
+        try:
+            client = Client(scheduler, timeout=timeout)
+        except (OSError, TimeoutError) as err:
+            raise SchedulerUnreachableError(
+                f"no dask scheduler answered at {scheduler} within {timeout} (runtime.scheduler or "
+                f"{SCHEDULER_ENV}): start it (`dask scheduler`, then `dask worker {scheduler}`), fix the address, "
+                "or unset it to run locally; nothing was published") from err
+        _warn_slow_workers(client)
+        return client
+    with dask.config.set(DASK_WORKER_CONFIG):
+        try:
+            import torch
 
-        if torch.cuda.is_available():
-            from dask_cuda import LocalCUDACluster  # one worker per GPU
+            if torch.cuda.is_available():
+                from dask_cuda import LocalCUDACluster
 
-            return Client(LocalCUDACluster())
-    except ImportError:
-        pass
-    # Single-threaded worker processes; each job sets torch to cores // workers threads (see _do_job).
-    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
-                           silence_logs=40)
+                return Client(LocalCUDACluster())
+        except ImportError:
+            pass
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker, processes=True,
+                               dashboard_address=None, silence_logs=40)
     return Client(cluster)
+
+
+def worker_settings() -> dict[str, Any]:
+    """Where it runs (``client.run(worker_settings)``): the values of ``DASK_WORKER_CONFIG``'s keys,
+    the malloc one read from the process environment (what the worker was started with)."""
+    import dask
+
+    return {key: (os.environ.get(key.rsplit(".", 1)[1]) if ".pre-spawn-environ." in key else dask.config.get(key))
+            for key in DASK_WORKER_CONFIG}
+
+
+def _warn_slow_workers(client) -> None:
+    settings = client.run(worker_settings)
+    slow = sorted(w for w, got in settings.items() if got != DASK_WORKER_CONFIG)
+    if slow:
+        log.warning("%d of %d dask workers run with dask's default settings %s, which slow torch jobs down up to "
+                    "2x: start them with `python -m sda.dask_worker <scheduler>` (%s)", len(slow), len(settings),
+                    settings[slow[0]], ", ".join(slow[:4]))
 
 
 def run_shard_jobs(
@@ -204,6 +266,9 @@ def run_shard_jobs(
     scheduler: str | None = None,
     max_bytes: float = float("inf"),
     desc: str = "shards",
+    client: Any = None,
+    threads: int | None = None,
+    deterministic: bool | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) ``jobs`` into ``work_dir``; returns the summary with timings (``seconds``,
     ``items_per_s`` and ``shard_seconds`` per shard), which never go into the shards or manifests.
@@ -211,6 +276,13 @@ def run_shard_jobs(
     ``plan`` is anything JSON-able that fixes the output (params, input hashes); with the job list
     it forms the fingerprint that a resumed run must match. When all shards exist, a ``manifest.json``
     is written in every sub-directory that holds shards.
+
+    Where jobs run: in this process (``workers=0``, no scheduler, no client), on a new local cluster
+    of ``workers`` processes, on the cluster at ``scheduler``, or through ``client`` (an open dask
+    ``Client``, left open). ``threads`` sets torch's threads in each job (default: for a new local
+    cluster the cores shared out between its workers; otherwise left as the worker has it).
+    ``deterministic`` sets ``torch.use_deterministic_algorithms`` where each job runs (``None``:
+    left as it is): the same bytes from every worker and thread count.
     """
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -234,19 +306,24 @@ def run_shard_jobs(
         bar.update(entry["count"])
 
     _save_progress(work_dir, fp, meta, done, len(jobs))
-    if todo and workers == 0 and not scheduler:
+    if todo and workers == 0 and not scheduler and client is None:
         for job in todo:
-            finished(*run(job, max_bytes))
+            finished(*run(job, max_bytes, threads or 0, deterministic))
     elif todo:
         from distributed import as_completed
 
-        with _client(max(1, workers), scheduler) as client:
-            n = len(client.scheduler_info()["workers"]) or max(1, workers)
-            threads = max(1, (os.cpu_count() or 1) // n) if not scheduler else 0
-            futures = [client.submit(run, job, max_bytes, threads, key=f"{desc}-{fp[:8]}-{job.name}", pure=False)
-                       for job in todo]
+        with contextlib.ExitStack() as stack:
+            if client is None:
+                client = stack.enter_context(dask_client(max(1, workers), scheduler))
+                if threads is None and not scheduler:  # our local cluster: share the cores out
+                    threads = max(1, (os.cpu_count() or 1) // (len(client.scheduler_info()["workers"]) or 1))
+            futures = [client.submit(run, job, max_bytes, threads or 0, deterministic,
+                                     key=f"{desc}-{fp[:8]}-{job.name}", pure=False) for job in todo]
             for fut in as_completed(futures):
                 finished(*fut.result())
+    # a worker killed while writing leaves its temporary; the job was re-run elsewhere
+    for stray in work_dir.rglob("*.tmp-*"):
+        stray.unlink(missing_ok=True)
     bar.close()
     seconds = time.perf_counter() - t0
     new_items = total_items - resumed

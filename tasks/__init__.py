@@ -3,7 +3,10 @@
 import importlib.util
 import os
 import sys
+import time
 from pathlib import Path
+
+STARTED = time.time()  # the stage process's start, near enough: its start-up cost is measured from here
 
 # What every stage imports; checked by name (cheap) before anything heavy is imported.
 _REQUIRED = ("torch", "torchvision", "diffusers", "timm", "webdataset", "pydantic", "yaml")

@@ -17,7 +17,7 @@ from typing import Callable
 import yaml
 
 from sda.params import Params, ParamsError, parse_params
-from sda.sharded import PROGRESS, fingerprint, jobs_fingerprint, run_shard_jobs
+from sda.sharded import PROGRESS, SchedulerUnreachableError, fingerprint, jobs_fingerprint, run_shard_jobs
 from sda.shards import atomic_write_json, clean_stale_temps, replace_dir
 from sda.runtime import pick_device, seed_everything, set_deterministic, set_threads
 
@@ -57,7 +57,8 @@ def stage_main(stage: str, doc: str, body: Callable[[Params, argparse.Namespace]
                add_args: Callable[[argparse.ArgumentParser], None] | None = None) -> None:
     """Parse argv, validate params, set seeds / threads / device, run ``body``, log the time.
 
-    A :class:`ParamsError`, ``FileNotFoundError``, ``ValueError`` or a full disk exits with status 2 and a message
+    A :class:`ParamsError`, ``FileNotFoundError``, ``ValueError``, an unreachable dask scheduler or a
+    full disk exits with status 2 and a message
     instead of a traceback. ``body`` may return the number of images it processed (forward passes
     for training: images x epochs); the closing log line then gives images/s with the peak GPU memory.
     """
@@ -82,10 +83,11 @@ def stage_main(stage: str, doc: str, body: Callable[[Params, argparse.Namespace]
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
     log.info("stage %s: device=%s threads=%d seed=%d", stage, args.device, threads, params.runtime.seed)
+    body_start = time.time()
     t0 = time.perf_counter()
     try:
         images = body(params, args)
-    except (FileNotFoundError, ValueError) as err:
+    except (FileNotFoundError, ValueError, SchedulerUnreachableError) as err:
         print(f"error in stage {stage}: {err}", file=sys.stderr)
         raise SystemExit(2) from None
     except OSError as err:
@@ -96,6 +98,7 @@ def stage_main(stage: str, doc: str, body: Callable[[Params, argparse.Namespace]
               "shards are kept for the resume", file=sys.stderr)
         raise SystemExit(2) from None
     seconds = time.perf_counter() - t0
+    _record_timing(stage, body_start, seconds)
     rate = f", {images} images ({images / seconds:.3g} img/s)" if images and seconds > 0 else ""
     peak = ""
     if args.device.type == "cuda":
@@ -103,6 +106,16 @@ def stage_main(stage: str, doc: str, body: Callable[[Params, argparse.Namespace]
 
         peak = f", peak GPU memory {torch.cuda.max_memory_allocated(args.device) / 2**30:.2f} GiB"
     log.info("stage %s done in %.1f s%s%s", stage, seconds, rate, peak)
+
+
+def _record_timing(stage: str, body_start: float, seconds: float) -> None:
+    """``data/.runs/<stage>.timing.json`` (outside every out): when the process started, when its
+    work began, how long the work took; the flow turns it into start-up / work / orchestration."""
+    from tasks import STARTED
+
+    RUNS.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(RUNS / f"{stage}.timing.json", {"process_start": STARTED, "work_start": body_start,
+                                                      "work_seconds": round(seconds, 3)})
 
 
 # What fixes a result: every section but relabel, and of runtime these keys (the device, workers
@@ -159,7 +172,7 @@ def run_resumable(stage: str, params: Params, jobs, make_samples, *, plan: dict,
     rt = params.runtime
     summary = run_shard_jobs(work, jobs, make_samples, plan=plan, meta=meta,
                              workers=rt.workers if workers is None else workers, scheduler=rt.scheduler,
-                             max_bytes=max_bytes, desc=stage)
+                             max_bytes=max_bytes, desc=stage, deterministic=rt.deterministic)
     if extra_files:
         extra_files(work)
     # the out is content only: the progress file (timings) stays behind, the run record goes beside

@@ -1,38 +1,10 @@
 import os
-import random
 
 import pytest
 import torch
 
 # Tests run on small CPU tensors: two threads avoid oversubscribing CI's 2 cores.
 torch.set_num_threads(min(2, os.cpu_count() or 1))
-
-
-def pytest_addoption(parser):
-    parser.addoption("--shuffle", metavar="SEED", type=int, default=None,
-                     help="run the test modules, and the tests within each, in an order shuffled by SEED: "
-                          "checks that no test depends on another's leftovers (module fixtures still run once)")
-
-
-def pytest_report_header(config):
-    seed = config.getoption("--shuffle")
-    return None if seed is None else f"test order shuffled with --shuffle {seed}"
-
-
-def pytest_collection_modifyitems(config, items):
-    """``--shuffle SEED``: what pytest-randomly does (not in our package index), module by module."""
-    seed = config.getoption("--shuffle")
-    if seed is None:
-        return
-    rng = random.Random(seed)
-    modules: dict[str, list] = {}
-    for item in items:
-        modules.setdefault(item.nodeid.split("::")[0], []).append(item)
-    groups = list(modules.values())
-    rng.shuffle(groups)
-    for group in groups:
-        rng.shuffle(group)
-    items[:] = [item for group in groups for item in group]
 
 
 @pytest.fixture

@@ -21,7 +21,9 @@ TINY = {
     "synth_generate": {"per_class": 3, "steps": 4, "batch_size": 4, "shard_size": 8},
     "projection": {"respacing": 10, "N": 3, "batch_size": 64},
     "classifier_align": {"epochs": 1},
-    "target_data": {"corruptions": ["gaussian_noise", "pixelate"], "shard_maxcount": 200},
+    # the val split (180 images per domain): a third of the test split's projection and evaluation
+    # work; shards of 60 keep several shard jobs per domain for the kill / resume tests
+    "target_data": {"split": "val", "corruptions": ["gaussian_noise", "pixelate"], "shard_maxcount": 60},
     "relabel": {"min_age_seconds": 0, "batch_size": 8},
 }
 
@@ -37,11 +39,13 @@ def subprocess_env() -> dict[str, str]:
     return env
 
 
-def sh(cwd: Path, *cmd: str, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess:
-    """Run ``cmd`` in ``cwd`` with the project's environment; a command still running after
-    ``timeout`` seconds is killed and fails the test (pytest-timeout is the outer guard)."""
+def sh(cwd: Path, *cmd: str, check: bool = True, timeout: float = 900,
+       env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run ``cmd`` in ``cwd`` with the project's environment (plus ``env``); a command still running
+    after ``timeout`` seconds is killed and fails the test (pytest-timeout is the outer guard)."""
     try:
-        r = subprocess.run(list(cmd), cwd=cwd, env=subprocess_env(), capture_output=True, text=True, timeout=timeout)
+        r = subprocess.run(list(cmd), cwd=cwd, env={**subprocess_env(), **(env or {})}, capture_output=True, text=True,
+                           timeout=timeout)
     except subprocess.TimeoutExpired as err:
         raise AssertionError(f"{' '.join(cmd)} still running after {timeout:.0f} s:\n{err.stdout!s:.3000}") from None
     if check and r.returncode != 0:

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from sda.evaluate import MAIN_METHODS
-from sda.shards import load_shards, read_manifest
+from sda.shards import load_shards, read_manifest, sha256_file
 from repo_utils import subprocess_env, sh
 from tasks import STAGES
 
@@ -59,10 +59,11 @@ def test_every_stage_output(repo):
 
     domains = json.loads((data / "target_data" / "domains.json").read_text())["domains"]
     assert domains == ["clean", "gaussian_noise", "pixelate"]
-    test_keys = load_shards(data / "source_data" / "test").keys
+    val_keys = load_shards(data / "source_data" / "val").keys  # TINY evaluates on the val split
     for d in domains:
         orig, proj = load_shards(data / "target_data" / d), load_shards(data / "target_project" / d)
-        assert orig.keys == proj.keys == test_keys
+        assert orig.keys == proj.keys == val_keys
+        assert len(read_manifest(data / "target_project" / d)["shards"]) == 3
 
     metrics = json.loads((repo / "metrics" / "evaluate.json").read_text())
     assert set(metrics["domains"]) == set(domains)
@@ -75,7 +76,7 @@ def test_every_stage_output(repo):
     assert (repo / "metrics" / "projection_grid.png").stat().st_size > 1000
     assert (repo / "metrics" / "per_domain.csv").read_text().startswith("domain,source,dda,dda_ens,sda\n")
     protocol = metrics["protocol"]  # what the numbers were measured under
-    assert protocol["split"] == "test" and protocol["images_per_domain"] == 540 and protocol["seed"] == 0
+    assert protocol["split"] == "val" and protocol["images_per_domain"] == 180 and protocol["seed"] == 0
     assert len(protocol["params_sha256"]) == 64 and len(protocol["code_version"]) == 40  # a clean git revision
     # outs are content only: no timings or run records inside them; those go to data/.runs
     assert not list((repo / "data").glob("*/run.json")) and not list((repo / "data").rglob("progress.json"))
@@ -128,6 +129,24 @@ def test_exp_run_reruns_only_dependent_stages(own_repo):
     assert ran == ["classifier_align", "evaluate"], r.stdout[-2000:]
 
 
+def test_an_unreachable_scheduler_is_a_user_error_that_publishes_nothing(repo):
+    import socket
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        address = f"tcp://127.0.0.1:{sock.getsockname()[1]}"
+    out = repo / "data" / "synth_align"
+    before = {str(p.relative_to(out)): sha256_file(p) for p in sorted(out.rglob("*")) if p.is_file()}
+    t0 = time.time()
+    r = sh(repo, "python", "-m", "tasks.synth_align", check=False,
+           env={"SDA_DASK_SCHEDULER": address, "DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "3s"})
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert f"no dask scheduler answered at {address} within 3s" in r.stderr, r.stderr[-2000:]
+    assert time.time() - t0 < 120
+    assert {str(p.relative_to(out)): sha256_file(p) for p in sorted(out.rglob("*")) if p.is_file()} == before
+    assert "synth_align" not in sh(repo, "dvc", "status").stdout
+
+
 def _start_and_kill(repo: Path, stage: str, ready_glob: str, delay: float = 0.0, ready=None) -> None:
     """Start ``tasks.<stage>``, wait until ``ready_glob`` matches (and ``ready()`` is true), kill -9."""
     proc = subprocess.Popen([sys.executable, "-m", f"tasks.{stage}"], cwd=repo, env=subprocess_env(),
@@ -152,48 +171,39 @@ def _one_shard_recorded(repo: Path, stage: str) -> bool:
     return False
 
 
-def test_stage_killed_half_way_leaves_no_partial_output(own_repo):
+def _set_scale(repo: Path, scale: float) -> None:
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["projection"]["scale"] = scale  # another projection: the new output would differ
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def test_stage_killed_half_way_then_params_changed_then_resumed(own_repo):
+    """kill -9 of target_project with one projection scale, then with another: the published output
+    stays the previous, complete version both times, and the first run's work is dropped, never
+    mixed in; the re-run through DVC resumes the second run's shards and leaves nothing behind."""
     repo = own_repo
     out = repo / "data" / "target_project"
     before = {d.name: read_manifest(d) for d in out.iterdir() if d.is_dir()}
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["projection"]["scale"] = 3.0  # a different projection, so the new output would differ
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    _set_scale(repo, 5.0)
     _start_and_kill(repo, "target_project", "data/.work/target_project-*/progress.json",
                     ready=lambda: _one_shard_recorded(repo, "target_project"))
-    # the published output is still the previous, complete version; the work in progress is apart
-    after = {d.name: read_manifest(d) for d in out.iterdir() if d.is_dir()}
-    assert after == before
-    assert list(repo.glob("data/.work/target_project-*/progress.json"))
-    # a re-run through DVC resumes, finishes the job and leaves nothing behind
+    assert {d.name: read_manifest(d) for d in out.iterdir() if d.is_dir()} == before
+    killed = list(repo.glob("data/.work/target_project-*"))
+    assert len(killed) == 1 and (killed[0] / "progress.json").is_file()  # the work in progress is apart
+
+    _set_scale(repo, 3.0)  # changed between the kill and the resume
+    _start_and_kill(repo, "target_project", "data/.work/target_project-*/progress.json",
+                    ready=lambda: _one_shard_recorded(repo, "target_project") and not killed[0].exists())
+    assert not killed[0].exists()  # the other params' shards are gone, not reused
+    assert {d.name: read_manifest(d) for d in out.iterdir() if d.is_dir()} == before
+
     sh(repo, "dvc", "repro")
     assert not list(repo.glob("data/*.tmp-*")) and not list(repo.glob("data/.work/*"))
     assert {d.name for d in out.iterdir() if d.is_dir()} == set(before)
     assert not (out / "run.json").exists() and not list(out.rglob("progress.json"))  # content only
     run = json.loads((repo / "data" / ".runs" / "target_project.json").read_text())["summary"]
-    assert run["resumed_shards"] >= 1
-    assert read_manifest(out / "clean")["meta"]["projection"]["scale"] == 3.0
-
-
-def test_params_changed_between_a_kill_and_the_resume(own_repo):
-    """Killed with one projection scale, re-run with another: nothing of the killed run's shards is
-    reused (its work folder is dropped), and the output is the new params' alone."""
-    repo = own_repo
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["projection"]["scale"] = 5.0
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    _start_and_kill(repo, "target_project", "data/.work/target_project-*/progress.json",
-                    ready=lambda: _one_shard_recorded(repo, "target_project"))
-    killed = list(repo.glob("data/.work/target_project-*"))
-    assert len(killed) == 1
-    params["projection"]["scale"] = 4.0
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    sh(repo, sys.executable, "-m", "tasks.target_project")
-    assert not killed[0].exists() and not list(repo.glob("data/.work/*"))
-    run = json.loads((repo / "data" / ".runs" / "target_project.json").read_text())["summary"]
-    assert run["resumed_shards"] == 0
-    out = repo / "data" / "target_project"
-    assert {read_manifest(d)["meta"]["projection"]["scale"] for d in out.iterdir() if d.is_dir()} == {4.0}
+    assert 1 <= run["resumed_shards"] < run["shards"]  # the 3.0 run's finished shards, kept
+    assert {read_manifest(d)["meta"]["projection"]["scale"] for d in out.iterdir() if d.is_dir()} == {3.0}
 
 
 def test_kill_and_resume_gives_the_same_bytes(own_repo):
@@ -229,6 +239,12 @@ def test_prefect_flow_over_the_dvc_stages(repo, tmp_path):
     with prefect_test_harness(server_startup_timeout=180):
         pipeline(root=str(repo))  # brings the repo up to date (earlier tests ran stages outside DVC)
         result = pipeline(root=str(repo))
+        forced = pipeline(root=str(repo), stages=["source_data"], force=True)["stages"][0]
     assert [r["stage"] for r in result["stages"]] == list(STAGES)
     assert not any(r["ran"] for r in result["stages"])  # everything cached by DVC
+    assert not any("work" in r for r in result["stages"])  # no stage work to time
     assert set(result["metrics"]["mean"]) == set(MAIN_METHODS)
+    # where a stage's time went: its work, its process start-up, DVC around it, Prefect around that
+    assert forced["ran"] and forced["work"] > 0 and forced["start_up"] > 0 and forced["dvc"] > 0
+    assert abs(forced["work"] + forced["start_up"] + forced["dvc"] - forced["seconds"]) < 0.5
+    assert forced["wall"] >= forced["seconds"] and forced["prefect"] >= 0

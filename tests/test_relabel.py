@@ -7,6 +7,7 @@ import io
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -259,24 +260,26 @@ asyncio.run(main())
 def test_service_deployments_on_a_real_local_server(tiny_repo, tmp_path):
     """make serve's script on a random port: deploy prefect.yaml, run relabel/on-demand and
     sda-pipeline/embedded through the worker, and let relabel/scheduled fire on its own."""
-    params = yaml.safe_load((tiny_repo / "params.yaml").read_text())
+    repo = tmp_path / "repo"  # a private copy: the params edit and the inbox / labels stay in this test
+    shutil.copytree(tiny_repo, repo)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
     params["relabel"]["interval_minutes"] = 0.1  # the scheduled deployment fires every 6 s
-    (tiny_repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     port = _free_port()
     env = subprocess_env()
     env.update(PREFECT_HOME=str(tmp_path / "prefect-home"), PREFECT_API_URL=f"http://127.0.0.1:{port}/api",
                PREFECT_WORKER_QUERY_SECONDS="2", PREFECT_SERVER_ANALYTICS_ENABLED="false")
-    serve = subprocess.Popen([sys.executable, "-m", "flows.serve", "--port", str(port)], cwd=tiny_repo, env=env,
+    serve = subprocess.Popen([sys.executable, "-m", "flows.serve", "--port", str(port)], cwd=repo, env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         lines = _pump_lines(serve, until="ready.", timeout=240)
         assert any(x.startswith("ready.") for x in lines), "".join(lines)
         # the scheduled relabel watches the params inbox (created by serve): drop images there
-        _good_inbox(tiny_repo, tiny_repo / "data" / "inbox", 6)
-        scheduled = {sha256_file(p) for p in (tiny_repo / "data" / "inbox").rglob("*.png")}
+        _good_inbox(repo, repo / "data" / "inbox", 6)
+        scheduled = {sha256_file(p) for p in (repo / "data" / "inbox").rglob("*.png")}
         ondemand = tmp_path / "ondemand"
         ondemand.mkdir()
-        _good_inbox(tiny_repo, ondemand, 10, domain="pixelate")
+        _good_inbox(repo, ondemand, 10, domain="pixelate")
         prefect = str(Path(sys.executable).parent / "prefect")
         r = subprocess.run([prefect, "deployment", "run", "relabel/on-demand", "-p", f"inbox={ondemand}",
                             "--watch", "--watch-timeout", "300"], env=env, capture_output=True, text=True, timeout=420)
@@ -286,15 +289,15 @@ def test_service_deployments_on_a_real_local_server(tiny_repo, tmp_path):
         assert r.returncode == 0 and "Completed" in r.stdout, r.stdout[-3000:] + r.stderr[-3000:]
 
         deadline = time.time() + 180
-        while time.time() < deadline and not scheduled <= committed_hashes(tiny_repo / "data" / "labels"):
+        while time.time() < deadline and not scheduled <= committed_hashes(repo / "data" / "labels"):
             time.sleep(3)
         sched = _flow_runs(env, "relabel/scheduled")
         assert any(x["state"] == "COMPLETED" for x in sched["runs"]), sched["runs"][:5]
-        assert scheduled <= committed_hashes(tiny_repo / "data" / "labels")
+        assert scheduled <= committed_hashes(repo / "data" / "labels")
         assert sched["schedules"][0]["interval"] == 6.0
         assert {"relabel-batch", "relabel-run", "sda-results"} <= set(sched["artifacts"])
 
-        rows = read_table(tiny_repo / "data" / "labels").to_pylist()
+        rows = read_table(repo / "data" / "labels").to_pylist()
         assert len(rows) == len({r["sha256"] for r in rows}) == 16
         assert all(r["flow_run_id"] for r in rows)  # run through Prefect
     finally:

@@ -100,33 +100,106 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
-def test_explicit_dask_scheduler_and_worker_processes(model_dir, tmp_path):
+@pytest.fixture
+def dask_cluster():
+    """A real ``dask scheduler`` and two worker processes on 127.0.0.1, started the way the README
+    tells users to: ``python -m sda.dask_worker ADDRESS --nworkers 2 --nthreads 1``."""
     port = _free_port()
     bindir = Path(sys.executable).parent
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     sched = subprocess.Popen([str(bindir / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port),
                               "--no-dashboard"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    worker = None
+    worker = subprocess.Popen([sys.executable, "-m", "sda.dask_worker", f"tcp://127.0.0.1:{port}", "--nworkers", "2",
+                               "--nthreads", "1", "--no-dashboard", "--host", "127.0.0.1"], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        address = f"tcp://127.0.0.1:{port}"
-        worker = subprocess.Popen([str(bindir / "dask"), "worker", address, "--nworkers", "2", "--nthreads", "1",
-                                   "--no-dashboard", "--host", "127.0.0.1"], env=env,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        from distributed import Client
-
-        deadline = time.time() + 90
-        with Client(address, timeout="60s") as c:
-            while len(c.scheduler_info()["workers"]) < 2 and time.time() < deadline:
-                time.sleep(0.5)
-            assert len(c.scheduler_info()["workers"]) == 2
-        jobs = plan_jobs(10, 4, "synth")
-        summary = run_shard_jobs(tmp_path / "remote", jobs, _make(model_dir), plan={}, scheduler=address)
-        run_shard_jobs(tmp_path / "local", jobs, _make(model_dir), plan={}, workers=0)
-        assert summary["new_items"] == 10
-        assert _shas(tmp_path / "remote") == _shas(tmp_path / "local")
+        yield f"tcp://127.0.0.1:{port}"
     finally:
         for p in (worker, sched):
-            if p is not None:
-                p.terminate()
+            p.terminate()
+            try:
                 p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_job_is_replaced_and_the_set_is_identical(model_dir, tmp_path, dask_cluster):
+    """kill -9 of one worker process while it writes a shard: the scheduler re-runs that job on a
+    worker that lives, the run finishes, and the set is the in-process set (no key twice, no
+    temporary left)."""
+    import signal
+    import threading
+
+    from distributed import Client
+
+    from sda.sharded import DASK_WORKER_CONFIG, worker_settings
+
+    make = functools.partial(generate_job, model_dir=model_dir, seed=7, steps=40, guidance_scale=1.0, batch_size=3)
+    jobs = plan_jobs(30, 3, "synth")  # 10 shards of ~1 s each
+    with Client(dask_cluster, timeout="60s") as c:
+        c.wait_for_workers(2, timeout=90)
+        pids = c.run(os.getpid)
+        assert list(c.run(worker_settings).values()) == [DASK_WORKER_CONFIG] * 2  # the fast settings
+        result: dict = {}
+        runner = threading.Thread(target=lambda: result.update(
+            run_shard_jobs(tmp_path / "remote", jobs, make, plan={}, scheduler=dask_cluster)))
+        runner.start()
+        victim = None
+        deadline = time.time() + 120
+        while victim is None and time.time() < deadline and runner.is_alive():
+            busy = [w for w, keys in c.processing().items() if keys]
+            # a worker that is writing a shard (its temporary exists) and is not the last job's
+            if busy and list((tmp_path / "remote").glob("*.tmp-*")):
+                victim = busy[0]
+                os.kill(pids[victim], signal.SIGKILL)
+            time.sleep(0.02)
+        assert victim is not None, "no worker was seen busy: the jobs are too short to kill one mid-job"
+        runner.join(timeout=300)
+        assert not runner.is_alive() and result["new_items"] == 30
+        c.wait_for_workers(2, timeout=90)  # the nanny restarted the killed process
+        assert pids[victim] not in c.run(os.getpid).values()
+    run_shard_jobs(tmp_path / "local", jobs, make, plan={}, workers=0)
+    assert _shas(tmp_path / "remote") == _shas(tmp_path / "local")
+    keys = load_shards(tmp_path / "remote").keys
+    assert keys == [f"synth-{i:07d}" for i in range(30)] and len(set(keys)) == 30
+    assert not list((tmp_path / "remote").rglob("*.tmp-*"))
+
+
+def test_an_unreachable_scheduler_fails_within_the_timeout_naming_the_address(model_dir, tmp_path):
+    import dask
+    import distributed  # noqa: F401 - its config defaults must exist before dask.config.set overrides one
+
+    from sda.sharded import SchedulerUnreachableError
+
+    address = f"tcp://127.0.0.1:{_free_port()}"  # nothing listens there
+    t0 = time.perf_counter()
+    with dask.config.set({"distributed.comm.timeouts.connect": "2s"}):
+        with pytest.raises(SchedulerUnreachableError, match=f"{address} within 2s.*dask scheduler"):
+            run_shard_jobs(tmp_path, plan_jobs(4, 2, "synth"), _make(model_dir), plan={}, scheduler=address)
+    assert time.perf_counter() - t0 < 30
+    assert not list(tmp_path.rglob("*.tar")) and not (tmp_path / "manifest.json").exists()
+
+
+@pytest.mark.slow
+def test_local_workers_start_with_the_fast_settings_and_slow_ones_are_named():
+    """dask's defaults (a malloc tunable in the worker's environment, a 10 ms profiler) halve torch's
+    CPU speed in a worker (bench/dask_scaling.py); our local clusters start without them, and
+    workers that have them get a warning that says how to start them."""
+    import logging
+
+    from sda.sharded import DASK_WORKER_CONFIG, _warn_slow_workers, dask_client, worker_settings
+
+    with dask_client(1) as c:
+        assert list(c.run(worker_settings).values()) == [DASK_WORKER_CONFIG]
+        c.run(lambda: os.environ.update(MALLOC_TRIM_THRESHOLD_="65536"))  # as a plain `dask worker` has it
+        records = []
+        handler = logging.Handler()
+        handler.emit = records.append
+        logging.getLogger("sda.sharded").addHandler(handler)
+        try:
+            _warn_slow_workers(c)
+        finally:
+            logging.getLogger("sda.sharded").removeHandler(handler)
+    assert len(records) == 1, records
+    assert "1 of 1 dask workers" in records[0].getMessage() and "python -m sda.dask_worker" in records[0].getMessage()
