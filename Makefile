@@ -46,11 +46,13 @@ serve: install  ## Prefect server + worker on 127.0.0.1:$(PORT), deployments fro
 relabel: install  ## label new images in relabel.inbox (data/inbox) now, without a server
 	$(PY) -m flows.relabel
 
-test: install  ## run the test suite (CI: everything, ~20 min on 2 cores)
-	$(PY) -m pytest -q
+test: install  ## run the test suite in a random order (CI: everything; SEED=N replays an order)
+	@seed=$${SEED:-$$RANDOM}; echo "test order: SEED=$$seed (pytest-randomly)"; \
+	$(PY) -m pytest -q -p randomly --randomly-seed=$$seed
 
-test-fast: install  ## the unit tests alone (no pipeline runs, no GPU): about a minute
-	$(PY) -m pytest -q -m "not slow and not gpu"
+test-fast: install  ## the unit tests alone (no pipeline runs, no GPU): about 30 s
+	@seed=$${SEED:-$$RANDOM}; echo "test order: SEED=$$seed (pytest-randomly)"; \
+	$(PY) -m pytest -q -m "not slow and not gpu" -p randomly --randomly-seed=$$seed
 
 clean:  ## remove pipeline outputs (not the DVC cache or .venv)
 	rm -rf data/source_data data/source_model data/diffusion_finetune data/synth_generate data/synth_align \
