@@ -43,15 +43,7 @@ def dvc_repo(tmp_path):
     return repo
 
 
-@pytest.fixture(scope="module")
-def harness():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=180):  # a loaded 2-core machine starts it slowly
-        yield
-
-
-def test_a_user_error_fails_the_run_with_the_stage_message_and_no_retry(dvc_repo, harness):
+def test_a_user_error_fails_the_run_with_the_stage_message_and_no_retry(dvc_repo, prefect_server):
     from flows.pipeline import pipeline
 
     state = pipeline(root=str(dvc_repo), stages=["source_data"], return_state=True)
@@ -60,15 +52,18 @@ def test_a_user_error_fails_the_run_with_the_stage_message_and_no_retry(dvc_repo
     assert (dvc_repo / "attempts.txt").read_text() == "x"  # not retried
 
 
-def test_a_crashed_stage_is_retried_once(dvc_repo, harness):
+def test_a_crashed_stage_is_retried_once(dvc_repo, prefect_server):
     from flows.pipeline import pipeline
 
     result = pipeline(root=str(dvc_repo), stages=["source_model"])
     assert (dvc_repo / "attempts.txt").read_text() == "xx" and (dvc_repo / "model.txt").read_text() == "ok"
-    assert result["stages"] == [{"stage": "source_model", "ran": True, "seconds": result["stages"][0]["seconds"]}]
+    r = result["stages"][0]
+    assert len(result["stages"]) == 1 and (r["stage"], r["ran"]) == ("source_model", True)
+    assert r["wall"] >= r["seconds"] + 5  # the failed try and the 5 s retry delay are Prefect's share
+    assert "work" not in r  # not one of our stages: no timing record of its own
 
 
-def test_a_second_run_waits_for_the_dvc_lock(dvc_repo, harness):
+def test_a_second_run_waits_for_the_dvc_lock(dvc_repo, prefect_server):
     from dvc.repo import Repo
 
     from flows.pipeline import pipeline

@@ -93,12 +93,13 @@ def test_second_repro_runs_nothing(repo):
 
 
 def test_forced_reruns_with_a_busy_core_keep_every_out_hash(repo):
-    """``dvc repro -f -s <stage>`` of the training and shard-writing stages while another process
-    keeps a core busy: byte-identical outs (dvc.lock unchanged), so nothing downstream is stale."""
+    """``dvc repro -f -s <stage>`` of the training stages and a shard-writing one while another
+    process keeps a core busy: byte-identical outs (dvc.lock unchanged), nothing downstream stale."""
     lock = (repo / "dvc.lock").read_text()
     burner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
-        for stage in ("source_model", "synth_generate", "synth_align", "classifier_align", "target_project"):
+        # the two training stages and a projection; generation's bytes: test_kill_and_resume_gives_the_same_bytes
+        for stage in ("source_model", "classifier_align", "target_project"):
             r = sh(repo, "dvc", "repro", "-f", "-s", stage)
             assert f"Running stage '{stage}'" in r.stdout, r.stdout[-2000:]
     finally:
@@ -231,15 +232,12 @@ def test_kill_and_resume_gives_the_same_bytes(own_repo):
     assert kills >= 1
 
 
-def test_prefect_flow_over_the_dvc_stages(repo, tmp_path):
-    from prefect.testing.utilities import prefect_test_harness
-
+def test_prefect_flow_over_the_dvc_stages(repo, prefect_server):
     from flows.pipeline import pipeline
 
-    with prefect_test_harness(server_startup_timeout=180):
-        pipeline(root=str(repo))  # brings the repo up to date (earlier tests ran stages outside DVC)
-        result = pipeline(root=str(repo))
-        forced = pipeline(root=str(repo), stages=["source_data"], force=True)["stages"][0]
+    pipeline(root=str(repo))  # brings the repo up to date (earlier tests ran stages outside DVC)
+    result = pipeline(root=str(repo))
+    forced = pipeline(root=str(repo), stages=["source_data"], force=True)["stages"][0]
     assert [r["stage"] for r in result["stages"]] == list(STAGES)
     assert not any(r["ran"] for r in result["stages"])  # everything cached by DVC
     assert not any("work" in r for r in result["stages"])  # no stage work to time
