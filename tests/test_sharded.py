@@ -70,6 +70,26 @@ def test_in_process_and_two_dask_workers_write_identical_shards(model_dir, tmp_p
     assert 0 < sum(secs.values()) <= in_process and min(secs, key=secs.get) == "synth-000003.tar"
 
 
+@pytest.mark.slow
+def test_projection_shards_are_identical_in_process_and_on_two_workers(model_dir, tmp_path):
+    """The projection's backward (resize_right's gather) is only reproducible with deterministic
+    algorithms, which are per process: each job sets them where it runs."""
+    from sda.params import Projection
+    from sda.project_sets import project_job, projection_jobs
+
+    # batches of 64 at 16 px: big enough for torch to split the gather's backward over threads
+    src = functools.partial(generate_job, model_dir=model_dir, seed=7, steps=2, guidance_scale=1.0, batch_size=64)
+    run_shard_jobs(tmp_path / "src", plan_jobs(128, 64, "synth"), src, plan={}, workers=0)
+    make = functools.partial(project_job, model_dir=model_dir, src_root=str(tmp_path / "src"), seed=3,
+                             projection=Projection(respacing=10, N=4, D=4, scale=6.0, batch_size=64).model_dump())
+    jobs = projection_jobs(tmp_path / "src", [""])
+    run_shard_jobs(tmp_path / "a", jobs, make, plan={}, workers=0, threads=2, deterministic=True)
+    run_shard_jobs(tmp_path / "b", jobs, make, plan={}, workers=2, deterministic=True)
+    assert _shas(tmp_path / "a") == _shas(tmp_path / "b")
+    assert load_shards(tmp_path / "b").keys == load_shards(tmp_path / "src").keys
+    assert (load_shards(tmp_path / "b").images != load_shards(tmp_path / "src").images).any()
+
+
 def test_tampered_and_missing_shards_are_redone(model_dir, tmp_path):
     jobs = plan_jobs(12, 4, "synth")
     run_shard_jobs(tmp_path, jobs, _make(model_dir), plan={}, workers=0)
