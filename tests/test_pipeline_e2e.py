@@ -130,9 +130,10 @@ def test_exp_run_reruns_only_dependent_stages(own_repo):
     assert ran == ["classifier_align", "evaluate"], r.stdout[-2000:]
 
 
-def test_an_unreachable_scheduler_is_a_user_error_that_publishes_nothing(repo):
+def test_an_unreachable_scheduler_is_a_user_error_that_publishes_nothing(own_repo):
     import socket
 
+    repo = own_repo  # the failed run leaves its (resumable) work folder behind
     with socket.socket() as sock:  # a port nothing listens on
         sock.bind(("127.0.0.1", 0))
         address = f"tcp://127.0.0.1:{sock.getsockname()[1]}"
