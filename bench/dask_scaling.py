@@ -36,7 +36,7 @@ import torch
 
 from sda.diffusion import build_unet, make_scheduler, save_diffusion
 from sda.project_sets import project_job, projection_jobs
-from sda.sharded import DASK_WORKER_CONFIG, plan_jobs, run_shard_jobs
+from sda.sharded import dask_client, plan_jobs, run_shard_jobs
 from sda.shards import read_manifest
 from sda.synth import generate_job
 from tasks.common import DATA, load_params
@@ -58,13 +58,7 @@ def _model_dir(tmp: Path) -> str:
 
 @contextlib.contextmanager
 def _cluster(workers: int, stock: bool):
-    import dask
-    from distributed import Client, LocalCluster
-
-    with dask.config.set({} if stock else DASK_WORKER_CONFIG):
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
-                               silence_logs=40)
-    with cluster, Client(cluster) as client:
+    with dask_client(workers, worker_config={} if stock else None) as client:
         client.run(lambda: __import__("sda.synth"))  # imports done before the clock starts
         yield client
 

@@ -201,12 +201,16 @@ DASK_WORKER_CONFIG: dict[str, Any] = {
 }
 
 
-def dask_client(workers: int = 1, scheduler: str | None = None, threads_per_worker: int = 1):
-    """A dask ``Client``: to the cluster at ``scheduler`` when given, else a new ``LocalCluster`` of
-    ``workers`` processes (dask-cuda's ``LocalCUDACluster``, one worker per GPU, when CUDA is
-    present and it is installed). Local workers start with ``DASK_WORKER_CONFIG``; workers of a
-    cluster started without it (plain ``dask worker``) are named in a warning. Raises :class:`SchedulerUnreachableError` (naming the
-    address) when the scheduler does not answer within ``distributed.comm.timeouts.connect``."""
+@contextlib.contextmanager
+def dask_client(workers: int = 1, scheduler: str | None = None, threads_per_worker: int = 1,
+                worker_config: dict[str, Any] | None = None):
+    """``with dask_client(...) as client``: a dask ``Client`` to the cluster at ``scheduler`` when
+    given, else to a new ``LocalCluster`` of ``workers`` processes (dask-cuda's
+    ``LocalCUDACluster``, one worker per GPU, when CUDA is present and it is installed), closed with
+    the client. Local workers start with ``worker_config`` (default ``DASK_WORKER_CONFIG``; ``{}`` =
+    dask's defaults, for the benchmark); workers of a cluster started without it (plain ``dask
+    worker``) are named in a warning. Raises :class:`SchedulerUnreachableError` (naming the address)
+    when the scheduler does not answer within ``distributed.comm.timeouts.connect``."""
     import dask
     from distributed import Client, LocalCluster
 
@@ -220,21 +224,26 @@ def dask_client(workers: int = 1, scheduler: str | None = None, threads_per_work
                 f"no dask scheduler answered at {scheduler} within {timeout} (runtime.scheduler or "
                 f"{SCHEDULER_ENV}): start it (`dask scheduler`, then `dask worker {scheduler}`), fix the address, "
                 "or unset it to run locally; nothing was published") from err
-        _warn_slow_workers(client)
-        return client
-    with dask.config.set(DASK_WORKER_CONFIG):
+        with client:
+            _warn_slow_workers(client)
+            yield client
+        return
+    with dask.config.set(DASK_WORKER_CONFIG if worker_config is None else worker_config):
+        cluster = None
         try:
             import torch
 
             if torch.cuda.is_available():
                 from dask_cuda import LocalCUDACluster
 
-                return Client(LocalCUDACluster())
+                cluster = LocalCUDACluster()
         except ImportError:
             pass
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker, processes=True,
-                               dashboard_address=None, silence_logs=40)
-    return Client(cluster)
+        if cluster is None:
+            cluster = LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker, processes=True,
+                                   dashboard_address=None, silence_logs=40)
+    with cluster, Client(cluster) as client:  # Client(cluster).close() alone leaves the workers running
+        yield client
 
 
 def worker_settings() -> dict[str, Any]:
