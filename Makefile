@@ -17,6 +17,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export DO_NOT_TRACK ?= 1
 export PYTHONUNBUFFERED := 1
 export PREFECT_LOGGING_EXTRA_LOGGERS ?= sda
+export PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW ?= ignore
 PORT ?= 4200
 
 .PHONY: help install run test test-fast repro serve relabel clean
@@ -26,7 +27,7 @@ help:  ## list the targets
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || { echo "creating $(VENV)"; python3 -m venv $(VENV); }
-	@echo "installing the project into $(VENV) (torch comes from local disk; ~2 min the first time)"
+	@echo "installing the project into $(VENV) (torch comes from local disk; ~4 min the first time)"
 	@$(PY) -m pip install -q --disable-pip-version-check --upgrade pip 2>&1 | $(QUIET_PIP)
 	@$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]' 2>&1 | $(QUIET_PIP)
 	@$(PY) -c "import sda, torch, diffusers, timm, webdataset, prefect, dvc" 
@@ -48,7 +49,7 @@ relabel: install  ## label new images in relabel.inbox (data/inbox) now, without
 
 test: install  ## run the test suite in a random order (CI: everything; SEED=N replays an order)
 	@seed=$${SEED:-$$RANDOM}; echo "test order: SEED=$$seed (pytest-randomly)"; \
-	$(PY) -m pytest -q -p randomly --randomly-seed=$$seed
+	$(PY) -m pytest -q -p randomly --randomly-seed=$$seed --durations=15
 
 test-fast: install  ## the unit tests alone (no pipeline runs, no GPU): about 30 s
 	@seed=$${SEED:-$$RANDOM}; echo "test order: SEED=$$seed (pytest-randomly)"; \
