@@ -183,13 +183,13 @@ class TargetData(_Section):
 
     @model_validator(mode="after")
     def _known(self) -> "TargetData":
-        unknown = sorted(set(self.corruptions) - set(CORRUPTIONS))
+        unknown = set(self.corruptions) - set(CORRUPTIONS)
         if unknown:  # corrupt_tta (0.5 s to import) only for names beyond the paper's 15
             from sda.domains.corruptions import available_corruptions
 
-            unknown = sorted(set(unknown) - set(available_corruptions()))
-        if unknown:
-            raise ValueError(f"unknown corruptions {unknown}; choose from {sorted(available_corruptions())}")
+            unknown -= set(available_corruptions())
+            if unknown:
+                raise ValueError(f"unknown corruptions {sorted(unknown)}; choose from {sorted(available_corruptions())}")
         if len(set(self.corruptions)) != len(self.corruptions):
             raise ValueError("corruptions are listed twice")
         return self
