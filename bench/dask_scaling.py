@@ -34,12 +34,15 @@ from pathlib import Path
 
 import torch
 
-from sda.diffusion import build_unet, make_scheduler, save_diffusion
-from sda.project_sets import project_job, projection_jobs
-from sda.sharded import dask_client, plan_jobs, run_shard_jobs
-from sda.shards import read_manifest
-from sda.synth import generate_job
-from tasks.common import DATA, load_params
+from sda.config import load_params
+from sda.io.cluster import dask_client
+from sda.io.shard_jobs import plan_jobs, run_shard_jobs
+from sda.io.shards import read_manifest
+from sda.method.projection_jobs import project_job, projection_jobs
+from sda.method.synth import generate_job
+from sda.models.diffusion import DiffusionInfo, build_unet, save_diffusion
+from sda.models.schedulers import ddpm_scheduler
+from tasks.common import DATA
 
 
 def _model_dir(tmp: Path) -> str:
@@ -52,14 +55,14 @@ def _model_dir(tmp: Path) -> str:
     unet = build_unet(p.source_data.image_size, 10, d.block_out_channels, d.layers_per_block, d.attention_levels,
                       d.norm_num_groups).eval()
     out = tmp / "diffusion"
-    save_diffusion(unet, make_scheduler(d.num_train_timesteps), out, {"num_classes": 10, "null_label": 10})
+    save_diffusion(out, unet, ddpm_scheduler(num_train_timesteps=d.num_train_timesteps), DiffusionInfo(num_classes=10, null_label=10))
     return str(out)
 
 
 @contextlib.contextmanager
 def _cluster(workers: int, stock: bool):
     with dask_client(workers, worker_config={} if stock else None) as client:
-        client.run(lambda: __import__("sda.synth"))  # imports done before the clock starts
+        client.run(lambda: __import__("sda.method.synth"))  # imports done before the clock starts
         yield client
 
 
@@ -109,7 +112,7 @@ def measure(kind: str, make, jobs, images: int, tmp: Path, cores: int, stock: bo
         shas[(workers, threads)] = _shas(out)
     plain = {k: _plain_rate(k, make, jobs, images, tmp / kind) for k in (1, 2)}
     print(f"\n{kind}: {images} images, {len(jobs)} shards, {cores} core(s), "
-          f"dask worker settings: {'dask defaults' if stock else 'sda.sharded.DASK_WORKER_CONFIG'}")
+          f"dask worker settings: {'dask defaults' if stock else 'sda.io.cluster.DASK_WORKER_CONFIG'}")
     for label, threads, rate, start in rows:
         extra = f"  (cluster start {start:.1f} s, not counted)" if start else ""
         print(f"  {label:<10} {threads} thread(s): {rate:7.2f} images/s{extra}")

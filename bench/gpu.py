@@ -44,10 +44,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from sda.accel import autocast, fast_model  # noqa: E402
-from sda.adm import adm_scheduler, adm_unet_config  # noqa: E402
-from sda.dda import project  # noqa: E402
-from sda.dda_reference import reference_project  # noqa: E402
-from sda.params import ADM_256_UNCOND  # noqa: E402
+from sda.models.adm import adm_unet_config  # noqa: E402
+from sda.models.schedulers import ddpm_scheduler
+from sda.method.dda import project  # noqa: E402
+from sda.method.dda_reference import reference_project  # noqa: E402
+from sda.config import ADM_256_UNCOND  # noqa: E402
 
 ADM_TINY = {"image_size": 32, "num_channels": 32, "num_res_blocks": 1, "num_head_channels": 16,
             "attention_resolutions": "8", "channel_mult": "1,2,2", "learn_sigma": True,
@@ -184,7 +185,7 @@ def bench_adm(t: Table, device: torch.device, full: bool, batches: list[int], st
               profile_batches: tuple[int, ...] = ()) -> dict[str, dict[int, float]]:
     """Rows per (mode, batch); returns images/s by mode and batch. At ``profile_batches`` a row is
     followed by the device-time split of one guided step by kernel kind (``kernel_split``)."""
-    unet, sched = adm(device, full), adm_scheduler()
+    unet, sched = adm(device, full), ddpm_scheduler(learn_sigma=True)
     size = 256 if full else 32
     n_params = sum(p.numel() for p in unet.parameters()) / 1e6
     flops = guided_step_flops(unet, sched, size, device)
@@ -253,12 +254,12 @@ def smooth_images(b: int, size: int, device: torch.device) -> torch.Tensor:
 
 
 def bench_deviation(t: Table, device: torch.device, full: bool, modes: list[str], batch: int) -> None:
-    from sda.diffusion import to_uint8
+    from sda.io.images import to_uint8
 
     if t.left() < 40:
         t.add("deviation", "adm", note="skipped: time budget")
         return
-    unet, sched = adm(device, full), adm_scheduler()
+    unet, sched = adm(device, full), ddpm_scheduler(learn_sigma=True)
     size = 256 if full else 32
     x = smooth_images(batch, size, device)
     outs = {}
@@ -290,12 +291,12 @@ def bench_embedded_agreement(t: Table, device: torch.device, modes: list[str], d
     if not all(p.is_file() for p in needed):
         t.add("deviation", "embedded", note="skipped: no trained embedded models in data/ (run `make run` first)")
         return
-    from sda.classifiers import input_spec, load_classifier, predict_logits
-    from sda.diffusion import load_diffusion
-    from sda.evaluate import sda_logits
-    from sda.project_sets import project_uint8
-    from sda.shards import load_shards
-    from tasks.common import load_params
+    from sda.models.classifiers import input_spec, load_classifier, predict_logits
+    from sda.models.diffusion import load_diffusion
+    from sda.method.scoring import sda_logits
+    from sda.method.projection_jobs import project_uint8
+    from sda.io.shards import load_shards
+    from sda.config import load_params
 
     params = load_params(ROOT / "params.yaml")
     unet, sched, info = load_diffusion(data / "diffusion_finetune", device)
@@ -317,7 +318,7 @@ def bench_embedded_agreement(t: Table, device: torch.device, modes: list[str], d
             out = []
             for c in range(0, len(tgt.images), bs):
                 g = torch.Generator(device=device).manual_seed(c)
-                out.append(project_uint8(unet, sched, tgt.images[c: c + bs], cfg, null_label=info["null_label"],
+                out.append(project_uint8(unet, sched, tgt.images[c: c + bs], cfg, null_label=info.null_label,
                                          generator=g))
             proj = np.concatenate(out)
             if mode == "fp32":
@@ -347,7 +348,7 @@ def bench_embedded_agreement(t: Table, device: torch.device, modes: list[str], d
 def bench_dit(t: Table, device: torch.device, full: bool, batch: int, modes: list[str]) -> None:
     from diffusers import AutoencoderKL, DiTTransformer2DModel
 
-    from sda.dit import sample_dit
+    from sda.method.sampling import sample_dit
 
     torch.manual_seed(0)
     transformer = DiTTransformer2DModel(**(DIT_XL2 if full else DIT_TINY)).to(device).eval()
@@ -383,7 +384,7 @@ def bench_dit(t: Table, device: torch.device, full: bool, batch: int, modes: lis
 def bench_resnet(t: Table, device: torch.device, full: bool) -> None:
     import timm
 
-    from sda.classifiers import predict_logits, train_classifier
+    from sda.models.classifiers import predict_logits, train_classifier
 
     if t.left() < 20:
         t.add("resnet50", "classifier_align / evaluate", note="skipped: time budget")

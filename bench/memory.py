@@ -47,7 +47,7 @@ def make_repo(root: Path, per_class: int, side: int) -> Path:
     import torch
     from diffusers import UNet2DModel
 
-    from sda.adm import adm_unet_config, diffusers_to_adm_state_dict
+    from sda.models.adm import adm_unet_config, diffusers_to_adm_state_dict
 
     torch.manual_seed(0)
     unet = UNet2DModel(**adm_unet_config(**ADM_MEMORY))

@@ -1,4 +1,4 @@
-"""Throughput and peak memory of the DDA projection (``sda.dda.project``) against the same loop
+"""Throughput and peak memory of the DDA projection (``sda.method.dda.project``) against the same loop
 written the way the reference is structured (``sda.dda_reference.reference_project``), plus the
 low-pass filter's difference from torch's bicubic-antialias resize.
 
@@ -24,14 +24,13 @@ import time
 import torch
 import torch.nn.functional as F
 
-from sda.adm import ADM_DEFAULTS, adm_scheduler, adm_unet_config
-from sda.dda import low_pass, project
-from sda.dda_reference import reference_project
-from sda.diffusion import build_unet, make_scheduler
-from tasks.common import load_params
+from sda.config import ADM_256_UNCOND, load_params
+from sda.method.dda import low_pass, project
+from sda.method.dda_reference import reference_project
+from sda.models.adm import ADM_DEFAULTS, adm_unet_config
+from sda.models.diffusion import build_unet
+from sda.models.schedulers import ddpm_scheduler
 
-ADM_256_UNCOND = dict(image_size=256, num_channels=256, num_res_blocks=2, attention_resolutions="32,16,8",
-                      num_head_channels=64, learn_sigma=True, resblock_updown=True, use_scale_shift_norm=True)
 
 
 def _embedded():
@@ -40,14 +39,14 @@ def _embedded():
     unet = build_unet(p.source_data.image_size, 10, d.block_out_channels, d.layers_per_block,
                       d.attention_levels, d.norm_num_groups)
     kw = dict(respacing=proj.respacing, N=proj.N, D=proj.D, scale=proj.scale)
-    return unet, make_scheduler(d.num_train_timesteps), p.source_data.image_size, kw, 10
+    return unet, ddpm_scheduler(num_train_timesteps=d.num_train_timesteps), p.source_data.image_size, kw, 10
 
 
 def _adm256():
     from diffusers import UNet2DModel
 
     unet = UNet2DModel(**adm_unet_config(**{**ADM_DEFAULTS, **ADM_256_UNCOND}))
-    return unet, adm_scheduler(), 256, dict(respacing=100, N=50, D=4, scale=6.0), None
+    return unet, ddpm_scheduler(learn_sigma=True), 256, dict(respacing=100, N=50, D=4, scale=6.0), None
 
 
 def _sync(device: torch.device) -> None:

@@ -21,10 +21,10 @@ sys.path.insert(0, str(ROOT))
 
 from PIL import Image  # noqa: E402
 
-from flows.relabel import make_job, run_job  # noqa: E402
+from sda.relabel.service import make_job, run_job  # noqa: E402
 from sda.runtime import set_threads  # noqa: E402
-from sda.shards import iter_samples  # noqa: E402
-from tasks.common import load_params  # noqa: E402
+from sda.io.shards import iter_samples  # noqa: E402
+from sda.config import load_params  # noqa: E402
 
 
 def main() -> None:

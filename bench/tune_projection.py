@@ -15,14 +15,15 @@ import time
 import numpy as np
 import torch
 
-from sda.classifiers import load_classifier, predict_logits
-from sda.dda import project
-from sda.diffusion import load_diffusion, to_uint8, to_unit_range
+from sda.config import Projection, load_params
 from sda.domains.corruptions import corrupt_images
-from sda.params import Projection
+from sda.io.images import to_uint8, to_unit_range
+from sda.io.shards import load_shards
+from sda.method.dda import project
+from sda.models.classifiers import load_classifier, predict_logits
+from sda.models.diffusion import load_diffusion
 from sda.runtime import derive_seed, set_threads
-from sda.shards import load_shards
-from tasks.common import DATA, load_params
+from tasks.common import DATA
 
 
 def main() -> None:
@@ -52,7 +53,7 @@ def main() -> None:
                 x = to_unit_range(imgs[b: b + p.batch_size])
                 y = project(unet, sched, x, respacing=p.respacing, N=p.N, D=p.D, scale=p.scale,
                             per_sample_norm=p.per_sample_norm, fix_off_by_one=p.fix_off_by_one,
-                            class_labels=torch.full((len(x),), info["null_label"]),
+                            class_labels=torch.full((len(x),), info.null_label),
                             generator=torch.Generator().manual_seed(b))
                 out.append(to_uint8(y))
                 n += len(x)

@@ -15,7 +15,6 @@ import argparse
 import base64
 import collections
 import json
-import logging
 import os
 import re
 import subprocess
@@ -23,15 +22,11 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
-
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
+from sda.config import ParamsError, load_params, set_profile
 from tasks import STAGES
-from sda.params import ParamsError, parse_params
-from sda.shards import atomic_write_bytes
-from tasks.common import load_params
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -142,24 +137,6 @@ def _results_markdown(root: Path, runs: list[dict]) -> str:
         b64 = base64.b64encode(grid.read_bytes()).decode()
         parts.append(f"## Originals vs projections\n![projection grid](data:image/png;base64,{b64})")
     return "\n\n".join(parts)
-
-
-def set_profile(params_file: Path, profile: str) -> bool:
-    """Set ``profile:`` in ``params_file`` (comments kept, written atomically); True if it changed.
-
-    The switch is a visible edit of params.yaml, so DVC sees it and re-runs what depends on it.
-    """
-    text = params_file.read_text()
-    pattern = re.compile(r"^profile:[ \t]*([^\s#]+)", re.MULTILINE)
-    m = pattern.search(text)
-    if m is None:
-        raise ParamsError(f"{params_file}: no top-level 'profile:' line to switch")
-    if m.group(1) == profile:
-        return False
-    new = pattern.sub(f"profile: {profile}", text, count=1)
-    parse_params(yaml.safe_load(new), source=str(params_file))  # validate before writing
-    atomic_write_bytes(params_file, new.encode())
-    return True
 
 
 @flow(name="sda-pipeline", log_prints=True)

@@ -27,8 +27,7 @@ from pathlib import Path
 import httpx
 import yaml
 
-from sda.params import ParamsError
-from tasks.common import load_params
+from sda.config import ParamsError, load_params
 
 ROOT = Path(__file__).resolve().parents[1]
 POOL = "sda-process"

@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterable, Iterator, TypeVar, get_args
 
 import torch
 
-from sda.params import CompileMode, Precision
+from sda.config import CompileMode, Precision
 
 __all__ = [
     "COMPILE_MODES",

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import torch
 
-from sda.classifiers import fit_classifier, input_spec, load_classifier, paper_recipe, save_classifier
-from sda.params import ClassifierAlign, Params
+from sda.config import ClassifierAlign, Params
+from sda.io.streaming import ShardStream
+from sda.models.classifiers import fit_classifier, input_spec, load_classifier, paper_recipe, save_classifier
 from sda.runtime import derive_seed
-from sda.streaming import ShardStream
 from tasks.common import DATA, stage_main
 
 log = logging.getLogger("sda.classifier_align")

@@ -1,4 +1,5 @@
-"""What every stage's ``main()`` shares: argv, params loading, logging, run-time set-up."""
+"""What every stage shares: argv, params, logging and run-time set-up (:func:`stage_main`) and the
+publishing of resumable shard jobs (:func:`run_resumable`)."""
 
 from __future__ import annotations
 
@@ -8,17 +9,15 @@ import json
 import logging
 import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Callable
 
-import yaml
-
-from sda.params import Params, ParamsError, parse_params
-from sda.sharded import PROGRESS, SchedulerUnreachableError, fingerprint, jobs_fingerprint, run_shard_jobs
-from sda.shards import atomic_write_json, clean_stale_temps, replace_dir
+from sda.config import Params, ParamsError, load_params
+from sda.io.atomic import atomic_write_json, clean_stale_temps, replace_dir
+from sda.io.cluster import SchedulerUnreachableError
+from sda.io.shard_jobs import PROGRESS, jobs_fingerprint, run_shard_jobs
 from sda.runtime import pick_device, seed_everything, set_deterministic, set_threads
 
 DATA = Path("data")
@@ -30,18 +29,6 @@ log = logging.getLogger("sda")
 
 # a full disk, a full quota, a file size limit: the user's to fix, not a crash
 _DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
-
-
-def load_params(path: str | os.PathLike[str] = "params.yaml") -> Params:
-    """Read and validate ``params.yaml``; a bad file raises :class:`ParamsError` naming the key."""
-    path = Path(path)
-    if not path.is_file():
-        raise ParamsError(f"{path} not found: run from the repository root or pass --params")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ParamsError(f"{path}: not valid YAML: {err}") from None
-    return parse_params(raw, source=str(path))
 
 
 def setup_logging() -> None:
@@ -118,34 +105,6 @@ def _record_timing(stage: str, body_start: float, seconds: float) -> None:
                                                       "work_seconds": round(seconds, 3)})
 
 
-# What fixes a result: every section but relabel, and of runtime these keys (the device, workers
-# and scheduler change where it runs, not what it computes). evaluate's DVC params list the same
-# (tests/test_code_deps.py checks), so the params hash that evaluate.json records cannot go stale.
-RESULT_PARAMS = ("profile", "imagenet", "source_data", "source_model", "diffusion_finetune", "synth_generate",
-                 "projection", "classifier_align", "target_data", "evaluate")
-RESULT_RUNTIME = ("seed", "threads", "deterministic", "loader_workers")
-
-
-def params_hash(params: Params) -> str:
-    """sha256 of the resolved params (profile merged) that fix the pipeline's results."""
-    d = json.loads(params.model_dump_json())
-    return fingerprint({**{k: d[k] for k in RESULT_PARAMS},
-                        "runtime": {k: d["runtime"][k] for k in RESULT_RUNTIME}})
-
-
-def code_version(root: str | os.PathLike[str] = ".") -> str:
-    """The git revision of the code (``<sha>`` or ``<sha>-dirty`` when tracked files under sda/,
-    tasks/ or dvc.yaml / params.yaml differ from it); ``unknown`` outside a git checkout."""
-    try:
-        run = lambda *a: subprocess.run(["git", *a], cwd=root, capture_output=True, text=True,  # noqa: E731
-                                        check=True, timeout=30).stdout.strip()
-        rev = run("rev-parse", "HEAD")
-        dirty = run("status", "--porcelain", "--untracked-files=no", "--", "sda", "tasks", "dvc.yaml", "params.yaml")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return f"{rev}-dirty" if dirty else rev
-
-
 def section_json(params: Params, *sections: str) -> dict:
     """The resolved params sections a stage used, to store next to its outputs."""
     return {s: json.loads(getattr(params, s).model_dump_json()) for s in sections}
@@ -182,3 +141,4 @@ def run_resumable(stage: str, params: Params, jobs, make_samples, *, plan: dict,
     clean_stale_temps(out.parent, out.name)
     replace_dir(work, out)
     return summary
+

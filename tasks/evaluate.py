@@ -3,26 +3,25 @@
 Writes ``metrics/evaluate.json`` (``{"domains": {d: {source, dda, dda_ens, sda}}, "mean": {...},
 "more": {...}}``, percent), ``metrics/per_domain.csv`` (a DVC plot), ``metrics/results.md`` and
 ``metrics/projection_grid.png`` (originals vs projections, per domain). Originals and projections
-are streamed side by side by key (:class:`sda.streaming.ShardStream`, ``runtime.loader_workers``
+are streamed side by side by key (:class:`sda.io.streaming.ShardStream`, ``runtime.loader_workers``
 reading processes): memory holds a batch and the predictions, not a domain.
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import logging
 from pathlib import Path
 
-import numpy as np
-
-from sda.classifiers import input_spec, load_classifier, predict_logits
-from sda.evaluate import method_predictions, projection_grid, results_markdown, summarise, write_plot_csv
-from sda.params import Params
-from sda.shards import atomic_write_bytes, atomic_write_json
-from sda.streaming import ShardStream
-from tasks.common import DATA, METRICS, code_version, params_hash, stage_main
+from sda.config import Params
+from sda.io.atomic import atomic_write_bytes, atomic_write_json
+from sda.io.streaming import ShardStream
+from sda.method.report import grid_png, results_markdown, write_plot_csv
+from sda.method.scoring import score_domain, summarise
+from sda.models.classifiers import load_classifier
+from sda.provenance import code_version, params_hash
+from tasks.common import DATA, METRICS, stage_main
 
 log = logging.getLogger("sda.evaluate")
 
@@ -41,28 +40,14 @@ def run(params: Params, device, data: Path = DATA, metrics_dir: Path = METRICS) 
     domains = index["domains"]
     source, src_cfg = load_classifier(data / "source_model", device)
     aligned, al_cfg = load_classifier(data / "classifier_align", device)
-    bs, k = params.evaluate.batch_size, params.evaluate.grid_images
-    src_in, al_in = input_spec(src_cfg), input_spec(al_cfg)
+    bs = params.evaluate.batch_size
     per_domain, grid_rows, n = {}, {}, 0
     for d in domains:
         # originals and projections side by side, streamed: memory is a batch, not a domain
         stream = ShardStream(data / "target_data" / d, bs, workers=params.runtime.loader_workers,
                              paired_dir=data / "target_project" / d)
-        preds: dict[str, list[np.ndarray]] = {}
-        labels, grid_o, grid_p = [], [], []
-        for b in stream:
-            so = predict_logits(source, b.images, **src_in, batch_size=bs, device=device)
-            sp = predict_logits(source, b.paired, **src_in, batch_size=bs, device=device)
-            ap = predict_logits(aligned, b.paired, **al_in, batch_size=bs, device=device)
-            for m, p in method_predictions(so, sp, ap).items():
-                preds.setdefault(m, []).append(p.numpy())
-            labels.append(b.labels)
-            if sum(map(len, grid_o)) < k:  # the first batch comes from the first shard: same images every run
-                grid_o.append(b.images[:k])
-                grid_p.append(b.paired[:k])
-        y = np.concatenate(labels)
-        per_domain[d] = {m: round(float((np.concatenate(p) == y).mean() * 100), 2) for m, p in preds.items()}
-        grid_rows[d] = (np.concatenate(grid_o)[:k], np.concatenate(grid_p)[:k])
+        per_domain[d], grid_rows[d] = score_domain(source, src_cfg, aligned, al_cfg, stream, batch_size=bs,
+                                                   grid_images=params.evaluate.grid_images, device=device)
         n = stream.count
     metrics = summarise(per_domain, index["corruption_domains"])
     metrics["split"] = params.target_data.split
@@ -73,9 +58,7 @@ def run(params: Params, device, data: Path = DATA, metrics_dir: Path = METRICS) 
     atomic_write_json(metrics_dir / "evaluate.json", metrics)
     write_plot_csv(metrics, metrics_dir / "per_domain.csv")
     atomic_write_bytes(metrics_dir / "results.md", (table + "\n").encode())
-    buf = io.BytesIO()
-    projection_grid(grid_rows, upscale=max(1, 64 // params.image_size)).save(buf, format="PNG")
-    atomic_write_bytes(metrics_dir / "projection_grid.png", buf.getvalue())
+    atomic_write_bytes(metrics_dir / "projection_grid.png", grid_png(grid_rows, params.image_size))
     log.info("results (top-1 %%, %s split):\n%s", params.target_data.split, table)
     return metrics
 

@@ -11,11 +11,12 @@ import argparse
 import logging
 from pathlib import Path
 
+from sda.config import ImageNet, Params, SourceData
 from sda.domains.digits import CLASS_NAMES, render_digits, split_digits
 from sda.domains.imagenet import class_names, iter_domain, list_images, select_classes
-from sda.params import ImageNet, Params, SourceData
+from sda.io.atomic import atomic_dir, atomic_write_json
+from sda.io.shards import Sample, write_shards
 from sda.runtime import derive_seed
-from sda.shards import Sample, atomic_dir, atomic_write_json, write_shards
 from tasks.common import DATA, section_json, stage_main
 
 log = logging.getLogger("sda.source_data")

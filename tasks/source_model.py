@@ -16,11 +16,10 @@ import torch
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from sda.classifiers import (create_classifier, load_pretrained_classifier, predict_logits, save_classifier,
-                             train_classifier)
-from sda.params import ImageNet, Params, SourceModel
+from sda.models.classifiers import (create_classifier, load_pretrained_classifier, predict_logits, save_classifier, train_classifier)
+from sda.config import ImageNet, Params, SourceModel
+from sda.io.shards import load_shards, read_manifest
 from sda.runtime import derive_seed
-from sda.shards import load_shards, read_manifest
 from tasks.common import DATA, stage_main
 
 log = logging.getLogger("sda.source_model")

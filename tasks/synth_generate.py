@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import logging
 from pathlib import Path
 
-from sda.params import Params
+from sda.config import Params
+from sda.io.atomic import sha256_file
+from sda.io.shard_jobs import plan_jobs
+from sda.method.synth import generate_job, sample_plan, write_plan
+from sda.models.diffusion import DiffusionInfo, generator_weights
 from sda.runtime import derive_seed
-from sda.sharded import plan_jobs
-from sda.shards import sha256_file
-from sda.synth import generate_job, generator_weights, plan_classes, sample_plan, write_plan
 from tasks.common import DATA, run_resumable, stage_main
 
 log = logging.getLogger("sda.synth_generate")
@@ -25,9 +25,9 @@ log = logging.getLogger("sda.synth_generate")
 
 def _main(params: Params, args: argparse.Namespace) -> int:
     cfg, model_dir = params.synth_generate, DATA / "diffusion_finetune"
-    info = json.loads((model_dir / "info.json").read_text())
+    info = DiffusionInfo.read(model_dir)
     seed = derive_seed(params.runtime.seed, "synth_generate")
-    classes = plan_classes(info)
+    classes = info.generated_classes
     n = len(classes) * cfg.per_class
     log.info("generating %d images (%d per class, %d steps, w=%.2f)", n, cfg.per_class, cfg.steps, cfg.guidance_scale)
     jobs = plan_jobs(n, cfg.shard_size, "synth")

@@ -18,11 +18,12 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from sda.config import ImageNet, Params, TargetData
 from sda.domains.corruptions import corrupt_images
 from sda.domains.imagenet import class_names, imagenet_c_refs, iter_domain, list_images
-from sda.params import ImageNet, Params, TargetData
+from sda.io.atomic import atomic_dir, atomic_write_json
+from sda.io.shards import Sample, load_shards, write_shards
 from sda.runtime import derive_seed
-from sda.shards import Sample, atomic_dir, atomic_write_json, load_shards, write_shards
 from tasks.common import DATA, stage_main
 
 log = logging.getLogger("sda.target_data")

@@ -10,15 +10,15 @@ import argparse
 import json
 import shutil
 
-from sda.params import Params
+from sda.config import Params
 from tasks.common import DATA, stage_main
-from tasks.synth_align import run_projection
+from tasks.projection import run_projection
 
 
 def _main(params: Params, args: argparse.Namespace) -> int:
     src = DATA / "target_data"
     domains = json.loads((src / "domains.json").read_text())["domains"]
-    summary = run_projection("target_project", params, args, src, domains, DATA / "target_project")
+    summary = run_projection("target_project", params, args.device, src, domains, DATA / "target_project")
     shutil.copy2(src / "domains.json", DATA / "target_project" / "domains.json")
     return summary["new_items"]
 

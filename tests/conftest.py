@@ -9,7 +9,7 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 @pytest.fixture
 def tiny_unet():
-    from sda.diffusion import build_unet
+    from sda.models.diffusion import build_unet
 
     torch.manual_seed(0)
     return build_unet(16, num_classes=3, block_out_channels=(8, 16), layers_per_block=1,
@@ -18,9 +18,9 @@ def tiny_unet():
 
 @pytest.fixture
 def scheduler():
-    from sda.diffusion import make_scheduler
+    from sda.models.schedulers import ddpm_scheduler
 
-    return make_scheduler(1000)
+    return ddpm_scheduler(num_train_timesteps=1000)
 
 
 @pytest.fixture(scope="session")

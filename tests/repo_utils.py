@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -88,14 +89,25 @@ def _copy_repo(dst: Path, overrides: dict | None = None, git: bool = True) -> No
     sh(dst, "git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "tiny")
 
 
-def make_tiny_repo(root: Path) -> Path:
-    """Copy the checkout's tracked files to ``root`` with TINY params and ``dvc repro`` it."""
-    root.mkdir(parents=True)
-    _copy_repo(root)
+def _repro_every_stage(root: Path) -> Path:
     r = sh(root, "dvc", "repro")
     for stage in STAGES:
         assert f"Running stage '{stage}'" in r.stdout, f"{stage} did not run:\n{r.stdout[-2000:]}"
     return root
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_tiny_repo(root: Path) -> Path:
+    """Copy the checkout's tracked files to ``root`` with TINY params and ``dvc repro`` it."""
+    root.mkdir(parents=True)
+    _copy_repo(root)
+    return _repro_every_stage(root)
 
 
 
@@ -120,7 +132,7 @@ def make_imagenet_assets(root: Path, per_class: int = 3, side: int = 40) -> dict
     from diffusers import AutoencoderKL, DiTTransformer2DModel, UNet2DModel
     from PIL import Image
 
-    from sda.adm import adm_unet_config, diffusers_to_adm_state_dict
+    from sda.models.adm import adm_unet_config, diffusers_to_adm_state_dict
 
     rng = np.random.default_rng(0)
     for c, wnid in enumerate(WNIDS):
@@ -170,7 +182,4 @@ def make_imagenet_repo(root: Path) -> Path:
     root.mkdir(parents=True)
     inet = make_imagenet_assets(root)
     _copy_repo(root, {"profile": "imagenet", "imagenet": inet, "profiles": {"imagenet": IMAGENET_TINY}})
-    r = sh(root, "dvc", "repro")
-    for stage in STAGES:
-        assert f"Running stage '{stage}'" in r.stdout, f"{stage} did not run:\n{r.stdout[-2000:]}"
-    return root
+    return _repro_every_stage(root)

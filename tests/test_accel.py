@@ -13,14 +13,14 @@ import torch
 
 from repo_utils import ROOT, subprocess_env
 from sda.accel import auto_batch_size, autocast, fast_model, name_oom, prefetch
-from sda.params import ParamsError, parse_params
+from sda.config import ParamsError, parse_params
 
 PROJ = {"respacing": 10, "N": 3, "D": 4, "scale": 6.0, "per_sample_norm": False, "fix_off_by_one": False,
         "batch_size": 4, "precision": "fp32", "channels_last": False, "compile": "none"}
 
 
 def _project(unet, scheduler, images, **cfg):
-    from sda.project_sets import project_uint8
+    from sda.method.projection_jobs import project_uint8
 
     return project_uint8(unet, scheduler, images, {**PROJ, **cfg}, null_label=3,
                          generator=torch.Generator().manual_seed(0))
@@ -74,7 +74,7 @@ def test_prefetch_keeps_order_and_reads_ahead():
 
 
 def test_auto_batch_size_on_cpu(tiny_unet, scheduler):
-    from sda.project_sets import projection_batch_size
+    from sda.method.projection_jobs import projection_batch_size
 
     assert auto_batch_size(lambda b: None, "cpu", cpu_default=16) == 16
     assert projection_batch_size(tiny_unet, scheduler, {**PROJ, "batch_size": "auto"}, 16, 3) == 32

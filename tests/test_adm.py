@@ -10,8 +10,8 @@ import pytest
 import torch
 from diffusers import UNet2DModel
 
-from sda.adm import (AdmCheckpointError, adm_scheduler, adm_to_diffusers_state_dict, adm_unet_config,
-                     adm_unet_from_state_dict, diffusers_to_adm_state_dict, load_adm_unet)
+from sda.models.adm import (AdmCheckpointError, adm_to_diffusers_state_dict, adm_unet_config, adm_unet_from_state_dict, diffusers_to_adm_state_dict, load_adm_unet)
+from sda.models.schedulers import ddpm_scheduler
 
 # small configs of the real architecture: resnet up/down + scale-shift (the ADM-256 uncond shape),
 # conv resampling + additive time embedding + classes + num_heads instead of head channels
@@ -94,7 +94,7 @@ def test_wrong_flags_fail_with_the_key_lists():
 
 
 def test_scheduler_timesteps_are_guided_diffusions_space_timesteps():
-    s = adm_scheduler(learn_sigma=True)
+    s = ddpm_scheduler(learn_sigma=True)
     s.set_timesteps(100)
     ts = sorted(s.timesteps.tolist())
     assert ts == [round(i * 999 / 99) for i in range(100)]  # space_timesteps(1000, "100")
@@ -110,7 +110,7 @@ def test_convert_cli_writes_a_loadable_folder(tmp_path):
     ckpt = tmp_path / "adm.pt"
     torch.save(diffusers_to_adm_state_dict(unet.state_dict(), **cfg), ckpt)
     flags = [f"--{k}={v}" for k, v in cfg.items()]
-    r = subprocess.run([sys.executable, "-m", "sda.adm", "convert", str(ckpt), str(tmp_path / "out"), *flags],
+    r = subprocess.run([sys.executable, "-m", "sda.models.adm", "convert", str(ckpt), str(tmp_path / "out"), *flags],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     loaded = UNet2DModel.from_pretrained(tmp_path / "out" / "unet")
@@ -122,6 +122,6 @@ def test_convert_cli_writes_a_loadable_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match="guided-diffusion"):
         load_adm_unet(tmp_path / "missing.pt", **cfg)
     bad = [f"--{k}={v}" for k, v in {**cfg, "num_res_blocks": 1}.items()]
-    r = subprocess.run([sys.executable, "-m", "sda.adm", "convert", str(ckpt), str(tmp_path / "bad"), *bad],
+    r = subprocess.run([sys.executable, "-m", "sda.models.adm", "convert", str(ckpt), str(tmp_path / "bad"), *bad],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "not used by these flags" in r.stderr and not (tmp_path / "bad").exists()

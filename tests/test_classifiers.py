@@ -3,8 +3,7 @@ import pytest
 import timm
 import torch
 
-from sda.classifiers import (create_classifier, load_classifier, predict_logits, save_classifier,
-                             to_model_input, train_classifier)
+from sda.models.classifiers import (create_classifier, load_classifier, predict_logits, save_classifier, to_model_input, train_classifier)
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
 

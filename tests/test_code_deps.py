@@ -19,11 +19,18 @@ def test_dvc_yaml_lists_every_imported_module():
 def test_closures_hold_what_the_stages_import():
     for stage in STAGES:
         deps = stage_code_deps(stage)
-        assert f"tasks/{stage}.py" in deps and "tasks/__init__.py" in deps and "sda/params.py" in deps
+        assert f"tasks/{stage}.py" in deps and "tasks/__init__.py" in deps and "sda/config.py" in deps
     # the modules the issue found missing by hand
-    assert {"sda/diffusion.py", "sda/shards.py", "sda/runtime.py"} <= set(stage_code_deps("synth_align"))
-    assert "sda/adm.py" in stage_code_deps("synth_generate")
-    assert "tasks/synth_align.py" in stage_code_deps("target_project")
+    assert {"sda/models/diffusion.py", "sda/io/shards.py", "sda/runtime.py"} <= set(stage_code_deps("synth_align"))
+    assert "sda/models/dit.py" in stage_code_deps("synth_generate")
+    assert "tasks/projection.py" in stage_code_deps("target_project")
+
+
+def test_no_stage_imports_another_stage():
+    """Shared stage code lives in tasks/common.py or tasks/projection.py, never in a stage."""
+    for stage in STAGES:
+        others = {f"tasks/{s}.py" for s in STAGES if s != stage}
+        assert not others & set(stage_code_deps(stage)), f"{stage} imports {others & set(stage_code_deps(stage))}"
 
 
 def _write(root: Path, files: dict[str, str]) -> None:
@@ -51,16 +58,16 @@ def test_closure_follows_lazy_relative_and_package_imports(tmp_path):
 
 def test_check_names_a_missing_dep_and_write_restores_it(tmp_path):
     text = (ROOT / "dvc.yaml").read_text()
-    broken = text.replace("      - sda/shards.py\n", "", 1).replace(
-        "      - tasks/evaluate.py\n", "      - tasks/evaluate.py\n      - sda/relabel.py\n", 1)
+    broken = text.replace("      - sda/io/shards.py\n", "", 1).replace(
+        "      - tasks/evaluate.py\n", "      - tasks/evaluate.py\n      - sda/relabel/job.py\n", 1)
     f = tmp_path / "dvc.yaml"
     f.write_text(broken)
     problems = check(f)
-    assert any(p.startswith("source_data: dvc.yaml misses sda/shards.py") for p in problems), problems
-    assert any("evaluate: dvc.yaml lists sda/relabel.py" in p for p in problems), problems
+    assert any(p.startswith("source_data: dvc.yaml misses sda/io/shards.py") for p in problems), problems
+    assert any("evaluate: dvc.yaml lists sda/relabel/job.py" in p for p in problems), problems
     r = subprocess.run([sys.executable, "-m", "tasks.code_deps", "--check", "--dvc-yaml", str(f)], cwd=ROOT,
                        capture_output=True, text=True)
-    assert r.returncode == 1 and "misses sda/shards.py" in r.stderr and "--write" in r.stderr
+    assert r.returncode == 1 and "misses sda/io/shards.py" in r.stderr and "--write" in r.stderr
     assert rewrite(broken) == text  # data deps, params and comments kept
 
 
@@ -69,7 +76,7 @@ def test_evaluate_depends_on_every_param_its_hash_covers():
     whenever one of them changes, or the recorded hash goes stale."""
     import yaml
 
-    from tasks.common import RESULT_PARAMS, RESULT_RUNTIME
+    from sda.provenance import RESULT_PARAMS, RESULT_RUNTIME
 
     listed = set(yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["evaluate"]["params"])
     assert set(RESULT_PARAMS) | {f"runtime.{k}" for k in RESULT_RUNTIME} <= listed

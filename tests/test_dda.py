@@ -2,7 +2,7 @@ import pytest
 import torch
 from resize_right import resize
 
-from sda.dda import low_pass, project
+from sda.method.dda import low_pass, project
 
 KW = dict(respacing=20, N=4, D=4, scale=6.0)
 
@@ -93,7 +93,7 @@ def test_low_pass_is_resize_right_cubic():
 
 def _adm_like_unet(size=32):
     """A tiny ADM-shaped UNet (learned sigma: 6 output channels), random weights."""
-    from sda.adm import adm_unet_config
+    from sda.models.adm import adm_unet_config
     from diffusers import UNet2DModel
 
     flags = dict(image_size=size, num_channels=32, num_res_blocks=1, num_head_channels=16,
@@ -109,14 +109,14 @@ def _adm_like_unet(size=32):
 
 @pytest.mark.slow
 def test_project_matches_reference_loop_draw_for_draw():
-    from sda.adm import adm_scheduler
-    from sda.dda_reference import reference_project
+    from sda.models.schedulers import ddpm_scheduler
+    from sda.method.dda_reference import reference_project
 
     unet = _adm_like_unet()
     x = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(5)) * 2 - 1
     kw = dict(respacing=100, N=50, D=4, scale=6.0)
     torch.manual_seed(123)
-    ours = project(unet, adm_scheduler(), x, **kw)  # generator=None: torch's global generator
+    ours = project(unet, ddpm_scheduler(learn_sigma=True), x, **kw)  # generator=None: torch's global generator
     torch.manual_seed(123)
     ref = reference_project(lambda xt, t: unet(xt, t).sample, x, **kw)
     d = (ours - ref).abs()
@@ -124,7 +124,7 @@ def test_project_matches_reference_loop_draw_for_draw():
     assert torch.quantile(d.flatten(), 0.999) < 1e-3
     # and it is a real projection: far from the input and from another seed's
     torch.manual_seed(124)
-    other = project(unet, adm_scheduler(), x, **kw)
+    other = project(unet, ddpm_scheduler(learn_sigma=True), x, **kw)
     assert (other - ours).abs().mean() > 100 * d.mean()
 
 
@@ -132,8 +132,8 @@ def test_project_matches_reference_loop_draw_for_draw():
 def test_noise_draws_one_forward_then_one_per_step():
     # project: one draw for the forward noising, then one per step except the last (t = 0 adds
     # no noise); the reference draws at t = 0 too and masks it out. Same sequence, same images.
-    from sda.adm import adm_scheduler
-    from sda.dda_reference import reference_project
+    from sda.models.schedulers import ddpm_scheduler
+    from sda.method.dda_reference import reference_project
 
     unet = _adm_like_unet(16)
     x = torch.zeros(2, 3, 16, 16)
@@ -147,7 +147,7 @@ def test_noise_draws_one_forward_then_one_per_step():
         return torch.randn(4)
 
     torch.manual_seed(0)
-    project(unet, adm_scheduler(), x, **kw)
+    project(unet, ddpm_scheduler(learn_sigma=True), x, **kw)
     assert torch.equal(torch.randn(4), next_after(N))
     torch.manual_seed(0)
     reference_project(lambda xt, t: unet(xt, t).sample, x, **kw)

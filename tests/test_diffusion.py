@@ -2,8 +2,10 @@ import numpy as np
 import pytest
 import torch
 
-from sda.diffusion import (load_diffusion, respaced_timesteps, sample_class_conditional, save_diffusion,
-                           to_uint8, to_unit_range, train_diffusion)
+from sda.io.images import to_uint8, to_unit_range
+from sda.method.sampling import respaced_timesteps, sample_class_conditional
+from sda.models.diffusion import DiffusionInfo, load_diffusion, save_diffusion
+from sda.models.training import random_batches, train_epsilon
 
 
 def test_respaced_timesteps_match_guided_diffusion():
@@ -32,12 +34,16 @@ def test_training_reduces_loss_and_round_trips(tiny_unet, scheduler, tmp_path):
     labels = rng.integers(0, 3, 40)
     for i, y in enumerate(labels):  # three flat colours: easy to learn
         images[i, :, :, y] = 255
-    unet, losses = train_diffusion(tiny_unet, scheduler, images, labels, null_label=3, steps=60, batch_size=16,
-                                   lr=3e-3, ema_decay=0.9, null_label_prob=0.2, seed=0)
+    gen = torch.Generator().manual_seed(0)
+    unet = tiny_unet
+    losses = train_epsilon(unet, scheduler, random_batches(images, labels, 16, gen), steps=60, lr=3e-3, seed=0,
+                           generator=gen, null_label=3, null_label_prob=0.2, warmup_steps=3, ema_decay=0.9)
     assert np.mean(losses[-15:]) < 0.7 * np.mean(losses[:15])
-    save_diffusion(unet, scheduler, tmp_path / "m", {"num_classes": 3, "null_label": 3})
+    assert not unet.training  # ends in eval mode, with the EMA weights
+    save_diffusion(tmp_path / "m", unet, scheduler, DiffusionInfo(num_classes=3, null_label=3))
     unet2, sched2, info = load_diffusion(tmp_path / "m")
-    assert info["null_label"] == 3 and sched2.config.num_train_timesteps == 1000
+    assert info.null_label == 3 and info.generated_classes == [0, 1, 2] and sched2.config.num_train_timesteps == 1000
+    assert (tmp_path / "m" / "info.json").read_text() == '{\n  "num_classes": 3,\n  "null_label": 3\n}\n'  # set fields only
     x = torch.randn(2, 3, 16, 16)
     t = torch.tensor([10, 500])
     y = torch.tensor([0, 3])
@@ -49,3 +55,9 @@ def test_uint8_conversions_round_trip():
     x = to_unit_range(img)
     assert x.shape == (2, 3, 5, 5) and x.min() >= -1 and x.max() <= 1
     assert np.array_equal(to_uint8(x), img)
+
+
+def test_batches_that_run_out_are_an_error(tiny_unet, scheduler):
+    batches = iter([(np.zeros((2, 16, 16, 3), np.uint8), np.zeros(2, np.int64))])
+    with pytest.raises(ValueError, match="ran out after 1 of 3 steps"):
+        train_epsilon(tiny_unet, scheduler, batches, steps=3, lr=1e-3, seed=0)

@@ -13,8 +13,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from sda.label_store import commit_batch, read_table
-from sda.shards import Sample, atomic_dir, read_manifest, write_shards
+from sda.io.atomic import atomic_dir
+from sda.io.shards import Sample, read_manifest, write_shards
+from sda.relabel.store import commit_batch, read_table
 
 ROOT = Path(__file__).resolve().parents[1]
 LIMIT = 60_000  # bytes per file: the small first outputs fit, the big second ones do not
@@ -44,7 +45,8 @@ def test_a_shard_set_rewrite_that_fills_the_disk_keeps_the_old_set(tmp_path):
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     r = _run_limited(f"""
         import numpy as np
-        from sda.shards import Sample, atomic_dir, write_shards
+        from sda.io.atomic import atomic_dir
+        from sda.io.shards import Sample, write_shards
         samples = (Sample(key=f"k{{i:04d}}", image=np.full((64, 64, 3), 2, np.uint8), label=0) for i in range(20))
         with atomic_dir({str(out)!r}) as tmp:
             write_shards(samples, tmp, maxcount=100)  # ~250 kB in one shard: refused past the limit
@@ -63,7 +65,7 @@ def test_a_parquet_commit_that_fills_the_disk_adds_no_row(tmp_path):
     commit_batch(store, _table(3, "a"), "first")
     r = _run_limited(f"""
         import pyarrow as pa
-        from sda.label_store import commit_batch
+        from sda.relabel.store import commit_batch
         n = 400  # ~800 kB of incompressible-enough rows
         table = pa.table({{"sha256": [f"b{{i:060d}}" for i in range(n)], "blob": [str(i) * 2000 for i in range(n)]}})
         commit_batch({str(store)!r}, table, "second")

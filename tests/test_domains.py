@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
+from sda.config import CORRUPTIONS
 from sda.domains.corruptions import available_corruptions, corrupt_images
 from sda.domains.digits import render_digits, split_digits
-from sda.params import CORRUPTIONS
 
 
 def test_render_is_deterministic_and_shaped():

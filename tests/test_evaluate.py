@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from sda.evaluate import MAIN_METHODS, method_predictions, projection_grid, results_markdown, summarise
+from sda.method.report import projection_grid, results_markdown
+from sda.method.scoring import MAIN_METHODS, method_predictions, summarise
 
 
 def test_sda_is_raw_logit_sum_not_softmax_sum():

@@ -39,7 +39,7 @@ def _images(n: int = 8, size: int = 16) -> np.ndarray:
 
 
 def _project(unet, scheduler, images, **cfg):
-    from sda.project_sets import project_uint8
+    from sda.method.projection_jobs import project_uint8
 
     g = torch.Generator(device="cuda").manual_seed(0)
     return project_uint8(unet, scheduler, images, {**PROJ, **cfg}, null_label=3, generator=g)
@@ -126,7 +126,7 @@ def test_cuda_out_of_memory_names_the_batch_size(cuda_unet, scheduler):
 
 
 def test_auto_batch_size_fits_the_card(cuda_unet, scheduler):
-    from sda.project_sets import projection_batch_size
+    from sda.method.projection_jobs import projection_batch_size
 
     bs = projection_batch_size(cuda_unet, scheduler, {**PROJ, "batch_size": "auto"}, 16, 3)
     assert bs >= 8 and bs & (bs - 1) == 0
@@ -139,13 +139,13 @@ def test_shard_jobs_on_a_local_cuda_cluster(tmp_path, cuda_unet, scheduler):
     the shards; the keys are those of the in-process run and the pixels agree."""
     from dask_cuda import LocalCUDACluster  # noqa: F401 - dask-cuda must be installed on GPU machines
 
-    from sda.diffusion import save_diffusion
-    from sda.project_sets import project_job, projection_jobs
-    from sda.sharded import run_shard_jobs
-    from sda.shards import Sample, load_shards, write_shards
+    from sda.models.diffusion import DiffusionInfo, save_diffusion
+    from sda.method.projection_jobs import project_job, projection_jobs
+    from sda.io.shard_jobs import run_shard_jobs
+    from sda.io.shards import Sample, load_shards, write_shards
 
     model_dir = tmp_path / "model"
-    save_diffusion(cuda_unet.cpu(), scheduler, model_dir, {"null_label": 3, "num_classes": 3})
+    save_diffusion(model_dir, cuda_unet.cpu(), scheduler, DiffusionInfo(null_label=3, num_classes=3))
     src = tmp_path / "src"
     src.mkdir()
     imgs = _images(24)

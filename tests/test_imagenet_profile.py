@@ -16,8 +16,8 @@ from PIL import Image
 
 from repo_utils import IMAGENET_CORRUPTIONS, WNIDS, make_imagenet_repo, sh
 from sda.domains.imagenet import center_crop_arr, class_names, imagenet_c_refs, list_images
-from sda.evaluate import MAIN_METHODS
-from sda.shards import load_shards
+from sda.io.shards import load_shards
+from sda.method.scoring import MAIN_METHODS
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,7 @@ def test_imagenet_profile_stage_outputs(repo):
 
     # the projector is the converted guided-diffusion checkpoint, with the learned-range scheduler
     from diffusers import DDPMScheduler, UNet2DModel
-    from sda.adm import load_adm_unet
+    from sda.models.adm import load_adm_unet
     from repo_utils import ADM_TINY_FLAGS
 
     saved = UNet2DModel.from_pretrained(data / "diffusion_finetune" / "unet").eval()
@@ -162,8 +162,8 @@ def test_imagenet_finetuning_streams_the_source_images(repo, tmp_path, monkeypat
     """imagenet.finetune_steps > 0: ADM and DiT take that many steps over streamed, seeded batches
     that run over an epoch boundary (6 images, batch 4), and the same seed gives the same losses."""
     from diffusers import UNet2DModel
-    from sda.shards import Sample, read_manifest, write_shards
-    from tasks.common import load_params
+    from sda.io.shards import Sample, read_manifest, write_shards
+    from sda.config import load_params
     from tasks.diffusion_finetune import run_imagenet
 
     monkeypatch.chdir(repo)  # the profile's model paths are relative to the repository
@@ -224,7 +224,8 @@ def test_center_crop_arr_matches_guided_diffusion_definition():
 
 
 def test_sample_dit_depends_on_class_and_seed_only(tmp_path):
-    from sda.dit import load_dit, sample_dit
+    from sda.method.sampling import sample_dit
+    from sda.models.dit import load_dit
 
     make_dir = tmp_path / "m"
     from diffusers import AutoencoderKL, DiTTransformer2DModel
@@ -252,7 +253,7 @@ def test_sample_dit_depends_on_class_and_seed_only(tmp_path):
 
 def test_pretrained_classifier_loading(tmp_path):
     import timm
-    from sda.classifiers import load_pretrained_classifier, paper_recipe
+    from sda.models.classifiers import load_pretrained_classifier, paper_recipe
 
     torch.save({"state_dict": {f"module.{k}": v for k, v in timm.create_model("resnet18", num_classes=7).state_dict().items()}},
                tmp_path / "w.pth")

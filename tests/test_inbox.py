@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sda.inbox import (SYMLINK_REASON, BadImage, decode_image, display_path, safe_file_name, scan_inbox,
-                       to_model_image)
+from sda.io.images import BadImage, center_crop_arr, decode_image
+from sda.relabel.inbox import SYMLINK_REASON, display_path, safe_file_name, scan_inbox
 
 LIMIT = 40_000_000
 
@@ -87,13 +87,13 @@ def test_odd_modes_are_converted_not_rejected():
     assert arr.min() <= 1 and arr.max() >= 254 and 100 < arr.mean() < 155
 
 
-def test_to_model_image_is_a_centre_crop_at_the_model_size():
+def test_model_images_are_a_centre_crop_at_the_model_size():
     """Red | green | blue thirds, 60 x 30: the shorter side goes to 16, the middle 16 columns are
     kept: green in the middle, only a sliver of red on the left and of blue on the right."""
     arr = np.zeros((30, 60, 3), np.uint8)
     for i in range(3):
         arr[:, 20 * i: 20 * (i + 1), i] = 255
-    out = to_model_image(Image.fromarray(arr), 16).astype(int)
+    out = center_crop_arr(Image.fromarray(arr), 16).astype(int)
     assert out.shape == (16, 16, 3)
     assert (np.abs(out[:, 4:12] - [0, 255, 0]) <= 8).all()  # the centre is the green third
     assert out[:, 0, 0].min() > 100 and out[:, 0, 2].max() < 20  # left edge: red, no blue

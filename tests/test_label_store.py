@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from sda.label_store import QUARANTINE_SCHEMA, commit_batch, committed_hashes, part_files, read_table, remove_stale_temps
+from sda.relabel.store import (QUARANTINE_SCHEMA, commit_batch, committed_hashes, part_files, read_table, remove_stale_temps)
 
 
 def _rows(shas: list[str], batch: str) -> pa.Table:
@@ -37,7 +37,7 @@ def test_commit_and_read_back(tmp_path):
 def test_a_killed_commit_leaves_only_an_ignored_temporary(tmp_path):
     commit_batch(tmp_path, _rows(["a"], "b1"), "b1")
     part = next(tmp_path.glob("date=*"))
-    (part / ".part-b2-deadbeef.tmp").write_bytes(b"PAR1 half written")  # what kill -9 leaves
+    (part / ".part-b2.parquet.tmp-deadbeef").write_bytes(b"PAR1 half written")  # what kill -9 leaves
     assert committed_hashes(tmp_path) == {"a"}
     assert remove_stale_temps(tmp_path) == 1
     assert [p.name for p in part.iterdir()] == ["part-b1.parquet"]

@@ -5,8 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sda.params import CORRUPTIONS, Params, ParamsError, parse_params
-from tasks.common import load_params
+from sda.config import CORRUPTIONS, Params, ParamsError, load_params, parse_params
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,10 +30,10 @@ def test_code_defaults_are_params_yaml():
     for section, values in defaults.items():
         if section in ("profile", "profiles"):
             continue
-        assert set(raw[section]) == set(values), f"params.yaml {section}: keys differ from sda/params.py"
+        assert set(raw[section]) == set(values), f"params.yaml {section}: keys differ from sda/config.py"
         for key, default in values.items():
             assert from_yaml[section][key] == default, (
-                f"{section}.{key}: params.yaml has {from_yaml[section][key]!r}, sda/params.py {default!r}")
+                f"{section}.{key}: params.yaml has {from_yaml[section][key]!r}, sda/config.py {default!r}")
 
 
 def test_unknown_key_is_named():
@@ -104,7 +103,7 @@ def test_profile_override_errors_are_named():
 
 @pytest.mark.slow
 def test_pipeline_profile_switch_keeps_comments(tmp_path):
-    from flows.pipeline import set_profile
+    from sda.config import set_profile
 
     f = tmp_path / "params.yaml"
     text = (ROOT / "params.yaml").read_text()

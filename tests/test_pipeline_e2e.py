@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sda.evaluate import MAIN_METHODS
-from sda.shards import load_shards, read_manifest, sha256_file
+from sda.io.atomic import sha256_file
+from sda.io.shards import load_shards, read_manifest
+from sda.method.scoring import MAIN_METHODS
 from repo_utils import subprocess_env, sh
 from tasks import STAGES
 

@@ -9,7 +9,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tarfile
@@ -22,9 +21,10 @@ import pytest
 import yaml
 from PIL import Image
 
-from repo_utils import sh, subprocess_env
-from sda.label_store import committed_hashes, part_files, read_table
-from sda.shards import iter_samples, sha256_file
+from repo_utils import free_port, sh, subprocess_env
+from sda.io.atomic import sha256_file
+from sda.io.shards import iter_samples
+from sda.relabel.store import committed_hashes, part_files, read_table
 from test_inbox import huge_header_png, png_bytes
 
 pytestmark = pytest.mark.slow
@@ -199,7 +199,7 @@ def test_kill_9_at_random_points_then_rerun_labels_each_file_exactly_once(tiny_r
     assert {r["source_path"] for r in rows} == set(truth)
     q = read_table(store / "quarantine" / "table").to_pylist()
     assert sorted(r["file"] for r in q) == ["text.png", "zero.png"]
-    assert not list(store.rglob("*.tmp"))
+    assert not list(store.rglob("*.tmp-*"))
     print(f"kill -9 trials: {kills}; rows committed at each kill: {committed_at_kill}; final 160/160 once")
 
 
@@ -232,12 +232,6 @@ def test_clear_errors_for_a_missing_inbox_and_missing_models(tiny_repo, tmp_path
 
 
 # -- the service ----------------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _flow_runs(env: dict, deployment: str) -> list[dict]:
     code = f"""
 import asyncio, json
@@ -265,7 +259,7 @@ def test_service_deployments_on_a_real_local_server(tiny_repo, tmp_path):
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["relabel"]["interval_minutes"] = 0.1  # the scheduled deployment fires every 6 s
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    port = _free_port()
+    port = free_port()
     env = subprocess_env()
     env.update(PREFECT_HOME=str(tmp_path / "prefect-home"), PREFECT_API_URL=f"http://127.0.0.1:{port}/api",
                PREFECT_WORKER_QUERY_SECONDS="2", PREFECT_SERVER_ANALYTICS_ENABLED="false")

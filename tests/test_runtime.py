@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from sda.dda import project
-from sda.diffusion import sample_class_conditional, train_diffusion
+from sda.method.dda import project
+from sda.method.sampling import sample_class_conditional
+from sda.models.training import random_batches, train_epsilon
 from sda.runtime import derive_seed, set_deterministic
 
 
@@ -23,8 +24,9 @@ def _work(unet, scheduler) -> list[torch.Tensor]:
     proj = project(unet, scheduler, sample, respacing=20, N=4, D=4, scale=24.0,
                    class_labels=torch.full((4,), 3), generator=torch.Generator().manual_seed(0))
     images = np.random.default_rng(0).integers(0, 256, (16, 16, 16, 3), dtype=np.uint8)
-    trained, _ = train_diffusion(copy.deepcopy(unet), scheduler, images, np.arange(16) % 3, null_label=3, steps=3,
-                                 batch_size=8, lr=1e-3, ema_decay=0.9, null_label_prob=0.2, seed=0)
+    trained, gen = copy.deepcopy(unet), torch.Generator().manual_seed(0)
+    train_epsilon(trained, scheduler, random_batches(images, np.arange(16) % 3, 8, gen), steps=3, lr=1e-3, seed=0,
+                  generator=gen, null_label=3, null_label_prob=0.2, warmup_steps=1, ema_decay=0.9)
     return [sample, proj, *[p.detach().clone() for p in trained.parameters()]]
 
 

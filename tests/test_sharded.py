@@ -1,11 +1,10 @@
-"""The resumable, distributed shard machinery (sda.sharded) with real models and real dask."""
+"""The resumable, distributed shard machinery (sda.io.shard_jobs) with real models and real dask."""
 
 from __future__ import annotations
 
 import functools
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -14,10 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from sda.diffusion import build_unet, make_scheduler, save_diffusion
-from sda.sharded import PlanMismatchError, plan_jobs, run_shard_jobs
-from sda.shards import load_shards, read_manifest
-from sda.synth import generate_job, plan_row, sample_plan
+from repo_utils import free_port
+from sda.io.shard_jobs import PlanMismatchError, plan_jobs, run_shard_jobs
+from sda.io.shards import load_shards, read_manifest
+from sda.method.synth import generate_job, plan_row, sample_plan
+from sda.models.diffusion import DiffusionInfo, build_unet, save_diffusion
+from sda.models.schedulers import ddpm_scheduler
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +26,7 @@ def model_dir(tmp_path_factory) -> str:
     torch.manual_seed(0)
     unet = build_unet(16, 3, (8, 16), 1, (False, True), 4).eval()
     d = tmp_path_factory.mktemp("m") / "diffusion"
-    save_diffusion(unet, make_scheduler(), d, {"num_classes": 3, "null_label": 3})
+    save_diffusion(d, unet, ddpm_scheduler(), DiffusionInfo(num_classes=3, null_label=3))
     return str(d)
 
 
@@ -74,8 +75,8 @@ def test_in_process_and_two_dask_workers_write_identical_shards(model_dir, tmp_p
 def test_projection_shards_are_identical_in_process_and_on_two_workers(model_dir, tmp_path):
     """The projection's backward (resize_right's gather) is only reproducible with deterministic
     algorithms, which are per process: each job sets them where it runs."""
-    from sda.params import Projection
-    from sda.project_sets import project_job, projection_jobs
+    from sda.config import Projection
+    from sda.method.projection_jobs import project_job, projection_jobs
 
     # batches of 64 at 16 px: big enough for torch to split the gather's backward over threads
     src = functools.partial(generate_job, model_dir=model_dir, seed=7, steps=2, guidance_scale=1.0, batch_size=64)
@@ -96,7 +97,7 @@ def test_tampered_and_missing_shards_are_redone(model_dir, tmp_path):
     reference = _shas(tmp_path)
     (tmp_path / "synth-000001.tar").write_bytes((tmp_path / "synth-000001.tar").read_bytes()[:-600])  # truncated
     (tmp_path / "synth-000002.tar").unlink()  # missing
-    (tmp_path / "synth-000000.tar.tmp-123").write_bytes(b"half a shard")  # a killed writer's leftover
+    (tmp_path / ".synth-000000.tar.tmp-123").write_bytes(b"half a shard")  # a killed writer's leftover
     summary = run_shard_jobs(tmp_path, jobs, _make(model_dir), plan={}, workers=0)
     assert summary["resumed_shards"] == 1
     assert _shas(tmp_path) == reference
@@ -114,22 +115,16 @@ def test_other_plan_is_refused_not_mixed(model_dir, tmp_path):
     assert len(progress["shards"]) == 2
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def dask_cluster():
     """A real ``dask scheduler`` and two worker processes on 127.0.0.1, started the way the README
-    tells users to: ``python -m sda.dask_worker ADDRESS --nworkers 2 --nthreads 1``."""
-    port = _free_port()
+    tells users to: ``python -m sda.io.dask_worker ADDRESS --nworkers 2 --nthreads 1``."""
+    port = free_port()
     bindir = Path(sys.executable).parent
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     sched = subprocess.Popen([str(bindir / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port),
                               "--no-dashboard"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    worker = subprocess.Popen([sys.executable, "-m", "sda.dask_worker", f"tcp://127.0.0.1:{port}", "--nworkers", "2",
+    worker = subprocess.Popen([sys.executable, "-m", "sda.io.dask_worker", f"tcp://127.0.0.1:{port}", "--nworkers", "2",
                                "--nthreads", "1", "--no-dashboard", "--host", "127.0.0.1"], env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -153,7 +148,7 @@ def test_a_worker_killed_mid_job_is_replaced_and_the_set_is_identical(model_dir,
 
     from distributed import Client
 
-    from sda.sharded import DASK_WORKER_CONFIG, worker_settings
+    from sda.io.cluster import DASK_WORKER_CONFIG, worker_settings
 
     make = functools.partial(generate_job, model_dir=model_dir, seed=7, steps=40, guidance_scale=1.0, batch_size=3)
     jobs = plan_jobs(30, 3, "synth")  # 10 shards of ~1 s each
@@ -190,9 +185,9 @@ def test_an_unreachable_scheduler_fails_within_the_timeout_naming_the_address(mo
     import dask
     import distributed  # noqa: F401 - its config defaults must exist before dask.config.set overrides one
 
-    from sda.sharded import SchedulerUnreachableError
+    from sda.io.cluster import SchedulerUnreachableError
 
-    address = f"tcp://127.0.0.1:{_free_port()}"  # nothing listens there
+    address = f"tcp://127.0.0.1:{free_port()}"  # nothing listens there
     t0 = time.perf_counter()
     with dask.config.set({"distributed.comm.timeouts.connect": "2s"}):
         with pytest.raises(SchedulerUnreachableError, match=f"{address} within 2s.*dask scheduler"):
@@ -208,7 +203,7 @@ def test_local_workers_start_with_the_fast_settings_and_slow_ones_are_named():
     workers that have them get a warning that says how to start them."""
     import logging
 
-    from sda.sharded import DASK_WORKER_CONFIG, _warn_slow_workers, dask_client, worker_settings
+    from sda.io.cluster import DASK_WORKER_CONFIG, _warn_slow_workers, dask_client, worker_settings
 
     with dask_client(1) as c:
         assert list(c.run(worker_settings).values()) == [DASK_WORKER_CONFIG]
@@ -216,10 +211,10 @@ def test_local_workers_start_with_the_fast_settings_and_slow_ones_are_named():
         records = []
         handler = logging.Handler()
         handler.emit = records.append
-        logging.getLogger("sda.sharded").addHandler(handler)
+        logging.getLogger("sda.io.cluster").addHandler(handler)
         try:
             _warn_slow_workers(c)
         finally:
-            logging.getLogger("sda.sharded").removeHandler(handler)
+            logging.getLogger("sda.io.cluster").removeHandler(handler)
     assert len(records) == 1, records
-    assert "1 of 1 dask workers" in records[0].getMessage() and "python -m sda.dask_worker" in records[0].getMessage()
+    assert "1 of 1 dask workers" in records[0].getMessage() and "python -m sda.io.dask_worker" in records[0].getMessage()

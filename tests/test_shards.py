@@ -3,8 +3,8 @@ import json
 import numpy as np
 import pytest
 
-from sda.shards import (Sample, atomic_dir, atomic_write_json, iter_batches, load_shards, read_manifest,
-                        sha256_file, verify_shards, write_shards)
+from sda.io.atomic import atomic_dir, atomic_write_json, sha256_file
+from sda.io.shards import Sample, iter_batches, load_shards, read_manifest, verify_shards, write_shards
 
 
 def _samples(n, seed=0):

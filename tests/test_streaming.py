@@ -1,12 +1,12 @@
-"""Streaming shard sets (sda.streaming): seeded shuffles for training, in-order pairs for evaluation."""
+"""Streaming shard sets (sda.io.streaming): seeded shuffles for training, in-order pairs for evaluation."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from sda.shards import Sample, write_shards
-from sda.streaming import ShardStream, endless_batches
+from sda.io.shards import Sample, write_shards
+from sda.io.streaming import ShardStream, endless_batches
 
 N = 37  # 5 shards of at most 8
 

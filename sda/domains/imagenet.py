@@ -9,7 +9,7 @@ Layouts (the ones the datasets ship in):
 - ImageNet-W: rendered here from val with the ``imagenet-w`` package's watermark, on the 224 px
   evaluation crop (resize 256 + centre crop 224), as its authors render it.
 
-Every image enters the pipeline through :func:`center_crop_arr` at the profile's ``image_size``
+Every image enters the pipeline through :func:`sda.io.images.center_crop_arr` at the profile's ``image_size``
 (256): guided-diffusion's own loader (BOX halving while the shorter side is at least twice the
 target, then bicubic to the target, centre crop), which is how DDA reads its references.
 """
@@ -24,19 +24,18 @@ from typing import Iterator, Sequence
 import numpy as np
 from PIL import Image
 
+from sda.io.images import IMAGE_SUFFIXES, center_crop_arr, read_image
+
 __all__ = [
     "ImageRef",
-    "center_crop_arr",
     "class_names",
     "imagenet_c_refs",
     "imagenet_w_image",
     "iter_domain",
     "list_images",
-    "read_image",
     "select_classes",
 ]
 
-IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png", ".webp"}
 IMAGENET_C_URL = "https://zenodo.org/record/2235448 (ImageNet-C, Hendrycks & Dietterich 2019)"
 
 
@@ -47,27 +46,6 @@ class ImageRef:
     key: str
     path: Path
     label: int
-
-
-def center_crop_arr(img: Image.Image, size: int) -> np.ndarray:
-    """guided-diffusion's ``center_crop_arr``: uint8 (size, size, 3) from any PIL image."""
-    img = img.convert("RGB")
-    while min(img.size) >= 2 * size:
-        img = img.resize(tuple(x // 2 for x in img.size), resample=Image.Resampling.BOX)
-    scale = size / min(img.size)
-    img = img.resize(tuple(round(x * scale) for x in img.size), resample=Image.Resampling.BICUBIC)
-    arr = np.asarray(img)
-    y, x = (arr.shape[0] - size) // 2, (arr.shape[1] - size) // 2
-    return np.ascontiguousarray(arr[y: y + size, x: x + size])
-
-
-def read_image(path: Path, size: int) -> np.ndarray:
-    """Open ``path`` and return :func:`center_crop_arr` of it; a bad file names the path."""
-    try:
-        with Image.open(path) as img:
-            return center_crop_arr(img, size)
-    except (OSError, ValueError) as err:
-        raise ValueError(f"{path}: cannot read the image ({err}); replace or remove the file") from None
 
 
 def _need_dir(path: Path, what: str, where: str) -> None:
@@ -166,7 +144,7 @@ def imagenet_c_refs(root: str | Path, corruption: str, severity: int, val_refs: 
 
 def imagenet_w_image(path: Path, size: int, *, eval_resize: int = 256, eval_crop: int = 224) -> np.ndarray:
     """ImageNet-W: the val image's evaluation crop (resize ``eval_resize`` bicubic, centre crop
-    ``eval_crop``) with the ``imagenet-w`` watermark, then :func:`center_crop_arr` to ``size``."""
+    ``eval_crop``) with the ``imagenet-w`` watermark, then :func:`sda.io.images.center_crop_arr` to ``size``."""
     with Image.open(path) as img:
         img = img.convert("RGB")
         w, h = img.size

@@ -1,5 +1,5 @@
 """The DDA projection written the way the reference code is structured, for parity tests and the
-projection benchmark only: the pipeline uses :func:`sda.dda.project`.
+projection benchmark only: the pipeline uses :func:`sda.method.dda.project`.
 
 It follows guided-diffusion's ``GaussianDiffusion`` / ``SpacedDiffusion`` equations (Nichol &
 Dhariwal 2021): every schedule coefficient is computed in float64 NumPy and cast to float32 when it
@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from resize_right import resize
 
-from sda.diffusion import respaced_timesteps
+from sda.method.sampling import respaced_timesteps
 
 __all__ = ["ReferenceDiffusion", "reference_project"]
 

@@ -3,9 +3,9 @@
     unet = load_adm_unet("256x256_diffusion_uncond.pt", image_size=256, num_channels=256,
                          num_res_blocks=2, attention_resolutions="32,16,8", num_head_channels=64,
                          learn_sigma=True, resblock_updown=True, use_scale_shift_norm=True)
-    scheduler = adm_scheduler(learn_sigma=True)
+    scheduler = ddpm_scheduler(learn_sigma=True)          # sda.models.schedulers
 
-    python -m sda.adm convert CHECKPOINT OUT_DIR --image_size 256 ...   # a save_pretrained folder
+    python -m sda.models.adm convert CHECKPOINT OUT_DIR --image_size 256 ...   # a diffusion model folder
 
 The flags are guided-diffusion's model flags, with its names and defaults. The mapping is exact
 (no approximation): guided-diffusion's ``UNetModel`` and diffusers' ``UNet2DModel`` compute the same
@@ -22,10 +22,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import DDPMScheduler, UNet2DModel
+from diffusers import UNet2DModel
 
-__all__ = ["ADM_DEFAULTS", "AdmCheckpointError", "adm_scheduler", "adm_to_diffusers_state_dict", "adm_unet_config",
-           "adm_unet_from_state_dict", "diffusers_to_adm_state_dict", "load_adm_unet"]
+from sda.config import ADM_256_UNCOND
+from sda.models.diffusion import save_diffusion
+from sda.models.schedulers import ddpm_scheduler
+
+__all__ = ["ADM_DEFAULTS", "AdmCheckpointError", "adm_to_diffusers_state_dict", "adm_unet_config",
+           "adm_unet_from_state_dict", "diffusers_to_adm_state_dict", "load_adm_unet", "load_projector"]
 
 # guided-diffusion's script_util.model_and_diffusion_defaults() (model part), same names.
 ADM_DEFAULTS: dict[str, Any] = {
@@ -265,6 +269,22 @@ def load_adm_unet(checkpoint_path: str | Path, **flags: Any) -> UNet2DModel:
     return adm_unet_from_state_dict(state, **flags)
 
 
+def load_projector(path: str | Path, flags: dict[str, Any]) -> UNet2DModel:
+    """The ImageNet profile's unconditional projector (``imagenet.adm_checkpoint`` / ``adm_flags``):
+    a guided-diffusion checkpoint file converted with ``flags``, or a folder written by
+    ``python -m sda.models.adm convert`` (its ``unet/``)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"imagenet.adm_checkpoint {path} not found: point it at guided-diffusion's "
+                                "256x256_diffusion_uncond.pt (or a folder written by `python -m sda.models.adm convert`)")
+    if path.is_dir():
+        if not (path / "unet" / "config.json").is_file():
+            raise FileNotFoundError(f"{path}/unet/config.json not found: imagenet.adm_checkpoint must be a "
+                                    "guided-diffusion .pt file or a folder written by `python -m sda.models.adm convert`")
+        return UNet2DModel.from_pretrained(path / "unet", low_cpu_mem_usage=False)
+    return load_adm_unet(path, **flags)
+
+
 def adm_unet_from_state_dict(state: dict[str, torch.Tensor], **flags: Any) -> UNet2DModel:
     unet = UNet2DModel(**adm_unet_config(**flags))
     converted = adm_to_diffusers_state_dict(state, **flags)
@@ -280,15 +300,6 @@ def adm_unet_from_state_dict(state: dict[str, torch.Tensor], **flags: Any) -> UN
     return unet.eval()
 
 
-def adm_scheduler(learn_sigma: bool = True, num_train_timesteps: int = 1000) -> DDPMScheduler:
-    """guided-diffusion's linear-beta diffusion as a ``DDPMScheduler``: with
-    ``set_timesteps(100)`` its timesteps are ``space_timesteps(1000, "100")`` (0, 10, …, 50, 61, …, 999)."""
-    return DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule="linear", beta_start=1e-4,
-                         beta_end=0.02, variance_type="learned_range" if learn_sigma else "fixed_small",
-                         clip_sample=True, clip_sample_range=1.0, prediction_type="epsilon",
-                         timestep_spacing="linspace")
-
-
 # -- CLI -----------------------------------------------------------------------------------------
 def _parse_bool(s: str) -> bool:
     if s.lower() in ("1", "true", "yes", "t", "y"):
@@ -299,15 +310,19 @@ def _parse_bool(s: str) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sda.adm", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m sda.models.adm", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="cmd", required=True)
     conv = sub.add_parser("convert", help="convert a guided-diffusion checkpoint to a diffusers folder")
     conv.add_argument("checkpoint")
     conv.add_argument("out_dir")
+    conv.add_argument("--preset", choices=["256x256_uncond"], help="the flags of guided-diffusion's "
+                      "256x256_diffusion_uncond.pt (the paper's projector); explicit flags still win")
     for k, v in ADM_DEFAULTS.items():
         typ = _parse_bool if isinstance(v, bool) else type(v)
         conv.add_argument(f"--{k}", type=typ, default=v, help=f"guided-diffusion flag (default {v!r})")
+    if parser.parse_known_args(argv)[0].preset:
+        conv.set_defaults(**ADM_256_UNCOND)
     args = parser.parse_args(argv)
     flags = {k: getattr(args, k) for k in ADM_DEFAULTS}
     try:
@@ -315,11 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    from sda.shards import atomic_dir
-
-    with atomic_dir(args.out_dir) as tmp:
-        unet.save_pretrained(tmp / "unet")
-        adm_scheduler(learn_sigma=flags["learn_sigma"]).save_pretrained(tmp / "scheduler")
+    save_diffusion(args.out_dir, unet, ddpm_scheduler(learn_sigma=flags["learn_sigma"]))
     n = sum(p.numel() for p in unet.parameters())
     print(f"wrote {args.out_dir} (unet/ + scheduler/, {n / 1e6:.1f}M parameters)")
     return 0

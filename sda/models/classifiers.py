@@ -20,10 +20,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
 from safetensors.torch import load_file, save_file
-from timm.models import register_model
+from timm.models import load_state_dict, register_model
+from timm.optim import create_optimizer_v2
 from tqdm.auto import tqdm
 
-from sda.shards import atomic_dir, atomic_write_json
+from sda.io.atomic import atomic_dir, atomic_write_json
 
 __all__ = [
     "PAPER_RECIPES",
@@ -179,18 +180,16 @@ def fit_classifier(
     clipping); returns per-epoch ``{epoch, loss, acc}``.
 
     ``epoch_batches(e)`` yields the batches of epoch ``e`` (0-based) as (uint8 (B, H, W, 3), int
-    (B,)) pairs, from arrays (:func:`train_classifier`) or a stream (:class:`sda.streaming.ShardStream`);
+    (B,)) pairs, from arrays (:func:`train_classifier`) or a stream (:class:`sda.io.streaming.ShardStream`);
     they are preprocessed on ``device`` (:func:`to_model_input` with ``resize`` / ``crop``).
     ``steps_per_epoch[e]`` is how many batches epoch ``e`` has (the cosine schedule's length).
     """
     model.to(device).train()
-    if optimizer == "sgd":
-        opt: torch.optim.Optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum,
-                                                     weight_decay=weight_decay)
-    elif optimizer == "adamw":
-        opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    else:
+    if optimizer not in ("adamw", "sgd"):
         raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {optimizer!r}")
+    # timm's "momentum" is plain SGD with momentum (its "sgd" is Nesterov); every parameter decays
+    opt = create_optimizer_v2(model, "momentum" if optimizer == "sgd" else "adamw", lr=lr,
+                              weight_decay=weight_decay, momentum=momentum, filter_bias_and_bn=False)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, sum(steps_per_epoch)))
     history = []
     bar = tqdm(range(len(steps_per_epoch)), desc=desc, unit="epoch", leave=False)
@@ -275,17 +274,15 @@ WHERE_TO_GET_WEIGHTS = (
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    if path.suffix == ".safetensors":
-        state: Any = load_file(str(path))
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("state_dict", "model", "model_ema"):  # common training-checkpoint wrappers
-        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
-            state = state[key]
-            break
+    """timm's reader (``.safetensors`` or a torch file, read with ``weights_only``): unwraps
+    ``state_dict`` / ``model`` and strips DDP / compile prefixes."""
+    try:
+        state = load_state_dict(str(path), use_ema=False)
+    except Exception as err:  # unpickling refused, not a zip / safetensors file, ...
+        raise ValueError(f"{path}: cannot read a state dict ({type(err).__name__}: {err})"[:500]) from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{path}: not a state dict of tensors")
-    return {k.removeprefix("module."): v for k, v in state.items()}
+    return state
 
 
 def load_pretrained_classifier(arch: str, weights: str | Path) -> tuple[nn.Module, int]:

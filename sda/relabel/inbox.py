@@ -1,54 +1,36 @@
-"""New target images as they arrive: find them in an inbox folder, hash them, decode them safely.
+"""New target images as they arrive: find them in an inbox folder and hash them (decoding:
+:func:`sda.io.images.decode_image`).
 
 An inbox is a folder tree of image files (``.jpg .jpeg .png .webp``) and WebDataset / plain ``.tar``
 archives whose image members count as images. Every image is identified by the sha256 of its bytes,
 so the same picture under two names, or a file seen again on the next run, is one item.
-
-Decoding never trusts a file: the size is checked before reading, the pixel count from the header
-before decoding (decompression bombs), then the whole image is decoded (truncation shows up here)
-and converted to RGB (grayscale, palette, CMYK, RGBA and 16-bit images are converted, not rejected).
-A file that fails raises :class:`BadImage` with a one-line reason.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import tarfile
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
-
-from sda.domains.imagenet import center_crop_arr
-from sda.shards import sha256_file
+from sda.io.atomic import sha256_file
+from sda.io.images import BadImage, IMAGE_SUFFIXES
 
 __all__ = [
-    "IMAGE_SUFFIXES",
     "SYMLINK_REASON",
-    "BadImage",
     "InboxItem",
     "Scan",
-    "decode_image",
     "display_path",
     "safe_file_name",
     "scan_inbox",
-    "to_model_image",
 ]
 
-IMAGE_SUFFIXES: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".webp"})
 TAR_SUFFIXES: frozenset[str] = frozenset({".tar"})
 # Nothing outside the inbox is read, so a symlink (to a file or a folder) is reported, not labelled.
 SYMLINK_REASON = "symlink, not followed: copy the file into the inbox instead of linking it"
-
-
-class BadImage(ValueError):
-    """The bytes are not a usable image; ``str(err)`` is the reason recorded in quarantine."""
 
 
 @dataclass(frozen=True)
@@ -196,46 +178,3 @@ def scan_inbox(inbox: str | os.PathLike[str], *, skip: set[str] | frozenset[str]
     return Scan(items=items, known=known, too_new=too_new, ignored=ignored, broken=broken, duplicates=dups)
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
-    """RGB for every PIL mode: 16/32-bit and float greyscale are rescaled to 8 bits first (a plain
-    ``convert`` would clip them to white); alpha is dropped; palettes and CMYK are converted."""
-    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        arr = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if img.mode.startswith("I;16") else max(float(arr.max()), 1.0)
-        img = Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
-    if img.mode == "P" and "transparency" in img.info:
-        img = img.convert("RGBA")
-    return img.convert("RGB")
-
-
-def decode_image(data: bytes, *, max_pixels: int, min_side: int = 1) -> tuple[Image.Image, str]:
-    """Decode ``data`` fully: ``(RGB PIL image with EXIF orientation applied, original PIL mode)``;
-    raise :class:`BadImage` with the reason otherwise."""
-    if not data:
-        raise BadImage("empty file (0 bytes)")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-            w, h = img.size
-            if w * h > max_pixels:
-                raise BadImage(f"too many pixels: header says {w}x{h} > relabel.max_pixels={max_pixels}")
-            if min(w, h) < min_side:
-                raise BadImage(f"too small: {w}x{h} < relabel.min_side={min_side}")
-            img.load()  # full decode: truncated or corrupt data fails here
-            mode = img.mode
-            return _to_rgb(ImageOps.exif_transpose(img)), mode
-    except BadImage:
-        raise
-    except UnidentifiedImageError:
-        raise BadImage("not an image (unrecognised format)") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise BadImage(f"too many pixels: {err}"[:300]) from None
-    except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as err:
-        raise BadImage(f"truncated or corrupt image: {type(err).__name__}: {err}"[:300]) from None
-
-
-def to_model_image(img: Image.Image, size: int) -> np.ndarray:
-    """uint8 (size, size, 3): guided-diffusion's loader (shorter side to ``size``, centre crop), the
-    same path as the target_data stage's images."""
-    return center_crop_arr(img, size)

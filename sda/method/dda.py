@@ -27,7 +27,7 @@ from resize_right import resize
 from tqdm.auto import tqdm
 
 from sda.accel import autocast
-from sda.diffusion import respaced_timesteps
+from sda.method.sampling import respaced_timesteps
 
 __all__ = ["low_pass", "project"]
 

@@ -12,7 +12,7 @@ stages that read whole sets (``classifier_align``, ``evaluate``) run at any scal
   is an error.
 
 Decoding happens in the workers; the model-side preprocessing (resize, crop, normalise) is done
-by the caller on its device (:func:`sda.classifiers.to_model_input`), the GPU when there is one.
+by the caller on its device (:func:`sda.models.classifiers.to_model_input`), the GPU when there is one.
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ import numpy as np
 import webdataset as wds
 from torch.utils.data import IterableDataset
 
+from sda.io.shards import iter_shard_file, read_manifest
 from sda.runtime import derive_seed
-from sda.shards import iter_shard_file, read_manifest
 
 __all__ = ["Batch", "ShardStream", "endless_batches"]
 

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-import json
+import functools
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -12,13 +12,15 @@ import pyarrow.parquet as pq
 import torch
 
 from sda.accel import autocast, name_oom
-from sda.diffusion import load_diffusion, sample_class_conditional, to_uint8
-from sda.dit import load_dit, sample_dit
+from sda.io.images import to_uint8
+from sda.io.shard_jobs import ShardJob
+from sda.io.shards import Sample
+from sda.method.sampling import sample_class_conditional, sample_dit
+from sda.models.diffusion import DiffusionInfo, load_diffusion
+from sda.models.dit import load_dit
 from sda.runtime import derive_seed
-from sda.sharded import ShardJob, cached
-from sda.shards import Sample
 
-__all__ = ["generate_job", "generator_weights", "plan_classes", "plan_row", "sample_plan", "write_plan"]
+__all__ = ["generate_job", "plan_row", "sample_plan", "write_plan"]
 
 
 def plan_row(i: int, classes: Sequence[int], seed: int) -> dict[str, int | str]:
@@ -29,11 +31,6 @@ def plan_row(i: int, classes: Sequence[int], seed: int) -> dict[str, int | str]:
     """
     return {"index": i, "key": f"synth-{i:07d}", "class": int(classes[i % len(classes)]),
             "seed": derive_seed(seed, "synth", i)}
-
-
-def plan_classes(info: dict) -> list[int]:
-    """The classes a diffusion_finetune ``info.json`` generates: its ``classes`` subset, or all."""
-    return list(info.get("classes") or range(info["num_classes"]))
 
 
 def sample_plan(classes: Sequence[int], per_class: int, seed: int) -> pa.Table:
@@ -64,9 +61,8 @@ def generate_job(
     worker runs the job. The model is loaded once per process. ``precision``: the model's autocast
     on CUDA (:func:`sda.accel.autocast`); a CUDA out-of-memory error names synth_generate.batch_size.
     """
-    info = json.loads((Path(model_dir) / "info.json").read_text())
-    sample = cached(("generator", model_dir, device), lambda: _load_sampler(Path(model_dir), info, torch.device(device)))
-    classes = plan_classes(info)
+    sample, info = _sampler(model_dir, device)
+    classes = info.generated_classes
     rows = [plan_row(i, classes, seed) for i in range(job.start, job.stop)]
     for b in range(0, len(rows), batch_size):
         chunk = rows[b: b + batch_size]
@@ -76,17 +72,14 @@ def generate_job(
             yield Sample(key=r["key"], image=img, label=r["class"], meta={"seed": r["seed"], "index": r["index"]})
 
 
-def generator_weights(model_dir: str | Path, info: dict) -> Path:
-    """The weights file that identifies the class-conditional generator of a diffusion_finetune folder."""
-    sub = "dit/transformer" if info.get("generator") == "dit" else "unet"
-    return Path(model_dir) / sub / "diffusion_pytorch_model.safetensors"
-
-
-def _load_sampler(model_dir: Path, info: dict, device: torch.device) -> Callable[..., torch.Tensor]:
-    """``sample(classes, seeds, steps, guidance_scale) -> [-1, 1] images`` of the folder's generator."""
-    if info.get("generator") == "dit":
-        transformer, vae = load_dit(model_dir / "dit", device)
-        return lambda c, s, steps, w: sample_dit(transformer, vae, c, s, steps=steps, guidance_scale=w, device=device)
-    unet, scheduler, _ = load_diffusion(model_dir, device)
-    return lambda c, s, steps, w: sample_class_conditional(unet, scheduler, c, s, null_label=info["null_label"],
-                                                           steps=steps, guidance_scale=w, device=device)
+@functools.cache
+def _sampler(model_dir: str, device: str) -> tuple[Callable[..., torch.Tensor], DiffusionInfo]:
+    """``sample(classes, seeds, steps, guidance_scale) -> [-1, 1] images`` of the folder's generator
+    and its info, loaded once per process."""
+    info, dev = DiffusionInfo.read(model_dir), torch.device(device)
+    if info.generator == "dit":
+        transformer, vae = load_dit(Path(model_dir) / "dit", dev)
+        return (lambda c, s, steps, w: sample_dit(transformer, vae, c, s, steps=steps, guidance_scale=w, device=dev)), info
+    unet, scheduler, _ = load_diffusion(model_dir, dev)
+    return (lambda c, s, steps, w: sample_class_conditional(unet, scheduler, c, s, null_label=info.null_label,
+                                                            steps=steps, guidance_scale=w, device=dev)), info

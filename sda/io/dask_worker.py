@@ -1,9 +1,9 @@
-"""``python -m sda.dask_worker SCHEDULER [dask worker options]``: ``dask worker`` started with the
-settings that keep the heavy stages' torch jobs at full speed (``sda.sharded.DASK_WORKER_CONFIG``:
+"""``python -m sda.io.dask_worker SCHEDULER [dask worker options]``: ``dask worker`` started with the
+settings that keep the heavy stages' torch jobs at full speed (``sda.io.cluster.DASK_WORKER_CONFIG``:
 no malloc tunable in the worker's environment, no 10 ms statistical profiler). Every option of
 ``dask worker`` works the same, e.g.::
 
-    python -m sda.dask_worker tcp://HOST:8786 --nworkers 2 --nthreads 1
+    python -m sda.io.dask_worker tcp://HOST:8786 --nworkers 2 --nthreads 1
 
 A plain ``dask worker`` runs the same jobs, up to 2x slower on the CPU; the stage then logs a
 warning naming its workers.
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dask
 
-from sda.sharded import DASK_WORKER_CONFIG
+from sda.io.cluster import DASK_WORKER_CONFIG
 
 
 def main() -> None:
@@ -22,7 +22,7 @@ def main() -> None:
     # set in this (the nannies') process: each nanny reads its pre-spawn environment here and hands
     # its config to the worker process it starts
     dask.config.set(DASK_WORKER_CONFIG)
-    dask_worker(prog_name="python -m sda.dask_worker")
+    dask_worker(prog_name="python -m sda.io.dask_worker")
 
 
 if __name__ == "__main__":

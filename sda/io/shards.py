@@ -1,5 +1,6 @@
-"""The WebDataset reader / writer, plus atomic output helpers (:mod:`sda.streaming` streams sets
-through DataLoader workers on top of :func:`iter_shard_file`).
+"""Shard sets: the one WebDataset reader / writer (:mod:`sda.io.streaming` streams sets through
+DataLoader workers on top of :func:`iter_shard_file`; :mod:`sda.io.shard_jobs` writes them as
+resumable jobs).
 
 A shard set is a directory of ``<prefix>-NNNNNN.tar`` files written by ``webdataset.ShardWriter``
 and a ``manifest.json`` that lists every shard with its sample count, byte size and sha256, the
@@ -10,19 +11,15 @@ per-class counts and free-form metadata (seeds, model ids). Each sample holds:
 - ``cls``: the integer label (-1 where unknown);
 - ``json``: per-sample metadata (dict).
 
-Writers never leave a half-written set behind: :func:`atomic_dir` builds the set in a sibling
-temporary directory and renames it into place only when everything (manifest included) is written.
+Writers never leave a half-written set behind: build the set inside :func:`sda.io.atomic.atomic_dir`,
+which renames it into place only when everything (manifest included) is written.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import itertools
 import json
 import os
-import shutil
-import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,29 +28,26 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 import webdataset as wds
 
+from sda.io.atomic import atomic_write_json, sha256_file
+
 __all__ = [
     "MANIFEST",
     "Sample",
     "ShardSet",
-    "atomic_dir",
-    "atomic_write_bytes",
-    "atomic_write_json",
     "batched",
     "iter_batches",
     "iter_samples",
     "iter_shard_file",
     "load_shards",
-    "clean_stale_temps",
+    "make_manifest",
     "read_manifest",
-    "replace_dir",
-    "sha256_file",
+    "shard_entry",
     "shard_record",
     "verify_shards",
     "write_shards",
 ]
 
 MANIFEST = "manifest.json"
-_TMP_MARK = ".tmp-"
 
 
 @dataclass
@@ -77,90 +71,6 @@ class ShardSet:
 
 
 # --------------------------------------------------------------------------------------------
-# atomic outputs
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def clean_stale_temps(parent: Path, name: str) -> None:
-    """Remove temporaries that a killed writer of ``parent/name`` left behind."""
-    if parent.is_dir():
-        for p in parent.glob(f"{name}{_TMP_MARK}*"):
-            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-
-
-@contextlib.contextmanager
-def atomic_dir(final: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield an empty temporary directory that replaces ``final`` only if the block succeeds.
-
-    A crash or kill inside the block leaves ``final`` as it was (or absent); the temporary is
-    removed on exceptions and by the next writer after a kill.
-    """
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    clean_stale_temps(final.parent, final.name)
-    tmp = Path(tempfile.mkdtemp(prefix=f"{final.name}{_TMP_MARK}", dir=final.parent))
-    try:
-        yield tmp
-        replace_dir(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def replace_dir(src: str | os.PathLike[str], final: str | os.PathLike[str]) -> None:
-    """Move the finished directory ``src`` to ``final`` (same file system), replacing what was
-    there, by renames only: readers see the old or the new version, never a mix."""
-    src, final = Path(src), Path(final)
-    _fsync_dir(src)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    if final.exists():
-        old = final.with_name(f"{final.name}{_TMP_MARK}old-{os.getpid()}")
-        os.replace(final, old)
-        os.replace(src, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(src, final)
-    _fsync_dir(final.parent)
-
-
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same directory and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f"{path.name}{_TMP_MARK}", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
-
-
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-# --------------------------------------------------------------------------------------------
 # writing
 
 
@@ -175,6 +85,20 @@ def shard_record(s: Sample, seen: set[str], where: str) -> dict[str, Any]:
     return {"__key__": s.key, "png": s.image, "cls": int(s.label), "json": s.meta}
 
 
+def shard_entry(path: str | os.PathLike[str], count: int) -> dict[str, Any]:
+    """A manifest's record of one finished shard file: name, sample count, bytes, sha256."""
+    path = Path(path)
+    return {"name": path.name, "count": count, "bytes": path.stat().st_size, "sha256": sha256_file(path)}
+
+
+def make_manifest(shards: list[dict[str, Any]], classes: Counter[int], meta: dict[str, Any] | None) -> dict[str, Any]:
+    """A shard set's ``manifest.json`` content: total count, per-class counts (keys in class
+    order), the shard records (:func:`shard_entry`, possibly with more keys) and ``meta``."""
+    return {"count": sum(s["count"] for s in shards),
+            "classes": {str(k): v for k, v in sorted(classes.items())},
+            "shards": shards, "meta": meta or {}}
+
+
 def write_shards(
     samples: Iterable[Sample],
     out_dir: str | os.PathLike[str],
@@ -187,7 +111,7 @@ def write_shards(
     """Write ``samples`` as WebDataset shards into the (existing, empty) ``out_dir``.
 
     Keys must be unique. Returns the manifest, which is also written to ``out_dir/manifest.json``.
-    Use inside :func:`atomic_dir` so that readers never see a partial set.
+    Use inside :func:`sda.io.atomic.atomic_dir` so that readers never see a partial set.
     """
     out_dir = Path(out_dir)
     seen: set[str] = set()
@@ -206,17 +130,7 @@ def write_shards(
             sink.write(shard_record(s, seen, where=str(out_dir)))
             classes[int(s.label)] += 1
             counts[Path(sink.fname).name] += 1
-    shards = []
-    for name in sorted(counts):
-        path = out_dir / name
-        shards.append({"name": name, "count": counts[name], "bytes": path.stat().st_size,
-                       "sha256": sha256_file(path)})
-    manifest = {
-        "count": len(seen),
-        "classes": {str(k): v for k, v in sorted(classes.items())},
-        "shards": shards,
-        "meta": meta or {},
-    }
+    manifest = make_manifest([shard_entry(out_dir / name, counts[name]) for name in sorted(counts)], classes, meta)
     atomic_write_json(out_dir / MANIFEST, manifest)
     return manifest
 
@@ -255,7 +169,7 @@ def iter_samples(shard_dir: str | os.PathLike[str]) -> Iterator[Sample]:
 
 def iter_shard_file(path: str | os.PathLike[str]) -> Iterator[Sample]:
     """Stream the samples of one shard file in order."""
-    # no worker / node splitting: one file is read whole, also inside a DataLoader worker (sda.streaming)
+    # no worker / node splitting: one file is read whole, also inside a DataLoader worker (sda.io.streaming)
     ds = wds.WebDataset([str(path)], shardshuffle=False, empty_check=False, nodesplitter=None,
                         workersplitter=None).decode("rgb8")
     for rec in ds:

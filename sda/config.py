@@ -2,8 +2,8 @@
 
 One pydantic model per stage section, all frozen and ``extra="forbid"``: an unknown key or a bad
 value fails before any work starts, and the error names the parameter by its dotted path
-(``projection.D``) and says what is allowed. ``sda/`` never reads the file itself; the caller
-passes the parsed mapping to :func:`parse_params`.
+(``projection.D``) and says what is allowed. :func:`load_params` reads a file; :func:`parse_params`
+validates a mapping (a notebook's, a test's).
 
 The defaults here are the values in the repository's ``params.yaml``, which lists every parameter:
 ``tests/test_params.py`` fails when the two disagree, so a notebook's ``Params()`` is the pipeline's
@@ -12,9 +12,16 @@ configuration.
 
 from __future__ import annotations
 
+import os
+import re
+from pathlib import Path
 from typing import Annotated, Any, Literal, Mapping
 
+import yaml
+
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from sda.io.atomic import atomic_write_bytes
 
 __all__ = [
     "ADM_256_UNCOND",
@@ -22,7 +29,9 @@ __all__ = [
     "PROFILES",
     "ParamsError",
     "Params",
+    "load_params",
     "parse_params",
+    "set_profile",
 ]
 
 # The 15 ImageNet-C corruptions that the paper reports (severity 5), in the usual order.
@@ -157,7 +166,7 @@ class Projection(_Section):
 
 class ClassifierAlign(_Section):
     recipe: Literal["custom", "paper"] = Field(
-        "custom", description="'paper': the SDA paper's recipe for source_model.arch (sda.classifiers.PAPER_RECIPES) "
+        "custom", description="'paper': the SDA paper's recipe for source_model.arch (sda.models.classifiers.PAPER_RECIPES) "
         "replaces optimizer, lr, momentum, weight_decay, batch_size, epochs and grad_clip.")
     optimizer: Literal["adamw", "sgd"] = "adamw"
     epochs: int = Field(10, ge=1)
@@ -222,7 +231,7 @@ class ImageNet(_Section):
 
     adm_checkpoint: str = Field("models/256x256_diffusion_uncond.pt", description=(
         "Unconditional projector: a guided-diffusion state dict (.pt) or a folder written by "
-        "`python -m sda.adm convert`."))
+        "`python -m sda.models.adm convert`."))
     adm_flags: dict[str, Any] = Field(default_factory=lambda: dict(ADM_256_UNCOND),
                                       description="guided-diffusion model flags of adm_checkpoint.")
     dit: str = Field("models/DiT-XL-2-256", description="diffusers DiT folder: transformer/ and vae/.")
@@ -318,3 +327,33 @@ def parse_params(raw: Mapping[str, Any] | None, source: str = "params.yaml") -> 
         return Params.model_validate(raw)
     except ValidationError as err:
         raise ParamsError(_format(err, source)) from None
+
+
+def load_params(path: str | os.PathLike[str] = "params.yaml") -> Params:
+    """Read and validate ``params.yaml``; a bad file raises :class:`ParamsError` naming the key."""
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"{path} not found: run from the repository root or pass --params")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ParamsError(f"{path}: not valid YAML: {err}") from None
+    return parse_params(raw, source=str(path))
+
+
+def set_profile(params_file: Path, profile: str) -> bool:
+    """Set ``profile:`` in ``params_file`` (comments kept, written atomically); True if it changed.
+
+    The switch is a visible edit of params.yaml, so DVC sees it and re-runs what depends on it.
+    """
+    text = params_file.read_text()
+    pattern = re.compile(r"^profile:[ \t]*([^\s#]+)", re.MULTILINE)
+    m = pattern.search(text)
+    if m is None:
+        raise ParamsError(f"{params_file}: no top-level 'profile:' line to switch")
+    if m.group(1) == profile:
+        return False
+    new = pattern.sub(f"profile: {profile}", text, count=1)
+    parse_params(yaml.safe_load(new), source=str(params_file))  # validate before writing
+    atomic_write_bytes(params_file, new.encode())
+    return True

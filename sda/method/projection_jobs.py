@@ -12,6 +12,7 @@ On CUDA the fast mode of :mod:`sda.accel` applies (``projection.precision`` / ``
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -19,13 +20,14 @@ import numpy as np
 import torch
 
 from sda.accel import auto_batch_size, fast_model, name_oom, prefetch
-from sda.dda import project
-from sda.diffusion import load_diffusion, to_uint8, to_unit_range
+from sda.io.images import to_uint8, to_unit_range
+from sda.io.shard_jobs import ShardJob
+from sda.io.shards import Sample, batched, iter_shard_file, read_manifest
+from sda.method.dda import project
+from sda.models.diffusion import load_diffusion
 from sda.runtime import derive_seed
-from sda.sharded import ShardJob, cached
-from sda.shards import Sample, batched, iter_shard_file, read_manifest
 
-__all__ = ["project_job", "project_uint8", "projection_batch_size", "projection_jobs"]
+__all__ = ["Projector", "project_job", "project_uint8", "projection_batch_size", "projection_jobs", "projector"]
 
 
 def projection_jobs(src_root: str | Path, subdirs: list[str]) -> list[ShardJob]:
@@ -55,6 +57,33 @@ def projection_batch_size(unet: torch.nn.Module, scheduler: Any, projection: dic
     return auto_batch_size(one_step, dev)
 
 
+class Projector:
+    """The DDA projection of a diffusion model folder's projector with the ``projection`` params
+    (the :class:`sda.config.Projection` fields): the model is loaded and, for ``batch_size: auto``,
+    the batch size measured once."""
+
+    def __init__(self, model_dir: str | Path, projection: dict[str, Any], device: torch.device | str = "cpu"):
+        self.device = torch.device(device)
+        self.unet, self.scheduler, self.info = load_diffusion(model_dir, self.device)
+        self.projection = projection
+        self.batch_size = projection_batch_size(self.unet, self.scheduler, projection, self.unet.config.sample_size,
+                                                self.info.null_label)
+
+    def __call__(self, images: np.ndarray | torch.Tensor, seed: int) -> np.ndarray:
+        """Projections of uint8 (B, H, W, 3) images, B <= ``batch_size``, as one guidance batch whose
+        noise comes from ``seed``: uint8 (B, H, W, 3)."""
+        gen = torch.Generator(device=self.device).manual_seed(seed)
+        return project_uint8(self.unet, self.scheduler, images, {**self.projection, "batch_size": self.batch_size},
+                             null_label=self.info.null_label, generator=gen)
+
+
+@functools.cache
+def projector(model_dir: str, device: str, projection: tuple[tuple[str, Any], ...]) -> Projector:
+    """One :class:`Projector` per process and arguments (``projection`` as sorted items): a dask
+    worker loads the model once for all its shards."""
+    return Projector(model_dir, dict(projection), device)
+
+
 def project_job(
     job: ShardJob,
     *,
@@ -64,21 +93,13 @@ def project_job(
     seed: int,
     device: str = "cpu",
 ) -> Iterator[Sample]:
-    """The projections of input shard ``src_root/job.name``, in batches of ``projection['batch_size']``.
-
-    ``projection`` holds the :class:`sda.params.Projection` fields. The model (and, for
-    ``batch_size: auto``, the batch size) is loaded once per process.
-    """
-    unet, scheduler, info = cached(("diffusion", model_dir, device), lambda: load_diffusion(model_dir, device))
-    bs = cached(("projection batch", model_dir, device, repr(sorted(projection.items()))),
-                lambda: projection_batch_size(unet, scheduler, projection, unet.config.sample_size,
-                                              info["null_label"]))
-    batches = batched(iter_shard_file(Path(src_root) / job.name), bs)
+    """The projections of input shard ``src_root/job.name``, in guidance batches of the projector's
+    batch size; batch ``b`` draws its noise from ``derive_seed(seed, job.name, b)``."""
+    proj = projector(model_dir, device, tuple(sorted(projection.items())))
+    batches = batched(iter_shard_file(Path(src_root) / job.name), proj.batch_size)
     for b, (batch, x) in enumerate(prefetch(batches, lambda batch: torch.from_numpy(np.stack([s.image for s in batch])),
                                             device)):
-        gen = torch.Generator(device=device).manual_seed(derive_seed(seed, job.name, b))
-        out = project_uint8(unet, scheduler, x, {**projection, "batch_size": bs}, null_label=info["null_label"],
-                            generator=gen)
+        out = proj(x, derive_seed(seed, job.name, b))
         for s, img in zip(batch, out):
             yield Sample(key=s.key, image=img, label=s.label, meta=s.meta)
 
@@ -95,7 +116,7 @@ def project_uint8(
     """DDA projections of uint8 (B, H, W, 3) images (NumPy, or a tensor on any device) as uint8
     (B, H, W, 3), in one guidance batch.
 
-    ``projection`` holds the :class:`sda.params.Projection` fields, the fast-mode ones included; the
+    ``projection`` holds the :class:`sda.config.Projection` fields, the fast-mode ones included; the
     unconditional model is the diffusion model with ``null_label`` (``None``: an unconditional model
     such as ADM); ``generator`` lives on the model's device. A CUDA out-of-memory error becomes a
     ``ValueError`` that names ``projection.batch_size``.

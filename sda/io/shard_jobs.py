@@ -13,24 +13,22 @@ bytes), whichever worker runs it and whenever. Progress lives in a work director
 - a work directory whose fingerprint differs from the plan is refused, never mixed.
 
 When every job is done, :func:`run_shard_jobs` writes an ordinary shard-set ``manifest.json`` per
-output sub-directory (see :mod:`sda.shards`), so readers do not care how the set was made. The
+output sub-directory (see :mod:`sda.io.shards`), so readers do not care how the set was made. The
 manifests hold content only (counts, sizes, hashes, the plan's meta): the same plan gives the same
 manifest bytes, so a re-run leaves the DVC out hash unchanged; timings go to the returned summary.
 
 Execution: ``workers=0`` runs in this process; ``workers >= 1`` starts a dask ``LocalCluster`` of
-that many single-threaded worker processes (``LocalCUDACluster`` from dask-cuda when CUDA is
-present and it is installed); a scheduler address (argument or ``SDA_DASK_SCHEDULER``) submits
-to an existing cluster instead. Job functions must be picklable (module-level functions, or
-``functools.partial`` of them) and should cache their models per process (:func:`cached`).
+that many single-threaded worker processes (:func:`sda.io.cluster.dask_client`); a scheduler
+address (argument or ``SDA_DASK_SCHEDULER``) submits to an existing cluster instead. Job functions
+must be picklable (module-level functions, or ``functools.partial`` of them) and should load their
+models once per process (``functools.cache`` on the loader).
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import json
-import logging
 import os
 import time
 from collections import Counter
@@ -41,26 +39,22 @@ from typing import Any, Callable, Iterable
 import webdataset as wds
 from tqdm.auto import tqdm
 
-from sda.shards import MANIFEST, Sample, atomic_write_json, sha256_file, shard_record
+from sda.io.atomic import atomic_file, atomic_write_json, clean_stale_temps, sha256_file
+from sda.io.cluster import SCHEDULER_ENV, dask_client
+from sda.io.shards import MANIFEST, Sample, make_manifest, shard_record
+from sda.provenance import fingerprint
 
 __all__ = [
+    "PROGRESS",
     "PlanMismatchError",
-    "SchedulerUnreachableError",
     "ShardJob",
-    "cached",
-    "dask_client",
-    "worker_settings",
-    "fingerprint",
     "jobs_fingerprint",
     "plan_jobs",
     "run_shard_jobs",
     "write_shard",
 ]
 
-log = logging.getLogger(__name__)
-
 PROGRESS = "progress.json"
-SCHEDULER_ENV = "SDA_DASK_SCHEDULER"
 
 
 class PlanMismatchError(ValueError):
@@ -86,34 +80,17 @@ def plan_jobs(n_items: int, shard_size: int, prefix: str) -> list[ShardJob]:
             for i in range(0, n_items, shard_size)]
 
 
-def fingerprint(obj: Any) -> str:
-    """sha256 of the canonical JSON of ``obj`` (params, job list, input hashes)."""
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
-
-
 def jobs_fingerprint(plan: Any, jobs: list[ShardJob]) -> str:
     """The identity of a run: what fixes the output (``plan``) and the job list."""
     return fingerprint({"plan": plan, "jobs": [asdict(j) for j in jobs]})
 
 
-_CACHE: dict[Any, Any] = {}
-
-
-def cached(key: Any, load: Callable[[], Any]) -> Any:
-    """Per-process cache: a worker loads each model once and reuses it for every shard."""
-    if key not in _CACHE:
-        _CACHE[key] = load()
-    return _CACHE[key]
-
-
 def write_shard(path: Path, samples: Iterable[Sample], max_bytes: float = float("inf")) -> dict[str, Any]:
-    """Write one shard atomically (``<name>.tmp-*`` then rename); return its progress entry."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    """Write one shard atomically (:func:`sda.io.atomic.atomic_file`); return its progress entry."""
     classes: Counter[int] = Counter()
     keys: set[str] = set()
     t0 = time.perf_counter()
-    try:
+    with atomic_file(path) as tmp:
         with wds.TarWriter(str(tmp), mtime=0.0) as sink:  # fixed mtime: same samples, same bytes
             for s in samples:
                 sink.write(shard_record(s, keys, where=f"shard {path.name}"))
@@ -122,12 +99,6 @@ def write_shard(path: Path, samples: Iterable[Sample], max_bytes: float = float(
         if size > max_bytes:
             raise ValueError(f"shard {path.name} is {size} bytes, over the cap of {int(max_bytes)}: "
                              "lower the shard size")
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return {"count": len(keys), "bytes": size, "sha256": sha256_file(path),
             "classes": {str(k): v for k, v in sorted(classes.items())},
             "seconds": round(time.perf_counter() - t0, 3)}
@@ -180,88 +151,6 @@ def _save_progress(work_dir: Path, fp: str, meta: dict[str, Any], done: dict[str
                    total: int) -> None:
     atomic_write_json(work_dir / PROGRESS, {"fingerprint": fp, "meta": meta, "jobs": total,
                                             "shards": dict(sorted(done.items()))})
-
-
-class SchedulerUnreachableError(ConnectionError):
-    """The dask scheduler named by ``runtime.scheduler`` / ``SDA_DASK_SCHEDULER`` did not answer."""
-
-
-# Worker settings that keep torch jobs at full speed (bench/dask_scaling.py measures them):
-# - dask's nanny starts every worker with MALLOC_TRIM_THRESHOLD_=65536. Setting any glibc malloc
-#   tunable switches off malloc's dynamic mmap threshold, so every tensor over 128 KiB is mmap'd on
-#   allocation and unmapped on free: ~35x the page faults, ~40% of the worker's CPU time in the
-#   kernel, half the images/s. None unsets it (distributed.nanny._get_env_variables).
-# - the worker's statistical profiler (every 10 ms), event-loop tick (20 ms) and system monitor
-#   (500 ms) take the GIL from the job's Python-heavy UNet loop: ~14% of a worker's CPU time.
-DASK_WORKER_CONFIG: dict[str, Any] = {
-    "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
-    "distributed.worker.profile.enabled": False,
-    "distributed.admin.tick.interval": "1s",
-    "distributed.admin.system-monitor.interval": "2s",
-}
-
-
-@contextlib.contextmanager
-def dask_client(workers: int = 1, scheduler: str | None = None, threads_per_worker: int = 1,
-                worker_config: dict[str, Any] | None = None):
-    """``with dask_client(...) as client``: a dask ``Client`` to the cluster at ``scheduler`` when
-    given, else to a new ``LocalCluster`` of ``workers`` processes (dask-cuda's
-    ``LocalCUDACluster``, one worker per GPU, when CUDA is present and it is installed), closed with
-    the client. Local workers start with ``worker_config`` (default ``DASK_WORKER_CONFIG``; ``{}`` =
-    dask's defaults, for the benchmark); workers of a cluster started without it (plain ``dask
-    worker``) are named in a warning. Raises :class:`SchedulerUnreachableError` (naming the address)
-    when the scheduler does not answer within ``distributed.comm.timeouts.connect``."""
-    import dask
-    from distributed import Client, LocalCluster
-
-    logging.getLogger("distributed").setLevel(logging.WARNING)  # no per-worker INFO chatter in stage logs
-    if scheduler:
-        timeout = dask.config.get("distributed.comm.timeouts.connect")
-        try:
-            client = Client(scheduler, timeout=timeout)
-        except (OSError, TimeoutError) as err:
-            raise SchedulerUnreachableError(
-                f"no dask scheduler answered at {scheduler} within {timeout} (runtime.scheduler or "
-                f"{SCHEDULER_ENV}): start it (`dask scheduler`, then `dask worker {scheduler}`), fix the address, "
-                "or unset it to run locally; nothing was published") from err
-        with client:
-            _warn_slow_workers(client)
-            yield client
-        return
-    with dask.config.set(DASK_WORKER_CONFIG if worker_config is None else worker_config):
-        cluster = None
-        try:
-            import torch
-
-            if torch.cuda.is_available():
-                from dask_cuda import LocalCUDACluster
-
-                cluster = LocalCUDACluster()
-        except ImportError:
-            pass
-        if cluster is None:
-            cluster = LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker, processes=True,
-                                   dashboard_address=None, silence_logs=40)
-    with cluster, Client(cluster) as client:  # Client(cluster).close() alone leaves the workers running
-        yield client
-
-
-def worker_settings() -> dict[str, Any]:
-    """Where it runs (``client.run(worker_settings)``): the values of ``DASK_WORKER_CONFIG``'s keys,
-    the malloc one read from the process environment (what the worker was started with)."""
-    import dask
-
-    return {key: (os.environ.get(key.rsplit(".", 1)[1]) if ".pre-spawn-environ." in key else dask.config.get(key))
-            for key in DASK_WORKER_CONFIG}
-
-
-def _warn_slow_workers(client) -> None:
-    settings = client.run(worker_settings)
-    slow = sorted(w for w, got in settings.items() if got != DASK_WORKER_CONFIG)
-    if slow:
-        log.warning("%d of %d dask workers run with dask's default settings %s, which slow torch jobs down up to "
-                    "2x: start them with `python -m sda.dask_worker <scheduler>` (%s)", len(slow), len(settings),
-                    settings[slow[0]], ", ".join(slow[:4]))
 
 
 def run_shard_jobs(
@@ -331,8 +220,7 @@ def run_shard_jobs(
             for fut in as_completed(futures):
                 finished(*fut.result())
     # a worker killed while writing leaves its temporary; the job was re-run elsewhere
-    for stray in work_dir.rglob("*.tmp-*"):
-        stray.unlink(missing_ok=True)
+    clean_stale_temps(work_dir, recursive=True)
     bar.close()
     seconds = time.perf_counter() - t0
     new_items = total_items - resumed
@@ -348,19 +236,16 @@ def run_shard_jobs(
 
 def _write_manifests(work_dir: Path, jobs: list[ShardJob], done: dict[str, dict[str, Any]],
                      meta: dict[str, Any]) -> None:
-    """An ordinary shard-set manifest per sub-directory (``sda.shards`` format, content only)."""
+    """An ordinary shard-set manifest per sub-directory (``sda.io.shards`` format, content only)."""
     groups: dict[str, list[ShardJob]] = {}
     for j in jobs:
         groups.setdefault(str(Path(j.name).parent), []).append(j)
     for sub, group in groups.items():
-        classes: Counter[str] = Counter()
+        classes: Counter[int] = Counter()
         shards = []
         for j in group:
             e = done[j.name]
-            classes.update(e["classes"])
+            classes.update({int(k): v for k, v in e["classes"].items()})
             shards.append({"name": Path(j.name).name, "count": e["count"], "bytes": e["bytes"],
                            "sha256": e["sha256"], "start": j.start, "stop": j.stop})
-        manifest = {"count": sum(s["count"] for s in shards),
-                    "classes": dict(sorted(classes.items(), key=lambda kv: int(kv[0]))),
-                    "shards": shards, "meta": meta}
-        atomic_write_json(work_dir / sub / MANIFEST, manifest)
+        atomic_write_json(work_dir / sub / MANIFEST, make_manifest(shards, classes, meta))

@@ -6,25 +6,25 @@ Layout (hive-partitioned by the UTC date of the commit, readable with ``pyarrow.
     <dir>/date=2026-11-25/part-<batch id>.parquet
 
 A batch is committed by writing one Parquet file under a hidden temporary name and renaming it into
-place: the rename is the commit, so after a crash or ``kill -9`` a batch is either wholly in the
+place (:func:`sda.io.atomic.atomic_file`): the rename is the commit, so after a crash or ``kill -9`` a batch is either wholly in the
 dataset or not at all. Which images are done is read back from the dataset itself (the ``sha256``
 column), so there is no second book-keeping file that could disagree with it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import os
-import uuid
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from sda.io.atomic import atomic_copy, atomic_file, atomic_write_bytes, clean_stale_temps
+
 __all__ = ["LABEL_SCHEMA", "QUARANTINE_SCHEMA", "commit_batch", "committed_hashes", "part_files",
-           "read_table", "remove_stale_temps"]
+           "quarantine_files", "read_table", "remove_stale_temps"]
 
 _TS = pa.timestamp("us", tz="UTC")
 
@@ -91,12 +91,7 @@ def committed_hashes(root: str | os.PathLike[str]) -> set[str]:
 def remove_stale_temps(root: str | os.PathLike[str]) -> int:
     """Delete the temporaries of commits that were killed half-way; returns how many. Call it only
     while holding the store's lock (a running writer's temporary looks the same)."""
-    n = 0
-    for p in Path(root).glob("date=*/.part-*.tmp"):
-        with contextlib.suppress(FileNotFoundError):
-            p.unlink()
-            n += 1
-    return n
+    return sum(clean_stale_temps(part) for part in sorted(Path(root).glob("date=*")))
 
 
 def commit_batch(root: str | os.PathLike[str], table: pa.Table, batch_id: str,
@@ -107,23 +102,22 @@ def commit_batch(root: str | os.PathLike[str], table: pa.Table, batch_id: str,
     images were done already), so a row can never be committed twice under one batch id.
     """
     when = when or dt.datetime.now(dt.timezone.utc)
-    part = Path(root) / f"date={when.date().isoformat()}"
-    part.mkdir(parents=True, exist_ok=True)
-    final = part / f"part-{batch_id}.parquet"
+    final = Path(root) / f"date={when.date().isoformat()}" / f"part-{batch_id}.parquet"
     if any(Path(root).glob(f"date=*/part-{batch_id}.parquet")):
         raise FileExistsError(f"batch {batch_id} is already committed under {root}")
-    tmp = part / f".part-{batch_id}-{uuid.uuid4().hex[:8]}.tmp"
-    try:
+    with atomic_file(final) as tmp:
         pq.write_table(table, tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-    with contextlib.suppress(OSError):
-        fd = os.open(part, os.O_RDONLY)
-        os.fsync(fd)
-        os.close(fd)
     return final
+
+
+def quarantine_files(files_dir: str | os.PathLike[str], items: list, names: list[str]) -> None:
+    """Copy each inbox item (:class:`sda.relabel.inbox.InboxItem`, a file or a tar member) to
+    ``files_dir/<name>`` atomically, unless a copy is there already (an empty name: no copy)."""
+    for it, name in zip(items, names):
+        dst = Path(files_dir) / name
+        if not name or dst.exists():
+            continue
+        if it.member is None:
+            atomic_copy(it.path, dst)
+        else:
+            atomic_write_bytes(dst, it.read())

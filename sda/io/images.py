@@ -1,0 +1,99 @@
+"""Images between files, arrays and tensors: safe decoding, guided-diffusion's resize-and-crop,
+and the uint8 <-> [-1, 1] conversions every model input and output goes through.
+
+Decoding never trusts a file: the size is checked before reading, the pixel count from the header
+before decoding (decompression bombs), then the whole image is decoded (truncation shows up here)
+and converted to RGB (grayscale, palette, CMYK, RGBA and 16-bit images are converted, not rejected).
+A file that fails raises :class:`BadImage` with a one-line reason.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+__all__ = ["IMAGE_SUFFIXES", "BadImage", "center_crop_arr", "decode_image", "read_image", "to_uint8",
+           "to_unit_range"]
+
+# the image files the project reads: source / target folders and the relabel inbox
+IMAGE_SUFFIXES: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".webp"})
+
+
+class BadImage(ValueError):
+    """The bytes are not a usable image; ``str(err)`` is the reason recorded in quarantine."""
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """RGB for every PIL mode: 16/32-bit and float greyscale are rescaled to 8 bits first (a plain
+    ``convert`` would clip them to white); alpha is dropped; palettes and CMYK are converted."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") else max(float(arr.max()), 1.0)
+        img = Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    return img.convert("RGB")
+
+
+def decode_image(data: bytes, *, max_pixels: int, min_side: int = 1) -> tuple[Image.Image, str]:
+    """Decode ``data`` fully: ``(RGB PIL image with EXIF orientation applied, original PIL mode)``;
+    raise :class:`BadImage` with the reason otherwise."""
+    if not data:
+        raise BadImage("empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            w, h = img.size
+            if w * h > max_pixels:
+                raise BadImage(f"too many pixels: header says {w}x{h} > relabel.max_pixels={max_pixels}")
+            if min(w, h) < min_side:
+                raise BadImage(f"too small: {w}x{h} < relabel.min_side={min_side}")
+            img.load()  # full decode: truncated or corrupt data fails here
+            mode = img.mode
+            return _to_rgb(ImageOps.exif_transpose(img)), mode
+    except BadImage:
+        raise
+    except UnidentifiedImageError:
+        raise BadImage("not an image (unrecognised format)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise BadImage(f"too many pixels: {err}"[:300]) from None
+    except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as err:
+        raise BadImage(f"truncated or corrupt image: {type(err).__name__}: {err}"[:300]) from None
+
+
+def center_crop_arr(img: Image.Image, size: int) -> np.ndarray:
+    """guided-diffusion's ``center_crop_arr``: uint8 (size, size, 3) from any PIL image."""
+    img = img.convert("RGB")
+    while min(img.size) >= 2 * size:
+        img = img.resize(tuple(x // 2 for x in img.size), resample=Image.Resampling.BOX)
+    scale = size / min(img.size)
+    img = img.resize(tuple(round(x * scale) for x in img.size), resample=Image.Resampling.BICUBIC)
+    arr = np.asarray(img)
+    y, x = (arr.shape[0] - size) // 2, (arr.shape[1] - size) // 2
+    return np.ascontiguousarray(arr[y: y + size, x: x + size])
+
+
+def read_image(path: Path, size: int) -> np.ndarray:
+    """Open ``path`` and return :func:`center_crop_arr` of it; a bad file names the path."""
+    try:
+        with Image.open(path) as img:
+            return center_crop_arr(img, size)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{path}: cannot read the image ({err}); replace or remove the file") from None
+
+
+def to_unit_range(images: np.ndarray | torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:
+    """uint8 (B, H, W, 3) (NumPy, or a tensor on any device) -> float32 (B, 3, H, W) in [-1, 1] on ``device``."""
+    return torch.as_tensor(images).to(device).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """float (B, 3, H, W) in [-1, 1] -> uint8 (B, H, W, 3)."""
+    x = ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).cpu().numpy()

@@ -1,0 +1,78 @@
+"""What people look at: the results table, the per-domain plot data, and grids of originals vs
+projections (the evaluate stage's ``metrics/`` files and the relabel reports)."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+from torchvision.utils import make_grid
+
+from sda.io.atomic import atomic_write_bytes
+from sda.method.scoring import MAIN_METHODS
+
+__all__ = ["grid_png", "projection_grid", "results_markdown", "write_plot_csv"]
+
+
+def results_markdown(metrics: Mapping[str, object]) -> str:
+    """A markdown table: one row per domain, then the corruption mean; columns = main methods."""
+    header = "| domain | " + " | ".join(MAIN_METHODS) + " |"
+    lines = [header, "|" + "---|" * (len(MAIN_METHODS) + 1)]
+    for d, acc in metrics["domains"].items():  # type: ignore[union-attr]
+        lines.append(f"| {d} | " + " | ".join(f"{acc[m]:.1f}" for m in MAIN_METHODS) + " |")
+    mean = metrics["mean"]
+    lines.append("| **mean (corruptions)** | " + " | ".join(f"**{mean[m]:.1f}**" for m in MAIN_METHODS) + " |")  # type: ignore[index]
+    return "\n".join(lines)
+
+
+def write_plot_csv(metrics: Mapping[str, object], path: str | Path) -> None:
+    """Per-domain accuracy by method as CSV (``domain,source,dda,dda_ens,sda``) for ``dvc plots``."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["domain", *MAIN_METHODS])
+    for d, acc in metrics["domains"].items():  # type: ignore[union-attr]
+        w.writerow([d, *(acc[m] for m in MAIN_METHODS)])
+    w.writerow(["mean", *(metrics["mean"][m] for m in MAIN_METHODS)])  # type: ignore[index]
+    atomic_write_bytes(path, buf.getvalue().encode())
+
+
+def projection_grid(rows: Mapping[str, tuple[np.ndarray, np.ndarray]], *, upscale: int = 4) -> Image.Image:
+    """Image grid: for each domain a row of originals and a row of their projections.
+
+    ``rows[domain] = (original uint8 (K, H, W, 3), projected uint8 (K, H, W, 3))``; the domain name
+    is drawn at the left of each pair of rows. Returns a PIL RGB image.
+    """
+    tiles = []
+    names = list(rows)
+    k = max(len(o) for o, _ in rows.values())
+    for name in names:
+        orig, proj = rows[name]
+        for arr in (orig, proj):
+            t = torch.from_numpy(arr).permute(0, 3, 1, 2)
+            t = torch.nn.functional.interpolate(t.float(), scale_factor=upscale, mode="nearest").to(torch.uint8)
+            if len(t) < k:
+                t = torch.cat([t, torch.zeros(k - len(t), *t.shape[1:], dtype=torch.uint8)])
+            tiles.append(t)
+    grid = make_grid(torch.cat(tiles), nrow=k, padding=2, pad_value=255)
+    img = Image.fromarray(grid.permute(1, 2, 0).numpy())
+    label_w = 130
+    canvas = Image.new("RGB", (img.width + label_w, img.height), "white")
+    canvas.paste(img, (label_w, 0))
+    draw = ImageDraw.Draw(canvas)
+    row_h = (img.height - 2) / (2 * len(names))
+    for i, name in enumerate(names):
+        draw.text((4, int((2 * i) * row_h + 4)), name, fill="black")
+        draw.text((4, int((2 * i + 1) * row_h + 4)), "  projected", fill="gray")
+    return canvas
+
+
+def grid_png(rows: Mapping[str, tuple[np.ndarray, np.ndarray]], image_size: int) -> bytes:
+    """:func:`projection_grid` as PNG bytes, upscaled so that tiles are at least 64 px."""
+    buf = io.BytesIO()
+    projection_grid(rows, upscale=max(1, 64 // image_size)).save(buf, format="PNG")
+    return buf.getvalue()

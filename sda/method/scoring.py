@@ -1,0 +1,110 @@
+"""Predictions of every method from three logit tensors, and their accuracies per domain.
+
+Methods (each a prediction per image):
+
+- ``source``: source model on the original image;
+- ``dda``: source model on the projected image;
+- ``dda_ens``: DDA's ensemble, softmax sum of source(original) and source(projected);
+- ``sda``: argmax of the RAW LOGIT SUM source(original) + aligned(projected) (SDA, DESIGN.md §1).
+
+Extra rows (``more``): DDA's other ensembles (entropy pick, confidence pick, logit sum) and the
+aligned model alone on projected images.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from sda.models.classifiers import input_spec, predict_logits
+
+__all__ = ["MAIN_METHODS", "accuracy", "method_predictions", "score_domain", "sda_logits", "summarise"]
+
+MAIN_METHODS: tuple[str, ...] = ("source", "dda", "dda_ens", "sda")
+
+
+def _entropy(logits: torch.Tensor) -> torch.Tensor:
+    p = logits.softmax(1)
+    return -(p * p.clamp_min(1e-12).log()).sum(1)
+
+
+def sda_logits(source_orig: torch.Tensor, aligned_proj: torch.Tensor) -> torch.Tensor:
+    """SDA's decision logits (N, C): the raw sum source(original) + aligned(projected) (DESIGN.md §1)."""
+    return source_orig + aligned_proj
+
+
+def method_predictions(
+    source_orig: torch.Tensor, source_proj: torch.Tensor, aligned_proj: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """Class predictions (N,) per method from logits (N, C) of the three model/input pairs."""
+    pick_entropy = _entropy(source_proj) < _entropy(source_orig)
+    pick_conf = source_proj.softmax(1).amax(1) > source_orig.softmax(1).amax(1)
+    return {
+        "source": source_orig.argmax(1),
+        "dda": source_proj.argmax(1),
+        "dda_ens": (source_orig.softmax(1) + source_proj.softmax(1)).argmax(1),
+        "sda": sda_logits(source_orig, aligned_proj).argmax(1),
+        "dda_ens_entropy": torch.where(pick_entropy, source_proj.argmax(1), source_orig.argmax(1)),
+        "dda_ens_confidence": torch.where(pick_conf, source_proj.argmax(1), source_orig.argmax(1)),
+        "dda_ens_logit": (source_orig + source_proj).argmax(1),
+        "aligned_proj": aligned_proj.argmax(1),
+    }
+
+
+def summarise(
+    per_domain: Mapping[str, Mapping[str, float]], corruptions: Sequence[str]
+) -> dict[str, object]:
+    """Shape the per-domain accuracies (percent) as ``metrics/evaluate.json``.
+
+    Returns ``{"domains": {d: {main methods}}, "mean": {main methods}, "more": {...}}`` where
+    ``mean`` averages over the corruption domains only (the clean domain is reported, not averaged).
+    """
+    present = [c for c in corruptions if c in per_domain]
+    if not present:
+        raise ValueError("no corruption domain to average over")
+    methods = list(next(iter(per_domain.values())).keys())
+    mean_all = {m: round(float(np.mean([per_domain[c][m] for c in present])), 2) for m in methods}
+    return {
+        "domains": {d: {m: acc[m] for m in MAIN_METHODS} for d, acc in per_domain.items()},
+        "mean": {m: mean_all[m] for m in MAIN_METHODS},
+        "more": {
+            "domains": {d: {m: v for m, v in acc.items() if m not in MAIN_METHODS} for d, acc in per_domain.items()},
+            "mean": {m: v for m, v in mean_all.items() if m not in MAIN_METHODS},
+            "corruptions_in_mean": present,
+        },
+    }
+
+
+def accuracy(predictions: np.ndarray, labels: np.ndarray) -> float:
+    """Top-1 accuracy in percent, rounded to 2 decimals (as ``metrics/evaluate.json`` holds it)."""
+    return round(float((predictions == labels).mean() * 100), 2)
+
+
+def score_domain(source: torch.nn.Module, source_config: dict[str, Any], aligned: torch.nn.Module,
+                 aligned_config: dict[str, Any], batches: Iterable[Any], *, batch_size: int, grid_images: int,
+                 device: torch.device | str = "cpu") -> tuple[dict[str, float], tuple[np.ndarray, np.ndarray]]:
+    """Accuracy of every method (:func:`method_predictions`) on one target domain, and its first
+    ``grid_images`` originals and projections (for the grid).
+
+    ``batches`` yields objects with ``images`` (originals), ``paired`` (their projections), both
+    uint8 (B, H, W, 3), and ``labels`` (B,): :class:`sda.io.streaming.ShardStream` with
+    ``paired_dir``. Memory holds a batch and the predictions, not the domain.
+    """
+    src_in, al_in = input_spec(source_config), input_spec(aligned_config)
+    preds: dict[str, list[np.ndarray]] = {}
+    labels, grid_o, grid_p = [], [], []
+    for b in batches:
+        so = predict_logits(source, b.images, **src_in, batch_size=batch_size, device=device)
+        sp = predict_logits(source, b.paired, **src_in, batch_size=batch_size, device=device)
+        ap = predict_logits(aligned, b.paired, **al_in, batch_size=batch_size, device=device)
+        for m, p in method_predictions(so, sp, ap).items():
+            preds.setdefault(m, []).append(p.numpy())
+        labels.append(b.labels)
+        if sum(map(len, grid_o)) < grid_images:  # the first batch comes from the first shard: same images every run
+            grid_o.append(b.images[:grid_images])
+            grid_p.append(b.paired[:grid_images])
+    y = np.concatenate(labels)
+    acc = {m: accuracy(np.concatenate(p), y) for m, p in preds.items()}
+    return acc, (np.concatenate(grid_o)[:grid_images], np.concatenate(grid_p)[:grid_images])

@@ -1,0 +1,235 @@
+"""Label new target images with SDA, exactly once, in batches.
+
+:class:`RelabelJob` is the whole job without any orchestration (:mod:`sda.relabel.service` builds it
+for a checkout; the Prefect flow and the CLI in ``flows/relabel.py`` drive it)::
+
+    with RelabelJob(settings, models=..., lineage=..., ...) as job:   # lock, scan, load models
+        for batch in job.batches:
+            report = job.process(batch)                              # validate, quarantine, label, commit
+
+Exactly once: an image is identified by the sha256 of its bytes; a batch's rows are committed by one
+atomic rename (:mod:`sda.relabel.store`); which images are done is read back from the committed
+datasets when the job starts. A run killed at any point therefore loses at most the uncommitted batch,
+which the next run labels again, and never writes a row twice. Two jobs over the same label store
+cannot interleave: the job holds an exclusive file lock (``<labels>/.relabel.lock``, released by the
+OS even on ``kill -9``) from the scan to the last commit; a second job waits for it, then finds the
+images done.
+
+Prediction per image: :class:`sda.relabel.predict.SdaPredictor`. The projection uses the pipeline's ``projection``
+params in guidance batches of ``projection.batch_size`` (with the reference's batch-wide norm a label
+can depend on the batch mates, exactly as in ``target_project``; ``per_sample_norm`` removes that).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+from filelock import FileLock, Timeout
+
+from sda.io.images import BadImage, center_crop_arr, decode_image
+from sda.relabel.inbox import InboxItem, Scan, safe_file_name, scan_inbox
+from sda.relabel.predict import SdaPredictor
+from sda.relabel.report import BatchReport, class_grid, write_report
+from sda.relabel.store import (LABEL_SCHEMA, QUARANTINE_SCHEMA, commit_batch, committed_hashes, quarantine_files,
+                               remove_stale_temps)
+from sda.runtime import derive_seed
+
+__all__ = ["Lineage", "RelabelJob", "batch_id_of"]
+
+log = logging.getLogger("sda.relabel")
+
+
+@dataclass(frozen=True)
+class Lineage:
+    """Where a label came from: DVC hashes of the three models, params hash, code version."""
+
+    source_model_hash: str
+    aligned_model_hash: str
+    diffusion_model_hash: str
+    params_hash: str
+    code_version: str
+
+
+def batch_id_of(items: list[InboxItem]) -> str:
+    """16 hex digits fixed by the batch's content: a re-run of the same images gets the same id."""
+    return hashlib.sha256("\n".join(it.sha256 for it in items).encode()).hexdigest()[:16]
+
+
+class RelabelJob:
+    """One relabelling run over an inbox; see the module docstring.
+
+    ``settings`` is :class:`sda.config.Relabel` (paths already resolved by the caller),
+    ``projection`` the :class:`sda.config.Projection` fields, ``models`` the folders of
+    :class:`sda.relabel.predict.SdaPredictor`.
+    """
+
+    def __init__(self, settings: Any, *, projection: dict[str, Any], image_size: int,
+                 models: dict[str, Path], lineage: Lineage, seed: int, run_id: str,
+                 flow_run_id: str | None = None, device: torch.device | str = "cpu",
+                 inbox: Path | None = None) -> None:
+        self.settings = settings
+        self.inbox = Path(inbox or settings.inbox)
+        self.labels_dir, self.quarantine_dir = Path(settings.labels), Path(settings.quarantine)
+        self.reports_dir = self.labels_dir / "_reports"  # "_" keeps it out of Parquet readers' way
+        self.projection, self.image_size, self.models = projection, image_size, models
+        self.lineage, self.seed, self.run_id, self.flow_run_id = lineage, seed, run_id, flow_run_id
+        self.device = torch.device(device)
+        self._lock = FileLock(str(self.labels_dir / ".relabel.lock"))
+        self.scan: Scan | None = None
+        self.batches: list[list[InboxItem]] = []
+        self.predictor: SdaPredictor | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def __enter__(self) -> "RelabelJob":
+        self.labels_dir.mkdir(parents=True, exist_ok=True)
+        (self.quarantine_dir / "table").mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        try:
+            self._lock.acquire(timeout=self.settings.lock_timeout_seconds)
+        except Timeout:
+            raise RuntimeError(
+                f"another relabel run holds {self._lock.lock_file} for more than "
+                f"relabel.lock_timeout_seconds={self.settings.lock_timeout_seconds}; let it finish") from None
+        waited = time.perf_counter() - t0
+        if waited > 1:
+            log.info("waited %.1f s for another relabel run to finish", waited)
+        try:
+            self._start()
+        except BaseException:
+            self._lock.release()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
+
+    def _start(self) -> None:
+        for store in (self.labels_dir, self.quarantine_dir / "table"):
+            if n := remove_stale_temps(store):
+                log.info("removed %d temporary file(s) of a killed commit in %s", n, store)
+        labelled = committed_hashes(self.labels_dir)
+        quarantined = committed_hashes(self.quarantine_dir / "table")
+        self.scan = sc = scan_inbox(self.inbox, skip=labelled | quarantined, min_age_s=self.settings.min_age_seconds)
+        if self.settings.move_quarantined:  # a run killed after its quarantine commit left these behind
+            for it in sc.known:
+                if it.sha256 in quarantined:
+                    it.path.unlink(missing_ok=True)
+        log.info("inbox %s: %d new image(s), %d already done, %d duplicate(s), %d too new, %d not images, "
+                 "%d broken tar(s), %d symlink(s)", self.inbox, len(sc.items), len(labelled) + len(quarantined),
+                 sc.duplicates, len(sc.too_new), len(sc.ignored), len(sc.broken) - len(sc.symlinks),
+                 len(sc.symlinks))
+        bs = self.settings.batch_size
+        self.batches = [sc.items[i: i + bs] for i in range(0, len(sc.items), bs)]
+        if sc.broken:
+            items = [it for it, _ in sc.broken]
+            self._quarantine(items, {it.sha256: r for it, r in sc.broken}, "refused-" + batch_id_of(items))
+        if self.batches:  # once per run: with batch_size "auto" this measures a guided step on the GPU
+            self.predictor = SdaPredictor(self.models, self.projection, self.device)
+
+    # -- work ------------------------------------------------------------------------------------
+    def process(self, batch: list[InboxItem]) -> BatchReport:
+        """Validate, quarantine the bad, label the good, commit; returns the batch's report."""
+        t0 = time.perf_counter()
+        bid = batch_id_of(batch)
+        good, bad = self._decode(batch)
+        report = BatchReport(batch_id=bid)
+        if bad:
+            items = [it for it in batch if it.sha256 in bad]
+            report.quarantined = len(items)
+            report.reasons = dict(Counter(bad[it.sha256].split(":", 1)[0] for it in items))
+            report.quarantined_files = [(it.source, bad[it.sha256]) for it in items]
+            self._quarantine(items, bad, bid)
+        if good:
+            assert self.predictor is not None
+            images = np.stack([g[1] for g in good])
+            pred, proj = self.predictor.predict(images, lambda c: derive_seed(self.seed, "relabel", bid, c))
+            self._commit_labels(bid, good, pred)
+            names = self.predictor.class_names
+            report.labelled = len(good)
+            report.label_counts = dict(Counter(names[i] for i in pred["label"]))
+            report.grid_png = class_grid(images, proj, pred["label"], names, self.settings.grid_images,
+                                         self.image_size)
+        report.seconds = time.perf_counter() - t0
+        write_report(self.reports_dir, report)
+        return report
+
+    def _decode(self, batch: list[InboxItem]) -> tuple[list[tuple[InboxItem, np.ndarray, tuple[int, int], str]],
+                                                        dict[str, str]]:
+        """(good: (item, uint8 model-size image, original (w, h), original PIL mode), bad: sha256 -> reason)."""
+        s = self.settings
+        good, bad = [], {}
+        for it in batch:
+            try:
+                if it.size > s.max_file_bytes:
+                    raise BadImage(f"file too large: {it.size} bytes > relabel.max_file_bytes={s.max_file_bytes}")
+                data = it.read()
+                if hashlib.sha256(data).hexdigest() != it.sha256:
+                    raise BadImage("changed while being read (sha256 differs from the scan)")
+                img, mode = decode_image(data, max_pixels=s.max_pixels, min_side=s.min_side)
+                # guided-diffusion's loader, as the target_data stage reads its images
+                good.append((it, center_crop_arr(img, self.image_size), img.size, mode))
+            except (BadImage, OSError) as err:
+                bad[it.sha256] = str(err) if isinstance(err, BadImage) else f"unreadable: {err}"
+        return good, bad
+
+    def _commit_labels(self, bid: str, good: list, pred: dict[str, np.ndarray]) -> None:
+        now = dt.datetime.now(dt.timezone.utc)
+        names = self.predictor.class_names
+        lin = self.lineage
+        n = len(good)
+        cols = {
+            "key": [g[0].sha256[:16] for g in good],
+            "sha256": [g[0].sha256 for g in good],
+            "source_path": [g[0].source for g in good],
+            "width": [g[2][0] for g in good],
+            "height": [g[2][1] for g in good],
+            "mode": [g[3] for g in good],
+            "label": pred["label"].tolist(),
+            "class_name": [names[i] for i in pred["label"]],
+            "confidence": pred["confidence"].tolist(),
+            "top5": pred["top5"].tolist(),
+            "top5_confidence": pred["top5_confidence"].tolist(),
+            "source_label": pred["source_label"].tolist(),
+            "source_class_name": [names[i] for i in pred["source_label"]],
+            "source_confidence": pred["source_confidence"].tolist(),
+            "source_model_hash": [lin.source_model_hash] * n,
+            "aligned_model_hash": [lin.aligned_model_hash] * n,
+            "diffusion_model_hash": [lin.diffusion_model_hash] * n,
+            "params_hash": [lin.params_hash] * n,
+            "code_version": [lin.code_version] * n,
+            "batch_id": [bid] * n,
+            "run_id": [self.run_id] * n,
+            "flow_run_id": [self.flow_run_id] * n,
+            "labelled_at": [now] * n,
+        }
+        commit_batch(self.labels_dir, pa.table(cols, schema=LABEL_SCHEMA), bid, now)
+
+    def _quarantine(self, items: list[InboxItem], reasons: dict[str, str], bid: str) -> None:
+        """Copy the files into ``<quarantine>/files/``, commit their rows, then (optionally) remove
+        them from the inbox. Each step is idempotent, so a kill between them is repaired by a re-run.
+        A symlink gets a row but no copy (``quarantined_as`` empty); removing it leaves its target."""
+        names = ["" if it.link else safe_file_name(it.source, it.sha256) for it in items]
+        quarantine_files(self.quarantine_dir / "files", items, names)
+        now = dt.datetime.now(dt.timezone.utc)
+        n = len(items)
+        table = pa.table({
+            "file": [it.source for it in items], "sha256": [it.sha256 for it in items],
+            "reason": [reasons[it.sha256] for it in items], "size_bytes": [it.size for it in items],
+            "quarantined_as": names, "batch_id": [bid] * n, "run_id": [self.run_id] * n,
+            "flow_run_id": [self.flow_run_id] * n, "quarantined_at": [now] * n,
+        }, schema=QUARANTINE_SCHEMA)
+        commit_batch(self.quarantine_dir / "table", table, bid, now)
+        for it in items:
+            log.warning("quarantined %s: %s", it.source, reasons[it.sha256])
+            if self.settings.move_quarantined and it.member is None:
+                it.path.unlink(missing_ok=True)

@@ -1,0 +1,52 @@
+"""SDA's prediction for new images (DESIGN.md §1): the source model on the original, the aligned
+model on its DDA projection, SDA = argmax of the raw logit sum; with confidences and top-5."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from sda.method.projection_jobs import Projector
+from sda.method.scoring import sda_logits
+from sda.models.classifiers import input_spec, load_classifier, predict_logits
+
+__all__ = ["SdaPredictor"]
+
+
+class SdaPredictor:
+    """The three models of a pipeline run, loaded once: ``models`` names the folders
+    ``{"source": ..., "aligned": ..., "diffusion": ..., "classes": classes.json}``; ``projection``
+    holds the :class:`sda.config.Projection` fields (``batch_size: auto`` is measured here, once)."""
+
+    def __init__(self, models: dict[str, Path], projection: dict[str, Any], device: torch.device | str = "cpu"):
+        self.device = torch.device(device)
+        self.source, self.source_cfg = load_classifier(models["source"], self.device)
+        self.aligned, self.aligned_cfg = load_classifier(models["aligned"], self.device)
+        self.projector = Projector(models["diffusion"], projection, self.device)
+        self.class_names: list[str] = json.loads(Path(models["classes"]).read_text())["names"]
+
+    @torch.no_grad()
+    def predict(self, images: np.ndarray, seed_of_chunk) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """uint8 (N, H, W, 3) images -> (predictions, projections uint8 (N, H, W, 3)).
+
+        Projected in guidance batches of the projector's batch size; chunk ``c`` (its first index)
+        draws its noise from ``seed_of_chunk(c)``. Predictions: ``label``, ``confidence`` (softmax of
+        the SDA logit sum), ``top5`` / ``top5_confidence``, ``source_label`` / ``source_confidence``
+        (the source model alone on the original), arrays of N (N x k for top-5).
+        """
+        pbs = self.projector.batch_size
+        projected = np.concatenate([self.projector(images[c: c + pbs], seed_of_chunk(c))
+                                    for c in range(0, len(images), pbs)])
+        so = predict_logits(self.source, images, **input_spec(self.source_cfg), device=self.device)
+        ap = predict_logits(self.aligned, projected, **input_spec(self.aligned_cfg), device=self.device)
+        p_sda, p_src = sda_logits(so, ap).softmax(1), so.softmax(1)
+        top = p_sda.topk(min(5, p_sda.shape[1]), dim=1)
+        return {
+            "label": p_sda.argmax(1).numpy(), "confidence": p_sda.amax(1).numpy(),
+            "top5": top.indices.numpy(), "top5_confidence": top.values.numpy(),
+            "source_label": p_src.argmax(1).numpy(), "source_confidence": p_src.amax(1).numpy(),
+        }, projected

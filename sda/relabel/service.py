@@ -1,0 +1,94 @@
+"""A relabel job for a checkout of the pipeline: the models its DVC stages produced, their lineage,
+and the run over every batch, without any orchestrator (``flows/relabel.py`` adds Prefect tasks and
+artifacts, the CLI a progress bar; ``bench/relabel.py`` calls it directly)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from sda.config import Params
+from sda.provenance import code_version, params_hash
+from sda.relabel.job import Lineage, RelabelJob
+from sda.relabel.report import BatchReport
+from sda.runtime import pick_device
+
+__all__ = ["MODEL_STAGES", "ModelsMissing", "dvc_model_hashes", "make_job", "run_job", "run_summary"]
+
+MODEL_STAGES = {"source": "source_model", "aligned": "classifier_align", "diffusion": "diffusion_finetune"}
+
+
+class ModelsMissing(FileNotFoundError):
+    """The pipeline has not produced the models (or dvc.lock) that relabelling needs."""
+
+
+def dvc_model_hashes(root: Path) -> dict[str, str]:
+    """The DVC hash (md5 of the ``.dir`` listing) of each model output, from ``dvc.lock``."""
+    lock = root / "dvc.lock"
+    if not lock.is_file():
+        raise ModelsMissing(f"{lock} is missing: run the pipeline first (make run, or dvc repro)")
+    stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
+    out = {}
+    for role, stage in MODEL_STAGES.items():
+        outs = stages.get(stage, {}).get("outs") or []
+        if not outs:
+            raise ModelsMissing(f"{lock} has no output for stage {stage}: run `dvc repro {stage}` first")
+        out[role] = outs[0]["md5"]
+    return out
+
+
+def make_job(root: Path, params: Params, *, inbox: str | None = None, overrides: dict[str, Any] | None = None,
+             flow_run_id: str | None = None) -> RelabelJob:
+    """A :class:`RelabelJob` for the checkout at ``root`` (paths in params are relative to it);
+    ``overrides`` replace fields of ``params.relabel``. Raises :class:`ModelsMissing` before the
+    pipeline has run."""
+    settings = params.relabel.model_copy(update=overrides or {})
+    resolved = {k: str((root / getattr(settings, k)).resolve()) for k in ("inbox", "labels", "quarantine")}
+    if inbox:
+        resolved["inbox"] = str(Path(inbox).resolve())
+    settings = settings.model_copy(update=resolved)
+    data = root / "data"
+    models = {"source": data / "source_model", "aligned": data / "classifier_align",
+              "diffusion": data / "diffusion_finetune", "classes": data / "source_data" / "classes.json"}
+    for name, path in models.items():
+        if not path.exists():
+            raise ModelsMissing(f"{path} is missing ({name} model): run the pipeline first (make run, or dvc repro)")
+    hashes = dvc_model_hashes(root)
+    lineage = Lineage(source_model_hash=hashes["source"], aligned_model_hash=hashes["aligned"],
+                      diffusion_model_hash=hashes["diffusion"], params_hash=params_hash(params)[:16],
+                      code_version=code_version(root))
+    return RelabelJob(settings, projection=params.projection.model_dump(), image_size=params.image_size,
+                      models=models, lineage=lineage, seed=params.runtime.seed, run_id=uuid.uuid4().hex,
+                      flow_run_id=flow_run_id, device=pick_device(params.runtime.device))
+
+
+def run_summary(job: RelabelJob, reports: list[BatchReport], seconds: float) -> dict[str, Any]:
+    """The run's counts (labelled, quarantined, skipped by kind), time and images/s."""
+    sc = job.scan
+    labelled = sum(r.labelled for r in reports)
+    return {
+        "labelled": labelled,
+        "quarantined": sum(r.quarantined for r in reports) + (len(sc.broken) if sc else 0),
+        "batches": len(reports),
+        "already_done": len(sc.known) if sc else 0,
+        "duplicates": sc.duplicates if sc else 0,
+        "too_new": len(sc.too_new) if sc else 0,
+        "ignored": len(sc.ignored) if sc else 0,
+        "symlinks": len(sc.symlinks) if sc else 0,  # quarantined (counted above), not followed
+        "seconds": round(seconds, 2),
+        "images_per_second": round(labelled / seconds, 2) if seconds > 0 else 0.0,
+        "labels": str(job.labels_dir),
+        "run_id": job.run_id,
+    }
+
+
+def run_job(job: RelabelJob, process: Callable[[RelabelJob, list, int], BatchReport]) -> dict[str, Any]:
+    """Lock, scan and process every batch with ``process`` (a Prefect task or a plain call)."""
+    t0 = time.perf_counter()
+    with job:
+        reports = [process(job, batch, i) for i, batch in enumerate(job.batches)]
+    return run_summary(job, reports, time.perf_counter() - t0)
