@@ -1,6 +1,6 @@
 # make run   - create .venv if missing, install, run the embedded SDA pipeline end to end (Prefect + DVC)
 # make test  - same install, then the test suite (make test-fast: the unit tests alone)
-# make serve - a local Prefect server + worker with the deployments of prefect.yaml (Ctrl-C stops)
+# make serve - a local Prefect server, serving the deployments of flows/serve.py (Ctrl-C stops)
 SHELL := /bin/bash
 .SHELLFLAGS := -eo pipefail -c
 .DEFAULT_GOAL := help
@@ -41,7 +41,7 @@ run: install  ## run the whole pipeline (Prefect flow over the DVC stages) and p
 repro: install  ## the same work with DVC alone
 	$(VENV)/bin/dvc repro
 
-serve: install  ## Prefect server + worker on 127.0.0.1:$(PORT), deployments from prefect.yaml (Ctrl-C stops)
+serve: install  ## Prefect server on 127.0.0.1:$(PORT) + the deployments, served (Ctrl-C stops)
 	$(PY) -m flows.serve --port $(PORT)
 
 relabel: install  ## label new images in relabel.inbox (data/inbox) now, without a server

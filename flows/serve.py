@@ -1,22 +1,27 @@
-"""Run sda-pipeline as a local service: a Prefect server, the process work pool, the deployments of
-``prefect.yaml`` and a worker, in the foreground until Ctrl-C (``make serve``).
+"""Run sda-pipeline as a local service: a Prefect server and, in this process, ``prefect.serve`` of
+the four deployments (``make serve``), in the foreground until Ctrl-C.
 
     python -m flows.serve                      # http://127.0.0.1:4200 (UI and API)
     python -m flows.serve --port 4300
 
-Then, in another shell (the command prints these lines with the right URL)::
+The deployments are defined once, in :func:`deployments`, with the relabel period from
+params.yaml (``relabel.interval_minutes``); served deployments need no work pool and no worker:
+this process starts their runs. Then, in another shell (the command prints these lines with the
+right URL)::
 
     export PREFECT_API_URL=http://127.0.0.1:4200/api
     .venv/bin/prefect deployment run sda-pipeline/embedded --watch
     .venv/bin/prefect deployment run relabel/on-demand -p inbox=/path/to/images --watch
 
-The server keeps its database under ``$PREFECT_HOME`` (``.prefect/`` with the Makefile); its log
-and the worker's go to ``.prefect/server.log`` and ``.prefect/worker.log``.
+The server keeps its database under ``$PREFECT_HOME`` (``.prefect/`` with the Makefile) and logs to
+``.prefect/server.log``; the runs log to the server (the UI) and to this process's output.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import datetime as dt
 import os
 import signal
 import subprocess
@@ -25,12 +30,10 @@ import time
 from pathlib import Path
 
 import httpx
-import yaml
 
-from sda.config import ParamsError, load_params
+from sda.config import Params, ParamsError, load_params
 
 ROOT = Path(__file__).resolve().parents[1]
-POOL = "sda-process"
 
 
 def _prefect(*args: str) -> list[str]:
@@ -63,28 +66,37 @@ def service_env(host: str, port: int) -> dict[str, str]:
     return env
 
 
-def render_deployments(root: Path, interval_minutes: float, home: Path) -> Path:
-    """``prefect.yaml`` with every interval schedule set to ``interval_minutes`` (params.yaml is the
-    one source of the relabel period), written to ``<home>/prefect.deploy.yaml``."""
-    spec = yaml.safe_load((root / "prefect.yaml").read_text())
-    for d in spec.get("deployments", []):
-        for sched in d.get("schedules") or []:
-            if "interval" in sched:
-                sched["interval"] = max(1, round(interval_minutes * 60))
-    out = home / "prefect.deploy.yaml"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(yaml.safe_dump(spec, sort_keys=False))
-    return out
+def deployments(params: Params, root: Path) -> list:
+    """The deployments of sda-pipeline (``RunnerDeployment``), one run at a time each (a second one
+    waits): the pipeline per profile, the scheduled relabel every ``relabel.interval_minutes``,
+    and the on-demand relabel. Imports Prefect: call it after the API URL is in the environment."""
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 
+    from flows.pipeline import pipeline
+    from flows.relabel import relabel
 
-def deploy(env: dict[str, str], root: Path, interval_minutes: float) -> None:
-    """Create the process work pool (idempotent) and every deployment of ``prefect.yaml``."""
-    rendered = render_deployments(root, interval_minutes, Path(env["PREFECT_HOME"]))
-    for cmd in (_prefect("work-pool", "create", POOL, "--type", "process", "--overwrite"),
-                _prefect("--no-prompt", "deploy", "--all", "--prefect-file", str(rendered))):
-        r = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)
-        if r.returncode != 0:
-            raise RuntimeError(f"{' '.join(cmd[1:])} failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
+    one = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE)
+    common = dict(concurrency_limit=one, parameters={"root": str(root)})
+    return [
+        pipeline.to_deployment(
+            "embedded", **{**common, "parameters": {"root": str(root), "profile": "embedded"}},
+            description="The whole SDA pipeline on the embedded domain, stage by stage through DVC (cached stages "
+                        "are skipped).", tags=["sda", "pipeline", "embedded"]),
+        pipeline.to_deployment(
+            "imagenet", **{**common, "parameters": {"root": str(root), "profile": "imagenet"}},
+            description="The SDA pipeline with the ImageNet profile (paper models and data from the local paths "
+                        "of params.yaml `imagenet`; needs a GPU).", tags=["sda", "pipeline", "imagenet"]),
+        relabel.to_deployment(
+            "scheduled", **{**common, "parameters": {"root": str(root), "wait_for_models": True}},
+            interval=dt.timedelta(minutes=params.relabel.interval_minutes),
+            description="Label the images that arrived in relabel.inbox since the last run (exactly once per "
+                        "image); before the first pipeline run it finishes without labelling.",
+            tags=["sda", "relabel"]),
+        relabel.to_deployment(
+            "on-demand", **common,
+            description="Label an inbox now; parameters inbox (folder) and batch_size override params.yaml.",
+            tags=["sda", "relabel"]),
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=4200)
-    parser.add_argument("--root", default=str(ROOT), help="repository root to deploy (default: this checkout)")
+    parser.add_argument("--root", default=str(ROOT), help="repository root the runs use (default: this checkout)")
     args = parser.parse_args(argv)
     root = Path(args.root).resolve()
     try:
@@ -101,53 +113,39 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     env = service_env(args.host, args.port)
+    os.environ.update(env)  # before Prefect is imported: this process talks to the new server
     inbox = root / params.relabel.inbox
     inbox.mkdir(parents=True, exist_ok=True)  # the scheduled relabel watches it from the start
     home = Path(env["PREFECT_HOME"])
     home.mkdir(parents=True, exist_ok=True)
-    procs: list[subprocess.Popen] = []
-
-    def stop(*_: object) -> None:
-        for p in reversed(procs):
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
-
+    server: subprocess.Popen | None = None
     signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
-    # Ctrl-C / SIGINT must stop the children even when this process was started with SIGINT ignored
+    # Ctrl-C / SIGINT must stop the server even when this process was started with SIGINT ignored
     # (a background job of a non-interactive shell, e.g. a CI step): Python then keeps SIG_IGN.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        with open(home / "server.log", "ab") as server_log, open(home / "worker.log", "ab") as worker_log:
+        with open(home / "server.log", "ab") as server_log:
             print(f"starting the Prefect server on {env['PREFECT_API_URL']} (log: {home / 'server.log'})", flush=True)
-            procs.append(subprocess.Popen(_prefect("server", "start", "--host", args.host, "--port", str(args.port)),
-                                          cwd=root, env=env, stdout=server_log, stderr=subprocess.STDOUT,
-                                          start_new_session=True))
-            wait_healthy(env["PREFECT_API_URL"], procs[0])
-            print(f"deploying prefect.yaml (work pool {POOL}; relabel every {params.relabel.interval_minutes:g} min)",
-                  flush=True)
-            deploy(env, root, params.relabel.interval_minutes)
-            procs.append(subprocess.Popen(_prefect("worker", "start", "--pool", POOL, "--type", "process"),
-                                          cwd=root, env=env, stdout=worker_log, stderr=subprocess.STDOUT,
-                                          start_new_session=True))
+            server = subprocess.Popen(_prefect("server", "start", "--host", args.host, "--port", str(args.port)),
+                                      cwd=root, env=env, stdout=server_log, stderr=subprocess.STDOUT,
+                                      start_new_session=True)
+            wait_healthy(env["PREFECT_API_URL"], server)
+            from prefect.runner import Runner
+
+            runner = Runner(pause_on_shutdown=True)
+            for d in deployments(params, root):
+                runner.add_deployment(d)
             print(f"""
-ready. UI: http://{args.host}:{args.port}   worker log: {home / 'worker.log'}
+ready. UI: http://{args.host}:{args.port}   serving 4 deployments (runs start in this process)
 in another shell:
     export PREFECT_API_URL={env['PREFECT_API_URL']}
     {root / '.venv/bin/prefect'} deployment run sda-pipeline/embedded --watch
     {root / '.venv/bin/prefect'} deployment run sda-pipeline/imagenet --watch   # GPU; paths: params.yaml imagenet
     {root / '.venv/bin/prefect'} deployment run relabel/on-demand -p inbox=/path/to/images --watch
 new images dropped into {inbox} are labelled every {params.relabel.interval_minutes:g} min (data/labels/).
-Ctrl-C stops the worker and the server.""", flush=True)
-            while all(p.poll() is None for p in procs):
-                time.sleep(1)
-            dead = [p for p in procs if p.poll() is not None]
-            print(f"error: {dead[0].args[1]} exited with status {dead[0].returncode}; see the logs", file=sys.stderr)
-            return 1
+Ctrl-C stops serving and the server.""", flush=True)
+            asyncio.run(runner.start())
+            return 0
     except RuntimeError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -155,7 +153,12 @@ Ctrl-C stops the worker and the server.""", flush=True)
         print("stopping", flush=True)
         return 0
     finally:
-        stop()
+        if server is not None and server.poll() is None:
+            os.killpg(server.pid, signal.SIGTERM)
+            try:
+                server.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)
 
 
 if __name__ == "__main__":

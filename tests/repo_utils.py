@@ -61,7 +61,7 @@ def _project_files() -> list[str]:
                               text=True, check=True).stdout.split()
     except (OSError, subprocess.CalledProcessError):
         files = [str(p.relative_to(ROOT)) for d in ("sda", "tasks", "flows") for p in (ROOT / d).rglob("*.py")]
-        return files + [f for f in ("params.yaml", "dvc.yaml", "prefect.yaml", "pyproject.toml", ".dvcignore")
+        return files + [f for f in ("params.yaml", "dvc.yaml", "pyproject.toml", ".dvcignore")
                         if (ROOT / f).is_file()]
 
 

@@ -252,8 +252,9 @@ asyncio.run(main())
 
 
 def test_service_deployments_on_a_real_local_server(tiny_repo, tmp_path):
-    """make serve's script on a random port: deploy prefect.yaml, run relabel/on-demand and
-    sda-pipeline/embedded through the worker, and let relabel/scheduled fire on its own."""
+    """make serve's script on a random port: serve the deployments, run relabel/on-demand and
+    sda-pipeline/embedded through it, and let relabel/scheduled fire on its own (its interval from
+    params.yaml alone)."""
     repo = tmp_path / "repo"  # a private copy: the params edit and the inbox / labels stay in this test
     shutil.copytree(tiny_repo, repo)
     params = yaml.safe_load((repo / "params.yaml").read_text())

@@ -208,17 +208,8 @@ def run_shard_jobs(
         for job in todo:
             finished(*run(job, max_bytes, threads or 0, deterministic))
     elif todo:
-        from distributed import as_completed
-
-        with contextlib.ExitStack() as stack:
-            if client is None:
-                client = stack.enter_context(dask_client(max(1, workers), scheduler))
-                if threads is None and not scheduler:  # our local cluster: share the cores out
-                    threads = max(1, (os.cpu_count() or 1) // (len(client.scheduler_info()["workers"]) or 1))
-            futures = [client.submit(run, job, max_bytes, threads or 0, deterministic,
-                                     key=f"{desc}-{fp[:8]}-{job.name}", pure=False) for job in todo]
-            for fut in as_completed(futures):
-                finished(*fut.result())
+        _run_on_dask(todo, functools.partial(run, max_bytes=max_bytes, deterministic=deterministic), finished,
+                     workers=workers, scheduler=scheduler, client=client, threads=threads, key=f"{desc}-{fp[:8]}")
     # a worker killed while writing leaves its temporary; the job was re-run elsewhere
     clean_stale_temps(work_dir, recursive=True)
     bar.close()
@@ -232,6 +223,22 @@ def run_shard_jobs(
     tqdm.write(f"{desc}: {len(todo)} shard(s) written, {len(jobs) - len(todo)} resumed; {new_items} images "
                f"in {seconds:.1f} s ({summary['items_per_s']} img/s)")
     return summary
+
+
+def _run_on_dask(todo: list[ShardJob], run: Callable[..., tuple[str, dict[str, Any]]],
+                 finished: Callable[[str, dict[str, Any]], None], *, workers: int, scheduler: str | None,
+                 client: Any, threads: int | None, key: str) -> None:
+    """Submit every job to ``client`` (or a new cluster, closed after), ``finished`` as each returns."""
+    from distributed import as_completed
+
+    with contextlib.ExitStack() as stack:
+        if client is None:
+            client = stack.enter_context(dask_client(max(1, workers), scheduler))
+            if threads is None and not scheduler:  # our local cluster: share the cores out
+                threads = max(1, (os.cpu_count() or 1) // (len(client.scheduler_info()["workers"]) or 1))
+        futures = [client.submit(run, job, threads=threads or 0, key=f"{key}-{job.name}", pure=False) for job in todo]
+        for fut in as_completed(futures):
+            finished(*fut.result())
 
 
 def _write_manifests(work_dir: Path, jobs: list[ShardJob], done: dict[str, dict[str, Any]],

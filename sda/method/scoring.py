@@ -96,10 +96,10 @@ def score_domain(source: torch.nn.Module, source_config: dict[str, Any], aligned
     preds: dict[str, list[np.ndarray]] = {}
     labels, grid_o, grid_p = [], [], []
     for b in batches:
-        so = predict_logits(source, b.images, **src_in, batch_size=batch_size, device=device)
-        sp = predict_logits(source, b.paired, **src_in, batch_size=batch_size, device=device)
-        ap = predict_logits(aligned, b.paired, **al_in, batch_size=batch_size, device=device)
-        for m, p in method_predictions(so, sp, ap).items():
+        source_orig = predict_logits(source, b.images, **src_in, batch_size=batch_size, device=device)
+        source_proj = predict_logits(source, b.paired, **src_in, batch_size=batch_size, device=device)
+        aligned_proj = predict_logits(aligned, b.paired, **al_in, batch_size=batch_size, device=device)
+        for m, p in method_predictions(source_orig, source_proj, aligned_proj).items():
             preds.setdefault(m, []).append(p.numpy())
         labels.append(b.labels)
         if sum(map(len, grid_o)) < grid_images:  # the first batch comes from the first shard: same images every run

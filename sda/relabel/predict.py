@@ -41,9 +41,9 @@ class SdaPredictor:
         pbs = self.projector.batch_size
         projected = np.concatenate([self.projector(images[c: c + pbs], seed_of_chunk(c))
                                     for c in range(0, len(images), pbs)])
-        so = predict_logits(self.source, images, **input_spec(self.source_cfg), device=self.device)
-        ap = predict_logits(self.aligned, projected, **input_spec(self.aligned_cfg), device=self.device)
-        p_sda, p_src = sda_logits(so, ap).softmax(1), so.softmax(1)
+        source_orig = predict_logits(self.source, images, **input_spec(self.source_cfg), device=self.device)
+        aligned_proj = predict_logits(self.aligned, projected, **input_spec(self.aligned_cfg), device=self.device)
+        p_sda, p_src = sda_logits(source_orig, aligned_proj).softmax(1), source_orig.softmax(1)
         top = p_sda.topk(min(5, p_sda.shape[1]), dim=1)
         return {
             "label": p_sda.argmax(1).numpy(), "confidence": p_sda.amax(1).numpy(),
