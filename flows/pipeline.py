@@ -26,6 +26,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
 from sda.config import ParamsError, load_params, set_profile
+from sda.domains import domain_names
 from tasks import STAGES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -144,7 +145,8 @@ def pipeline(root: str = str(ROOT), stages: list[str] | None = None, force: bool
              profile: str | None = None) -> dict:
     """Validate ``params.yaml``, reproduce the DVC stages in order, publish the results table.
 
-    ``profile`` (``embedded`` / ``imagenet``) switches params.yaml's profile first.
+    ``profile`` (a registered domain: ``embedded`` / ``imagenet`` / ``folder``) switches params.yaml's
+    profile first.
     """
     root_p = Path(root).resolve()
     if profile is not None and set_profile(root_p / "params.yaml", profile):
@@ -179,7 +181,7 @@ def main() -> None:
     parser.add_argument("--root", default=str(ROOT), help="repository root (default: this checkout)")
     parser.add_argument("--stages", nargs="+", choices=STAGES, help="only these stages (in pipeline order)")
     parser.add_argument("--force", action="store_true", help="re-run stages even when DVC has them cached")
-    parser.add_argument("--profile", choices=["embedded", "imagenet"],
+    parser.add_argument("--profile", choices=list(domain_names()),
                         help="switch params.yaml's profile before running (default: as it is)")
     args = parser.parse_args()
     stages = [s for s in STAGES if s in args.stages] if args.stages else None

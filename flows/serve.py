@@ -1,5 +1,5 @@
 """Run sda-pipeline as a local service: a Prefect server and, in this process, ``prefect.serve`` of
-the four deployments (``make serve``), in the foreground until Ctrl-C.
+its deployments (``make serve``), in the foreground until Ctrl-C.
 
     python -m flows.serve                      # http://127.0.0.1:4200 (UI and API)
     python -m flows.serve --port 4300
@@ -68,8 +68,9 @@ def service_env(host: str, port: int) -> dict[str, str]:
 
 def deployments(params: Params, root: Path) -> list:
     """The deployments of sda-pipeline (``RunnerDeployment``), one run at a time each (a second one
-    waits): the pipeline per profile, the scheduled relabel every ``relabel.interval_minutes``,
-    and the on-demand relabel. Imports Prefect: call it after the API URL is in the environment."""
+    waits): ``sda-pipeline/<profile>`` for every registered domain, ``relabel/scheduled`` every
+    ``relabel.interval_minutes`` and ``relabel/on-demand``. Imports Prefect: call it after the API
+    URL is in the environment."""
     from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 
     from flows.pipeline import pipeline
@@ -77,15 +78,14 @@ def deployments(params: Params, root: Path) -> list:
 
     one = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE)
     common = dict(concurrency_limit=one, parameters={"root": str(root)})
-    return [
-        pipeline.to_deployment(
-            "embedded", **{**common, "parameters": {"root": str(root), "profile": "embedded"}},
-            description="The whole SDA pipeline on the embedded domain, stage by stage through DVC (cached stages "
-                        "are skipped).", tags=["sda", "pipeline", "embedded"]),
-        pipeline.to_deployment(
-            "imagenet", **{**common, "parameters": {"root": str(root), "profile": "imagenet"}},
-            description="The SDA pipeline with the ImageNet profile (paper models and data from the local paths "
-                        "of params.yaml `imagenet`; needs a GPU).", tags=["sda", "pipeline", "imagenet"]),
+    from sda.domains import domain_names, get_domain
+
+    pipelines = [pipeline.to_deployment(name, **{**common, "parameters": {"root": str(root), "profile": name}},
+                                        description=f"The SDA pipeline, stage by stage through DVC (cached stages are "
+                                                    f"skipped), on {get_domain(name).description}.",
+                                        tags=["sda", "pipeline", name])
+                 for name in domain_names()]
+    return pipelines + [
         relabel.to_deployment(
             "scheduled", **{**common, "parameters": {"root": str(root), "wait_for_models": True}},
             interval=dt.timedelta(minutes=params.relabel.interval_minutes),
@@ -133,10 +133,11 @@ def main(argv: list[str] | None = None) -> int:
             from prefect.runner import Runner
 
             runner = Runner(pause_on_shutdown=True)
-            for d in deployments(params, root):
+            served = deployments(params, root)
+            for d in served:
                 runner.add_deployment(d)
             print(f"""
-ready. UI: http://{args.host}:{args.port}   serving 4 deployments (runs start in this process)
+ready. UI: http://{args.host}:{args.port}   serving {len(served)} deployments (runs start in this process)
 in another shell:
     export PREFECT_API_URL={env['PREFECT_API_URL']}
     {root / '.venv/bin/prefect'} deployment run sda-pipeline/embedded --watch

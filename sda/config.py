@@ -19,14 +19,13 @@ from typing import Annotated, Any, Literal, Mapping
 
 import yaml
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from sda.io.atomic import atomic_write_bytes
 
 __all__ = [
     "ADM_256_UNCOND",
     "CORRUPTIONS",
-    "PROFILES",
     "ParamsError",
     "Params",
     "load_params",
@@ -43,7 +42,6 @@ CORRUPTIONS: tuple[str, ...] = (
 )
 
 
-PROFILES: tuple[str, ...] = ("embedded", "imagenet")
 
 # guided-diffusion's flags of 256x256_diffusion_uncond.pt (DESIGN.md §3)
 ADM_256_UNCOND: dict[str, Any] = {
@@ -261,13 +259,53 @@ class ImageNet(_Section):
         return self
 
 
+class Folder(_Section):
+    """``profile: folder``: your own labelled images, read from local folders (paths relative to the repo
+    root); the images decode as the relabel inbox's do (``relabel.max_file_bytes`` / ``max_pixels`` /
+    ``min_side``), and files that cannot be read are listed and skipped."""
+
+    source_dir: str | None = Field(None, description=(
+        "The source domain: <class name>/<image files> (sub-folders allowed); sorted class names = labels."))
+    target_dirs: dict[str, str] = Field(default_factory=dict, description=(
+        "Target domains, name: folder. With class sub-folders (source class names) -> evaluated; "
+        "flat (images only) -> labelled, no accuracy."))
+    image_size: int = Field(32, ge=16, le=256, description=(
+        "Side in pixels every image is brought to (shorter side resized, aspect kept, centre crop); "
+        "a multiple of 8."))
+    corruptions: bool = Field(True, description=(
+        "Add target_data.corruptions at target_data.severity of the source test split as target domains."))
+    classifier_weights: str | None = Field(None, description=(
+        "Weights of source_model.arch for these classes (inputs normalised with the arch's timm mean / std); "
+        "null = train source_model.arch on the source train split."))
+    min_images_per_class: int = Field(10, ge=3, description="A source class with fewer image files is an error.")
+    val_fraction: float = Field(0.15, gt=0, lt=0.5, description="Source split, stratified, by runtime.seed.")
+    test_fraction: float = Field(0.25, gt=0, lt=0.6)
+    shard_maxcount: int = Field(1000, ge=1)
+
+    @field_validator("image_size")
+    @classmethod
+    def _multiple_of_8(cls, v: int) -> int:
+        if v % 8:
+            raise ValueError(f"must be a multiple of 8 (the UNet halves it twice), got {v}")
+        return v
+
+    @field_validator("target_dirs")
+    @classmethod
+    def _names(cls, v: dict[str, str]) -> dict[str, str]:
+        for name in v:
+            if not name or not all(c.isalnum() or c in "-_" for c in name) or name == "clean":
+                raise ValueError(f"target name {name!r}: use letters, digits, '-' or '_' (not 'clean')")
+        return v
+
+
 class Params(_Section):
-    profile: Literal["embedded", "imagenet"] = Field(
-        "embedded", description="Which domain to run: the built-in digits (CPU) or ImageNet (GPU, local weights)."
-    )
-    profiles: dict[Literal["embedded", "imagenet"], dict[str, dict[str, Any]]] = Field(
+    profile: str = Field("embedded", description=(
+        "The domain to run (sda.domains registry): embedded (built-in digits, CPU), imagenet (paper models "
+        "and data from local paths, GPU), folder (your labelled images)."))
+    profiles: dict[str, dict[str, dict[str, Any]]] = Field(
         default_factory=dict, description="Per-profile overrides of the sections, applied for the chosen profile.")
     imagenet: ImageNet = ImageNet()
+    folder: Folder = Folder()
     runtime: Runtime = Runtime()
     source_data: SourceData = SourceData()
     source_model: SourceModel = SourceModel()
@@ -279,10 +317,34 @@ class Params(_Section):
     evaluate: Evaluate = Evaluate()
     relabel: Relabel = Relabel()
 
+    @field_validator("profile")
+    @classmethod
+    def _registered(cls, v: str) -> str:
+        from sda.domains import domain_names
+
+        if v not in domain_names():
+            raise ValueError(f"unknown profile {v!r}; the registered domains are {list(domain_names())}")
+        return v
+
+    @field_validator("profiles")
+    @classmethod
+    def _registered_keys(cls, v: dict) -> dict:
+        for name in v:
+            cls._registered(name)
+        return v
+
+    @model_validator(mode="after")
+    def _domain_params(self) -> "Params":
+        if self.profile == "folder" and self.folder.source_dir is None:
+            raise ValueError("profile: folder needs folder.source_dir (your labelled images: <class>/<files>)")
+        return self
+
     @property
     def image_size(self) -> int:
         """Side of the images the diffusion models see (stored target / synthetic images)."""
-        return self.imagenet.image_size if self.profile == "imagenet" else self.source_data.image_size
+        from sda.domains import get_domain
+
+        return get_domain(self.profile).image_size(self)
 
 
 def _format(err: ValidationError, source: str) -> str:

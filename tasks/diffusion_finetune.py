@@ -1,7 +1,9 @@
 """Stage diffusion_finetune: the diffusion models, fitted to the source domain.
 
-Embedded profile: one class-conditional UNet (with a "null" class, so it is also the unconditional
-projector) trained from scratch with EMA. ImageNet profile: the unconditional ADM projector from
+The domain (``profile``, :mod:`sda.domains`) says which. ``unet`` (embedded, folder): one
+class-conditional UNet (with a "null" class, so it is also the unconditional projector) trained from
+scratch with EMA on the source train split, at its image size. ``adm+dit`` (imagenet): the
+unconditional ADM projector from
 ``imagenet.adm_checkpoint`` (a guided-diffusion state dict, converted exactly, or a converted
 folder) and the DiT-XL/2 generator from ``imagenet.dit``; used as they are when
 ``imagenet.finetune_steps`` is 0 (the paper), fine-tuned on the source train images otherwise.
@@ -21,6 +23,7 @@ import numpy as np
 import torch
 
 from sda.config import DiffusionFinetune, ImageNet, Params
+from sda.domains import get_domain
 from sda.io.shards import load_shards, read_manifest
 from sda.io.streaming import endless_batches
 from sda.models.adm import load_projector
@@ -91,7 +94,7 @@ def run_imagenet(cfg: ImageNet, seed: int, source_dir: Path, out: Path, device: 
 
 
 def _main(params: Params, args: argparse.Namespace) -> int | None:
-    if params.profile == "imagenet":
+    if get_domain(params.profile).diffusion == "adm+dit":
         run_imagenet(params.imagenet, params.runtime.seed, DATA / "source_data", DATA / "diffusion_finetune",
                      args.device, params.runtime.loader_workers)
         return params.imagenet.finetune_steps * params.imagenet.finetune_batch_size or None

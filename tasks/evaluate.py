@@ -2,7 +2,8 @@
 
 Writes ``metrics/evaluate.json`` (``{"domains": {d: {source, dda, dda_ens, sda}}, "mean": {...},
 "more": {...}}``, percent), ``metrics/per_domain.csv`` (a DVC plot), ``metrics/results.md`` and
-``metrics/projection_grid.png`` (originals vs projections, per domain). Originals and projections
+``metrics/projection_grid.png`` (originals vs projections, per domain) and ``metrics/predictions.csv``
+(SDA's label for every image of the unlabelled domains: a flat target folder). Originals and projections
 are streamed side by side by key (:class:`sda.io.streaming.ShardStream`, ``runtime.loader_workers``
 reading processes): memory holds a batch and the predictions, not a domain.
 """
@@ -10,15 +11,20 @@ reading processes): memory holds a batch and the predictions, not a domain.
 from __future__ import annotations
 
 import argparse
+import csv
+import io
 import json
 import logging
+from collections import Counter
 from pathlib import Path
 
 from sda.config import Params
+from sda.domains import get_domain
 from sda.io.atomic import atomic_write_bytes, atomic_write_json
+from sda.io.shards import iter_samples
 from sda.io.streaming import ShardStream
 from sda.method.report import grid_png, results_markdown, write_plot_csv
-from sda.method.scoring import score_domain, summarise
+from sda.method.scoring import DomainScore, score_domain, summarise
 from sda.models.classifiers import load_classifier
 from sda.provenance import code_version, params_hash
 from tasks.common import DATA, METRICS, stage_main
@@ -31,7 +37,7 @@ def protocol(params: Params, images_per_domain: int) -> dict:
     td = params.target_data
     return {"profile": params.profile, "split": td.split, "images_per_domain": images_per_domain,
             "seed": params.runtime.seed, "threads": params.runtime.threads,
-            "severities": list(params.imagenet.severities) if params.profile == "imagenet" else [td.severity],
+            "severities": get_domain(params.profile).severities(params),
             "params_sha256": params_hash(params), "code_version": code_version()}
 
 
@@ -40,16 +46,26 @@ def run(params: Params, device, data: Path = DATA, metrics_dir: Path = METRICS) 
     domains = index["domains"]
     source, src_cfg = load_classifier(data / "source_model", device)
     aligned, al_cfg = load_classifier(data / "classifier_align", device)
+    unlabelled = set(index.get("unlabelled", []))
+    class_names = json.loads((data / "source_data" / "classes.json").read_text())["names"]
     bs = params.evaluate.batch_size
-    per_domain, grid_rows, n = {}, {}, 0
+    per_domain, grid_rows, predicted, n = {}, {}, {}, 0
     for d in domains:
         # originals and projections side by side, streamed: memory is a batch, not a domain
         stream = ShardStream(data / "target_data" / d, bs, workers=params.runtime.loader_workers,
                              paired_dir=data / "target_project" / d)
-        per_domain[d], grid_rows[d] = score_domain(source, src_cfg, aligned, al_cfg, stream, batch_size=bs,
-                                                   grid_images=params.evaluate.grid_images, device=device)
-        n = stream.count
+        score = score_domain(source, src_cfg, aligned, al_cfg, stream, batch_size=bs,
+                             grid_images=params.evaluate.grid_images, device=device)
+        grid_rows[d] = score.grid
+        if d in unlabelled:
+            predicted[d] = score
+        else:
+            per_domain[d] = score.accuracy
+            n = stream.count
     metrics = summarise(per_domain, index["corruption_domains"])
+    if predicted:
+        metrics["unlabelled"] = {d: {"images": len(sc.keys), "sda_counts": dict(Counter(class_names[i] for i in sc.sda))}
+                                 for d, sc in predicted.items()}
     metrics["split"] = params.target_data.split
     metrics["images_per_domain"] = n
     metrics["protocol"] = protocol(params, images_per_domain=n)
@@ -59,8 +75,22 @@ def run(params: Params, device, data: Path = DATA, metrics_dir: Path = METRICS) 
     write_plot_csv(metrics, metrics_dir / "per_domain.csv")
     atomic_write_bytes(metrics_dir / "results.md", (table + "\n").encode())
     atomic_write_bytes(metrics_dir / "projection_grid.png", grid_png(grid_rows, params.image_size))
+    write_predictions(data / "target_data", predicted, class_names, metrics_dir / "predictions.csv")
     log.info("results (top-1 %%, %s split):\n%s", params.target_data.split, table)
     return metrics
+
+
+def write_predictions(target_dir: Path, predicted: dict[str, DomainScore], class_names: list[str], path: Path) -> None:
+    """``path``: the SDA label of every image of the unlabelled domains, ``domain,key,file,label,class_name``
+    (the file as the domain recorded it; the header alone when there is no unlabelled domain)."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["domain", "key", "file", "label", "class_name"])
+    for d, score in predicted.items():
+        files = {s.key: s.meta.get("file", "") for s in iter_samples(target_dir / d)}
+        for key, label in zip(score.keys, score.sda.tolist()):
+            w.writerow([d, key, files.get(key, ""), label, class_names[label]])
+    atomic_write_bytes(path, buf.getvalue().encode())
 
 
 def _main(params: Params, args: argparse.Namespace) -> int:

@@ -1,9 +1,10 @@
 """Stage source_model: the source classifier.
 
-Embedded profile: trained on the source train split. ImageNet profile: timm ``source_model.arch``
-with the pretrained weights of ``imagenet.classifier_weights`` (no training), evaluated the
-reference way (resize 256 bicubic, centre crop 224, ImageNet mean / std). Writes
-``data/source_model/`` (``model.safetensors`` + ``config.json`` with preprocessing and log).
+Trained on the source train split (timm ``source_model.arch``; embedded, folder), or loaded from the
+weights the domain names (:class:`sda.domains.PretrainedClassifier`: imagenet's
+``imagenet.classifier_weights``, evaluated the reference way, resize 256 bicubic, centre crop 224,
+ImageNet mean / std; folder's ``folder.classifier_weights``). Writes ``data/source_model/``
+(``model.safetensors`` + ``config.json`` with preprocessing and log).
 """
 
 from __future__ import annotations
@@ -14,17 +15,17 @@ from pathlib import Path
 
 import torch
 
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-
-from sda.models.classifiers import (create_classifier, load_pretrained_classifier, predict_logits, save_classifier, train_classifier)
-from sda.config import ImageNet, Params, SourceModel
+from sda.config import Params, SourceModel
+from sda.domains import PretrainedClassifier, get_domain
 from sda.io.shards import load_shards, read_manifest
+from sda.models.classifiers import (create_classifier, load_pretrained_classifier, predict_logits, save_classifier,
+                                    train_classifier)
 from sda.runtime import derive_seed
 from tasks.common import DATA, stage_main
 
 log = logging.getLogger("sda.source_model")
 
-# The embedded domain feeds the classifier images in [-1, 1].
+# A classifier trained here sees images in [-1, 1].
 EMBEDDED_MEAN = (0.5, 0.5, 0.5)
 EMBEDDED_STD = (0.5, 0.5, 0.5)
 
@@ -48,20 +49,21 @@ def run(cfg: SourceModel, seed: int, source_dir: Path, out: Path, device: torch.
     return config
 
 
-def run_imagenet(arch: str, cfg: ImageNet, out: Path) -> dict:
-    model, num_classes = load_pretrained_classifier(arch, cfg.classifier_weights)
-    config = {"arch": arch, "num_classes": num_classes, "kwargs": {}, "mean": list(IMAGENET_DEFAULT_MEAN),
-              "std": list(IMAGENET_DEFAULT_STD), "resize": cfg.resize_size, "crop": cfg.crop_size,
-              "weights": str(cfg.classifier_weights)}
-    log.info("source model: timm %s from %s (%d classes), input resize %d -> crop %d", arch,
-             cfg.classifier_weights, num_classes, cfg.resize_size, cfg.crop_size)
+def run_pretrained(arch: str, pre: PretrainedClassifier, out: Path) -> dict:
+    """timm ``arch`` with the weights ``pre.weights`` (class count from its head), no training."""
+    model, num_classes = load_pretrained_classifier(arch, pre.weights)
+    config = {"arch": arch, "num_classes": num_classes, "kwargs": {}, "mean": list(pre.mean), "std": list(pre.std),
+              "resize": pre.resize, "crop": pre.crop, "weights": str(pre.weights)}
+    log.info("source model: timm %s from %s (%d classes), input resize %s -> crop %s", arch, pre.weights,
+             num_classes, pre.resize, pre.crop)
     save_classifier(model, out, config)
     return config
 
 
 def _main(params: Params, args: argparse.Namespace) -> int | None:
-    if params.profile == "imagenet":
-        run_imagenet(params.source_model.arch, params.imagenet, DATA / "source_model")
+    pretrained = get_domain(params.profile).source_classifier(params)
+    if pretrained is not None:
+        run_pretrained(params.source_model.arch, pretrained, DATA / "source_model")
         return None
     run(params.source_model, params.runtime.seed, DATA / "source_data", DATA / "source_model", args.device)
     return read_manifest(DATA / "source_data" / "train")["count"] * params.source_model.epochs  # images trained on

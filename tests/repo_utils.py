@@ -183,3 +183,81 @@ def make_imagenet_repo(root: Path) -> Path:
     inet = make_imagenet_assets(root)
     _copy_repo(root, {"profile": "imagenet", "imagenet": inet, "profiles": {"imagenet": IMAGENET_TINY}})
     return _repro_every_stage(root)
+
+
+# --- the folder profile on a generated set of someone's labelled images: shapes, mixed formats
+
+SHAPES = ("circle", "square", "triangle", "cross")
+
+
+def _shape_image(rng, shape: str, side: int, *, light: float = 1.0, blur: float = 0.0):
+    """A ``side`` px RGB PIL image: one shape of a random colour, size and place on a textured
+    background; ``light`` scales the brightness and ``blur`` (px) softens it (another camera / site)."""
+    from PIL import Image, ImageDraw, ImageFilter
+
+    import numpy as np
+
+    bg = rng.integers(0, 256, 3)
+    noise = rng.normal(0, 18, (side, side, 3))
+    img = Image.fromarray(np.clip(bg + noise, 0, 255).astype("uint8"))
+    draw = ImageDraw.Draw(img)
+    fg = tuple(int(c) for c in (255 - bg + rng.integers(-40, 40, 3)) % 256)
+    r = side * rng.uniform(0.22, 0.34)
+    cx, cy = side / 2 + rng.uniform(-0.12, 0.12, 2) * side
+    if shape == "circle":
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fg)
+    elif shape == "square":
+        draw.regular_polygon((cx, cy, r), 4, rotation=float(rng.uniform(0, 90)), fill=fg)
+    elif shape == "triangle":
+        draw.regular_polygon((cx, cy, r), 3, rotation=float(rng.uniform(0, 120)), fill=fg)
+    else:
+        w = r / 2.5
+        draw.rectangle([cx - r, cy - w, cx + r, cy + w], fill=fg)
+        draw.rectangle([cx - w, cy - r, cx + w, cy + r], fill=fg)
+    if blur:
+        img = img.filter(ImageFilter.GaussianBlur(blur))
+    if light != 1.0:
+        img = Image.fromarray(np.clip(np.asarray(img, dtype=float) * light, 0, 255).astype("uint8"))
+    return img
+
+
+def _save(img, path: Path, i: int) -> None:
+    """PNG, JPEG, greyscale PNG or RGBA PNG by ``i``, as cameras and export tools mix them."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    kind = i % 4
+    if kind == 0:
+        img.save(path.with_suffix(".png"))
+    elif kind == 1:
+        img.save(path.with_suffix(".jpg"), quality=90)
+    elif kind == 2:
+        img.convert("L").save(path.with_suffix(".png"))
+    else:
+        rgba = img.convert("RGBA")
+        rgba.putalpha(200)
+        rgba.save(path.with_suffix(".png"))
+
+
+def make_folder_set(root: Path, per_class: int = 30, target_per_class: int = 10, flat: int = 12,
+                    seed: int = 0) -> dict[str, str]:
+    """Under ``root``: ``source/<shape>/`` (nested sub-folders, mixed formats and sizes 40-72 px, one
+    truncated file), ``site_b/<shape>/`` (darker, blurred: a labelled target) and ``site_c/`` (flat,
+    unlabelled). Returns the ``folder`` params (paths as given)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    for c, shape in enumerate(SHAPES):
+        for i in range(per_class):
+            side = int(rng.integers(40, 73))
+            sub = f"batch{i % 2}/" if i % 3 == 0 else ""  # nested folders inside a class folder
+            _save(_shape_image(rng, shape, side), root / "source" / shape / f"{sub}{shape}_{i:03d}", i + c)
+        for i in range(target_per_class):
+            img = _shape_image(rng, shape, int(rng.integers(40, 73)), light=0.45, blur=1.5)
+            _save(img, root / "site_b" / shape / f"b_{i:03d}", i)
+    for i in range(flat):
+        img = _shape_image(rng, SHAPES[i % len(SHAPES)], 56, light=0.45, blur=1.5)
+        _save(img, root / "site_c" / f"c_{i:03d}", i)
+    broken = root / "source" / SHAPES[0] / "broken.jpg"
+    good = next((root / "source" / SHAPES[0]).glob("*.jpg")).read_bytes()
+    broken.write_bytes(good[: len(good) // 3])  # truncated: listed and skipped, never a crash
+    return {"source_dir": str(root / "source"), "target_dirs": {"site_b": str(root / "site_b"),
+                                                                 "site_c": str(root / "site_c")}}

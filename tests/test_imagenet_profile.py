@@ -177,8 +177,8 @@ def test_imagenet_finetuning_streams_the_source_images(repo, tmp_path, monkeypat
     assert read_manifest(src / "train")["count"] == 6
     infos = [run_imagenet(cfg, 0, src, tmp_path / f"out{i}", "cpu") for i in range(2)]
     for name in ("adm", "dit"):
-        losses = infos[0]["losses"][name]
-        assert len(losses) == 3 and np.isfinite(losses).all() and losses == infos[1]["losses"][name]
+        losses = infos[0].losses[name]
+        assert len(losses) == 3 and np.isfinite(losses).all() and losses == infos[1].losses[name]
     tuned = UNet2DModel.from_pretrained(tmp_path / "out0" / "unet").state_dict()
     original = UNet2DModel.from_pretrained(repo / "data" / "diffusion_finetune" / "unet").state_dict()
     assert any(not torch.equal(v, original[k]) for k, v in tuned.items())

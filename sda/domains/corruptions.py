@@ -11,11 +11,16 @@ from __future__ import annotations
 import contextlib
 import functools
 import zlib
-from typing import Iterator
+from pathlib import Path
+from typing import Any, Iterator
 
 import numpy as np
+from tqdm.auto import tqdm
 
-__all__ = ["available_corruptions", "corrupt_images"]
+from sda.io.shards import Sample, ShardSet, write_shards
+from sda.runtime import derive_seed
+
+__all__ = ["available_corruptions", "corrupt_images", "write_shifted_domains"]
 
 
 def available_corruptions() -> tuple[str, ...]:
@@ -56,3 +61,17 @@ def corrupt_images(images: np.ndarray, corruption: str, severity: int, seed: int
             x = corrupt_tta.corrupt(img, severity=severity, corruption_name=corruption)
         out[i] = np.clip(np.rint(np.asarray(x, dtype=np.float64)), 0, 255).astype(np.uint8)
     return out
+
+
+def write_shifted_domains(split: ShardSet, out: Path, domains: list[str], *, severity: int, seed: int,
+                          maxcount: int, meta: dict[str, Any]) -> None:
+    """One shard set ``out/<domain>/`` per name: ``clean`` is ``split`` as it is, any other name that
+    corruption of it at ``severity`` (seeded by ``(seed, "target_data", name)``); keys and labels are
+    the split's, so every domain holds the same images. ``meta`` goes to each manifest after ``domain``."""
+    for d in tqdm(domains, desc="target_data", unit="domain"):
+        imgs = split.images if d == "clean" else corrupt_images(split.images, d, severity,
+                                                                 derive_seed(seed, "target_data", d))
+        (out / d).mkdir()
+        samples = (Sample(key=k, image=im, label=int(y), meta={"domain": d})
+                   for k, im, y in zip(split.keys, imgs, split.labels))
+        write_shards(samples, out / d, prefix=d, maxcount=maxcount, meta={"domain": d, **meta})

@@ -17,12 +17,19 @@ target, then bicubic to the target, centre crop), which is how DDA reads its ref
 from __future__ import annotations
 
 import functools
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
 from PIL import Image
+from tqdm.auto import tqdm
+
+from sda.config import Params
+from sda.domains import Domain, PretrainedClassifier, register_domain
+from sda.io.atomic import atomic_dir, atomic_write_json
+from sda.io.shards import Sample, write_shards
 
 from sda.io.images import IMAGE_SUFFIXES, center_crop_arr, read_image
 
@@ -34,6 +41,8 @@ __all__ = [
     "iter_domain",
     "list_images",
     "select_classes",
+    "write_source",
+    "write_targets",
 ]
 
 IMAGENET_C_URL = "https://zenodo.org/record/2235448 (ImageNet-C, Hendrycks & Dietterich 2019)"
@@ -172,3 +181,80 @@ def iter_domain(refs: list[ImageRef], size: int, domain: str, *, eval_resize: in
         img = (imagenet_w_image(r.path, size, eval_resize=eval_resize, eval_crop=eval_crop)
                if domain == "imagenet_w" else read_image(r.path, size))
         yield r.key, img, r.label
+
+
+# -- the domain: the paper's ImageNet set-up -------------------------------------------------------
+def write_source(params: Params, out: Path) -> dict[str, int]:
+    """``classes.json`` (all names in index order + the selected indices) and, for
+    fine-tuning, the selected train images at ``cfg.image_size``."""
+    cfg = params.imagenet
+    names = class_names(cfg.val_dir, cfg.val_labels)
+    selected = select_classes(names, cfg.classes)
+    counts = {}
+    with atomic_dir(out) as tmp:
+        if cfg.finetune_steps > 0:
+            if cfg.train_dir is None:
+                raise ValueError("imagenet.finetune_steps > 0 needs imagenet.train_dir (source images, class folders)")
+            refs = list_images(cfg.train_dir, names, classes=cfg.classes, per_class=cfg.images_per_class)
+            (tmp / "train").mkdir()
+            samples = (Sample(key=k, image=im, label=y) for k, im, y in iter_domain(refs, cfg.image_size, "train"))
+            counts["train"] = write_shards(samples, tmp / "train", meta={"split": "train", "root": cfg.train_dir})["count"]
+        atomic_write_json(tmp / "classes.json", {"names": names, "selected": selected})
+    logging.getLogger("sda.source_data").info("%d classes (%d selected), %s", len(names), len(selected), counts or "no train images")
+    return counts
+
+
+def write_targets(params: Params, source_dir: Path, out: Path) -> list[str]:
+    """ImageNet val / ImageNet-C / ImageNet-W domains of the selected subset; returns their names."""
+    cfg, inet = params.target_data, params.imagenet
+    names = class_names(inet.val_dir, inet.val_labels)
+    val = list_images(inet.val_dir, names, label_file=inet.val_labels, classes=inet.classes,
+                      per_class=inet.images_per_class)
+    plan: list[tuple[str, list]] = [("clean", val)] if cfg.include_clean else []
+    corruption_domains = []
+    if inet.imagenet_c_dir is not None:
+        for sev in inet.severities:
+            for c in cfg.corruptions:
+                d = c if len(inet.severities) == 1 else f"{c}_s{sev}"
+                plan.append((d, imagenet_c_refs(inet.imagenet_c_dir, c, sev, val, names)))  # checks every file first
+                corruption_domains.append(d)
+    if inet.imagenet_w:
+        plan.append(("imagenet_w", val))
+    if not corruption_domains:
+        raise ValueError("no corruption domain: set imagenet.imagenet_c_dir (and target_data.corruptions)")
+    with atomic_dir(out) as tmp:
+        for d, refs in tqdm(plan, desc="target_data", unit="domain"):
+            (tmp / d).mkdir()
+            samples = (Sample(key=k, image=im, label=y, meta={"domain": d})
+                       for k, im, y in iter_domain(refs, inet.image_size, d, eval_resize=inet.resize_size,
+                                                            eval_crop=inet.crop_size))
+            write_shards(samples, tmp / d, prefix=d, maxcount=cfg.shard_maxcount,
+                         meta={"domain": d, "image_size": inet.image_size})
+        atomic_write_json(tmp / "domains.json", {"domains": [d for d, _ in plan], "corruptions": list(cfg.corruptions),
+                                                 "corruption_domains": corruption_domains,
+                                                 "severities": list(inet.severities), "split": "imagenet-val"})
+    logging.getLogger("sda.target_data").info("%d domains x %d images (%d classes)", len(plan), len(val), len({r.label for r in val}))
+    return [d for d, _ in plan]
+
+
+def _classifier(params: Params) -> PretrainedClassifier:
+    """The paper's source classifier: ``imagenet.classifier_weights``, evaluated the reference way."""
+    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+    cfg = params.imagenet
+    return PretrainedClassifier(weights=cfg.classifier_weights, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD,
+                                resize=cfg.resize_size, crop=cfg.crop_size)
+
+
+register_domain(Domain(
+    name="imagenet",
+    description=("the paper's ImageNet set-up: ADM, DiT-XL/2 and ImageNet / -C / -W from the local"
+                 " paths of params.yaml `imagenet` (GPU)"),
+    sections=("imagenet",),
+    image_size=lambda p: p.imagenet.image_size,
+    write_source=write_source,
+    write_targets=write_targets,
+    severities=lambda p: list(p.imagenet.severities),
+    source_classifier=_classifier,
+    diffusion="adm+dit",
+))

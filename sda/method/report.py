@@ -27,6 +27,9 @@ def results_markdown(metrics: Mapping[str, object]) -> str:
         lines.append(f"| {d} | " + " | ".join(f"{acc[m]:.1f}" for m in MAIN_METHODS) + " |")
     mean = metrics["mean"]
     lines.append("| **mean (corruptions)** | " + " | ".join(f"**{mean[m]:.1f}**" for m in MAIN_METHODS) + " |")  # type: ignore[index]
+    for d, u in metrics.get("unlabelled", {}).items():  # type: ignore[union-attr]
+        top = ", ".join(f"{c} {k}" for c, k in sorted(u["sda_counts"].items(), key=lambda kv: -kv[1])[:5])
+        lines.append(f"\nUnlabelled `{d}`: {u['images']} images labelled by SDA ({top}; metrics/predictions.csv).")
     return "\n".join(lines)
 
 

@@ -13,6 +13,7 @@ aligned model alone on projected images.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -20,7 +21,7 @@ import torch
 
 from sda.models.classifiers import input_spec, predict_logits
 
-__all__ = ["MAIN_METHODS", "accuracy", "method_predictions", "score_domain", "sda_logits", "summarise"]
+__all__ = ["MAIN_METHODS", "DomainScore", "accuracy", "method_predictions", "score_domain", "sda_logits", "summarise"]
 
 MAIN_METHODS: tuple[str, ...] = ("source", "dda", "dda_ens", "sda")
 
@@ -82,29 +83,43 @@ def accuracy(predictions: np.ndarray, labels: np.ndarray) -> float:
     return round(float((predictions == labels).mean() * 100), 2)
 
 
+@dataclass
+class DomainScore:
+    """One target domain's results: ``accuracy`` per method (percent; meaningless where the labels
+    are -1, an unlabelled domain), the ``grid`` pair (originals, projections, uint8 (k, H, W, 3)),
+    and every image's ``keys`` with its ``sda`` prediction (int (N,))."""
+
+    accuracy: dict[str, float]
+    grid: tuple[np.ndarray, np.ndarray]
+    keys: list[str]
+    sda: np.ndarray
+
+
 def score_domain(source: torch.nn.Module, source_config: dict[str, Any], aligned: torch.nn.Module,
                  aligned_config: dict[str, Any], batches: Iterable[Any], *, batch_size: int, grid_images: int,
-                 device: torch.device | str = "cpu") -> tuple[dict[str, float], tuple[np.ndarray, np.ndarray]]:
-    """Accuracy of every method (:func:`method_predictions`) on one target domain, and its first
-    ``grid_images`` originals and projections (for the grid).
+                 device: torch.device | str = "cpu") -> DomainScore:
+    """Every method's predictions (:func:`method_predictions`) on one target domain, scored.
 
-    ``batches`` yields objects with ``images`` (originals), ``paired`` (their projections), both
-    uint8 (B, H, W, 3), and ``labels`` (B,): :class:`sda.io.streaming.ShardStream` with
+    ``batches`` yields objects with ``keys``, ``images`` (originals), ``paired`` (their projections),
+    both uint8 (B, H, W, 3), and ``labels`` (B,): :class:`sda.io.streaming.ShardStream` with
     ``paired_dir``. Memory holds a batch and the predictions, not the domain.
     """
     src_in, al_in = input_spec(source_config), input_spec(aligned_config)
     preds: dict[str, list[np.ndarray]] = {}
-    labels, grid_o, grid_p = [], [], []
+    keys, labels, grid_o, grid_p = [], [], [], []
     for b in batches:
         source_orig = predict_logits(source, b.images, **src_in, batch_size=batch_size, device=device)
         source_proj = predict_logits(source, b.paired, **src_in, batch_size=batch_size, device=device)
         aligned_proj = predict_logits(aligned, b.paired, **al_in, batch_size=batch_size, device=device)
         for m, p in method_predictions(source_orig, source_proj, aligned_proj).items():
             preds.setdefault(m, []).append(p.numpy())
+        keys += list(b.keys)
         labels.append(b.labels)
         if sum(map(len, grid_o)) < grid_images:  # the first batch comes from the first shard: same images every run
             grid_o.append(b.images[:grid_images])
             grid_p.append(b.paired[:grid_images])
     y = np.concatenate(labels)
-    acc = {m: accuracy(np.concatenate(p), y) for m, p in preds.items()}
-    return acc, (np.concatenate(grid_o)[:grid_images], np.concatenate(grid_p)[:grid_images])
+    predictions = {m: np.concatenate(p) for m, p in preds.items()}
+    return DomainScore(accuracy={m: accuracy(p, y) for m, p in predictions.items()},
+                       grid=(np.concatenate(grid_o)[:grid_images], np.concatenate(grid_p)[:grid_images]),
+                       keys=keys, sda=predictions["sda"])

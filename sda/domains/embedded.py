@@ -1,0 +1,73 @@
+"""The ``embedded`` domain: the built-in digits (:mod:`sda.domains.digits`) as the source, the chosen
+split clean and under each ImageNet-C corruption at one severity as the targets. Runs on a CPU in
+minutes; nothing is read from outside the package."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from sda.config import Params
+from sda.domains import Domain, register_domain
+from sda.domains.corruptions import write_shifted_domains
+from sda.io.atomic import atomic_dir, atomic_write_json
+from sda.io.shards import Sample, load_shards, write_shards
+from sda.runtime import derive_seed
+
+__all__ = ["write_source", "write_targets"]
+
+log = logging.getLogger("sda.source_data")
+
+
+def write_source(params: Params, out: Path) -> dict[str, int]:
+    """Render, split and shard the digits into ``out/{train,val,test}`` + ``classes.json``; returns
+    the sample count per split."""
+    from sda.domains.digits import CLASS_NAMES, render_digits, split_digits  # scikit-learn: only here
+
+    cfg, seed = params.source_data, params.runtime.seed
+    s = derive_seed(seed, "source_data")
+    images, labels = render_digits(cfg.image_size, cfg.max_shift, cfg.min_contrast, seed=s)
+    splits = split_digits(images, labels, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction,
+                          seed=s % (2**31))
+    counts = {}
+    with atomic_dir(out) as tmp:
+        for name, sp in splits.items():
+            (tmp / name).mkdir()
+            samples = (
+                Sample(key=f"{name}-{int(idx):05d}", image=img, label=int(y), meta={"digits_index": int(idx)})
+                for img, y, idx in zip(sp.images, sp.labels, sp.index)
+            )
+            m = write_shards(samples, tmp / name, maxcount=cfg.shard_maxcount,
+                             meta={"split": name, "seed": seed, "image_size": cfg.image_size})
+            counts[name] = m["count"]
+            log.info("%s: %d images in %d shard(s)", name, m["count"], len(m["shards"]))
+        atomic_write_json(tmp / "classes.json", {"names": list(CLASS_NAMES)})
+    return counts
+
+
+def write_targets(params: Params, source_dir: Path, out: Path) -> list[str]:
+    """``target_data.split`` of the source, ``clean`` (first, when included) and corrupted; returns
+    the domain names written."""
+    cfg, seed = params.target_data, params.runtime.seed
+    split = load_shards(source_dir / cfg.split)
+    domains = (["clean"] if cfg.include_clean else []) + list(cfg.corruptions)
+    with atomic_dir(out) as tmp:
+        write_shifted_domains(split, tmp, domains, severity=cfg.severity, seed=seed, maxcount=cfg.shard_maxcount,
+                              meta={"severity": cfg.severity, "split": cfg.split, "seed": seed})
+        atomic_write_json(tmp / "domains.json", {"domains": domains, "corruptions": list(cfg.corruptions),
+                                                 "corruption_domains": list(cfg.corruptions),
+                                                 "split": cfg.split, "severity": cfg.severity})
+    logging.getLogger("sda.target_data").info("%d domains x %d images from the %s split", len(domains),
+                                              len(split.keys), cfg.split)
+    return domains
+
+
+register_domain(Domain(
+    name="embedded",
+    description="the built-in digits and their corruptions (CPU, minutes)",
+    sections=("source_data",),
+    image_size=lambda p: p.source_data.image_size,
+    write_source=write_source,
+    write_targets=write_targets,
+    severities=lambda p: [p.target_data.severity],
+))

@@ -1,0 +1,157 @@
+"""The folder profile: your own labelled images through the domain registry, every way the folder
+can be wrong, and the whole pipeline (DVC through the Prefect flow) on a generated folder set."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from repo_utils import SHAPES, _copy_repo, make_folder_set, sh
+from sda.config import ParamsError, load_params, parse_params
+from sda.domains import domain_names, get_domain
+from sda.domains.folder import write_source, write_targets
+from sda.io.shards import load_shards, read_manifest
+from tasks import STAGES
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _params(folder: dict, **sections) -> "object":
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["profile"] = "folder"
+    raw["folder"].update(folder)
+    raw["target_data"]["corruptions"] = ["gaussian_noise"]
+    for k, v in sections.items():
+        raw[k].update(v)
+    return parse_params(raw)
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> tuple[Path, dict]:
+    root = tmp_path_factory.mktemp("images")
+    return root, make_folder_set(root, per_class=12, target_per_class=3, flat=5)
+
+
+def test_the_registry_holds_the_three_domains_and_names_the_known_ones():
+    assert domain_names() == ("embedded", "imagenet", "folder")
+    assert get_domain("folder").diffusion == "unet" and get_domain("imagenet").diffusion == "adm+dit"
+    with pytest.raises(ParamsError, match="unknown profile 'cells'.*embedded.*imagenet.*folder"):
+        parse_params({"profile": "cells"})
+
+
+def test_source_and_targets_from_folders(images, tmp_path):
+    root, folder = images
+    p = _params(folder)
+    counts = write_source(p, tmp_path / "src")
+    assert json.loads((tmp_path / "src" / "classes.json").read_text())["names"] == sorted(SHAPES)
+    assert sum(counts.values()) == 4 * 12  # the truncated file is skipped ...
+    skipped = json.loads((tmp_path / "src" / "skipped.json").read_text())
+    assert [Path(s["file"]).name for s in skipped] == ["broken.jpg"] and "truncated" in skipped[0]["reason"]
+    train = load_shards(tmp_path / "src" / "train")
+    assert train.images.shape[1:] == (32, 32, 3) and set(train.labels) == {0, 1, 2, 3}
+    grey = [i for i, m in enumerate(train.metas) if m["file"].endswith(".png")]
+    assert grey and all(train.images[i].dtype == np.uint8 for i in grey)  # L and RGBA decoded to RGB
+    assert any("/" in m["file"].split(SHAPES[0] + "/", 1)[-1] for m in train.metas)  # nested folders read
+
+    domains = write_targets(p, tmp_path / "src", tmp_path / "tgt")
+    assert domains == ["site_b", "site_c", "clean", "gaussian_noise"]
+    index = json.loads((tmp_path / "tgt" / "domains.json").read_text())
+    assert index["corruption_domains"] == ["site_b", "gaussian_noise"] and index["unlabelled"] == ["site_c"]
+    site_b, site_c = load_shards(tmp_path / "tgt" / "site_b"), load_shards(tmp_path / "tgt" / "site_c")
+    assert sorted(set(site_b.labels)) == [0, 1, 2, 3] and set(site_c.labels) == {-1}
+    assert read_manifest(tmp_path / "tgt" / "clean")["count"] == read_manifest(tmp_path / "src" / "test")["count"]
+
+
+def _bad(tmp_path: Path, images: tuple[Path, dict], case: str) -> tuple[dict, str]:
+    root, good = images
+    src = tmp_path / "src"
+    if case == "missing":
+        return {"source_dir": str(tmp_path / "nope")}, r"folder.source_dir: .*nope does not exist"
+    if case == "no classes":
+        src.mkdir()
+        Image.new("RGB", (40, 40)).save(src / "a.png")
+        return {"source_dir": str(src)}, r"folder.source_dir: .* has no class folders"
+    if case == "one class":
+        shutil.copytree(Path(good["source_dir"]) / SHAPES[0], src / SHAPES[0])
+        return {"source_dir": str(src)}, r"has one class folder \(circle\); a classifier needs two"
+    if case == "few images":
+        shutil.copytree(good["source_dir"], src)
+        for f in sorted((src / SHAPES[1]).rglob("*.*"))[3:]:
+            f.unlink()
+        return {"source_dir": str(src)}, r"fewer than folder.min_images_per_class=10 images: .*square \(3\)"
+    if case == "unknown target class":
+        tgt = tmp_path / "tgt"
+        shutil.copytree(good["target_dirs"]["site_b"], tgt)
+        (tgt / SHAPES[0]).rename(tgt / "hexagon")
+        return ({**good, "target_dirs": {"site_b": str(tgt)}},
+                r"folder.target_dirs.site_b: class folder\(s\) \['hexagon'\] .* are not source classes")
+    if case == "missing target":
+        return {**good, "target_dirs": {"site_x": str(tmp_path / "gone")}}, r"folder.target_dirs.site_x: .*gone"
+    raise AssertionError(case)
+
+
+@pytest.mark.parametrize("case", ["missing", "no classes", "one class", "few images", "unknown target class",
+                                  "missing target"])
+def test_every_way_the_folder_can_be_wrong_names_the_key_and_path(images, tmp_path, case):
+    folder, message = _bad(tmp_path, images, case)
+    p = _params(folder)
+    with pytest.raises((FileNotFoundError, ValueError), match=message):
+        write_source(p, tmp_path / "out_src")
+        write_targets(p, tmp_path / "out_src", tmp_path / "out_tgt")
+    assert not (tmp_path / "out_tgt").exists()  # nothing half-written
+
+
+@pytest.mark.parametrize("size, message", [(8, "greater than or equal to 16"), (512, "less than or equal to 256"),
+                                           (36, "multiple of 8")])
+def test_image_size_out_of_range_is_a_params_error(size, message):
+    with pytest.raises(ParamsError, match=rf"folder.image_size: .*{message}"):
+        _params({"source_dir": "x", "image_size": size})
+
+
+def test_the_folder_profile_needs_its_source_dir():
+    with pytest.raises(ParamsError, match="profile: folder needs folder.source_dir"):
+        parse_params({"profile": "folder"})
+
+
+def test_a_bad_folder_exits_2_with_the_message(images, tmp_path):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    _copy_repo(repo, {"profile": "folder", "folder": {"source_dir": "images/missing"}}, git=False)
+    r = sh(repo, sys.executable, "-m", "tasks.source_data", check=False)
+    assert r.returncode == 2 and "folder.source_dir: images/missing does not exist" in r.stderr, r.stderr
+
+
+@pytest.mark.slow
+def test_folder_profile_end_to_end_through_the_prefect_flow(images, tmp_path, prefect_server):
+    """DVC through the Prefect flow on a generated folder set (nested, PNG / JPEG / greyscale / RGBA, a
+    truncated file), a labelled and a flat target; then the relabel CLI labels the flat folder."""
+    from flows.pipeline import pipeline
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    make_folder_set(repo / "images", per_class=12, target_per_class=3, flat=5)
+    rel = {"source_dir": "images/source", "target_dirs": {"site_b": "images/site_b", "site_c": "images/site_c"}}
+    _copy_repo(repo, {"profile": "folder", "folder": rel, "synth_generate": {"per_class": 2}})
+    result = pipeline(root=str(repo))
+    assert [r["stage"] for r in result["stages"]] == list(STAGES) and all(r["ran"] for r in result["stages"])
+    metrics = result["metrics"]
+    assert set(metrics["domains"]) == {"site_b", "clean", "gaussian_noise", "pixelate"}
+    assert metrics["more"]["corruptions_in_mean"] == ["site_b", "gaussian_noise", "pixelate"]
+    assert metrics["unlabelled"]["site_c"]["images"] == 5
+    rows = list(csv.DictReader((repo / "metrics" / "predictions.csv").open()))
+    assert len(rows) == 5 and {r["domain"] for r in rows} == {"site_c"} and all(r["class_name"] in SHAPES for r in rows)
+    assert sorted(r["file"] for r in rows) == [f"c_{i:03d}.{'png' if i % 4 != 1 else 'jpg'}" for i in range(5)]
+    params = load_params(repo / "params.yaml")
+    assert params.image_size == 32 and load_shards(repo / "data" / "synth_generate").images.shape[1] == 32
+    # the relabel flow's CLI labels the flat folder with the models of this profile
+    r = sh(repo, sys.executable, "-m", "flows.relabel", "--inbox", "images/site_c")
+    summary = json.loads(r.stdout[r.stdout.index("{"):])
+    assert summary["labelled"] == 5 and summary["quarantined"] == 0
