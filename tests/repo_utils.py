@@ -198,18 +198,18 @@ def _shape_image(rng, shape: str, side: int, *, light: float = 1.0, blur: float 
     import numpy as np
 
     bg = rng.integers(0, 256, 3)
-    noise = rng.normal(0, 18, (side, side, 3))
+    noise = rng.normal(0, 10, (side, side, 3))
     img = Image.fromarray(np.clip(bg + noise, 0, 255).astype("uint8"))
     draw = ImageDraw.Draw(img)
     fg = tuple(int(c) for c in (255 - bg + rng.integers(-40, 40, 3)) % 256)
-    r = side * rng.uniform(0.22, 0.34)
-    cx, cy = side / 2 + rng.uniform(-0.12, 0.12, 2) * side
+    r = side * rng.uniform(0.26, 0.34)
+    cx, cy = side / 2 + rng.uniform(-0.06, 0.06, 2) * side
     if shape == "circle":
         draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fg)
     elif shape == "square":
-        draw.regular_polygon((cx, cy, r), 4, rotation=float(rng.uniform(0, 90)), fill=fg)
+        draw.regular_polygon((cx, cy, r), 4, rotation=float(rng.uniform(-10, 10)), fill=fg)
     elif shape == "triangle":
-        draw.regular_polygon((cx, cy, r), 3, rotation=float(rng.uniform(0, 120)), fill=fg)
+        draw.regular_polygon((cx, cy, r), 3, rotation=float(rng.uniform(-10, 10)), fill=fg)
     else:
         w = r / 2.5
         draw.rectangle([cx - r, cy - w, cx + r, cy + w], fill=fg)
