@@ -139,7 +139,8 @@ def test_folder_profile_end_to_end_through_the_prefect_flow(images, tmp_path, pr
     repo.mkdir()
     make_folder_set(repo / "images", per_class=12, target_per_class=3, flat=5)
     rel = {"source_dir": "images/source", "target_dirs": {"site_b": "images/site_b", "site_c": "images/site_c"}}
-    _copy_repo(repo, {"profile": "folder", "folder": rel, "synth_generate": {"per_class": 2}})
+    # the tiny budgets of TINY, not params.yaml's profiles.folder (minutes of CPU)
+    _copy_repo(repo, {"profile": "folder", "folder": rel, "profiles": {"folder": {"synth_generate": {"per_class": 2}}}})
     result = pipeline(root=str(repo))
     assert [r["stage"] for r in result["stages"]] == list(STAGES) and all(r["ran"] for r in result["stages"])
     metrics = result["metrics"]
