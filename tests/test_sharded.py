@@ -64,11 +64,11 @@ def test_in_process_and_two_dask_workers_write_identical_shards(model_dir, tmp_p
     m = read_manifest(tmp_path / "b")
     assert m["count"] == 18 and m["classes"] == {"0": 6, "1": 6, "2": 6}
     assert all("seconds" not in s for s in m["shards"])  # content only: timings are in the summary
-    # per-shard timings are measured, not made up: in one process they add up to at most the wall
-    # time, and the 5-image shards take longer than the 3-image one
+    # per-shard timings are measured, not made up: each is positive and in one process they add up to
+    # at most the wall time (which shard is fastest depends on the machine's load: not asserted)
     assert set(a["shard_seconds"]) == set(b["shard_seconds"]) == {j.name for j in jobs}
     secs = a["shard_seconds"]
-    assert 0 < sum(secs.values()) <= in_process and min(secs, key=secs.get) == "synth-000003.tar"
+    assert all(v > 0 for v in secs.values()) and sum(secs.values()) <= in_process
 
 
 @pytest.mark.slow
