@@ -180,7 +180,7 @@ def write_targets(params: Params, source_dir: Path, out: Path) -> list[str]:
         domains = [n for n, _, _ in plan] + shifted
         atomic_write_json(tmp / "domains.json", {
             "domains": domains, "corruptions": corruptions, "corruption_domains": labelled + corruptions,
-            "unlabelled": [n for n in domains if n not in labelled and n not in shifted],
+            "unlabelled": [n for n, _, items in plan if items[0][1] < 0],
             "split": "test", "severity": td.severity})
         atomic_write_json(tmp / "skipped.json", skipped)
     log.info("%d target domains (%d labelled folders, %d unlabelled, %d from the source test split), %d file(s) "

@@ -65,16 +65,16 @@ class Projector:
     def __init__(self, model_dir: str | Path, projection: dict[str, Any], device: torch.device | str = "cpu"):
         self.device = torch.device(device)
         self.unet, self.scheduler, self.info = load_diffusion(model_dir, self.device)
-        self.projection = projection
         self.batch_size = projection_batch_size(self.unet, self.scheduler, projection, self.unet.config.sample_size,
                                                 self.info.null_label)
+        self.projection = {**projection, "batch_size": self.batch_size}
 
     def __call__(self, images: np.ndarray | torch.Tensor, seed: int) -> np.ndarray:
         """Projections of uint8 (B, H, W, 3) images, B <= ``batch_size``, as one guidance batch whose
         noise comes from ``seed``: uint8 (B, H, W, 3)."""
         gen = torch.Generator(device=self.device).manual_seed(seed)
-        return project_uint8(self.unet, self.scheduler, images, {**self.projection, "batch_size": self.batch_size},
-                             null_label=self.info.null_label, generator=gen)
+        return project_uint8(self.unet, self.scheduler, images, self.projection, null_label=self.info.null_label,
+                             generator=gen)
 
 
 @functools.cache
