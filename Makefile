@@ -8,9 +8,6 @@ SHELL := /bin/bash
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-# pip prints one harmless "Location ... is ignored" line per package for this machine's local index.
-QUIET_PIP := grep -v "is ignored: it is neither a file nor a directory" || true
-
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export PREFECT_HOME ?= $(CURDIR)/.prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
@@ -25,12 +22,8 @@ PORT ?= 4200
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
-	@test -x $(PY) || { echo "creating $(VENV)"; python3 -m venv $(VENV); }
-	@echo "installing the project into $(VENV) (torch comes from local disk; ~4 min the first time)"
-	@$(PY) -m pip install -q --disable-pip-version-check --upgrade pip 2>&1 | $(QUIET_PIP)
-	@$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]' 2>&1 | $(QUIET_PIP)
-	@$(PY) -c "import sda, torch, diffusers, timm, webdataset, prefect, dvc" 
+$(STAMP): pyproject.toml tools/install.sh
+	@tools/install.sh $(VENV)
 	@touch $(STAMP)
 
 install: $(STAMP)  ## create .venv and install the project (once)
