@@ -101,7 +101,7 @@ class SourceModel(_Section):
 
 
 class DiffusionFinetune(_Section):
-    block_out_channels: tuple[int, ...] = (32, 64, 64)
+    block_out_channels: tuple[int, ...] = (16, 32, 64)
     layers_per_block: int = Field(1, ge=1)
     attention_levels: tuple[bool, ...] = (False, False, True)
     norm_num_groups: int = Field(8, ge=1)
