@@ -6,7 +6,9 @@
 # of files, which uv unpacks in parallel and hard-links from its cache). uv reads no pip
 # configuration, so the sources pip is configured with (`pip config list`: index-url,
 # extra-index-url, find-links, constraint, cert, no-index; environment over install over global)
-# are handed to it, and it resolves as pip does: the best version across all indexes.
+# are handed to it, and it resolves as pip does: the best version across all indexes. Like pip, it
+# compiles the bytecode at install time: without it the first import of Prefect's server compiles
+# hundreds of modules and its temporary API server misses its 20 s start-up timeout.
 # SDA_INSTALLER=pip, or no uv wheel to be had, installs with pip as before.
 set -eo pipefail
 venv=${1:-.venv}
@@ -45,7 +47,7 @@ for path in get("cert"):
     for a in "${args[@]}"; do
         case $a in CERT=*) cert=(SSL_CERT_FILE="${a#CERT=}");; *) uv_args+=("$a");; esac
     done
-    env "${cert[@]}" "$venv/bin/uv" pip install --quiet --python "$py" --index-strategy unsafe-best-match \
+    env "${cert[@]}" "$venv/bin/uv" pip install --quiet --python "$py" --index-strategy unsafe-best-match --compile-bytecode \
         "${uv_args[@]}" -e '.[dev]'
 else
     echo "installing the project into $venv with pip (torch comes from local disk; ~4 min the first time)"
