@@ -15,6 +15,9 @@ export DO_NOT_TRACK ?= 1
 export PYTHONUNBUFFERED := 1
 export PREFECT_LOGGING_EXTRA_LOGGERS ?= sda
 export PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW ?= ignore
+# the flow's temporary Prefect server takes ~18 s to start on an idle 2-core machine: Prefect's 20 s
+# default fails it on a busy or slower one
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 PORT ?= 4200
 
 .PHONY: help install run test test-fast repro serve relabel clean
