@@ -70,6 +70,20 @@ def test_source_and_targets_from_folders(images, tmp_path):
     assert read_manifest(tmp_path / "tgt" / "clean")["count"] == read_manifest(tmp_path / "src" / "test")["count"]
 
 
+def test_a_file_over_the_size_limit_is_skipped_unread_with_the_reason(images, tmp_path):
+    root, folder = images
+    src = tmp_path / "src_dir"
+    shutil.copytree(folder["source_dir"], src)
+    big = src / SHAPES[0] / "big.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 300, 3), np.uint8)).save(big)
+    limit = big.stat().st_size - 1  # every other file is far smaller
+    p = _params({**folder, "source_dir": str(src)}, relabel={"max_file_bytes": limit})
+    counts = write_source(p, tmp_path / "src")
+    assert sum(counts.values()) == 4 * 12  # the truncated file and the big one skipped
+    skipped = {Path(s["file"]).name: s["reason"] for s in json.loads((tmp_path / "src" / "skipped.json").read_text())}
+    assert skipped["big.png"] == f"file too large: {limit + 1} bytes > relabel.max_file_bytes={limit}"
+
+
 def _bad(tmp_path: Path, images: tuple[Path, dict], case: str) -> tuple[dict, str]:
     root, good = images
     src = tmp_path / "src"

@@ -30,7 +30,7 @@ from sda.config import Params
 from sda.domains import Domain, PretrainedClassifier, register_domain
 from sda.domains.corruptions import write_shifted_domains
 from sda.io.atomic import atomic_dir, atomic_write_json
-from sda.io.images import IMAGE_SUFFIXES, BadImage, center_crop_arr, decode_image
+from sda.io.images import IMAGE_SUFFIXES, BadImage, center_crop_arr, check_file_size, decode_image
 from sda.io.shards import Sample, load_shards, write_shards
 from sda.runtime import derive_seed
 
@@ -80,9 +80,7 @@ def split_files(files: dict[str, list[Path]], val_fraction: float, test_fraction
 def _load(path: Path, params: Params) -> np.ndarray:
     """uint8 (S, S, 3) at ``folder.image_size``; raises :class:`BadImage` (or OSError) with the reason."""
     r = params.relabel
-    size = path.stat().st_size
-    if size > r.max_file_bytes:
-        raise BadImage(f"file too large: {size} bytes > relabel.max_file_bytes={r.max_file_bytes}")
+    check_file_size(path.stat().st_size, r.max_file_bytes)
     img, _ = decode_image(path.read_bytes(), max_pixels=r.max_pixels, min_side=r.min_side)
     return center_crop_arr(img, params.folder.image_size)
 

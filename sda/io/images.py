@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-__all__ = ["IMAGE_SUFFIXES", "BadImage", "center_crop_arr", "decode_image", "read_image", "to_uint8",
-           "to_unit_range"]
+__all__ = ["IMAGE_SUFFIXES", "BadImage", "center_crop_arr", "check_file_size", "decode_image", "read_image",
+           "to_uint8", "to_unit_range"]
 
 # the image files the project reads: source / target folders and the relabel inbox
 IMAGE_SUFFIXES: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".webp"})
@@ -38,6 +38,13 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     if img.mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")
     return img.convert("RGB")
+
+
+def check_file_size(nbytes: int, max_bytes: int) -> None:
+    """Raise :class:`BadImage` for a file of ``nbytes`` over ``relabel.max_file_bytes``: checked from the
+    file's size before it is read."""
+    if nbytes > max_bytes:
+        raise BadImage(f"file too large: {nbytes} bytes > relabel.max_file_bytes={max_bytes}")
 
 
 def decode_image(data: bytes, *, max_pixels: int, min_side: int = 1) -> tuple[Image.Image, str]:

@@ -36,7 +36,7 @@ import pyarrow as pa
 import torch
 from filelock import FileLock, Timeout
 
-from sda.io.images import BadImage, center_crop_arr, decode_image
+from sda.io.images import BadImage, center_crop_arr, check_file_size, decode_image
 from sda.relabel.inbox import InboxItem, Scan, safe_file_name, scan_inbox
 from sda.relabel.predict import SdaPredictor
 from sda.relabel.report import BatchReport, class_grid, write_report
@@ -170,8 +170,7 @@ class RelabelJob:
         good, bad = [], {}
         for it in batch:
             try:
-                if it.size > s.max_file_bytes:
-                    raise BadImage(f"file too large: {it.size} bytes > relabel.max_file_bytes={s.max_file_bytes}")
+                check_file_size(it.size, s.max_file_bytes)
                 data = it.read()
                 if hashlib.sha256(data).hexdigest() != it.sha256:
                     raise BadImage("changed while being read (sha256 differs from the scan)")
