@@ -2,7 +2,7 @@
 # Create the project's virtual environment (if missing) and install the project into it, editable,
 # with its dev extras:  tools/install.sh [VENV]   (default .venv; `make install` calls this)
 #
-# uv installs: ~45 s instead of pip's ~190 s on a 2-core machine (the CUDA build of torch is 5 GB
+# uv installs: ~105 s instead of pip's ~190 s on a 2-core machine (the CUDA build of torch is 5 GB
 # of files, which uv unpacks in parallel and hard-links from its cache). uv reads no pip
 # configuration, so the sources pip is configured with (`pip config list`: index-url,
 # extra-index-url, find-links, constraint, cert, no-index; environment over install over global)
@@ -19,7 +19,7 @@ quiet_pip() { grep -v "is ignored: it is neither a file nor a directory" || true
 
 if [ "${SDA_INSTALLER:-uv}" = uv ] && "$py" -m pip install -q --disable-pip-version-check uv 2>&1 | quiet_pip \
    && [ -x "$venv/bin/uv" ]; then
-    echo "installing the project into $venv with uv (torch comes from local disk; ~1 min the first time)"
+    echo "installing the project into $venv with uv (torch comes from local disk; ~2 min the first time)"
     mapfile -t args < <("$py" -m pip config list 2>/dev/null | "$py" -c '
 import shlex, sys
 rank = {":env:": 0, "install": 1, "global": 2}       # pip: environment > install > global
