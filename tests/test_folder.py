@@ -71,7 +71,7 @@ def test_source_and_targets_from_folders(images, tmp_path):
 
 
 def test_a_file_over_the_size_limit_is_skipped_unread_with_the_reason(images, tmp_path):
-    root, folder = images
+    _, folder = images
     src = tmp_path / "src_dir"
     shutil.copytree(folder["source_dir"], src)
     big = src / SHAPES[0] / "big.png"
