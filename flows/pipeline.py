@@ -14,13 +14,20 @@ from __future__ import annotations
 import argparse
 import base64
 import collections
+import contextlib
 import json
+import logging
 import os
 import re
+import shutil
+import socket
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from pathlib import Path
+from typing import Iterator
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
@@ -28,6 +35,7 @@ from prefect.artifacts import create_markdown_artifact
 from sda.config import ParamsError, load_params, set_profile
 from sda.domains import domain_names
 from tasks import STAGES
+from tasks.stage_server import ENV as STAGE_SERVER_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -58,13 +66,53 @@ def _transient(task, task_run, state) -> bool:
     return not (isinstance(state.data, StageFailed) and state.data.user_error)
 
 
+@contextlib.contextmanager
+def stage_server(root: Path, enabled: bool = True) -> Iterator[str | None]:
+    """A warm stage server (:mod:`tasks.stage_server`) for the stages of one run: its socket path,
+    or ``None`` when ``enabled`` is false or this platform has no ``fork`` / fd passing.
+
+    Not waited for: it imports the stages' libraries (~10 s) while the first stages run, and a stage
+    command that finds it not ready yet runs in its own process. Its lines go to the ``sda`` log;
+    it is stopped (and its socket removed) when the block ends, and stops by itself if this process
+    dies."""
+    if not (enabled and hasattr(os, "fork") and hasattr(socket, "send_fds")):
+        yield None
+        return
+    tmp = Path(tempfile.mkdtemp(prefix="sda-stages-"))
+    address = str(tmp / "stage.sock")
+    log = logging.getLogger("sda.stage_server")
+    log.setLevel(logging.INFO)  # one line per stage command, and anything the server says
+    proc = subprocess.Popen([sys.executable, "-m", "tasks.stage_server", "--socket", address, "--parent",
+                             str(os.getpid())], cwd=root, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, errors="backslashreplace")
+
+    def relay() -> None:
+        for line in proc.stdout:
+            log.info("%s", line.rstrip())
+
+    drain = threading.Thread(target=relay, daemon=True)
+    drain.start()
+    try:
+        yield address
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        drain.join(5)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 @task(name="dvc-stage", task_run_name="{stage}", retries=1, retry_delay_seconds=5, retry_condition_fn=_transient)
-def run_stage(stage: str, root: str, force: bool = False) -> dict:
+def run_stage(stage: str, root: str, force: bool = False, server: str | None = None) -> dict:
     """``dvc repro --single-item <stage>`` as a subprocess; returns whether it ran and how long it took.
 
     The stage's own output goes to the run's log line by line (visible in the Prefect UI). DVC's
     repository lock makes a second pipeline started meanwhile wait for each stage
-    (``--wait-for-lock``), and it then finds the stage cached. Raises :class:`StageFailed`.
+    (``--wait-for-lock``), and it then finds the stage cached. ``server``: the socket of a
+    :func:`stage_server`, which then runs the stage's command warm. Raises :class:`StageFailed`.
     """
     logger = get_run_logger()
     cmd = [sys.executable, "-m", "dvc", "--wait-for-lock", "repro", "--single-item", stage, *(["--force"] * force)]
@@ -73,7 +121,8 @@ def run_stage(stage: str, root: str, force: bool = False) -> dict:
     tail: collections.deque[str] = collections.deque(maxlen=30)
     ran = False
     # text mode reads tqdm's carriage-return redraws as lines: one log line per redraw (every 10 s)
-    with subprocess.Popen(cmd, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    env = {**os.environ, STAGE_SERVER_ENV: server} if server else None
+    with subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           errors="backslashreplace") as proc:
         for line in proc.stdout:
             line = line.rstrip()
@@ -142,11 +191,12 @@ def _results_markdown(root: Path, runs: list[dict]) -> str:
 
 @flow(name="sda-pipeline", log_prints=True)
 def pipeline(root: str = str(ROOT), stages: list[str] | None = None, force: bool = False,
-             profile: str | None = None) -> dict:
+             profile: str | None = None, warm: bool = True) -> dict:
     """Validate ``params.yaml``, reproduce the DVC stages in order, publish the results table.
 
     ``profile`` (a registered domain: ``embedded`` / ``imagenet`` / ``folder``) switches params.yaml's
-    profile first.
+    profile first. ``warm``: run the stage commands in a :func:`stage_server` (same bytes, without
+    each stage's 5-10 s of imports); false: each in its own fresh process.
     """
     root_p = Path(root).resolve()
     if profile is not None and set_profile(root_p / "params.yaml", profile):
@@ -159,12 +209,13 @@ def pipeline(root: str = str(ROOT), stages: list[str] | None = None, force: bool
     if unknown:
         raise ValueError(f"unknown stage(s) {unknown}; stages are {list(STAGES)}")
     runs = []
-    for stage in todo:
-        t0 = time.perf_counter()
-        r = run_stage(stage, str(root_p), force)
-        r["wall"] = round(time.perf_counter() - t0, 1)
-        r["prefect"] = round(max(0.0, r["wall"] - r["seconds"]), 1)
-        runs.append(r)
+    with stage_server(root_p, warm) as server:
+        for stage in todo:
+            t0 = time.perf_counter()
+            r = run_stage(stage, str(root_p), force, server)
+            r["wall"] = round(time.perf_counter() - t0, 1)
+            r["prefect"] = round(max(0.0, r["wall"] - r["seconds"]), 1)
+            runs.append(r)
     print("Where the time went:\n" + time_table(runs))
     metrics_path = root_p / "metrics" / "evaluate.json"
     if "evaluate" in todo and metrics_path.is_file():
@@ -181,6 +232,8 @@ def main() -> None:
     parser.add_argument("--root", default=str(ROOT), help="repository root (default: this checkout)")
     parser.add_argument("--stages", nargs="+", choices=STAGES, help="only these stages (in pipeline order)")
     parser.add_argument("--force", action="store_true", help="re-run stages even when DVC has them cached")
+    parser.add_argument("--cold", action="store_true",
+                        help="run each stage command in its own fresh process (default: warm, in a stage server)")
     parser.add_argument("--profile", choices=list(domain_names()),
                         help="switch params.yaml's profile before running (default: as it is)")
     args = parser.parse_args()
@@ -192,7 +245,7 @@ def main() -> None:
     except ParamsError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
-    pipeline(root=args.root, stages=stages, force=args.force)
+    pipeline(root=args.root, stages=stages, force=args.force, warm=not args.cold)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,290 @@
+"""A warm start for the stage commands: one process imports what the stages import once, then forks
+a fresh child for each ``python -m tasks.<stage>`` command.
+
+Each stage process would otherwise spend 5-10 s of a 2-core machine importing torch, diffusers and
+timm before its first line of work (DESIGN.md §4). The pipeline flow (flows/pipeline.py) starts
+this server and points ``SDA_STAGE_SERVER`` at its socket for the ``dvc repro`` it runs. DVC still
+runs every stage's own command; that process (``tasks/__init__``) sends its module, arguments,
+working directory, environment and standard streams here instead of importing anything heavy,
+forwards SIGINT / SIGTERM / SIGHUP to the child, and exits with the child's status (a child killed
+by signal N: killed by N too). The child runs the same ``__main__`` as the command would, so the
+outputs are the same bytes; each command gets its own fork of the freshly imported server, so no
+state (caches, RNG, CUDA, threads) passes from one stage to the next, and a crashing stage takes
+only its child down. A command whose process is killed takes its child with it.
+
+The server declines a command, which then runs in its own process as without a server, when the
+answer could differ: another checkout's ``tasks`` package, a project module changed since the server
+imported it, or a different value of a variable that is read at import time (``OMP_*``: the OpenMP
+wait policy ``tasks/__init__`` picks for a busy machine; ``TQDM_*``, ``PYTHON*``, ``TORCH_*``, ...).
+
+    python -m tasks.stage_server --socket /tmp/sda-stages/stage.sock   # prints "ready <pid>" when warm
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import importlib
+import json
+import os
+import runpy
+import select
+import signal
+import socket
+import struct
+import sys
+import time
+import traceback
+from pathlib import Path
+
+ENV = "SDA_STAGE_SERVER"
+# read when a library is imported, so the server's values hold for every child
+IMPORT_TIME_ENV = ("OMP_", "KMP_", "MKL_", "OPENBLAS_", "TQDM_", "PYTHON", "TORCH", "PYTORCH_", "CUDA_",
+                   "DIFFUSERS_", "HF_", "TIMM_")
+_FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+_HEADER = struct.Struct("!I")
+
+
+def _import_time_env(env: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in env.items() if k.startswith(IMPORT_TIME_ENV)}
+
+
+def _project_modules() -> dict[str, tuple[int, int]]:
+    """(mtime_ns, size) of every loaded module of this project (``sda``, ``tasks``)."""
+    out = {}
+    for name, mod in list(sys.modules.items()):
+        path = getattr(mod, "__file__", None)
+        if path and name.split(".")[0] in ("sda", "tasks"):
+            st = os.stat(path)
+            out[path] = (st.st_mtime_ns, st.st_size)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- client
+
+
+def _open_fds() -> list[int]:
+    """fds 0, 1, 2 of this process; /dev/null for any that is closed."""
+    fds = []
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+            fds.append(fd)
+        except OSError:
+            fds.append(os.open(os.devnull, os.O_RDWR))
+    return fds
+
+
+def run_via_server(address: str, module: str, argv: list[str], started: float) -> int | None:
+    """Run ``python -m <module> <argv>`` in a child of the server at ``address``; its exit status
+    (negative: the signal that killed it), or ``None`` when the server is not reachable or declines
+    (the caller then runs the command itself). Imports nothing heavy."""
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        conn.connect(address)
+        req = json.dumps({"module": module, "argv": argv, "cwd": os.getcwd(), "env": dict(os.environ),
+                          "started": started, "tasks": str(Path(__file__).resolve().parent)}).encode()
+        socket.send_fds(conn, [_HEADER.pack(len(req)) + req], _open_fds())
+        replies = conn.makefile("rb")
+        hello = json.loads(replies.readline() or b"{}")
+    except (OSError, ValueError):
+        conn.close()
+        return None
+    if "pid" not in hello:
+        print(f"stage server: {hello.get('declined', 'no answer')}; running in this process", file=sys.stderr)
+        conn.close()
+        return None
+    pid = hello["pid"]
+    for sig in _FORWARDED:
+        signal.signal(sig, lambda s, _frame: os.kill(pid, s))
+    while True:
+        try:
+            line = replies.readline()
+            break
+        except InterruptedError:  # a forwarded signal arrived; keep waiting for the child's status
+            continue
+    if not line:
+        print(f"error: the stage server went away while running {module} (pid {pid})", file=sys.stderr)
+        return 1
+    return int(json.loads(line)["status"])
+
+
+def exit_like(status: int) -> None:
+    """Leave this process as the child did: ``exit(status)``, or killed by the same signal."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if status < 0:
+        signal.signal(-status, signal.SIG_DFL)
+        os.kill(os.getpid(), -status)
+    os._exit(status if status >= 0 else 128 - status)
+
+
+# ---------------------------------------------------------------------------------------------- server
+
+
+def _recv_request(conn: socket.socket) -> tuple[dict, list[int]]:
+    head, fds, _, _ = socket.recv_fds(conn, _HEADER.size, 3)
+    while len(head) < _HEADER.size:
+        more = conn.recv(_HEADER.size - len(head))
+        if not more:
+            raise ConnectionError("request cut short")
+        head += more
+    (n,) = _HEADER.unpack(head)
+    body = bytearray()
+    while len(body) < n:
+        chunk = conn.recv(min(1 << 20, n - len(body)))
+        if not chunk:
+            raise ConnectionError("request cut short")
+        body += chunk
+    return json.loads(body), list(fds)
+
+
+def _declined(req: dict, modules: dict[str, tuple[int, int]], env: dict[str, str]) -> str | None:
+    here = str(Path(__file__).resolve().parent)
+    if req["tasks"] != here:
+        return f"its tasks package is {req['tasks']}, the server's is {here}"
+    theirs = _import_time_env(req["env"])
+    if theirs != env:
+        keys = sorted({k for k, _ in set(theirs.items()) ^ set(env.items())})
+        return f"import-time environment differs ({', '.join(keys)})"
+    for path, stamp in modules.items():
+        try:
+            st = os.stat(path)
+        except OSError:
+            return f"{path} is gone"
+        if (st.st_mtime_ns, st.st_size) != stamp:
+            return f"{path} changed since the server started"
+    module = req["module"]
+    if not module.startswith("tasks."):
+        return f"{module} is not a stage module"
+    return None
+
+
+def _run_child(req: dict, fds: list[int]) -> None:
+    """In the forked child: become the command's process, run its ``__main__``, exit. Never returns."""
+    code = 1
+    try:
+        for target, fd in zip((0, 1, 2), fds):
+            os.dup2(fd, target)
+            os.close(fd)
+        os.chdir(req["cwd"])
+        os.environ.clear()
+        os.environ.update(req["env"])
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD, signal.SIGPIPE):
+            signal.signal(sig, signal.SIG_DFL)
+        import tasks
+
+        tasks.STARTED = req["started"]  # the stage's start-up is timed from its command's start
+        sys.argv = [req["module"], *req["argv"]]
+        # run as a command would: its module executes as __main__, not the copy the server imported
+        sys.modules.pop(req["module"], None)
+        try:
+            runpy.run_module(req["module"], run_name="__main__", alter_sys=True)
+            code = 0
+        except SystemExit as err:
+            if err.code is None or isinstance(err.code, int):
+                code = err.code or 0
+            else:
+                print(err.code, file=sys.stderr)
+                code = 1
+        except KeyboardInterrupt:
+            traceback.print_exc()
+            code = -signal.SIGINT
+        except BaseException:  # noqa: BLE001 - reported as the interpreter would, then exit 1
+            traceback.print_exc()
+            code = 1
+        atexit._run_exitfuncs()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        if code < 0:
+            signal.signal(-code, signal.SIG_DFL)
+            os.kill(os.getpid(), -code)
+        os._exit(code)
+
+
+def _supervise(conn: socket.socket, modules: dict[str, tuple[int, int]], env: dict[str, str]) -> None:
+    """In a forked supervisor: read one request, fork the command's child, relay its pid and exit
+    status; kill it if the command's process goes away first."""
+    req, fds = _recv_request(conn)
+    reason = _declined(req, modules, env)
+    if reason:
+        conn.sendall(json.dumps({"declined": reason}).encode() + b"\n")
+        return
+    t0 = time.perf_counter()
+    pid = os.fork()
+    if pid == 0:
+        conn.close()
+        _run_child(req, fds)
+    for fd in fds:
+        os.close(fd)
+    conn.sendall(json.dumps({"pid": pid}).encode() + b"\n")
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        ready, _, _ = select.select([conn], [], [], 0.05)
+        if ready and not conn.recv(1):  # the command was killed: so is its stage
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            print(f"stage server: {req['module']} (pid {pid}) killed: its command went away", flush=True)
+            return
+    code = os.waitstatus_to_exitcode(status)
+    conn.sendall(json.dumps({"status": code}).encode() + b"\n")
+    print(f"stage server: {req['module']} {' '.join(req['argv'])} (pid {pid}) exit {code} "
+          f"in {time.perf_counter() - t0:.1f} s", flush=True)
+
+
+def preload() -> None:
+    """Import every stage module, and with them what they import (torch, diffusers, timm, ...)."""
+    from tasks import STAGES
+
+    for stage in STAGES:
+        importlib.import_module(f"tasks.{stage}")
+
+
+def serve(address: str, parent: int | None = None) -> None:
+    """Accept commands on the Unix socket ``address`` until killed, or until ``parent`` is gone.
+
+    Forks only from this single-threaded loop (a supervisor per command, which forks the command's
+    child), so no lock held by another thread is ever copied into a child."""
+    env = _import_time_env(dict(os.environ))  # before the imports, some of which set variables
+    preload()
+    modules = _project_modules()
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # supervisors are reaped by the kernel
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(address)
+    listener.listen(16)
+    print(f"ready {os.getpid()}", flush=True)
+    while parent is None or os.getppid() == parent:
+        ready, _, _ = select.select([listener], [], [], 1.0)
+        if not ready:
+            continue
+        conn, _ = listener.accept()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        if os.fork() == 0:
+            listener.close()
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            try:
+                _supervise(conn, modules, env)
+            except Exception:  # noqa: BLE001 - a bad request must not take the server down
+                traceback.print_exc()
+            finally:
+                os._exit(0)
+        conn.close()
+    listener.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m tasks.stage_server", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--socket", required=True, help="Unix socket path to listen on (must not exist)")
+    parser.add_argument("--parent", type=int, help="exit when this process id is no longer the parent")
+    args = parser.parse_args()
+    serve(args.socket, args.parent)
+
+
+if __name__ == "__main__":
+    main()
