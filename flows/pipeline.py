@@ -74,9 +74,13 @@ def stage_server(root: Path, enabled: bool = True) -> Iterator[str | None]:
     Not waited for: it imports the stages' libraries (~10 s) while the first stages run, and a stage
     command that finds it not ready yet runs in its own process. Its lines go to the ``sda`` log;
     it is stopped (and its socket removed) when the block ends, and stops by itself if this process
-    dies."""
+    dies. A server already named by ``SDA_STAGE_SERVER`` (one started by ``main`` while Prefect
+    starts, or by you) is used as it is."""
     if not (enabled and hasattr(os, "fork") and hasattr(socket, "send_fds")):
         yield None
+        return
+    if os.environ.get(STAGE_SERVER_ENV):
+        yield os.environ[STAGE_SERVER_ENV]
         return
     tmp = Path(tempfile.mkdtemp(prefix="sda-stages-"))
     address = str(tmp / "stage.sock")
@@ -121,7 +125,9 @@ def run_stage(stage: str, root: str, force: bool = False, server: str | None = N
     tail: collections.deque[str] = collections.deque(maxlen=30)
     ran = False
     # text mode reads tqdm's carriage-return redraws as lines: one log line per redraw (every 10 s)
-    env = {**os.environ, STAGE_SERVER_ENV: server} if server else None
+    env = {k: v for k, v in os.environ.items() if k != STAGE_SERVER_ENV}  # cold: no server, not even yours
+    if server:
+        env[STAGE_SERVER_ENV] = server
     with subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           errors="backslashreplace") as proc:
         for line in proc.stdout:
@@ -233,7 +239,7 @@ def main() -> None:
     parser.add_argument("--stages", nargs="+", choices=STAGES, help="only these stages (in pipeline order)")
     parser.add_argument("--force", action="store_true", help="re-run stages even when DVC has them cached")
     parser.add_argument("--cold", action="store_true",
-                        help="run each stage command in its own fresh process (default: warm, in a stage server)")
+                        help="each stage command in its own fresh process (default: warm, in a stage server)")
     parser.add_argument("--profile", choices=list(domain_names()),
                         help="switch params.yaml's profile before running (default: as it is)")
     args = parser.parse_args()
@@ -245,7 +251,11 @@ def main() -> None:
     except ParamsError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
-    pipeline(root=args.root, stages=stages, force=args.force, warm=not args.cold)
+    # the stage server imports while Prefect starts its temporary server: the first stage runs warm too
+    with stage_server(Path(args.root).resolve(), not args.cold) as server:
+        if server:
+            os.environ[STAGE_SERVER_ENV] = server
+        pipeline(root=args.root, stages=stages, force=args.force, warm=not args.cold)
 
 
 if __name__ == "__main__":

@@ -68,7 +68,7 @@ STAGES: tuple[str, ...] = (
 if _module in {f"tasks.{s}" for s in STAGES} and os.environ.get("SDA_STAGE_SERVER"):
     from tasks.stage_server import exit_like, run_via_server
 
-    _status = run_via_server(os.environ["SDA_STAGE_SERVER"], _module, sys.orig_argv[sys.orig_argv.index("-m") + 2:],
-                             STARTED)
+    _args = sys.orig_argv[sys.orig_argv.index("-m") + 2:]
+    _status = run_via_server(os.environ["SDA_STAGE_SERVER"], _module, _args, STARTED)
     if _status is not None:
         exit_like(_status)

@@ -45,7 +45,8 @@ class Server:
             time.sleep(0.2)
 
     def run(self, *args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
-        return sh(self.root, sys.executable, "-m", *args, check=check, env={ENV: self.address, **POLICY, **(env or {})})
+        env = {ENV: self.address, **POLICY, **(env or {})}
+        return sh(self.root, sys.executable, "-m", *args, check=check, env=env)
 
     def lines(self) -> list[str]:
         return [line for line in self.log.read_text().splitlines() if line.startswith("stage server:")]
