@@ -60,6 +60,12 @@ def _project_modules() -> dict[str, tuple[int, int]]:
     return out
 
 
+def _interpreter_options() -> list[str]:
+    """This interpreter's command-line options (``-X ...``, ``-W ...``, ``-O``): what precedes ``-m``."""
+    argv = sys.orig_argv
+    return argv[1:argv.index("-m")] if "-m" in argv else argv[1:]
+
+
 # ---------------------------------------------------------------------------------------------- client
 
 
@@ -83,8 +89,11 @@ def run_via_server(address: str, module: str, argv: list[str], started: float) -
     try:
         conn.connect(address)
         req = json.dumps({"module": module, "argv": argv, "cwd": os.getcwd(), "env": dict(os.environ),
-                          "started": started, "tasks": str(Path(__file__).resolve().parent)}).encode()
-        socket.send_fds(conn, [_HEADER.pack(len(req)) + req], _open_fds())
+                          "started": started, "tasks": str(Path(__file__).resolve().parent),
+                          "prefix": sys.prefix, "options": _interpreter_options()}).encode()
+        data = _HEADER.pack(len(req)) + req
+        sent = socket.send_fds(conn, [data], _open_fds())
+        conn.sendall(data[sent:])
         replies = conn.makefile("rb")
         hello = json.loads(replies.readline() or b"{}")
     except (OSError, ValueError):
@@ -143,6 +152,10 @@ def _declined(req: dict, modules: dict[str, tuple[int, int]], env: dict[str, str
     here = str(Path(__file__).resolve().parent)
     if req["tasks"] != here:
         return f"its tasks package is {req['tasks']}, the server's is {here}"
+    if req["prefix"] != sys.prefix:
+        return f"its Python environment is {req['prefix']}, the server's is {sys.prefix}"
+    if req["options"] != _interpreter_options():
+        return f"interpreter options differ ({' '.join(req['options']) or 'none'})"
     theirs = _import_time_env(req["env"])
     if theirs != env:
         keys = sorted({k for k, _ in set(theirs.items()) ^ set(env.items())})

@@ -45,8 +45,9 @@ class Server:
             time.sleep(0.2)
 
     def run(self, *args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+        """``python -m *args`` (or ``python *args`` when they hold their own ``-m``) through the server."""
         env = {ENV: self.address, **POLICY, **(env or {})}
-        return sh(self.root, sys.executable, "-m", *args, check=check, env=env)
+        return sh(self.root, sys.executable, *([] if "-m" in args else ["-m"]), *args, check=check, env=env)
 
     def lines(self) -> list[str]:
         return [line for line in self.log.read_text().splitlines() if line.startswith("stage server:")]
@@ -101,6 +102,8 @@ def test_a_signal_to_the_command_ends_its_stage(server, sig):
 def test_changed_code_or_environment_runs_the_command_on_its_own(server):
     r = server.run("tasks.source_data", "--help", env={"OMP_WAIT_POLICY": "ACTIVE"})
     assert r.returncode == 0 and "import-time environment differs (OMP_WAIT_POLICY)" in r.stderr
+    r = server.run("-W", "ignore", "-m", "tasks.source_data", "--help")
+    assert r.returncode == 0 and "interpreter options differ (-W ignore)" in r.stderr
     module = server.root / "sda" / "io" / "images.py"
     module.write_text(module.read_text() + "\n")
     r = server.run("tasks.source_data", "--help")
