@@ -67,7 +67,7 @@ def _transient(task, task_run, state) -> bool:
 
 
 @contextlib.contextmanager
-def stage_server(root: Path, enabled: bool = True) -> Iterator[str | None]:
+def stage_server(root: Path, enabled: bool = True, env: dict[str, str] | None = None) -> Iterator[str | None]:
     """A warm stage server (:mod:`tasks.stage_server`) for the stages of one run: its socket path,
     or ``None`` when ``enabled`` is false or this platform has no ``fork`` / fd passing.
 
@@ -75,7 +75,8 @@ def stage_server(root: Path, enabled: bool = True) -> Iterator[str | None]:
     command that finds it not ready yet runs in its own process. Its lines go to the ``sda`` log;
     it is stopped (and its socket removed) when the block ends, and stops by itself if this process
     dies. A server already named by ``SDA_STAGE_SERVER`` (one started by ``main`` while Prefect
-    starts, or by you) is used as it is."""
+    starts, or by you) is used as it is. ``env``: the server's environment (default: this process's);
+    it serves only commands whose import-time variables match it."""
     if not (enabled and hasattr(os, "fork") and hasattr(socket, "send_fds")):
         yield None
         return
@@ -86,8 +87,8 @@ def stage_server(root: Path, enabled: bool = True) -> Iterator[str | None]:
     address = str(tmp / "stage.sock")
     log = logging.getLogger("sda.stage_server")
     log.setLevel(logging.INFO)  # one line per stage command, and anything the server says
-    proc = subprocess.Popen([sys.executable, "-m", "tasks.stage_server", "--socket", address, "--parent",
-                             str(os.getpid())], cwd=root, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+    cmd = [sys.executable, "-m", "tasks.stage_server", "--socket", address, "--parent", str(os.getpid())]
+    proc = subprocess.Popen(cmd, cwd=root, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, errors="backslashreplace")
 
     def relay() -> None:
