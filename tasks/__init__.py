@@ -65,10 +65,11 @@ STAGES: tuple[str, ...] = (
 
 # With a warm stage server (tasks/stage_server.py; the pipeline flow starts one), a stage command
 # runs in a child of it rather than importing torch & co. itself; same bytes, ~5-10 s sooner.
-if _module in {f"tasks.{s}" for s in STAGES} and os.environ.get("SDA_STAGE_SERVER"):
-    from tasks.stage_server import exit_like, run_via_server
+if _module in {f"tasks.{s}" for s in STAGES}:
+    from tasks.stage_server import ENV, exit_like, run_via_server  # the standard library only
 
-    _args = sys.orig_argv[sys.orig_argv.index("-m") + 2:]
-    _status = run_via_server(os.environ["SDA_STAGE_SERVER"], _module, _args, STARTED)
-    if _status is not None:
-        exit_like(_status)
+    if os.environ.get(ENV):
+        _args = sys.orig_argv[sys.orig_argv.index("-m") + 2:]
+        _status = run_via_server(os.environ[ENV], _module, _args, STARTED)
+        if _status is not None:
+            exit_like(_status)

@@ -106,12 +106,7 @@ def run_via_server(address: str, module: str, argv: list[str], started: float) -
     pid = hello["pid"]
     for sig in _FORWARDED:
         signal.signal(sig, lambda s, _frame: os.kill(pid, s))
-    while True:
-        try:
-            line = replies.readline()
-            break
-        except InterruptedError:  # a forwarded signal arrived; keep waiting for the child's status
-            continue
+    line = replies.readline()  # a forwarded signal does not interrupt it (PEP 475)
     if not line:
         print(f"error: the stage server went away while running {module} (pid {pid})", file=sys.stderr)
         return 1
@@ -131,21 +126,20 @@ def exit_like(status: int) -> None:
 # ---------------------------------------------------------------------------------------------- server
 
 
-def _recv_request(conn: socket.socket) -> tuple[dict, list[int]]:
-    head, fds, _, _ = socket.recv_fds(conn, _HEADER.size, 3)
-    while len(head) < _HEADER.size:
-        more = conn.recv(_HEADER.size - len(head))
-        if not more:
-            raise ConnectionError("request cut short")
-        head += more
-    (n,) = _HEADER.unpack(head)
-    body = bytearray()
-    while len(body) < n:
-        chunk = conn.recv(min(1 << 20, n - len(body)))
+def _recv_exact(conn: socket.socket, n: int) -> bytes:
+    data = bytearray()
+    while len(data) < n:
+        chunk = conn.recv(min(1 << 20, n - len(data)))
         if not chunk:
             raise ConnectionError("request cut short")
-        body += chunk
-    return json.loads(body), list(fds)
+        data += chunk
+    return bytes(data)
+
+
+def _recv_request(conn: socket.socket) -> tuple[dict, list[int]]:
+    head, fds, _, _ = socket.recv_fds(conn, _HEADER.size, 3)  # the fds come with the first bytes
+    (n,) = _HEADER.unpack(head + _recv_exact(conn, _HEADER.size - len(head)))
+    return json.loads(_recv_exact(conn, n)), list(fds)
 
 
 def _declined(req: dict, modules: dict[str, tuple[int, int]], env: dict[str, str]) -> str | None:
@@ -209,12 +203,7 @@ def _run_child(req: dict, fds: list[int]) -> None:
             code = 1
         atexit._run_exitfuncs()
     finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        if code < 0:
-            signal.signal(-code, signal.SIG_DFL)
-            os.kill(os.getpid(), -code)
-        os._exit(code)
+        exit_like(code)
 
 
 def _supervise(conn: socket.socket, modules: dict[str, tuple[int, int]], env: dict[str, str]) -> None:
