@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import os
 import subprocess
 import sys
 import time
@@ -43,7 +42,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sda.accel import autocast, fast_model  # noqa: E402
+from sda.accel import autocast, fast_model, layout_group_norms  # noqa: E402
 from sda.models.adm import adm_unet_config  # noqa: E402
 from sda.models.schedulers import ddpm_scheduler
 from sda.method.dda import project  # noqa: E402
@@ -110,9 +109,11 @@ def timed(fn, device: torch.device) -> tuple[float, float]:
 
 
 def fast_settings(mode: str) -> dict[str, object]:
-    """A row's mode name ("bf16+cl+compile+graphs", "bf16+cl+autotune", "fp16", ...) as projection params."""
+    """A row's mode name ("bf16+cl+compile+graphs", "bf16+cl+autotune", "fp16", ...) as projection params.
+    "stockgn" keeps the stock GroupNorm under channels_last (its layout copies; for comparison)."""
+    parts = mode.split("+")
     return {"precision": "fp16" if "fp16" in mode else "bf16" if "bf16" in mode else "fp32",
-            "channels_last": "cl" in mode,
+            "channels_last": "cl" in parts, "layout_norms": "stockgn" not in parts,
             "compile": "reduce-overhead" if "graphs" in mode else "max-autotune-no-cudagraphs" if "autotune" in mode
             else "default" if "compile" in mode else "none"}
 
@@ -182,8 +183,8 @@ def guided_step_flops(unet, sched, size: int, device: torch.device) -> float:
 
 def bench_adm(t: Table, device: torch.device, full: bool, batches: list[int], steps: int,
               modes: list[str], describe: bool = True,
-              profile_batches: tuple[int, ...] = ()) -> dict[str, dict[int, float]]:
-    """Rows per (mode, batch); returns images/s by mode and batch. At ``profile_batches`` a row is
+              profile_batches: tuple[int, ...] = ()) -> None:
+    """Rows per (mode, batch): images/s, TFLOP/s, peak GiB. At ``profile_batches`` a row is
     followed by the device-time split of one guided step by kernel kind (``kernel_split``)."""
     unet, sched = adm(device, full), ddpm_scheduler(learn_sigma=True)
     size = 256 if full else 32
@@ -195,7 +196,6 @@ def bench_adm(t: Table, device: torch.device, full: bool, batches: list[int], st
           f"guided step (counted), N=50, timed over {steps} steps; SDPA attention: "
           f"{type(unet.mid_block.attentions[0].processor).__name__}")
     kw = dict(respacing=100, D=4, scale=6.0)
-    speeds: dict[str, dict[int, float]] = {}
     call = lambda xt, tt: unet(xt, tt).sample  # noqa: E731 - the reference loop's model(x, t)
     for mode in modes:
         skip_rest = ""
@@ -214,7 +214,8 @@ def bench_adm(t: Table, device: torch.device, full: bool, batches: list[int], st
                     with autocast(device, precision):  # the reference's fp16 (or plain fp32)
                         reference_project(call, x, N=n, **kw)
             else:
-                model = fast_model(unet, channels_last=fast["channels_last"], compile=fast["compile"])
+                model = fast_model(unet, channels_last=fast["channels_last"], compile=fast["compile"],
+                                   layout_norms=fast["layout_norms"])
 
                 def run(n: int, model=model, precision=precision, x=x) -> None:
                     g = torch.Generator(device=device).manual_seed(0)
@@ -235,15 +236,14 @@ def bench_adm(t: Table, device: torch.device, full: bool, batches: list[int], st
                 continue
             per_step = sec / steps
             note = f"warm-up {warm:.0f} s (compile)" if fast["compile"] != "none" else ""
-            speeds.setdefault(mode, {})[bs] = bs / (per_step * 50)
             t.add(name, mode, bs, ips=bs / (per_step * 50), tflops=flops * bs / per_step / 1e12, peak=peak, note=note)
             if bs in profile_batches:
                 t.add(name, f"{mode} profile", bs, note="device time: " + kernel_split(lambda: run(1), device))
-        unet.to(memory_format=torch.contiguous_format)  # channels_last converts in place
+        unet.to(memory_format=torch.contiguous_format)  # channels_last converts in place, norms too
+        layout_group_norms(unet, keep_layout=False)
     del unet
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    return speeds
 
 
 def smooth_images(b: int, size: int, device: torch.device) -> torch.Tensor:
@@ -266,7 +266,8 @@ def bench_deviation(t: Table, device: torch.device, full: bool, modes: list[str]
     for mode in ["fp32", *modes]:
         fast = fast_settings(mode)
         precision = fast["precision"]
-        model = fast_model(unet, channels_last=fast["channels_last"], compile=fast["compile"])
+        model = fast_model(unet, channels_last=fast["channels_last"], compile=fast["compile"],
+                           layout_norms=fast["layout_norms"])
         g = torch.Generator(device=device).manual_seed(0)
         t0 = time.perf_counter()
         outs[mode] = to_uint8(project(model, sched, x, respacing=100, N=50, D=4, scale=6.0, precision=precision,
@@ -280,6 +281,7 @@ def bench_deviation(t: Table, device: torch.device, full: bool, modes: list[str]
         if t.left() < 20:
             break
     unet.to(memory_format=torch.contiguous_format)
+    layout_group_norms(unet, keep_layout=False)
 
 
 def bench_embedded_agreement(t: Table, device: torch.device, modes: list[str], data: Path,
@@ -466,8 +468,8 @@ def main() -> None:
                     help="the eager ADM rows' modes "
                          "(default: reference fp32, reference fp16, fp32, fp16, bf16, bf16+cl)")
     ap.add_argument("--compiled-modes", nargs="+", default=None, metavar="MODE",
-                    help="the compiled rows' modes, e.g. bf16+compile bf16+cl+compile+graphs (default: bf16+compile "
-                         "in the faster eager layout, and +graphs with --graphs)")
+                    help="the compiled rows' modes, e.g. bf16+compile bf16+cl+stockgn+compile (default: "
+                         "bf16+cl+compile, its +graphs with --graphs, then bf16+compile while the budget lasts)")
     ap.add_argument("--inductor", nargs="+", default=[], metavar="KEY=VALUE",
                     help="torch._inductor.config settings for the compiled rows, e.g. conv_1x1_as_mm=True "
                          "coordinate_descent_tuning=True (noted in the table)")
@@ -500,7 +502,6 @@ def main() -> None:
     t.add("machine", where, note="" if cuda else "no CUDA: tiny models on the CPU; skipped: ADM-256, DiT-XL/2 and "
           "ResNet-50 at full size, fast modes (CUDA only), the CUDA paths of the -m gpu tests")
     eager = ["reference fp32", "reference fp16", "fp32", "fp16", "bf16", "bf16+cl"]
-    speeds: dict[str, dict[int, float]] = {}
     # compilation takes minutes on ADM-256: the compiled rows come last, after every eager figure
     order = ["adm-eager", "deviation", "dit", "resnet", "adm-compiled"]
     sections = [s for s in order if s in args.sections or s.split("-")[0] in args.sections]
@@ -508,7 +509,7 @@ def main() -> None:
         try:
             if section == "adm-eager":
                 if cuda:
-                    speeds = bench_adm(t, device, True, args.batches, args.steps, args.eager_modes or eager,
+                    bench_adm(t, device, True, args.batches, args.steps, args.eager_modes or eager,
                                        profile_batches=tuple(args.profile_batches))
                 else:
                     bench_adm(t, device, False, [2], 1, ["fp32", "reference fp32"], profile_batches=(2,))
@@ -516,10 +517,9 @@ def main() -> None:
                 if not cuda:
                     t.add("adm-tiny", "compile", note="skipped: no CUDA (compile is timed on the GPU)")
                     continue
-                # compiled with the faster layout of the eager bf16 rows (at the largest batch both ran)
-                both = set(speeds.get("bf16", {})) & set(speeds.get("bf16+cl", {}))
-                cl = "+cl" if both and speeds["bf16+cl"][max(both)] > speeds["bf16"][max(both)] else ""
-                default = [f"bf16{cl}+compile"] + ([f"bf16{cl}+compile+graphs"] if args.graphs else [])
+                # channels_last first: with the layout-keeping GroupNorm no copy is left between the
+                # (NHWC-only) convolutions; then row-major, the mode measured before it, if time is left
+                default = ["bf16+cl+compile"] + (["bf16+cl+compile+graphs"] if args.graphs else []) + ["bf16+compile"]
                 compiled = args.compiled_modes or default
                 if args.inductor:
                     set_inductor(t, args.inductor)

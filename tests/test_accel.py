@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from repo_utils import ROOT, subprocess_env
-from sda.accel import auto_batch_size, autocast, fast_model, name_oom, prefetch
+from sda.accel import ChannelsLastGroupNorm, auto_batch_size, autocast, fast_model, layout_group_norms, name_oom, prefetch
 from sda.config import ParamsError, parse_params
 
 PROJ = {"respacing": 10, "N": 3, "D": 4, "scale": 6.0, "per_sample_norm": False, "fix_off_by_one": False,
@@ -47,6 +47,104 @@ def test_channels_last_keeps_the_projection(tiny_unet, scheduler):
     assert tiny_unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
     with pytest.raises(ValueError, match="compile must be one of"):
         fast_model(tiny_unet, compile="fastest")
+
+
+def layout_copies(fn, x: torch.Tensor) -> list[str]:
+    """The aten ops that ``fn()`` runs which turn a tensor of ``x``'s size in another layout (channels
+    last) into a new row-major (NCHW) one: each is a layout change, a copy the next NHWC conv undoes."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_leaves
+
+    seen = []
+
+    def full(t: object) -> bool:
+        return isinstance(t, torch.Tensor) and t.numel() == x.numel()
+
+    class Watch(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            inputs = [a for a in tree_leaves((args, kwargs)) if isinstance(a, torch.Tensor)]
+            other_layout = any(full(a) and not a.is_contiguous() and 0 not in a.stride() for a in inputs)
+            storages = {a.untyped_storage().data_ptr() for a in inputs}
+            if other_layout and any(full(o) and o.is_contiguous() and o.untyped_storage().data_ptr() not in storages
+                                    for o in tree_leaves(out)):
+                seen.append(str(func))
+            return out
+
+    with Watch():
+        fn()
+    return seen
+
+
+def _channels_last(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) as channels_last; (B, C, L) with channel stride 1, as attention's norm gets it."""
+    if x.dim() == 4:
+        return x.to(memory_format=torch.channels_last)
+    return x.transpose(1, 2).contiguous().transpose(1, 2)
+
+
+@pytest.mark.parametrize("shape, groups", [((2, 64, 8, 8), 32), ((3, 96, 5, 7), 8), ((2, 64, 16), 32)])
+def test_channels_last_group_norm_is_the_stock_one_without_layout_copies(shape, groups):
+    torch.manual_seed(0)
+    stock = torch.nn.GroupNorm(groups, shape[1])
+    torch.nn.init.normal_(stock.weight), torch.nn.init.normal_(stock.bias)
+    norm = ChannelsLastGroupNorm(groups, shape[1])
+    norm.load_state_dict(stock.state_dict())
+    x = torch.randn(shape) * 3 + 1
+    xs, xc = x.clone().requires_grad_(True), _channels_last(x).requires_grad_(True)
+    ys, yc = stock(xs), norm(xc)
+    torch.testing.assert_close(yc, ys, rtol=0, atol=1e-5)
+    assert yc.stride() == xc.stride() and yc.dtype == x.dtype  # the input's layout and dtype
+    go = torch.randn_like(ys)
+    ys.backward(go), yc.backward(go)
+    torch.testing.assert_close(xc.grad, xs.grad, rtol=0, atol=1e-5)  # the guided step's input gradient
+    torch.testing.assert_close(norm.weight.grad, stock.weight.grad, rtol=1e-5, atol=1e-4)
+
+    def forward_backward():
+        torch.autograd.grad(norm(xc).square().sum(), xc)
+
+    assert layout_copies(forward_backward, xc) == []
+    assert torch.equal(norm(x), stock(x))  # a row-major input takes the stock kernel
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # under autocast fp32 out, as autocast's group_norm
+        assert norm(xc.detach().bfloat16()).dtype == torch.float32
+
+
+def test_channels_last_swaps_the_unet_norms_and_back(tiny_unet):
+    n = sum(type(m) is torch.nn.GroupNorm for m in tiny_unet.modules())
+    state = {k: v.clone() for k, v in tiny_unet.state_dict().items()}
+    fast_model(tiny_unet, channels_last=True)
+    assert n > 0 and sum(type(m) is ChannelsLastGroupNorm for m in tiny_unet.modules()) == n
+    assert tiny_unet.state_dict().keys() == state.keys()
+    assert layout_group_norms(tiny_unet, keep_layout=False) == n
+    assert sum(type(m) is torch.nn.GroupNorm for m in tiny_unet.modules()) == n
+    fast_model(tiny_unet, channels_last=True, layout_norms=False)  # the stock norms, for comparison
+    assert not any(type(m) is ChannelsLastGroupNorm for m in tiny_unet.modules())
+
+
+@pytest.mark.slow
+def test_compiled_channels_last_block_has_no_layout_copy():
+    """What runs on the GPU is inductor's code: conv -> norm -> SiLU -> conv and its input gradient,
+    compiled, allocate no row-major activation (the stock norm's decomposition does: one per norm)."""
+    from torch._inductor.utils import run_and_get_code
+
+    torch.manual_seed(0)
+    block = torch.nn.Sequential(torch.nn.Conv2d(64, 64, 3, padding=1), ChannelsLastGroupNorm(32, 64),
+                                torch.nn.SiLU(), torch.nn.Conv2d(64, 64, 3, padding=1))
+    block = block.to(memory_format=torch.channels_last)
+    x = torch.randn(2, 64, 8, 8).to(memory_format=torch.channels_last).requires_grad_(True)
+    compiled = torch.compile(block)
+
+    def step():
+        y = compiled(x)
+        return y, torch.autograd.grad(y.square().sum(), x)[0]
+
+    (y, grad), code = run_and_get_code(step)
+    ref = block(x)
+    torch.testing.assert_close(y, ref, rtol=0, atol=1e-4)
+    torch.testing.assert_close(grad, torch.autograd.grad(ref.square().sum(), x)[0], rtol=1e-4, atol=1e-3)
+    code = "\n".join(code)
+    assert "(2, 64, 8, 8), (4096, 1, 512, 64)" in code  # channels-last activations are allocated ...
+    assert "(2, 64, 8, 8), (4096, 64, 8, 1)" not in code  # ... and no row-major one
 
 
 def test_out_of_memory_becomes_an_error_that_names_the_parameter():

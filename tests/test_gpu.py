@@ -97,6 +97,25 @@ def test_channels_last_and_compile_match_eager(cuda_unet, scheduler):
     assert np.abs(compiled - ref).mean() < 1.0
 
 
+@pytest.mark.parametrize("shape", [(4, 256, 32, 32), (4, 512, 256)])  # a ResNet block's norm, attention's
+def test_channels_last_group_norm_keeps_the_layout_on_cuda(shape):
+    """Under bf16 autocast, as in the fast mode: the stock norm's value, fp32 out, and no NCHW copy in
+    the forward or the input-gradient backward."""
+    from sda.accel import ChannelsLastGroupNorm
+    from test_accel import _channels_last, layout_copies
+
+    torch.manual_seed(0)
+    stock = torch.nn.GroupNorm(32, shape[1]).cuda()
+    norm = ChannelsLastGroupNorm(32, shape[1]).cuda()
+    norm.load_state_dict(stock.state_dict())
+    x = _channels_last(torch.randn(shape, device="cuda").bfloat16()).requires_grad_(True)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        ref, out = stock(x), norm(x)
+        assert out.dtype == ref.dtype == torch.float32 and out.stride() == x.stride()
+        torch.testing.assert_close(out, ref, rtol=0, atol=1e-3)
+        assert layout_copies(lambda: torch.autograd.grad(norm(x).square().sum(), x), x) == []
+
+
 def test_cuda_graphs_match_eager(cuda_unet, scheduler):
     """compile: reduce-overhead (inductor + CUDA graphs, one graph per batch shape) through the guided
     step's input-gradient backward, twice with the same shape (the replay), then a new shape."""
