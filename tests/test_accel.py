@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from repo_utils import ROOT, subprocess_env
-from sda.accel import ChannelsLastGroupNorm, auto_batch_size, autocast, fast_model, layout_group_norms, name_oom, prefetch
+from sda.accel import (ChannelsLastGroupNorm, auto_batch_size, autocast, channels_last_group_norm, fast_model,
+                       layout_group_norms, name_oom, prefetch)
 from sda.config import ParamsError, parse_params
 
 PROJ = {"respacing": 10, "N": 3, "D": 4, "scale": 6.0, "per_sample_norm": False, "fix_off_by_one": False,
@@ -88,25 +89,28 @@ def test_channels_last_group_norm_is_the_stock_one_without_layout_copies(shape, 
     torch.manual_seed(0)
     stock = torch.nn.GroupNorm(groups, shape[1])
     torch.nn.init.normal_(stock.weight), torch.nn.init.normal_(stock.bias)
-    norm = ChannelsLastGroupNorm(groups, shape[1])
-    norm.load_state_dict(stock.state_dict())
     x = torch.randn(shape) * 3 + 1
     xs, xc = x.clone().requires_grad_(True), _channels_last(x).requires_grad_(True)
-    ys, yc = stock(xs), norm(xc)
+
+    def norm(t: torch.Tensor) -> torch.Tensor:
+        return channels_last_group_norm(t, groups, stock.weight, stock.bias, stock.eps)
+
+    ys = stock(xs)
+    yc = norm(xc)
     torch.testing.assert_close(yc, ys, rtol=0, atol=1e-5)
     assert yc.stride() == xc.stride() and yc.dtype == x.dtype  # the input's layout and dtype
     go = torch.randn_like(ys)
+    w_grad = torch.autograd.grad(ys, stock.weight, go, retain_graph=True)[0]
     ys.backward(go), yc.backward(go)
     torch.testing.assert_close(xc.grad, xs.grad, rtol=0, atol=1e-5)  # the guided step's input gradient
-    torch.testing.assert_close(norm.weight.grad, stock.weight.grad, rtol=1e-5, atol=1e-4)
-
-    def forward_backward():
-        torch.autograd.grad(norm(xc).square().sum(), xc)
-
-    assert layout_copies(forward_backward, xc) == []
-    assert torch.equal(norm(x), stock(x))  # a row-major input takes the stock kernel
+    torch.testing.assert_close(stock.weight.grad, 2 * w_grad, rtol=1e-5, atol=1e-4)  # both paths' share equal
+    assert layout_copies(lambda: torch.autograd.grad(norm(xc).square().sum(), xc), xc) == []
     with torch.autocast("cpu", dtype=torch.bfloat16):  # under autocast fp32 out, as autocast's group_norm
         assert norm(xc.detach().bfloat16()).dtype == torch.float32
+    # the module: the stock kernel for row-major inputs and in eager CPU runs (it keeps the layout there)
+    module = ChannelsLastGroupNorm(groups, shape[1])
+    module.load_state_dict(stock.state_dict())
+    assert torch.equal(module(x), stock(x)) and torch.equal(module(xc), stock(xc))
 
 
 def test_channels_last_swaps_the_unet_norms_and_back(tiny_unet):
