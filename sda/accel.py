@@ -110,10 +110,16 @@ def layout_group_norms(model: torch.nn.Module, keep_layout: bool = True) -> int:
 
 def fast_model(model: torch.nn.Module, *, channels_last: bool = False, compile: str = "none",
                layout_norms: bool = True) -> torch.nn.Module:
-    """The model to call in the fast mode: ``model`` itself when nothing is asked, else a module
-    converted to channels_last (in place; with ``layout_norms`` its GroupNorms become
-    :class:`ChannelsLastGroupNorm`, so no layout copy happens between convolutions) and / or wrapped
-    by ``torch.compile(mode=compile)``.
+    """The projection model to call: ``model`` with its parameters frozen (in place), converted to
+    channels_last (in place; with ``layout_norms`` its GroupNorms become
+    :class:`ChannelsLastGroupNorm`, so no layout copy happens between convolutions) when asked, and
+    wrapped by ``torch.compile(mode=compile)`` when asked.
+
+    Frozen because the guided step differentiates with respect to the input only: a compiled
+    backward computes the gradient of every parameter that requires one (AOTAutograd cannot prune
+    at run time; its convolution backwards then also compute weight and bias gradients, which
+    autograd.grad throws away), and eager autograd keeps each convolution's input for a weight
+    gradient. The input gradient, hence the projection, is the same either way.
 
     Compiled wrappers are cached per (model, mode), so the compilation (tens of seconds for ADM-256)
     is paid once per process; a new batch shape triggers one recompile with a dynamic batch
@@ -122,6 +128,7 @@ def fast_model(model: torch.nn.Module, *, channels_last: bool = False, compile: 
     """
     if compile not in COMPILE_MODES:
         raise ValueError(f"compile must be one of {COMPILE_MODES}, got {compile!r}")
+    model.requires_grad_(False)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
         layout_group_norms(model, layout_norms)
