@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 import time
@@ -48,6 +49,7 @@ from sda.models.schedulers import ddpm_scheduler
 from sda.method.dda import project  # noqa: E402
 from sda.method.dda_reference import reference_project  # noqa: E402
 from sda.config import ADM_256_UNCOND  # noqa: E402
+from sda.runtime import set_deterministic  # noqa: E402
 
 ADM_TINY = {"image_size": 32, "num_channels": 32, "num_res_blocks": 1, "num_head_channels": 16,
             "attention_resolutions": "8", "channel_mult": "1,2,2", "learn_sigma": True,
@@ -110,10 +112,12 @@ def timed(fn, device: torch.device) -> tuple[float, float]:
 
 def fast_settings(mode: str) -> dict[str, object]:
     """A row's mode name ("bf16+cl+compile+graphs", "bf16+cl+autotune", "fp16", ...) as projection params.
-    "stockgn" keeps the stock GroupNorm under channels_last (its layout copies; for comparison)."""
+    "stockgn" keeps the stock GroupNorm under channels_last (its layout copies; for comparison); "det"
+    runs the row as the stages run by default (``runtime.deterministic: true``: deterministic
+    algorithms, no cuDNN benchmark), the other rows with cuDNN's benchmark."""
     parts = mode.split("+")
     return {"precision": "fp16" if "fp16" in mode else "bf16" if "bf16" in mode else "fp32",
-            "channels_last": "cl" in parts, "layout_norms": "stockgn" not in parts,
+            "channels_last": "cl" in parts, "layout_norms": "stockgn" not in parts, "deterministic": "det" in parts,
             "compile": "reduce-overhead" if "graphs" in mode else "max-autotune-no-cudagraphs" if "autotune" in mode
             else "default" if "compile" in mode else "none"}
 
@@ -209,6 +213,7 @@ def bench_adm(t: Table, device: torch.device, full: bool, batches: list[int], st
                 continue
             x = torch.rand(bs, 3, size, size, device=device) * 2 - 1
             precision = fast["precision"]
+            set_deterministic(fast["deterministic"])
             if mode.startswith("reference"):
                 def run(n: int, precision=precision, x=x) -> None:
                     with autocast(device, precision):  # the reference's fp16 (or plain fp32)
@@ -241,6 +246,7 @@ def bench_adm(t: Table, device: torch.device, full: bool, batches: list[int], st
                 t.add(name, f"{mode} profile", bs, note="device time: " + kernel_split(lambda: run(1), device))
         unet.to(memory_format=torch.contiguous_format)  # channels_last converts in place, norms too
         layout_group_norms(unet, keep_layout=False)
+        set_deterministic(False)
     del unet
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -465,7 +471,9 @@ def main() -> None:
                          "first new shape after it: 4 8 16 32 takes ~5 min more)")
     ap.add_argument("--graphs", action="store_true", help="also time compile + CUDA graphs (one more compilation)")
     ap.add_argument("--eager-modes", nargs="+", default=None, metavar="MODE",
-                    help="the eager ADM rows' modes "
+                    help="the eager ADM rows' modes, '+'-joined words: fp16 | bf16, cl (channels_last), stockgn "
+                         "(its stock GroupNorm), det (deterministic algorithms, as the stages by default), "
+                         "compile, graphs, autotune; 'reference ...' is the reference-structured loop "
                          "(default: reference fp32, reference fp16, fp32, fp16, bf16, bf16+cl)")
     ap.add_argument("--compiled-modes", nargs="+", default=None, metavar="MODE",
                     help="the compiled rows' modes, e.g. bf16+compile bf16+cl+stockgn+compile (default: "
@@ -490,8 +498,9 @@ def main() -> None:
     if "tests" in args.sections:
         log = (args.out.parent if args.out else Path("/tmp")) / "pytest-gpu.log"
         tests = start_gpu_tests(log, args.out.parent / "junit.xml" if args.out else None)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # before CUDA starts: the "det" rows
+    set_deterministic(False)  # cuDNN benchmarks its algorithms, except in "det" rows
     if cuda:
-        torch.backends.cudnn.benchmark = True
         if tests is not None:  # leave the tests' processes their share of the card
             torch.cuda.set_per_process_memory_fraction(args.memory_fraction)
         free, total = torch.cuda.mem_get_info()

@@ -42,10 +42,13 @@ def set_deterministic(on: bool = True) -> None:
     """``torch.use_deterministic_algorithms(on)`` (warn-only: an op without a deterministic kernel
     warns rather than stops). Without it the projection differs from run to run in the last bits on
     2 CPU threads: the backward of resize_right's gather (the low-pass) accumulates in a
-    thread-dependent order. cuBLAS needs its workspace config set before CUDA starts, hence the env."""
+    thread-dependent order. cuBLAS needs its workspace config set before CUDA starts, hence the env.
+    Off, cuDNN also benchmarks its convolution algorithms per shape (``cudnn.benchmark``: faster,
+    and the choice, hence the last bits, may differ between runs); on, it keeps its fixed choice."""
     if on:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(on, warn_only=True)
+    torch.backends.cudnn.benchmark = not on
     # With deterministic algorithms on, torch also fills every new tensor with NaN (a debugging aid
     # that makes reads of uninitialised memory visible): 4-6 % of the CPU time of training, sampling
     # and projection at 16 px, more on a loaded machine; the same bytes without it (tests/test_runtime.py).

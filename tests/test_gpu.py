@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import re
 import subprocess
 import sys
@@ -14,6 +15,9 @@ import pytest
 import torch
 
 from repo_utils import IMAGENET_TINY, STAGES, _copy_repo, make_imagenet_assets, subprocess_env
+
+# before cuBLAS starts (collection time): what set_deterministic sets in a stage before CUDA starts
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (torch.cuda.is_available() is false)")]
@@ -114,6 +118,23 @@ def test_channels_last_group_norm_keeps_the_layout_on_cuda(shape):
         assert out.dtype == ref.dtype == torch.float32 and out.stride() == x.stride()
         torch.testing.assert_close(out, ref, rtol=0, atol=1e-3)
         assert layout_copies(lambda: torch.autograd.grad(norm(x).square().sum(), x), x) == []
+
+
+@pytest.mark.parametrize("fast", [{}, {**FAST, "compile": "default"}], ids=["fp32", "bf16+cl+compile"])
+def test_deterministic_projection_repeats_its_bytes_on_cuda(cuda_unet, scheduler, fast):
+    """runtime.deterministic: true (the default) promises the same bytes run to run, on the GPU too
+    (the README said this was unmeasured there): the same batch projected twice, byte-identical."""
+    from sda.runtime import set_deterministic
+
+    state = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark
+    set_deterministic(True)
+    try:
+        first = _project(cuda_unet, scheduler, _images(), **fast)
+        again = _project(cuda_unet, scheduler, _images(), **fast)
+    finally:
+        torch.use_deterministic_algorithms(state[0], warn_only=True)
+        torch.backends.cudnn.benchmark = state[1]
+    assert np.array_equal(first, again), np.abs(first.astype(int) - again.astype(int)).max()
 
 
 def test_cuda_graphs_match_eager(cuda_unet, scheduler):

@@ -12,10 +12,12 @@ from sda.runtime import derive_seed, set_deterministic
 
 @pytest.fixture
 def restore_determinism():
-    state = torch.are_deterministic_algorithms_enabled(), torch.utils.deterministic.fill_uninitialized_memory
+    state = (torch.are_deterministic_algorithms_enabled(), torch.utils.deterministic.fill_uninitialized_memory,
+             torch.backends.cudnn.benchmark)
     yield
     torch.use_deterministic_algorithms(state[0], warn_only=True)
     torch.utils.deterministic.fill_uninitialized_memory = state[1]
+    torch.backends.cudnn.benchmark = state[2]
 
 
 def _work(unet, scheduler) -> list[torch.Tensor]:
@@ -37,12 +39,14 @@ def test_deterministic_mode_skips_the_nan_fill_and_keeps_the_bytes(tiny_unet, sc
     torch.utils.deterministic.fill_uninitialized_memory = True
     filled = _work(tiny_unet, scheduler)
     set_deterministic(True)
-    assert torch.are_deterministic_algorithms_enabled()
+    assert torch.are_deterministic_algorithms_enabled() and not torch.backends.cudnn.benchmark
     assert not torch.utils.deterministic.fill_uninitialized_memory
     fast = _work(tiny_unet, scheduler)
     assert len(fast) == len(filled) > 2
     for a, b in zip(filled, fast):
         assert torch.equal(a, b)
+    set_deterministic(False)  # runtime.deterministic: false lets cuDNN benchmark its algorithms
+    assert not torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.benchmark
 
 
 def test_derived_seeds_are_stable_and_distinct():
