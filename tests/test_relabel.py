@@ -159,8 +159,13 @@ def test_cli_labels_each_image_once_and_quarantines_bad_files(tiny_repo, tmp_pat
     assert reports and "Labels (SDA)" in reports[0].read_text()
     assert list((store / "labels" / "_reports").rglob("*.png"))
 
-    # a second run finds nothing new; a new file (and a renamed copy of an old one) -> one new row
+    # a second run finds nothing new, and removes what writers killed by -9 left (a report, a copy)
+    report_temp = reports[0].with_name(f".{reports[0].name}.tmp-0123abcd")
+    copy_temp = store / "quarantine" / "files" / ".x.png.tmp-0123abcd"
+    report_temp.write_text("half a report"), copy_temp.write_bytes(b"half a copy")
     assert _summary(relabel_cli(tiny_repo, inbox, store))["labelled"] == 0
+    assert not report_temp.exists() and not copy_temp.exists()
+    # a new file (and a renamed copy of an old one) -> one new row
     (inbox / "later.png").write_bytes(png_bytes(imgs[12][0]))
     (inbox / "renamed copy.png").write_bytes((inbox / "cam 0/img-000.png").read_bytes())
     s = _summary(relabel_cli(tiny_repo, inbox, store))

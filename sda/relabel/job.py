@@ -36,6 +36,7 @@ import pyarrow as pa
 import torch
 from filelock import FileLock, Timeout
 
+from sda.io.atomic import clean_stale_temps
 from sda.io.images import BadImage, center_crop_arr, check_file_size, decode_image
 from sda.relabel.inbox import InboxItem, Scan, safe_file_name, scan_inbox
 from sda.relabel.predict import SdaPredictor
@@ -117,6 +118,11 @@ class RelabelJob:
         for store in (self.labels_dir, self.quarantine_dir / "table"):
             if n := remove_stale_temps(store):
                 log.info("removed %d temporary file(s) of a killed commit in %s", n, store)
+        # a run killed while writing a report or copying a quarantined file leaves a temporary there;
+        # that report's batch is committed, so no later run rewrites (and so replaces) it
+        for folder, recursive in ((self.reports_dir, True), (self.quarantine_dir / "files", False)):
+            if n := clean_stale_temps(folder, recursive=recursive):
+                log.info("removed %d temporary file(s) of a killed write in %s", n, folder)
         labelled = committed_hashes(self.labels_dir)
         quarantined = committed_hashes(self.quarantine_dir / "table")
         self.scan = sc = scan_inbox(self.inbox, skip=labelled | quarantined, min_age_s=self.settings.min_age_seconds)
