@@ -121,7 +121,7 @@ def fast_model(model: torch.nn.Module, *, channels_last: bool = False, compile: 
     autograd.grad throws away), and eager autograd keeps each convolution's input for a weight
     gradient. The input gradient, hence the projection, is the same either way.
 
-    Compiled wrappers are cached per (model, mode), so the compilation (tens of seconds for ADM-256)
+    Compiled wrappers are cached per (model, mode, norms), so the compilation (tens of seconds for ADM-256)
     is paid once per process; a new batch shape triggers one recompile with a dynamic batch
     dimension (``reduce-overhead`` records one CUDA graph per shape instead). The forward and the
     input-gradient backward of the guided step both run compiled (AOTAutograd).

@@ -8,6 +8,17 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
 @pytest.fixture
+def restore_determinism():
+    """What sda.runtime.set_deterministic changes, put back after the test."""
+    state = (torch.are_deterministic_algorithms_enabled(), torch.utils.deterministic.fill_uninitialized_memory,
+             torch.backends.cudnn.benchmark)
+    yield
+    torch.use_deterministic_algorithms(state[0], warn_only=True)
+    torch.utils.deterministic.fill_uninitialized_memory = state[1]
+    torch.backends.cudnn.benchmark = state[2]
+
+
+@pytest.fixture
 def tiny_unet():
     from sda.models.diffusion import build_unet
 

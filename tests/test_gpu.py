@@ -121,19 +121,14 @@ def test_channels_last_group_norm_keeps_the_layout_on_cuda(shape):
 
 
 @pytest.mark.parametrize("fast", [{}, {**FAST, "compile": "default"}], ids=["fp32", "bf16+cl+compile"])
-def test_deterministic_projection_repeats_its_bytes_on_cuda(cuda_unet, scheduler, fast):
+def test_deterministic_projection_repeats_its_bytes_on_cuda(cuda_unet, scheduler, fast, restore_determinism):
     """runtime.deterministic: true (the default) promises the same bytes run to run, on the GPU too
     (the README said this was unmeasured there): the same batch projected twice, byte-identical."""
     from sda.runtime import set_deterministic
 
-    state = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark
     set_deterministic(True)
-    try:
-        first = _project(cuda_unet, scheduler, _images(), **fast)
-        again = _project(cuda_unet, scheduler, _images(), **fast)
-    finally:
-        torch.use_deterministic_algorithms(state[0], warn_only=True)
-        torch.backends.cudnn.benchmark = state[1]
+    first = _project(cuda_unet, scheduler, _images(), **fast)
+    again = _project(cuda_unet, scheduler, _images(), **fast)
     assert np.array_equal(first, again), np.abs(first.astype(int) - again.astype(int)).max()
 
 

@@ -1,23 +1,12 @@
 import copy
 
 import numpy as np
-import pytest
 import torch
 
 from sda.method.dda import project
 from sda.method.sampling import sample_class_conditional
 from sda.models.training import random_batches, train_epsilon
 from sda.runtime import derive_seed, set_deterministic
-
-
-@pytest.fixture
-def restore_determinism():
-    state = (torch.are_deterministic_algorithms_enabled(), torch.utils.deterministic.fill_uninitialized_memory,
-             torch.backends.cudnn.benchmark)
-    yield
-    torch.use_deterministic_algorithms(state[0], warn_only=True)
-    torch.utils.deterministic.fill_uninitialized_memory = state[1]
-    torch.backends.cudnn.benchmark = state[2]
 
 
 def _work(unet, scheduler) -> list[torch.Tensor]:
