@@ -1,30 +1,66 @@
 """Stage classifier_align: fine-tune the source classifier on the aligned synthetic set, streamed
 from its shards (seeded shard + buffer shuffles, ``runtime.loader_workers`` reading processes).
 
-Writes ``data/classifier_align/`` (same format as ``data/source_model/``).
+Before and while it trains, it measures whether the synthetic domain deserves trust, with no target
+label (:mod:`sda.method.diagnostics`): the source model's accuracy on ``synth_generate``'s and
+``synth_align``'s images against their intended classes, and, where the source has a val split,
+the source and the aligned model on its DDA projections. With ``classifier_align.select_epoch`` the
+epoch best there is kept, and an aligned model still worse than the source model by more than
+``max_val_drop`` points is not used: the saved "aligned" model is then the source model, marked
+``fallback: dda``, and SDA's prediction is DDA's.
+
+Writes ``data/classifier_align/`` (same format as ``data/source_model/``) and
+``metrics/alignment.json`` (the measurements and their warnings, a DVC metric).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from sda.config import ClassifierAlign, Params
+from sda.domains import get_domain
+from sda.io.atomic import atomic_write_json
+from sda.io.shards import iter_shard_file, read_manifest
 from sda.io.streaming import ShardStream
+from sda.method.diagnostics import alignment_warnings, class_accuracy, projected_val_accuracy
+from sda.method.projection_jobs import project_job, projection_jobs
 from sda.models.classifiers import fit_classifier, input_spec, load_classifier, paper_recipe, save_classifier
 from sda.runtime import derive_seed
-from tasks.common import DATA, stage_main
+from tasks.common import DATA, METRICS, stage_main
 
 log = logging.getLogger("sda.classifier_align")
 
 
+def project_shard_set(src: Path, model_dir: Path, projection: dict, seed: int,
+                      device: torch.device) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """DDA projections of the (small) shard set ``src``, in memory, by ``target_project``'s code
+    path: originals and projections uint8 (N, H, W, 3), labels (N,)."""
+    originals, projected = [], []
+    for job in projection_jobs(src, [""]):
+        originals += list(iter_shard_file(src / job.name))
+        projected += list(project_job(job, model_dir=str(model_dir), src_root=str(src), projection=projection,
+                                      seed=seed, device=str(device)))
+    return (np.stack([s.image for s in originals]), np.stack([s.image for s in projected]),
+            np.array([s.label for s in projected], dtype=np.int64))
+
+
 def run(cfg: ClassifierAlign, seed: int, source_model: Path, synth_dir: Path, out: Path, device: torch.device,
-        loader_workers: int = 0) -> dict:
+        loader_workers: int = 0, projected_val: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
     """Fine-tune the source model on the shard set ``synth_dir``, streamed (seeded shard + buffer
-    shuffles, ``loader_workers`` reading processes): memory is bounded by batch and buffer."""
+    shuffles, ``loader_workers`` reading processes): memory is bounded by batch and buffer.
+
+    ``projected_val``: (projections uint8 (N, H, W, 3), labels (N,)) of the source val split. With
+    it and ``cfg.select_epoch`` the epoch with the best accuracy there is kept, and when that is
+    more than ``cfg.max_val_drop`` points below the source model's, the source model is saved
+    instead, with ``fallback: "dda"`` in its config. Returns the saved config, plus ``val_source`` /
+    ``val_aligned`` (percent, the aligned model before any fallback) when ``projected_val`` is given.
+    """
     model, config = load_classifier(source_model, device)
     s = derive_seed(seed, "classifier_align")
     torch.manual_seed(s)
@@ -32,23 +68,102 @@ def run(cfg: ClassifierAlign, seed: int, source_model: Path, synth_dir: Path, ou
     if cfg.recipe == "paper":
         hp = paper_recipe(config["arch"])
         log.info("paper recipe for %s: %s", config["arch"], hp)
+    val_score = None
+    if projected_val is not None:
+        val_score = lambda m: projected_val_accuracy(m, config, *projected_val, device=device)  # noqa: E731
+        source_val = val_score(model)
     epochs = [ShardStream(synth_dir, hp["batch_size"], workers=loader_workers, seed=s, epoch=e,
                           shuffle_buffer=cfg.shuffle_buffer) for e in range(hp["epochs"])]
     train_hp = {k: v for k, v in hp.items() if k not in ("batch_size", "epochs")}
     history = fit_classifier(model, lambda e: ((b.images, b.labels) for b in epochs[e]), [len(e) for e in epochs],
                              **input_spec(config), device=device, label_smoothing=cfg.label_smoothing,
-                             desc="classifier_align", **train_hp)
+                             desc="classifier_align", validate=val_score if cfg.select_epoch else None, **train_hp)
     log.info("aligned model: train acc on aligned synthetic set %.1f%%", 100 * history[-1]["acc"])
     new_config = {**config, "aligned_on": str(synth_dir), "hyperparameters": hp, "history": history, "seed": s,
                   "trained_images": epochs[0].count * hp["epochs"]}
     new_config.pop("val_acc", None)
+    scores = {}
+    if val_score is not None:
+        aligned_val = val_score(model)
+        scores = {"val_source": round(source_val, 2), "val_aligned": round(aligned_val, 2)}
+        log.info("projected source val split: source model %.1f%%, aligned model %.1f%%", source_val, aligned_val)
+    if cfg.select_epoch and val_score is not None:
+        best = max(range(len(history)), key=lambda i: (history[i]["val"], i))
+        new_config["selected_epoch"] = history[best]["epoch"]
+        if aligned_val < source_val - cfg.max_val_drop:
+            log.warning("the aligned model is %.1f points worse than the source model on the projected source val "
+                        "split (allowed: %g): saving the source model, SDA falls back to DDA",
+                        source_val - aligned_val, cfg.max_val_drop)
+            model, _ = load_classifier(source_model, device)
+            new_config["fallback"] = "dda"
+        else:
+            log.info("kept epoch %d of %d (best on the projected source val split)", new_config["selected_epoch"],
+                     len(history))
     save_classifier(model, out, new_config)
-    return new_config
+    return {**new_config, **scores}
+
+
+def synthetic_scores(source_model: Path, sets: dict[str, Path], class_names: list[str], batch_size: int,
+                     device: torch.device, loader_workers: int = 0) -> dict[str, dict]:
+    """The source model's accuracy on each synthetic shard set against its intended classes (CAS)."""
+    model, config = load_classifier(source_model, device)
+    out = {}
+    for stage, path in sets.items():
+        out[stage] = class_accuracy(model, config, ShardStream(path, batch_size, workers=loader_workers), class_names,
+                                    batch_size=batch_size, device=device)
+        log.info("%s: the source model recognises %.1f%% of %d synthetic images as their intended class", stage,
+                 out[stage]["accuracy"], out[stage]["images"])
+    return out
+
+
+def levers(params: Params) -> dict[str, str]:
+    """The settings that :func:`sda.method.diagnostics.alignment_warnings` names, with their values."""
+    df, p, ca, sg = params.diffusion_finetune, params.projection, params.classifier_align, params.synth_generate
+    if get_domain(params.profile).diffusion == "adm+dit":
+        projector = f"imagenet.finetune_steps (now {params.imagenet.finetune_steps})"
+        generator = f"{projector} or synth_generate.steps (now {sg.steps})"
+    else:
+        projector = f"diffusion_finetune.train_steps (now {df.train_steps})"
+        generator = f"{projector} or synth_generate.per_class (now {sg.per_class})"
+    return {"generator": generator, "projector": projector,
+            "projection": f"projection.N (now {p.N}; lower keeps more of each image) or projection.scale (now {p.scale:g})",
+            "alignment": f"classifier_align.lr (now {ca.lr:g}) or classifier_align.epochs (now {ca.epochs})"}
 
 
 def _main(params: Params, args: argparse.Namespace) -> int:
-    config = run(params.classifier_align, params.runtime.seed, DATA / "source_model", DATA / "synth_align",
-                 DATA / "classifier_align", args.device, loader_workers=params.runtime.loader_workers)
+    cfg, rt = params.classifier_align, params.runtime
+    val_dir, model_dir = DATA / "source_data" / "val", DATA / "diffusion_finetune"
+    has_val = (val_dir / "manifest.json").is_file() and read_manifest(val_dir)["count"] > 0
+    if cfg.select_epoch and not has_val:
+        raise ValueError(f"classifier_align.select_epoch needs the source val split {val_dir}, which this profile "
+                         f"({params.profile}) does not write: set classifier_align.select_epoch: false")
+    class_names = json.loads((DATA / "source_data" / "classes.json").read_text())["names"]
+    diagnostics: dict = {"synthetic": synthetic_scores(
+        DATA / "source_model", {"synth_generate": DATA / "synth_generate", "synth_align": DATA / "synth_align"},
+        class_names, params.evaluate.batch_size, args.device, rt.loader_workers)}
+    projected_val, original_val = None, None
+    if has_val:
+        originals, projected, labels = project_shard_set(val_dir, model_dir, params.projection.model_dump(),
+                                                         derive_seed(rt.seed, "classifier_align", "val"), args.device)
+        projected_val = (projected, labels)
+        source, source_cfg = load_classifier(DATA / "source_model", args.device)
+        original_val = projected_val_accuracy(source, source_cfg, originals, labels, device=args.device)
+    config = run(cfg, rt.seed, DATA / "source_model", DATA / "synth_align", DATA / "classifier_align", args.device,
+                 loader_workers=rt.loader_workers, projected_val=projected_val)
+    diagnostics["projected_val"] = None if projected_val is None else {
+        "images": len(projected_val[1]), "source_original": round(original_val, 2), "source": config["val_source"],
+        "aligned": config["val_aligned"],
+        "per_epoch": [round(h["val"], 2) for h in config["history"] if "val" in h] or None,
+        "selected_epoch": config.get("selected_epoch")}
+    diagnostics["fallback"] = config.get("fallback") == "dda"
+    diagnostics["thresholds"] = {"min_synthetic_accuracy": cfg.min_synthetic_accuracy, "max_val_drop": cfg.max_val_drop,
+                                 "select_epoch": cfg.select_epoch}
+    diagnostics["warnings"] = alignment_warnings(diagnostics, min_synthetic_accuracy=cfg.min_synthetic_accuracy,
+                                                 max_val_drop=cfg.max_val_drop, levers=levers(params))
+    for w in diagnostics["warnings"]:
+        log.warning("%s", w)
+    METRICS.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(METRICS / "alignment.json", diagnostics)
     return config["trained_images"]
 
 

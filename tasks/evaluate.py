@@ -3,7 +3,9 @@
 Writes ``metrics/evaluate.json`` (``{"domains": {d: {source, dda, dda_ens, sda}}, "mean": {...},
 "more": {...}}``, percent), ``metrics/per_domain.csv`` (a DVC plot), ``metrics/results.md`` and
 ``metrics/projection_grid.png`` (originals vs projections, per domain) and ``metrics/predictions.csv``
-(SDA's label for every image of the unlabelled domains: a flat target folder). Originals and projections
+(SDA's label for every image of the unlabelled domains: a flat target folder). ``classifier_align``'s
+checks of the synthetic domain (``metrics/alignment.json``) and their warnings are carried into
+``evaluate.json`` (``alignment``, ``warnings``) and the table. Originals and projections
 are streamed side by side by key (:class:`sda.io.streaming.ShardStream`, ``runtime.loader_workers``
 reading processes): memory holds a batch and the predictions, not a domain.
 """
@@ -66,6 +68,10 @@ def run(params: Params, device, data: Path = DATA, metrics_dir: Path = METRICS) 
     if predicted:
         metrics["unlabelled"] = {d: {"images": len(sc.keys), "sda_counts": dict(Counter(class_names[i] for i in sc.sda))}
                                  for d, sc in predicted.items()}
+    alignment = metrics_dir / "alignment.json"  # classifier_align's checks of the synthetic domain
+    if alignment.is_file():
+        metrics["alignment"] = json.loads(alignment.read_text())
+        metrics["warnings"] = metrics["alignment"].get("warnings", [])
     metrics["split"] = params.target_data.split
     metrics["images_per_domain"] = n
     metrics["protocol"] = protocol(params, images_per_domain=n)
@@ -77,6 +83,8 @@ def run(params: Params, device, data: Path = DATA, metrics_dir: Path = METRICS) 
     atomic_write_bytes(metrics_dir / "projection_grid.png", grid_png(grid_rows, params.image_size))
     write_predictions(data / "target_data", predicted, class_names, metrics_dir / "predictions.csv")
     log.info("results (top-1 %%, %s split):\n%s", params.target_data.split, table)
+    for w in metrics.get("warnings", []):
+        log.warning("%s", w)
     return metrics
 
 

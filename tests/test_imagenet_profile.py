@@ -69,6 +69,10 @@ def test_imagenet_profile_stage_outputs(repo):
     assert (src["arch"], src["resize"], src["crop"], src["num_classes"]) == ("resnet18", 32, 28, 3)
     aligned_cfg = json.loads((data / "classifier_align" / "config.json").read_text())
     assert aligned_cfg["hyperparameters"]["optimizer"] == "sgd"  # the paper's ResNet recipe
+    # the paper's path: the last epoch, no selection (ImageNet's source has no val split), the synthetic sets scored
+    assert "selected_epoch" not in aligned_cfg and "fallback" not in aligned_cfg
+    alignment = json.loads((repo / "metrics" / "alignment.json").read_text())
+    assert alignment["projected_val"] is None and alignment["synthetic"]["synth_generate"]["images"] == 6
 
     metrics = json.loads((repo / "metrics" / "evaluate.json").read_text())
     assert set(metrics["domains"]) == set(domains["domains"])

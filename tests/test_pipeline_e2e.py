@@ -85,6 +85,33 @@ def test_every_stage_output(repo):
     assert json.loads((data / ".runs" / "synth_generate.json").read_text())["summary"]["shards"] == 4
 
 
+def test_the_run_measures_its_synthetic_domain_and_says_it_is_weak(repo):
+    """TINY trains the diffusion model for 40 steps: its samples are noise. classifier_align measures
+    that (no target label), warns naming the setting, and evaluate carries it into the metrics and
+    the table; a rejected alignment makes the sda column DDA's."""
+    alignment = json.loads((repo / "metrics" / "alignment.json").read_text())
+    syn = alignment["synthetic"]
+    assert set(syn) == {"synth_generate", "synth_align"}
+    assert syn["synth_generate"]["images"] == 30 and len(syn["synth_generate"]["per_class"]) == 10
+    assert all(0 <= a <= 100 for s in syn.values() for a in [s["accuracy"], *s["per_class"].values()])
+    val = alignment["projected_val"]
+    assert val["images"] == 180 and len(val["per_epoch"]) == 1 and val["selected_epoch"] == 1
+    weak = [w for w in alignment["warnings"] if w.startswith("synth_generate:")]
+    assert weak and "diffusion_finetune.train_steps (now 40)" in weak[0], alignment["warnings"]
+    aligned = json.loads((repo / "data" / "classifier_align" / "config.json").read_text())
+    assert alignment["fallback"] == (aligned.get("fallback") == "dda")
+    assert alignment["fallback"] == (val["aligned"] < val["source"] - alignment["thresholds"]["max_val_drop"])
+    metrics = json.loads((repo / "metrics" / "evaluate.json").read_text())
+    assert metrics["alignment"] == alignment and metrics["warnings"] == alignment["warnings"]
+    if alignment["fallback"]:
+        assert all(acc["sda"] == acc["dda"] for acc in metrics["domains"].values())
+        assert any(w.startswith("classifier_align:") and "falls back to DDA" in w for w in alignment["warnings"])
+    table = (repo / "metrics" / "results.md").read_text()
+    assert "Synthetic domain, measured without target labels" in table and "**Warning** synth_generate:" in table
+    shown = json.loads(sh(repo, "dvc", "metrics", "show", "--json").stdout)
+    assert "metrics/alignment.json" in json.dumps(shown)
+
+
 def test_second_repro_runs_nothing(repo):
     lock = (repo / "dvc.lock").read_text()
     r = sh(repo, "dvc", "repro")
@@ -244,6 +271,7 @@ def test_prefect_flow_over_the_dvc_stages(repo, prefect_server):
     assert not any(r["ran"] for r in result["stages"])  # everything cached by DVC
     assert not any("work" in r for r in result["stages"])  # no stage work to time
     assert set(result["metrics"]["mean"]) == set(MAIN_METHODS)
+    assert result["metrics"]["warnings"]  # TINY's synthetic domain is weak: the flow's results say so
     # where a stage's time went: its work, its process start-up, DVC around it, Prefect around that
     assert forced["ran"] and forced["work"] > 0 and forced["start_up"] > 0 and forced["dvc"] > 0
     assert abs(forced["work"] + forced["start_up"] + forced["dvc"] - forced["seconds"]) < 0.5

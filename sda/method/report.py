@@ -16,7 +16,7 @@ from torchvision.utils import make_grid
 from sda.io.atomic import atomic_write_bytes
 from sda.method.scoring import MAIN_METHODS
 
-__all__ = ["grid_png", "projection_grid", "results_markdown", "write_plot_csv"]
+__all__ = ["alignment_markdown", "grid_png", "projection_grid", "results_markdown", "write_plot_csv"]
 
 
 def results_markdown(metrics: Mapping[str, object]) -> str:
@@ -30,7 +30,33 @@ def results_markdown(metrics: Mapping[str, object]) -> str:
     for d, u in metrics.get("unlabelled", {}).items():  # type: ignore[union-attr]
         top = ", ".join(f"{c} {k}" for c, k in sorted(u["sda_counts"].items(), key=lambda kv: -kv[1])[:5])
         lines.append(f"\nUnlabelled `{d}`: {u['images']} images labelled by SDA ({top}; metrics/predictions.csv).")
+    if metrics.get("alignment"):
+        lines.append("\n" + alignment_markdown(metrics["alignment"]))  # type: ignore[arg-type]
     return "\n".join(lines)
+
+
+def alignment_markdown(diagnostics: Mapping[str, object]) -> str:
+    """The synthetic domain's checks (``metrics/alignment.json``, :mod:`sda.method.diagnostics`) as a
+    markdown table, then one warning line each."""
+    rows = ["Synthetic domain, measured without target labels:", "", "| check | top-1 % |", "|---|---|"]
+    for stage, score in diagnostics.get("synthetic", {}).items():  # type: ignore[union-attr]
+        worst = sorted(score["per_class"].items(), key=lambda kv: kv[1])[:2]
+        weakest = ", ".join(f"{c}: {a:.0f}" for c, a in worst)
+        rows.append(f"| source model on the {stage} images, intended class ({score['images']} images; weakest: "
+                    f"{weakest}) | {score['accuracy']:.1f} |")
+    val = diagnostics.get("projected_val")
+    if val:
+        sel = f", epoch {val['selected_epoch']}" if val.get("selected_epoch") else ""
+        rows.append(f"| source model on the source val split ({val['images']} images), originals | "
+                    f"{val['source_original']:.1f} |")
+        rows.append(f"| source model on the projected source val split | {val['source']:.1f} |")
+        rows.append(f"| aligned model on the projected source val split{sel} | {val['aligned']:.1f} |")
+    if diagnostics.get("fallback"):
+        rows.append("\nThe aligned model was rejected on the projected source val split: **the sda column is DDA's "
+                    "prediction** (classifier_align fell back).")
+    for w in diagnostics.get("warnings", []):  # type: ignore[union-attr]
+        rows.append(f"\n**Warning** {w}")
+    return "\n".join(rows)
 
 
 def write_plot_csv(metrics: Mapping[str, object], path: str | Path) -> None:

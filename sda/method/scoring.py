@@ -5,7 +5,9 @@ Methods (each a prediction per image):
 - ``source``: source model on the original image;
 - ``dda``: source model on the projected image;
 - ``dda_ens``: DDA's ensemble, softmax sum of source(original) and source(projected);
-- ``sda``: argmax of the RAW LOGIT SUM source(original) + aligned(projected) (SDA, DESIGN.md §1).
+- ``sda``: argmax of the RAW LOGIT SUM source(original) + aligned(projected) (SDA, DESIGN.md §1);
+  DDA's prediction when the alignment fell back (an aligned model that the projected source val
+  split rejected: ``classifier_align``'s config says ``fallback: dda``).
 
 Extra rows (``more``): DDA's other ensembles (entropy pick, confidence pick, logit sum) and the
 aligned model alone on projected images.
@@ -21,7 +23,8 @@ import torch
 
 from sda.models.classifiers import input_spec, predict_logits
 
-__all__ = ["MAIN_METHODS", "DomainScore", "accuracy", "method_predictions", "score_domain", "sda_logits", "summarise"]
+__all__ = ["MAIN_METHODS", "DomainScore", "accuracy", "fell_back", "method_predictions", "score_domain", "sda_logits",
+           "summarise"]
 
 MAIN_METHODS: tuple[str, ...] = ("source", "dda", "dda_ens", "sda")
 
@@ -31,22 +34,30 @@ def _entropy(logits: torch.Tensor) -> torch.Tensor:
     return -(p * p.clamp_min(1e-12).log()).sum(1)
 
 
-def sda_logits(source_orig: torch.Tensor, aligned_proj: torch.Tensor) -> torch.Tensor:
-    """SDA's decision logits (N, C): the raw sum source(original) + aligned(projected) (DESIGN.md §1)."""
-    return source_orig + aligned_proj
+def fell_back(aligned_config: dict[str, Any]) -> bool:
+    """Whether ``classifier_align`` rejected its aligned model (``fallback: dda`` in its config): the
+    saved "aligned" model is then the source model, and SDA decides as DDA does."""
+    return aligned_config.get("fallback") == "dda"
+
+
+def sda_logits(source_orig: torch.Tensor, aligned_proj: torch.Tensor, *, fallback: bool = False) -> torch.Tensor:
+    """SDA's decision logits (N, C): the raw sum source(original) + aligned(projected) (DESIGN.md §1);
+    with ``fallback`` (:func:`fell_back`) the projected term alone, DDA's decision."""
+    return aligned_proj if fallback else source_orig + aligned_proj
 
 
 def method_predictions(
-    source_orig: torch.Tensor, source_proj: torch.Tensor, aligned_proj: torch.Tensor
+    source_orig: torch.Tensor, source_proj: torch.Tensor, aligned_proj: torch.Tensor, *, fallback: bool = False
 ) -> dict[str, torch.Tensor]:
-    """Class predictions (N,) per method from logits (N, C) of the three model/input pairs."""
+    """Class predictions (N,) per method from logits (N, C) of the three model/input pairs
+    (``fallback``: see :func:`sda_logits`)."""
     pick_entropy = _entropy(source_proj) < _entropy(source_orig)
     pick_conf = source_proj.softmax(1).amax(1) > source_orig.softmax(1).amax(1)
     return {
         "source": source_orig.argmax(1),
         "dda": source_proj.argmax(1),
         "dda_ens": (source_orig.softmax(1) + source_proj.softmax(1)).argmax(1),
-        "sda": sda_logits(source_orig, aligned_proj).argmax(1),
+        "sda": sda_logits(source_orig, aligned_proj, fallback=fallback).argmax(1),
         "dda_ens_entropy": torch.where(pick_entropy, source_proj.argmax(1), source_orig.argmax(1)),
         "dda_ens_confidence": torch.where(pick_conf, source_proj.argmax(1), source_orig.argmax(1)),
         "dda_ens_logit": (source_orig + source_proj).argmax(1),
@@ -105,13 +116,14 @@ def score_domain(source: torch.nn.Module, source_config: dict[str, Any], aligned
     ``paired_dir``. Memory holds a batch and the predictions, not the domain.
     """
     src_in, al_in = input_spec(source_config), input_spec(aligned_config)
+    fallback = fell_back(aligned_config)
     preds: dict[str, list[np.ndarray]] = {}
     keys, labels, grid_o, grid_p = [], [], [], []
     for b in batches:
         source_orig = predict_logits(source, b.images, **src_in, batch_size=batch_size, device=device)
         source_proj = predict_logits(source, b.paired, **src_in, batch_size=batch_size, device=device)
         aligned_proj = predict_logits(aligned, b.paired, **al_in, batch_size=batch_size, device=device)
-        for m, p in method_predictions(source_orig, source_proj, aligned_proj).items():
+        for m, p in method_predictions(source_orig, source_proj, aligned_proj, fallback=fallback).items():
             preds.setdefault(m, []).append(p.numpy())
         keys += list(b.keys)
         labels.append(b.labels)

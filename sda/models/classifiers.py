@@ -174,15 +174,19 @@ def fit_classifier(
     crop: int | None = None,
     device: torch.device | str = "cpu",
     desc: str = "train",
-    on_epoch: Callable[[int, float, float], None] | None = None,
+    validate: Callable[[nn.Module], float] | None = None,
 ) -> list[dict[str, float]]:
     """Train in place (AdamW or SGD with momentum, cosine schedule per step, optional gradient
-    clipping); returns per-epoch ``{epoch, loss, acc}``.
+    clipping); returns per-epoch ``{epoch, loss, acc}`` (``val`` too with ``validate``).
 
     ``epoch_batches(e)`` yields the batches of epoch ``e`` (0-based) as (uint8 (B, H, W, 3), int
     (B,)) pairs, from arrays (:func:`train_classifier`) or a stream (:class:`sda.io.streaming.ShardStream`);
     they are preprocessed on ``device`` (:func:`to_model_input` with ``resize`` / ``crop``).
     ``steps_per_epoch[e]`` is how many batches epoch ``e`` has (the cosine schedule's length).
+
+    ``validate(model)``: a score (higher is better) of the model in eval mode after each epoch; the
+    model then ends holding the weights of its best epoch (ties: the later one) instead of the last.
+    It draws no random numbers, so the epochs' training is the same with and without it.
     """
     model.to(device).train()
     if optimizer not in ("adamw", "sgd"):
@@ -192,8 +196,10 @@ def fit_classifier(
                               weight_decay=weight_decay, momentum=momentum, filter_bias_and_bn=False)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, sum(steps_per_epoch)))
     history = []
+    best: tuple[float, dict[str, torch.Tensor]] | None = None
     bar = tqdm(range(len(steps_per_epoch)), desc=desc, unit="epoch", leave=False)
     for epoch in bar:
+        model.train()
         total, correct, loss_sum = 0, 0, 0.0
         for images, labels in epoch_batches(epoch):
             x = to_model_input(images, mean, std, device, resize=resize, crop=crop)
@@ -212,10 +218,15 @@ def fit_classifier(
         if total == 0:
             raise ValueError("an epoch had no training samples: the training set is empty")
         rec = {"epoch": epoch + 1, "loss": loss_sum / total, "acc": correct / total}
+        if validate is not None:
+            model.eval()
+            rec["val"] = float(validate(model))
+            if best is None or rec["val"] >= best[0]:
+                best = (rec["val"], {k: v.detach().clone() for k, v in model.state_dict().items()})
         history.append(rec)
         bar.set_postfix(loss=f"{rec['loss']:.3f}", acc=f"{rec['acc']:.3f}", refresh=False)
-        if on_epoch:
-            on_epoch(epoch + 1, rec["loss"], rec["acc"])
+    if best is not None:
+        model.load_state_dict(best[1])
     model.eval()
     return history
 

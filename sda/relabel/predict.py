@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from sda.method.projection_jobs import Projector
-from sda.method.scoring import sda_logits
+from sda.method.scoring import fell_back, sda_logits
 from sda.models.classifiers import input_spec, load_classifier, predict_logits
 
 __all__ = ["SdaPredictor"]
@@ -43,7 +43,8 @@ class SdaPredictor:
                                     for c in range(0, len(images), pbs)])
         source_orig = predict_logits(self.source, images, **input_spec(self.source_cfg), device=self.device)
         aligned_proj = predict_logits(self.aligned, projected, **input_spec(self.aligned_cfg), device=self.device)
-        p_sda, p_src = sda_logits(source_orig, aligned_proj).softmax(1), source_orig.softmax(1)
+        p_sda = sda_logits(source_orig, aligned_proj, fallback=fell_back(self.aligned_cfg)).softmax(1)
+        p_src = source_orig.softmax(1)
         top = p_sda.topk(min(5, p_sda.shape[1]), dim=1)
         return {
             "label": p_sda.argmax(1).numpy(), "confidence": p_sda.amax(1).numpy(),

@@ -1,0 +1,102 @@
+"""Is the synthetic domain worth aligning to? Measurements that use no target label.
+
+SDA helps only when the synthetic images carry their classes and fine-tuning on them keeps what the
+classifier knew. Both can be measured before any target label is looked at:
+
+- the **classification accuracy score** (CAS, Ravuri & Vinyals 2019, here with the source model as
+  the judge): the source classifier's top-1 on the synthetic images against the class each was
+  generated for, overall and per class; once for ``synth_generate``'s set, once for ``synth_align``'s;
+- the **projected source val split**: the source and the aligned classifier on DDA projections of
+  held-out source images, whose labels are known: the aligned model exists to read projected images
+  better than the source model does.
+
+:func:`alignment_warnings` turns them into messages that name the weak stage and the setting to
+change; the caller says which settings those are (``levers``), as ``sda`` never reads params.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from sda.models.classifiers import input_spec, predict_logits
+
+__all__ = ["alignment_warnings", "class_accuracy", "projected_val_accuracy"]
+
+
+def class_accuracy(model: torch.nn.Module, config: dict[str, Any], batches: Iterable[Any], class_names: Sequence[str],
+                   *, batch_size: int = 512, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """Top-1 of ``model`` (its ``config.json`` preprocessing) against each image's label.
+
+    ``batches`` yields objects with ``images`` uint8 (B, H, W, 3) and ``labels`` int (B,) (a
+    :class:`sda.io.streaming.ShardStream`). Returns ``{"accuracy": percent, "images": N,
+    "per_class": {class name: percent}}`` (classes without an image are left out), percent rounded
+    to 2 decimals.
+    """
+    spec = input_spec(config)
+    hits: list[np.ndarray] = []
+    labels: list[np.ndarray] = []
+    for b in batches:
+        pred = predict_logits(model, b.images, **spec, batch_size=batch_size, device=device).argmax(1).numpy()
+        hits.append(pred == np.asarray(b.labels))
+        labels.append(np.asarray(b.labels))
+    if not hits:
+        return {"accuracy": 0.0, "images": 0, "per_class": {}}
+    hit, y = np.concatenate(hits), np.concatenate(labels)
+    per_class = {str(class_names[c]) if c < len(class_names) else str(c): round(float(hit[y == c].mean() * 100), 2)
+                 for c in np.unique(y).tolist()}
+    return {"accuracy": round(float(hit.mean() * 100), 2), "images": int(len(hit)), "per_class": per_class}
+
+
+def projected_val_accuracy(model: torch.nn.Module, config: dict[str, Any], projected: np.ndarray, labels: np.ndarray,
+                           *, batch_size: int = 512, device: torch.device | str = "cpu") -> float:
+    """Top-1 in percent (not rounded) of ``model`` on projected images uint8 (N, H, W, 3) with labels (N,)."""
+    logits = predict_logits(model, projected, **input_spec(config), batch_size=batch_size, device=device)
+    return float((logits.argmax(1).numpy() == np.asarray(labels)).mean() * 100)
+
+
+def alignment_warnings(diagnostics: Mapping[str, Any], *, min_synthetic_accuracy: float, max_val_drop: float,
+                       levers: Mapping[str, str]) -> list[str]:
+    """Messages for what ``diagnostics`` shows to be weak, each naming its stage and what to change.
+
+    ``diagnostics``: ``{"synthetic": {"synth_generate": class_accuracy, "synth_align": class_accuracy},
+    "projected_val": {"source_original": %, "source": %, "aligned": %} or None, "fallback": bool}``
+    (the source model on the val originals and projections, the aligned model on the projections). ``levers``: the
+    settings to name, by key ``generator`` (what makes the class-conditional samples better),
+    ``projector`` (what makes the unconditional model better), ``projection`` (what keeps a
+    projection's class) and ``alignment`` (what makes fine-tuning gentler).
+    A synthetic set scored below ``min_synthetic_accuracy`` percent is weak; an aligned model more
+    than ``max_val_drop`` points below the source model on the projected source val split is worse.
+    """
+    out = []
+    syn = diagnostics.get("synthetic", {})
+    gen, ali = syn.get("synth_generate"), syn.get("synth_align")
+    if gen is not None and gen["accuracy"] < min_synthetic_accuracy:
+        worst = sorted(gen["per_class"].items(), key=lambda kv: kv[1])[:3]
+        out.append(
+            f"synth_generate: the source model recognises only {gen['accuracy']:.1f}% of the synthetic images as "
+            f"the class they were generated for (under {min_synthetic_accuracy:g}%; weakest: "
+            + ", ".join(f"{c}: {a:.0f}%" for c, a in worst)
+            + f"): the class-conditional generator is too weak. Raise {levers['generator']}")
+    elif ali is not None and ali["accuracy"] < min_synthetic_accuracy:
+        out.append(
+            f"synth_align: after the projection the source model recognises only {ali['accuracy']:.1f}% of the "
+            f"synthetic images (before: {gen['accuracy'] if gen else float('nan'):.1f}%): the projection "
+            f"removes the class. Change {levers['projection']}")
+    val = diagnostics.get("projected_val")
+    if val is not None and val["source"] < min_synthetic_accuracy:
+        out.append(
+            f"projection: the source model recognises only {val['source']:.1f}% of the projected source val images "
+            f"({val['source_original']:.1f}% of the originals): the projector removes the class, and DDA and SDA "
+            f"cannot recover it. Raise {levers['projector']}, or change {levers['projection']}")
+    if val is not None and val["aligned"] < val["source"] - max_val_drop:
+        then = ("SDA falls back to DDA (the source model on the projections)" if diagnostics.get("fallback")
+                else "SDA will likely lose to DDA (classifier_align.select_epoch is off: no fallback)")
+        out.append(
+            f"classifier_align: on the projected source val split the aligned model is right on "
+            f"{val['aligned']:.1f}% against the source model's {val['source']:.1f}% (more than {max_val_drop:g} "
+            f"points worse): fine-tuning on the synthetic domain makes the classifier worse; {then}. "
+            f"Raise {levers['generator']}, or lower {levers['alignment']}")
+    return out
