@@ -181,7 +181,7 @@ class ClassifierAlign(_Section):
         "Keep the epoch whose aligned model is best on the projected source val split, and fall back to DDA "
         "when even that one is worse than the source model there by more than max_val_drop; false: the last "
         "epoch, always used (the paper). Needs a source val split (embedded, folder)."))
-    max_val_drop: float = Field(2.0, ge=0, le=100, description=(
+    max_val_drop: float = Field(10.0, ge=0, le=100, description=(
         "Points the aligned model may lose to the source model on the projected source val split before "
         "SDA falls back to DDA (select_epoch) or the run warns."))
     min_synthetic_accuracy: float = Field(50.0, ge=0, le=100, description=(

@@ -266,3 +266,69 @@ def make_folder_set(root: Path, per_class: int = 30, target_per_class: int = 10,
     broken.write_bytes(good[: len(good) // 3])  # truncated: listed and skipped, never a crash
     return {"source_dir": str(root / "source"), "target_dirs": {"site_b": str(root / "site_b"),
                                                                  "site_c": str(root / "site_c")}}
+
+
+# --- a second folder set of another kind: printed digits as the source, low-resolution scans of
+# handwritten digits as the target (another acquisition: style and resolution, no synthetic corruption)
+
+DIGIT_FONTS = ("DejaVuSans", "DejaVuSans-Bold", "DejaVuSans-Oblique", "DejaVuSansMono", "DejaVuSansMono-Bold",
+               "DejaVuSerif", "DejaVuSerif-Bold", "DejaVuSerif-Italic", "STIXGeneral", "STIXGeneralBol",
+               "STIXGeneralItalic", "cmr10", "cmss10", "cmtt10", "cmb10", "cmti10")
+
+
+def _printed_digit(rng, digit: int, side: int):
+    """A ``side`` px RGB PIL image of ``digit`` printed in one of matplotlib's bundled fonts: dark ink
+    on tinted paper, random size, tilt and place, a little sensor noise."""
+    import matplotlib
+    import numpy as np
+    from PIL import Image, ImageDraw, ImageFont
+
+    fonts = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
+    font = ImageFont.truetype(str(fonts / f"{DIGIT_FONTS[rng.integers(len(DIGIT_FONTS))]}.ttf"),
+                              int(side * rng.uniform(0.55, 0.8)))
+    glyph = Image.new("L", (side, side), 0)
+    ImageDraw.Draw(glyph).text((side / 2 + rng.uniform(-0.08, 0.08) * side, side / 2 + rng.uniform(-0.08, 0.08) * side),
+                               str(digit), fill=255, font=font, anchor="mm")
+    ink = np.asarray(glyph.rotate(float(rng.uniform(-12, 12)), resample=Image.BILINEAR), dtype=float)[..., None] / 255
+    paper = rng.uniform(185, 255, 3)
+    pen = rng.uniform(0, 90, 3)
+    img = paper * (1 - ink) + pen * ink + rng.normal(0, 6, (side, side, 3))
+    return Image.fromarray(np.clip(img, 0, 255).astype("uint8"))
+
+
+def _scanned_digit(rng, pixels, side: int):
+    """A scikit-learn handwritten digit (8 x 8, 17 grey levels) as a low-resolution scan: dark ink on
+    light paper, upsampled bilinearly to ``side`` px, with scanner noise."""
+    import numpy as np
+    from PIL import Image
+
+    ink = Image.fromarray((np.asarray(pixels, dtype=float).reshape(8, 8) * (255 / 16)).astype("uint8"))
+    ink = np.asarray(ink.resize((side, side), Image.BILINEAR), dtype=float)[..., None] / 255
+    paper, pen = rng.uniform(200, 245, 3), rng.uniform(10, 70, 3)
+    img = paper * (1 - ink) + pen * ink + rng.normal(0, 8, (side, side, 3))
+    return Image.fromarray(np.clip(img, 0, 255).astype("uint8"))
+
+
+def make_digits_set(root: Path, per_class: int = 40, target_per_class: int = 30, flat: int = 20,
+                    seed: int = 0) -> dict[str, str]:
+    """Under ``root``: ``printed/<digit>/`` (digits 0-9 in 16 fonts, 32-56 px, mixed formats),
+    ``scans/<digit>/`` (handwritten digits of scikit-learn's set as 8 px scans upsampled to 32 px: a
+    labelled target of another acquisition) and ``new_scans/`` (flat, unlabelled). Returns the
+    ``folder`` params."""
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    rng = np.random.default_rng(seed)
+    hand = load_digits()
+    order = rng.permutation(len(hand.target))
+    by_class = {d: [i for i in order if hand.target[i] == d] for d in range(10)}
+    for d in range(10):
+        for i in range(per_class):
+            _save(_printed_digit(rng, d, int(rng.integers(32, 57))), root / "printed" / str(d) / f"p{d}_{i:03d}", i + d)
+        for i in by_class[d][:target_per_class]:
+            _save(_scanned_digit(rng, hand.images[i], 32), root / "scans" / str(d) / f"scan_{i:04d}", int(i) % 2)
+    rest = [i for d in range(10) for i in by_class[d][target_per_class:]]
+    for i in rng.choice(rest, size=flat, replace=False):
+        _save(_scanned_digit(rng, hand.images[i], 32), root / "new_scans" / f"scan_{int(i):04d}", int(i) % 2)
+    return {"source_dir": str(root / "printed"), "target_dirs": {"scans": str(root / "scans"),
+                                                                  "new_scans": str(root / "new_scans")}}

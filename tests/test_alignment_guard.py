@@ -100,7 +100,7 @@ def test_a_fallback_makes_sda_decide_as_dda():
 
 
 def _align(root, synth, tmp_path, projected_val, **cfg):
-    c = ClassifierAlign(**{"epochs": 4, "batch_size": 32, "lr": 3e-3, "shuffle_buffer": 100, **cfg})
+    c = ClassifierAlign(**{"epochs": 4, "batch_size": 32, "lr": 3e-3, "shuffle_buffer": 100, "max_val_drop": 2.0, **cfg})
     return run(c, 0, root / "source_model", synth, tmp_path / "aligned", torch.device("cpu"),
                projected_val=projected_val)
 

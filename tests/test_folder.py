@@ -14,7 +14,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from repo_utils import SHAPES, _copy_repo, make_folder_set, sh
+from repo_utils import SHAPES, _copy_repo, make_digits_set, make_folder_set, sh
 from sda.config import ParamsError, load_params, parse_params
 from sda.domains import domain_names, get_domain
 from sda.domains.folder import write_source, write_targets
@@ -68,6 +68,24 @@ def test_source_and_targets_from_folders(images, tmp_path):
     site_b, site_c = load_shards(tmp_path / "tgt" / "site_b"), load_shards(tmp_path / "tgt" / "site_c")
     assert sorted(set(site_b.labels)) == [0, 1, 2, 3] and set(site_c.labels) == {-1}
     assert read_manifest(tmp_path / "tgt" / "clean")["count"] == read_manifest(tmp_path / "src" / "test")["count"]
+
+
+def test_the_second_set_printed_digits_to_handwritten_scans(tmp_path):
+    """The README's second set, another kind of shift (acquisition: printed digits in 16 fonts as the
+    source, 8 px scans of handwriting as the labelled target), read by the folder domain."""
+    folder = make_digits_set(tmp_path / "images", per_class=10, target_per_class=2, flat=3)
+    p = _params(folder)
+    counts = write_source(p, tmp_path / "src")
+    assert sum(counts.values()) == 100
+    assert json.loads((tmp_path / "src" / "classes.json").read_text())["names"] == [str(d) for d in range(10)]
+    domains = write_targets(p, tmp_path / "src", tmp_path / "tgt")
+    assert domains == ["scans", "new_scans", "clean", "gaussian_noise"]
+    scans = load_shards(tmp_path / "tgt" / "scans")
+    assert sorted(scans.labels.tolist()) == sorted(list(range(10)) * 2) and scans.images.shape[1:] == (32, 32, 3)
+    from sklearn.datasets import load_digits
+
+    hand = load_digits().target  # each scan is the handwritten digit its file name indexes, in its class folder
+    assert all(hand[int(Path(m["file"]).stem.split("_")[1])] == int(Path(m["file"]).parent.name) for m in scans.metas)
 
 
 def test_a_file_over_the_size_limit_is_skipped_unread_with_the_reason(images, tmp_path):
