@@ -30,6 +30,7 @@ from sda.io.shards import iter_shard_file, read_manifest
 from sda.io.streaming import ShardStream
 from sda.method.diagnostics import alignment_warnings, class_accuracy, projected_val_accuracy
 from sda.method.projection_jobs import project_job, projection_jobs
+from sda.method.scoring import fell_back
 from sda.models.classifiers import fit_classifier, input_spec, load_classifier, paper_recipe, save_classifier
 from sda.runtime import derive_seed
 from tasks.common import DATA, METRICS, stage_main
@@ -103,10 +104,9 @@ def run(cfg: ClassifierAlign, seed: int, source_model: Path, synth_dir: Path, ou
     return {**new_config, **scores}
 
 
-def synthetic_scores(source_model: Path, sets: dict[str, Path], class_names: list[str], batch_size: int,
-                     device: torch.device, loader_workers: int = 0) -> dict[str, dict]:
+def synthetic_scores(model: torch.nn.Module, config: dict, sets: dict[str, Path], class_names: list[str],
+                     batch_size: int, device: torch.device, loader_workers: int = 0) -> dict[str, dict]:
     """The source model's accuracy on each synthetic shard set against its intended classes (CAS)."""
-    model, config = load_classifier(source_model, device)
     out = {}
     for stage, path in sets.items():
         out[stage] = class_accuracy(model, config, ShardStream(path, batch_size, workers=loader_workers), class_names,
@@ -138,15 +138,15 @@ def _main(params: Params, args: argparse.Namespace) -> int:
         raise ValueError(f"classifier_align.select_epoch needs the source val split {val_dir}, which this profile "
                          f"({params.profile}) does not write: set classifier_align.select_epoch: false")
     class_names = json.loads((DATA / "source_data" / "classes.json").read_text())["names"]
+    source, source_cfg = load_classifier(DATA / "source_model", args.device)  # the judge; run() fine-tunes its own copy
     diagnostics: dict = {"synthetic": synthetic_scores(
-        DATA / "source_model", {"synth_generate": DATA / "synth_generate", "synth_align": DATA / "synth_align"},
+        source, source_cfg, {"synth_generate": DATA / "synth_generate", "synth_align": DATA / "synth_align"},
         class_names, params.evaluate.batch_size, args.device, rt.loader_workers)}
     projected_val, original_val = None, None
     if has_val:
         originals, projected, labels = project_shard_set(val_dir, model_dir, params.projection.model_dump(),
                                                          derive_seed(rt.seed, "classifier_align", "val"), args.device)
         projected_val = (projected, labels)
-        source, source_cfg = load_classifier(DATA / "source_model", args.device)
         original_val = projected_val_accuracy(source, source_cfg, originals, labels, device=args.device)
     config = run(cfg, rt.seed, DATA / "source_model", DATA / "synth_align", DATA / "classifier_align", args.device,
                  loader_workers=rt.loader_workers, projected_val=projected_val)
@@ -155,7 +155,7 @@ def _main(params: Params, args: argparse.Namespace) -> int:
         "aligned": config["val_aligned"],
         "per_epoch": [round(h["val"], 2) for h in config["history"] if "val" in h] or None,
         "selected_epoch": config.get("selected_epoch")}
-    diagnostics["fallback"] = config.get("fallback") == "dda"
+    diagnostics["fallback"] = fell_back(config)
     diagnostics["thresholds"] = {"min_synthetic_accuracy": cfg.min_synthetic_accuracy, "max_val_drop": cfg.max_val_drop,
                                  "select_epoch": cfg.select_epoch}
     diagnostics["warnings"] = alignment_warnings(diagnostics, min_synthetic_accuracy=cfg.min_synthetic_accuracy,

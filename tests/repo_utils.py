@@ -29,6 +29,18 @@ TINY = {
 }
 
 
+def colour_classes(n: int = 120, seed: int = 0):
+    """A toy labelled set: uint8 (n, 16, 16, 3) images whose class (0-2) is the bright colour channel."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, n)
+    x = rng.integers(0, 60, (n, 16, 16, 3), dtype=np.uint8)
+    for i, c in enumerate(y):
+        x[i, :, :, c] += 150
+    return x, y
+
+
 def subprocess_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"

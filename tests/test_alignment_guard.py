@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from repo_utils import colour_classes as _colours
 from sda.config import ClassifierAlign
 from sda.io.shards import Sample, write_shards
 from sda.io.streaming import ShardStream
@@ -22,16 +23,6 @@ MEAN, STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
 LEVERS = {"generator": "diffusion_finetune.train_steps (now 100) or synth_generate.per_class (now 3)",
           "projector": "diffusion_finetune.train_steps (now 100)", "projection": "projection.N (now 4)",
           "alignment": "classifier_align.lr (now 0.0005)"}
-
-
-def _colours(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Class = which colour channel is bright (3 classes, 16 px)."""
-    rng = np.random.default_rng(seed)
-    y = rng.integers(0, 3, n)
-    x = rng.integers(0, 60, (n, 16, 16, 3), dtype=np.uint8)
-    for i, c in enumerate(y):
-        x[i, :, :, c] += 150
-    return x, y
 
 
 def _shards(path, images, labels):

@@ -3,19 +3,10 @@ import pytest
 import timm
 import torch
 
+from repo_utils import colour_classes as _toy
 from sda.models.classifiers import (create_classifier, load_classifier, predict_logits, save_classifier, to_model_input, train_classifier)
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
-
-
-def _toy(n=120, seed=0):
-    """Class = which colour channel is bright."""
-    rng = np.random.default_rng(seed)
-    y = rng.integers(0, 3, n)
-    x = rng.integers(0, 60, (n, 16, 16, 3), dtype=np.uint8)
-    for i, c in enumerate(y):
-        x[i, :, :, c] += 150
-    return x, y
 
 
 def test_registered_in_timm_and_unknown_name_fails():
