@@ -188,7 +188,9 @@ def make_imagenet_assets(root: Path, per_class: int = 3, side: int = 40) -> dict
 IMAGENET_TINY = {
     "synth_generate": {"per_class": 2, "steps": 5, "guidance_scale": 1.0, "batch_size": 3, "shard_size": 4},
     "projection": {"respacing": 10, "N": 3, "D": 4, "scale": 6.0, "batch_size": 4},
-    "classifier_align": {"recipe": "paper"},
+    # the imagenet profile's own classifier_align override (replaced whole by this one): the paper's
+    # recipe, its last epoch (ImageNet's source has no val split to select one on)
+    "classifier_align": {"recipe": "paper", "select_epoch": False},
     "target_data": {"corruptions": IMAGENET_CORRUPTIONS, "shard_maxcount": 4},
     "source_model": {"arch": "resnet18"},
 }
