@@ -111,9 +111,26 @@ class DiffusionFinetune(_Section):
     lr: float = Field(1e-3, gt=0)
     ema_decay: float = Field(0.995, gt=0, lt=1)
     null_label_prob: float = Field(0.2, ge=0, lt=1, description="Class dropout for the 'null' label.")
+    probe_every: int = Field(0, ge=0, description=(
+        "Every this many steps, sample a fixed seeded probe set from the model (its EMA weights) and score "
+        "it with the source model (the share recognised as its intended class); the best-scoring checkpoint "
+        "is kept. 0 = off: the last checkpoint, train_steps steps."))
+    probe_per_class: int = Field(8, ge=1, description="Probe images per class.")
+    probe_target: float = Field(80.0, ge=0, le=100, description=(
+        "Percent of probe images the source model must recognise: below it at train_steps, training goes on "
+        "(probe by probe) until it is reached or max_train_steps."))
+    max_train_steps: int | None = Field(None, ge=1, description=(
+        "The step budget when probing: training may go past train_steps up to this while the probe score is "
+        "under probe_target. null = train_steps (no extension)."))
+    max_minutes: float | None = Field(None, gt=0, description=(
+        "A wall-clock budget for the extension past train_steps: no new probe interval starts after it. It makes "
+        "the output depend on the machine's speed (same params, other bytes): null = off."))
 
     @model_validator(mode="after")
     def _levels_match(self) -> "DiffusionFinetune":
+        if self.max_train_steps is not None and self.max_train_steps < self.train_steps:
+            raise ValueError(f"max_train_steps ({self.max_train_steps}) is below train_steps ({self.train_steps}): "
+                             "raise it, or set it to null")
         if len(self.attention_levels) != len(self.block_out_channels):
             raise ValueError(
                 f"attention_levels has {len(self.attention_levels)} entries but block_out_channels "

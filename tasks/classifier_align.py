@@ -31,6 +31,7 @@ from sda.io.streaming import ShardStream
 from sda.method.diagnostics import alignment_warnings, class_accuracy, projected_val_accuracy
 from sda.method.projection_jobs import project_job, projection_jobs
 from sda.method.scoring import fell_back
+from sda.models.diffusion import DiffusionInfo
 from sda.models.classifiers import fit_classifier, input_spec, load_classifier, paper_recipe, save_classifier
 from sda.runtime import derive_seed
 from tasks.common import DATA, METRICS, stage_main
@@ -123,7 +124,8 @@ def levers(params: Params) -> dict[str, str]:
         projector = f"imagenet.finetune_steps (now {params.imagenet.finetune_steps})"
         generator = f"{projector} or synth_generate.steps (now {sg.steps})"
     else:
-        projector = f"diffusion_finetune.train_steps (now {df.train_steps})"
+        projector = (f"diffusion_finetune.max_train_steps (now {df.max_train_steps})" if df.probe_every else
+                     f"diffusion_finetune.train_steps (now {df.train_steps})")
         generator = f"{projector} or synth_generate.per_class (now {sg.per_class})"
     return {"generator": generator, "projector": projector,
             "projection": f"projection.N (now {p.N}; lower keeps more of each image) or projection.scale (now {p.scale:g})",
@@ -139,7 +141,10 @@ def _main(params: Params, args: argparse.Namespace) -> int:
                          f"({params.profile}) does not write: set classifier_align.select_epoch: false")
     class_names = json.loads((DATA / "source_data" / "classes.json").read_text())["names"]
     source, source_cfg = load_classifier(DATA / "source_model", args.device)  # the judge; run() fine-tunes its own copy
-    diagnostics: dict = {"synthetic": synthetic_scores(
+    probe = DiffusionInfo.read(model_dir).probe  # diffusion_finetune's scores of its own samples, if it probed
+    diagnostics: dict = {"diffusion_probe": probe and {k: probe[k] for k in (
+        "accuracy", "images", "selected_step", "trained_steps", "target", "reached_target", "history")},
+        "synthetic": synthetic_scores(
         source, source_cfg, {"synth_generate": DATA / "synth_generate", "synth_align": DATA / "synth_align"},
         class_names, params.evaluate.batch_size, args.device, rt.loader_workers)}
     projected_val, original_val = None, None

@@ -17,7 +17,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -26,6 +28,9 @@ from sda.config import DiffusionFinetune, ImageNet, Params
 from sda.domains import get_domain
 from sda.io.shards import load_shards, read_manifest
 from sda.io.streaming import endless_batches
+from sda.method.diagnostics import probe_score
+from sda.method.sampling import sample_class_conditional
+from sda.models.classifiers import load_classifier
 from sda.models.adm import load_projector
 from sda.models.diffusion import DiffusionInfo, build_unet, save_diffusion
 from sda.models.dit import load_dit
@@ -40,7 +45,62 @@ log = logging.getLogger("sda.diffusion_finetune")
 FINETUNE_SHUFFLE_BUFFER = 1000
 
 
-def run(cfg: DiffusionFinetune, seed: int, source_dir: Path, out: Path, device: torch.device) -> DiffusionInfo:
+class Probe:
+    """The ``on_checkpoint`` callback of :func:`sda.models.training.train_epsilon` that scores each
+    checkpoint's samples with the source model (:func:`sda.method.diagnostics.probe_score`), keeps the
+    best-scoring weights (ties: the later one) and says when to stop: at ``train_steps`` or any probe
+    after it, once the best score reaches ``cfg.probe_target`` or ``cfg.max_minutes`` have passed."""
+
+    def __init__(self, cfg: DiffusionFinetune, sample: Callable, judge_dir: Path, class_names: list[str], seed: int,
+                 device: torch.device):
+        self.cfg, self.sample, self.class_names, self.seed, self.device = cfg, sample, class_names, seed, device
+        self.judge, self.judge_config = load_classifier(judge_dir, device)
+        self.history: list[dict] = []
+        self.best: dict | None = None
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.started = time.monotonic()
+        self.timed_out = False
+
+    def __call__(self, step: int, model: torch.nn.Module) -> bool:
+        score = probe_score(lambda y, s: self.sample(model, y, s), self.judge, self.judge_config,
+                            range(len(self.class_names)), self.class_names, per_class=self.cfg.probe_per_class,
+                            seed=self.seed, device=self.device)
+        self.history.append({"step": step, "accuracy": score["accuracy"]})
+        if self.best is None or score["accuracy"] >= self.best["accuracy"]:
+            self.best = {"step": step, **score}
+            self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        log.info("probe at step %d: the source model recognises %.1f%% of %d samples (best %.1f%%, step %d)", step,
+                 score["accuracy"], score["images"], self.best["accuracy"], self.best["step"])
+        if step < self.cfg.train_steps:
+            return False
+        if self.best["accuracy"] >= self.cfg.probe_target:
+            return True
+        if self.cfg.max_minutes is not None and time.monotonic() - self.started > 60 * self.cfg.max_minutes:
+            self.timed_out = True
+            log.warning("diffusion_finetune.max_minutes (%g) spent at step %d: stopping (the model now depends on "
+                        "this machine's speed)", self.cfg.max_minutes, step)
+            return True
+        return False
+
+    def record(self, trained_steps: int) -> dict:
+        """What ``info.json`` keeps: the settings, the scores per probe and the checkpoint kept."""
+        c = self.cfg
+        return {"every": c.probe_every, "per_class": c.probe_per_class, "target": c.probe_target,
+                "max_train_steps": c.max_train_steps, "history": self.history, "selected_step": self.best["step"],
+                "accuracy": self.best["accuracy"], "per_class_accuracy": self.best["per_class"],
+                "images": self.best["images"], "reached_target": self.best["accuracy"] >= c.probe_target,
+                "timed_out": self.timed_out, "trained_steps": trained_steps}
+
+
+def run(cfg: DiffusionFinetune, seed: int, source_dir: Path, out: Path, device: torch.device, *,
+        judge_dir: Path | None = None, sample_steps: int = 25, guidance_scale: float = 1.0) -> DiffusionInfo:
+    """Train the class-conditional UNet (with its null class) on ``source_dir/train``.
+
+    With ``cfg.probe_every`` the source classifier in ``judge_dir`` scores samples of the model (the
+    generator as ``synth_generate`` runs it: ``sample_steps``, ``guidance_scale``) every
+    ``probe_every`` steps; the best checkpoint is saved, and training goes past ``train_steps`` up to
+    ``max_train_steps`` while the score is below ``probe_target`` (:class:`Probe`).
+    """
     train = load_shards(source_dir / "train")
     num_classes = int(train.labels.max()) + 1
     s = derive_seed(seed, "diffusion_finetune")
@@ -48,18 +108,41 @@ def run(cfg: DiffusionFinetune, seed: int, source_dir: Path, out: Path, device: 
     unet = build_unet(train.images.shape[1], num_classes, cfg.block_out_channels, cfg.layers_per_block,
                       cfg.attention_levels, cfg.norm_num_groups)
     n_params = sum(p.numel() for p in unet.parameters())
-    log.info("UNet2DModel: %.2fM parameters, %d steps of batch %d", n_params / 1e6, cfg.train_steps, cfg.batch_size)
+    probing = cfg.probe_every > 0
+    steps = (cfg.max_train_steps or cfg.train_steps) if probing else cfg.train_steps
+    log.info("UNet2DModel: %.2fM parameters, %d steps of batch %d%s", n_params / 1e6, cfg.train_steps, cfg.batch_size,
+             f" (up to {steps} while the probe is under {cfg.probe_target:g}%)" if steps > cfg.train_steps else "")
     scheduler = ddpm_scheduler(num_train_timesteps=cfg.num_train_timesteps)
+    probe = None
+    if probing:
+        if judge_dir is None:
+            raise ValueError("diffusion_finetune.probe_every needs the source model: set it to 0 or run source_model")
+        class_names = json.loads((source_dir / "classes.json").read_text())["names"]
+        probe = Probe(cfg, lambda m, y, sd: sample_class_conditional(
+            m, scheduler, y, sd, null_label=num_classes, steps=sample_steps, guidance_scale=guidance_scale,
+            device=device), judge_dir, class_names, derive_seed(seed, "diffusion_finetune", "probe"), device)
     gen = torch.Generator().manual_seed(s)  # batches, class dropout, timesteps and noise: one stream
     losses = train_epsilon(unet, scheduler, random_batches(train.images, train.labels, cfg.batch_size, gen, device),
-                           steps=cfg.train_steps, lr=cfg.lr, seed=s, generator=gen, null_label=num_classes,
+                           steps=steps, lr=cfg.lr, seed=s, generator=gen, null_label=num_classes,
                            null_label_prob=cfg.null_label_prob, warmup_steps=max(1, cfg.train_steps // 20),
-                           ema_decay=cfg.ema_decay, device=device, desc="diffusion")
+                           ema_decay=cfg.ema_decay, device=device, desc="diffusion",
+                           checkpoint_every=cfg.probe_every, on_checkpoint=probe)
     tail = float(np.mean(losses[-100:]))
     log.info("final loss (mean of last 100 steps): %.4f", tail)
     curve = [round(float(np.mean(losses[i: i + 50])), 5) for i in range(0, len(losses), 50)]
     info = DiffusionInfo(num_classes=num_classes, null_label=num_classes, parameters=n_params, final_loss=tail,
-                         loss_every_50_steps=curve, seed=s)
+                         loss_every_50_steps=curve, seed=s, trained_steps=len(losses))
+    if probe is not None:
+        info.probe = probe.record(len(losses))
+        if probe.best["step"] != len(losses):
+            unet.load_state_dict(probe.best_state)
+        log.info("kept the checkpoint of step %d of %d: the source model recognises %.1f%% of its probe samples",
+                 probe.best["step"], len(losses), probe.best["accuracy"])
+        if not info.probe["reached_target"]:
+            log.warning("diffusion_finetune: after %d steps the source model recognises only %.1f%% of the "
+                        "diffusion model's samples as their class (probe_target %g%%): the synthetic domain will be "
+                        "weak. Raise diffusion_finetune.max_train_steps (now %s) or diffusion_finetune.train_steps",
+                        len(losses), probe.best["accuracy"], cfg.probe_target, cfg.max_train_steps)
     save_diffusion(out, unet, scheduler, info)
     return info
 
@@ -98,9 +181,10 @@ def _main(params: Params, args: argparse.Namespace) -> int | None:
         run_imagenet(params.imagenet, params.runtime.seed, DATA / "source_data", DATA / "diffusion_finetune",
                      args.device, params.runtime.loader_workers)
         return params.imagenet.finetune_steps * params.imagenet.finetune_batch_size or None
-    cfg = params.diffusion_finetune
-    run(cfg, params.runtime.seed, DATA / "source_data", DATA / "diffusion_finetune", args.device)
-    return cfg.train_steps * cfg.batch_size  # images seen in training
+    cfg, sg = params.diffusion_finetune, params.synth_generate
+    info = run(cfg, params.runtime.seed, DATA / "source_data", DATA / "diffusion_finetune", args.device,
+               judge_dir=DATA / "source_model", sample_steps=sg.steps, guidance_scale=sg.guidance_scale)
+    return info.trained_steps * cfg.batch_size  # images seen in training
 
 
 if __name__ == "__main__":

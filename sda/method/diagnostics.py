@@ -6,6 +6,9 @@ classifier knew. Both can be measured before any target label is looked at:
 - the **classification accuracy score** (CAS, Ravuri & Vinyals 2019, here with the source model as
   the judge): the source classifier's top-1 on the synthetic images against the class each was
   generated for, overall and per class; once for ``synth_generate``'s set, once for ``synth_align``'s;
+- the **probe score** of a diffusion model while it trains: the same CAS on a small fixed, seeded
+  probe set sampled from it (:func:`probe_score`), so training can run until its samples carry
+  their classes and keep the checkpoint that scores best;
 - the **projected source val split**: the source and the aligned classifier on DDA projections of
   held-out source images, whose labels are known: the aligned model exists to read projected images
   better than the source model does.
@@ -16,14 +19,17 @@ change; the caller says which settings those are (``levers``), as ``sda`` never 
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping, Sequence
+from types import SimpleNamespace
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
 
+from sda.io.images import to_uint8
 from sda.models.classifiers import input_spec, predict_logits
+from sda.runtime import derive_seed
 
-__all__ = ["alignment_warnings", "class_accuracy", "projected_val_accuracy"]
+__all__ = ["alignment_warnings", "class_accuracy", "probe_plan", "probe_score", "projected_val_accuracy"]
 
 
 def class_accuracy(model: torch.nn.Module, config: dict[str, Any], batches: Iterable[Any], class_names: Sequence[str],
@@ -50,6 +56,29 @@ def class_accuracy(model: torch.nn.Module, config: dict[str, Any], batches: Iter
     return {"accuracy": round(float(hit.mean() * 100), 2), "images": int(len(hit)), "per_class": per_class}
 
 
+def probe_plan(classes: Sequence[int], per_class: int, seed: int) -> tuple[list[int], list[int]]:
+    """The fixed probe set: ``per_class`` (class, seed) pairs per class, class-major; the seeds are
+    derived from ``seed`` alone, so every checkpoint of a run is scored on the same noise."""
+    labels = [c for c in classes for _ in range(per_class)]
+    return labels, [derive_seed(seed, "probe", c, i) for c in classes for i in range(per_class)]
+
+
+def probe_score(sample: Callable[[Sequence[int], Sequence[int]], torch.Tensor], judge: torch.nn.Module,
+                judge_config: dict[str, Any], classes: Sequence[int], class_names: Sequence[str], *, per_class: int,
+                seed: int, batch_size: int = 64, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """:func:`class_accuracy` of ``judge`` on the probe set (:func:`probe_plan`) drawn from a
+    class-conditional generator: ``sample(labels, seeds)`` returns [-1, 1] images float (B, 3, H, W),
+    sample ``b`` a function of ``(labels[b], seeds[b])`` alone."""
+    labels, seeds = probe_plan(classes, per_class, seed)
+
+    def batches():
+        for i in range(0, len(labels), batch_size):
+            y = labels[i: i + batch_size]
+            yield SimpleNamespace(images=to_uint8(sample(y, seeds[i: i + batch_size])), labels=np.asarray(y))
+
+    return class_accuracy(judge, judge_config, batches(), class_names, batch_size=batch_size, device=device)
+
+
 def projected_val_accuracy(model: torch.nn.Module, config: dict[str, Any], projected: np.ndarray, labels: np.ndarray,
                            *, batch_size: int = 512, device: torch.device | str = "cpu") -> float:
     """Top-1 in percent (not rounded) of ``model`` on projected images uint8 (N, H, W, 3) with labels (N,)."""
@@ -61,7 +90,8 @@ def alignment_warnings(diagnostics: Mapping[str, Any], *, min_synthetic_accuracy
                        levers: Mapping[str, str]) -> list[str]:
     """Messages for what ``diagnostics`` shows to be weak, each naming its stage and what to change.
 
-    ``diagnostics``: ``{"synthetic": {"synth_generate": class_accuracy, "synth_align": class_accuracy},
+    ``diagnostics``: ``{"diffusion_probe": {"accuracy", "target", "reached_target", "trained_steps",
+    "selected_step"} or None, "synthetic": {"synth_generate": class_accuracy, "synth_align": class_accuracy},
     "projected_val": {"source_original": %, "source": %, "aligned": %} or None, "fallback": bool}``
     (the source model on the val originals and projections, the aligned model on the projections). ``levers``: the
     settings to name, by key ``generator`` (what makes the class-conditional samples better),
@@ -71,6 +101,13 @@ def alignment_warnings(diagnostics: Mapping[str, Any], *, min_synthetic_accuracy
     than ``max_val_drop`` points below the source model on the projected source val split is worse.
     """
     out = []
+    probe = diagnostics.get("diffusion_probe")
+    if probe and not probe["reached_target"]:
+        out.append(
+            f"diffusion_finetune: after {probe['trained_steps']} steps the source model recognises only "
+            f"{probe['accuracy']:.1f}% of the diffusion model's probe samples as their class (target "
+            f"{probe['target']:g}%, best at step {probe['selected_step']}): it has not learnt the classes yet. "
+            f"Raise {levers['projector']}")
     syn = diagnostics.get("synthetic", {})
     gen, ali = syn.get("synth_generate"), syn.get("synth_align")
     if gen is not None and gen["accuracy"] < min_synthetic_accuracy:

@@ -39,6 +39,11 @@ def alignment_markdown(diagnostics: Mapping[str, object]) -> str:
     """The synthetic domain's checks (``metrics/alignment.json``, :mod:`sda.method.diagnostics`) as a
     markdown table, then one warning line each."""
     rows = ["Synthetic domain, measured without target labels:", "", "| check | top-1 % |", "|---|---|"]
+    probe = diagnostics.get("diffusion_probe")
+    if probe:
+        rows.append(f"| source model on the diffusion model's probe samples ({probe['images']} images; step "
+                    f"{probe['selected_step']} of {probe['trained_steps']} kept, target {probe['target']:g}) | "
+                    f"{probe['accuracy']:.1f} |")
     for stage, score in diagnostics.get("synthetic", {}).items():  # type: ignore[union-attr]
         worst = sorted(score["per_class"].items(), key=lambda kv: kv[1])[:2]
         weakest = ", ".join(f"{c}: {a:.0f}" for c, a in worst)

@@ -10,7 +10,7 @@ DESIGN.md §4 measured.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, DiTTransformer2DModel, UNet2DModel
@@ -30,6 +30,8 @@ class DiffusionInfo(BaseModel):
     ``null_label``: the class label that makes the UNet unconditional (``None``: an unconditional
     projector such as ADM); ``classes``: the class subset to generate (``None``: all
     ``num_classes``); ``generator``: ``"dit"`` when ``dit/`` holds the generator, else the UNet.
+    ``trained_steps``: the steps actually trained (the probe may stop or extend training);
+    ``probe``: the probe scores while training and the checkpoint kept (``diffusion_finetune``).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -47,6 +49,8 @@ class DiffusionInfo(BaseModel):
     finetune_steps: int | None = None
     seed: int | None = None
     losses: dict[str, list[float]] | None = None
+    trained_steps: int | None = None
+    probe: dict[str, Any] | None = None
 
     @property
     def generated_classes(self) -> list[int]:

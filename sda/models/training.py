@@ -47,6 +47,8 @@ def train_epsilon(
     device: torch.device | str = "cpu",
     desc: str = "train",
     on_step: Callable[[int, float], None] | None = None,
+    checkpoint_every: int = 0,
+    on_checkpoint: Callable[[int, torch.nn.Module], bool] | None = None,
 ) -> list[float]:
     """Train ``model`` in place with the epsilon loss on its first C output channels; returns the
     per-step losses. The model ends in eval mode, holding the EMA weights when ``ema_decay`` is set.
@@ -64,6 +66,12 @@ def train_epsilon(
     Randomness: timesteps, noise and class dropout come from ``generator`` (default: a new one
     seeded by ``seed``; pass the one ``batches`` draws from to share a stream); ``seed`` also seeds
     the global generator that dropout layers and ``encode``'s latent sampling draw from.
+
+    Checkpoints: every ``checkpoint_every`` steps (and after the last) ``on_checkpoint(step, model)``
+    is called with the model in eval mode holding the weights it would be saved with (the EMA ones);
+    training resumes from its own weights afterwards, so a callback that draws only from its own
+    generators leaves the training bytes unchanged. It returns True to stop training there (then
+    fewer than ``steps`` losses are returned).
     """
     gen = generator if generator is not None else torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
@@ -75,6 +83,7 @@ def train_epsilon(
     ema = EMAModel(model.parameters(), decay=ema_decay, use_ema_warmup=True, power=0.75) if ema_decay else None
     T = scheduler.config.num_train_timesteps
     losses: list[float] = []
+    stopped = False
     bar = tqdm(range(steps), desc=desc, unit="step", leave=False)
     for step, (images, labels) in zip(bar, batches):
         x0 = to_unit_range(images, device)
@@ -105,9 +114,30 @@ def train_epsilon(
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}", refresh=False)
         if on_step:
             on_step(step + 1, losses[-1])
-    if len(losses) < steps:
+        at_interval = checkpoint_every > 0 and (step + 1) % checkpoint_every == 0
+        if on_checkpoint is not None and (at_interval or step + 1 == steps):
+            if _checkpoint(model, ema, on_checkpoint, step + 1):
+                stopped = True
+                break
+    if len(losses) < steps and not stopped:
         raise ValueError(f"train_epsilon: the batches ran out after {len(losses)} of {steps} steps")
     if ema is not None:
         ema.copy_to(model.parameters())
     model.eval()
     return losses
+
+
+def _checkpoint(model: torch.nn.Module, ema: EMAModel | None, callback: Callable[[int, torch.nn.Module], bool],
+                step: int) -> bool:
+    """``callback(step, model)`` with the EMA weights swapped in (eval mode); the training weights and
+    mode restored after it. Returns the callback's answer (stop or not)."""
+    if ema is not None:
+        ema.store(model.parameters())
+        ema.copy_to(model.parameters())
+    model.eval()
+    try:
+        return bool(callback(step, model))
+    finally:
+        if ema is not None:
+            ema.restore(model.parameters())
+        model.train()
