@@ -15,6 +15,7 @@ next to the clone.
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import time
@@ -60,7 +61,11 @@ def main() -> None:
           f"{args.image_size} px, seed {args.seed})",
           flush=True)
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "flows.pipeline"], cwd=repo, check=True)
+    # what `make run` sets: a Prefect home in the clone, no telemetry, time for the temporary server to start
+    env = {"PREFECT_HOME": str(repo / ".prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1",
+           "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120", "PREFECT_LOGGING_EXTRA_LOGGERS": "sda",
+           **os.environ}
+    subprocess.run([sys.executable, "-m", "flows.pipeline"], cwd=repo, check=True, env=env)
     print(f"\nwall time of the pipeline: {time.perf_counter() - t0:.0f} s")
     print((repo / "metrics" / "results.md").read_text())
     grid = args.out / "projection_grid.png"
