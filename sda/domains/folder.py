@@ -82,7 +82,7 @@ def _load(path: Path, params: Params) -> np.ndarray:
     r = params.relabel
     check_file_size(path.stat().st_size, r.max_file_bytes)
     img, _ = decode_image(path.read_bytes(), max_pixels=r.max_pixels, min_side=r.min_side)
-    return center_crop_arr(img, params.folder.image_size)
+    return center_crop_arr(img, params.folder.image_size, max_pixels=r.max_pixels)
 
 
 def _write_set(items: list[tuple[Path, int]], root: Path, out: Path, prefix: str, params: Params,

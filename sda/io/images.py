@@ -17,11 +17,13 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-__all__ = ["IMAGE_SUFFIXES", "BadImage", "center_crop_arr", "check_file_size", "decode_image", "read_image",
+__all__ = ["DECODED_FORMATS", "IMAGE_SUFFIXES", "BadImage", "center_crop_arr", "check_file_size", "decode_image", "read_image",
            "to_uint8", "to_unit_range"]
 
 # the image files the project reads: source / target folders and the relabel inbox
 IMAGE_SUFFIXES: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".webp"})
+# the Pillow decoders untrusted bytes may reach (the formats of IMAGE_SUFFIXES)
+DECODED_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "WEBP")
 
 
 class BadImage(ValueError):
@@ -49,13 +51,14 @@ def check_file_size(nbytes: int, max_bytes: int) -> None:
 
 def decode_image(data: bytes, *, max_pixels: int, min_side: int = 1) -> tuple[Image.Image, str]:
     """Decode ``data`` fully: ``(RGB PIL image with EXIF orientation applied, original PIL mode)``;
-    raise :class:`BadImage` with the reason otherwise."""
+    raise :class:`BadImage` with the reason otherwise. Only :data:`DECODED_FORMATS` are tried,
+    whatever the file's name: no other decoder Pillow has (or hands to Ghostscript) sees the bytes."""
     if not data:
         raise BadImage("empty file (0 bytes)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
+            img = Image.open(io.BytesIO(data), formats=DECODED_FORMATS)
             w, h = img.size
             if w * h > max_pixels:
                 raise BadImage(f"too many pixels: header says {w}x{h} > relabel.max_pixels={max_pixels}")
@@ -67,15 +70,25 @@ def decode_image(data: bytes, *, max_pixels: int, min_side: int = 1) -> tuple[Im
     except BadImage:
         raise
     except UnidentifiedImageError:
-        raise BadImage("not an image (unrecognised format)") from None
+        raise BadImage(f"not an image (or not one of {', '.join(DECODED_FORMATS)})") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise BadImage(f"too many pixels: {err}"[:300]) from None
     except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as err:
         raise BadImage(f"truncated or corrupt image: {type(err).__name__}: {err}"[:300]) from None
 
 
-def center_crop_arr(img: Image.Image, size: int) -> np.ndarray:
-    """guided-diffusion's ``center_crop_arr``: uint8 (size, size, 3) from any PIL image."""
+def center_crop_arr(img: Image.Image, size: int, *, max_pixels: int | None = None) -> np.ndarray:
+    """guided-diffusion's ``center_crop_arr``: uint8 (size, size, 3) from any PIL image.
+
+    The shorter side is scaled to ``size`` before the crop, so a thin image is upsampled along its
+    long side too: with ``max_pixels``, an image whose resized (uncropped) size would exceed it is a
+    :class:`BadImage` (an 8 x 625,000 image at size 256 would be 5 billion pixels)."""
+    if max_pixels is not None:
+        w, h = img.size
+        scale = size / max(1, min(w, h))
+        if scale > 1 and w * h * scale * scale > max_pixels:
+            raise BadImage(f"too thin: {w}x{h} would be resized to {round(w * scale)}x{round(h * scale)} "
+                           f"pixels for the model's {size} px (> relabel.max_pixels={max_pixels})")
     img = img.convert("RGB")
     while min(img.size) >= 2 * size:
         img = img.resize(tuple(x // 2 for x in img.size), resample=Image.Resampling.BOX)

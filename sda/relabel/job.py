@@ -25,6 +25,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import logging
+import os
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -36,13 +37,13 @@ import pyarrow as pa
 import torch
 from filelock import FileLock, Timeout
 
-from sda.io.atomic import clean_stale_temps
-from sda.io.images import BadImage, center_crop_arr, check_file_size, decode_image
-from sda.relabel.inbox import InboxItem, Scan, safe_file_name, scan_inbox
+from sda.io.atomic import atomic_write_bytes, clean_stale_temps
+from sda.io.images import BadImage, center_crop_arr, decode_image
+from sda.io.untrusted_files import unlink_if_same
+from sda.relabel.inbox import InboxItem, Scan, open_inbox, safe_file_name, scan_inbox
 from sda.relabel.predict import SdaPredictor
 from sda.relabel.report import BatchReport, class_grid, write_report
-from sda.relabel.store import (LABEL_SCHEMA, QUARANTINE_SCHEMA, commit_batch, committed_hashes, quarantine_files,
-                               remove_stale_temps)
+from sda.relabel.store import LABEL_SCHEMA, QUARANTINE_SCHEMA, commit_batch, committed_hashes, remove_stale_temps
 from sda.runtime import derive_seed
 
 __all__ = ["Lineage", "RelabelJob", "batch_id_of"]
@@ -125,15 +126,18 @@ class RelabelJob:
                 log.info("removed %d temporary file(s) of a killed write in %s", n, folder)
         labelled = committed_hashes(self.labels_dir)
         quarantined = committed_hashes(self.quarantine_dir / "table")
-        self.scan = sc = scan_inbox(self.inbox, skip=labelled | quarantined, min_age_s=self.settings.min_age_seconds)
+        self.scan = sc = scan_inbox(self.inbox, skip=labelled | quarantined, min_age_s=self.settings.min_age_seconds,
+                                    max_bytes=self.settings.max_file_bytes)
         if self.settings.move_quarantined:  # a run killed after its quarantine commit left these behind
-            for it in sc.known:
-                if it.sha256 in quarantined:
-                    it.path.unlink(missing_ok=True)
+            files = self.quarantine_dir / "files"
+            self._remove([it for it in sc.known if it.sha256 in quarantined
+                          and (it.link or (files / safe_file_name(it.source, it.sha256)).is_file())])
+        for folder, reason in sc.unlisted:
+            log.warning("inbox folder %s not scanned: %s", folder or ".", reason)
         log.info("inbox %s: %d new image(s), %d already done, %d duplicate(s), %d too new, %d not images, "
-                 "%d broken tar(s), %d symlink(s)", self.inbox, len(sc.items), len(labelled) + len(quarantined),
-                 sc.duplicates, len(sc.too_new), len(sc.ignored), len(sc.broken) - len(sc.symlinks),
-                 len(sc.symlinks))
+                 "%d refused before decoding, %d symlink(s), %d folder(s) not listed", self.inbox, len(sc.items),
+                 len(labelled) + len(quarantined), sc.duplicates, len(sc.too_new), len(sc.ignored),
+                 len(sc.broken) - len(sc.symlinks), len(sc.symlinks), len(sc.unlisted))
         bs = self.settings.batch_size
         self.batches = [sc.items[i: i + bs] for i in range(0, len(sc.items), bs)]
         if sc.broken:
@@ -176,15 +180,14 @@ class RelabelJob:
         good, bad = [], {}
         for it in batch:
             try:
-                check_file_size(it.size, s.max_file_bytes)
-                data = it.read()
-                if hashlib.sha256(data).hexdigest() != it.sha256:
-                    raise BadImage("changed while being read (sha256 differs from the scan)")
+                data = it.read(s.max_file_bytes)  # the file the scan hashed, or BadImage
                 img, mode = decode_image(data, max_pixels=s.max_pixels, min_side=s.min_side)
                 # guided-diffusion's loader, as the target_data stage reads its images
-                good.append((it, center_crop_arr(img, self.image_size), img.size, mode))
-            except (BadImage, OSError) as err:
-                bad[it.sha256] = str(err) if isinstance(err, BadImage) else f"unreadable: {err}"
+                good.append((it, center_crop_arr(img, self.image_size, max_pixels=s.max_pixels), img.size, mode))
+            except BadImage as err:
+                bad[it.sha256] = str(err)
+            except Exception as err:  # one file never stops the batch: it is quarantined with the error
+                bad[it.sha256] = f"unreadable: {type(err).__name__}: {err}"[:300]
         return good, bad
 
     def _commit_labels(self, bid: str, good: list, pred: dict[str, np.ndarray]) -> None:
@@ -222,9 +225,9 @@ class RelabelJob:
     def _quarantine(self, items: list[InboxItem], reasons: dict[str, str], bid: str) -> None:
         """Copy the files into ``<quarantine>/files/``, commit their rows, then (optionally) remove
         them from the inbox. Each step is idempotent, so a kill between them is repaired by a re-run.
-        A symlink gets a row but no copy (``quarantined_as`` empty); removing it leaves its target."""
-        names = ["" if it.link else safe_file_name(it.source, it.sha256) for it in items]
-        quarantine_files(self.quarantine_dir / "files", items, names)
+        A symlink, a file the scan did not read and a file that changed since get a row but no copy
+        (``quarantined_as`` empty); only what was copied (and symlinks, as links) is removed."""
+        names = [self._copy(it) for it in items]
         now = dt.datetime.now(dt.timezone.utc)
         n = len(items)
         table = pa.table({
@@ -236,5 +239,32 @@ class RelabelJob:
         commit_batch(self.quarantine_dir / "table", table, bid, now)
         for it in items:
             log.warning("quarantined %s: %s", it.source, reasons[it.sha256])
-            if self.settings.move_quarantined and it.member is None:
-                it.path.unlink(missing_ok=True)
+        if self.settings.move_quarantined:
+            self._remove([it for it, name in zip(items, names) if it.link or name])
+
+    def _copy(self, it: InboxItem) -> str:
+        """Copy the bytes the scan read of ``it`` to ``<quarantine>/files/``, atomically, unless a
+        copy is there; returns its name, or "" when there is nothing to copy (link, unread, changed)."""
+        if it.link or not it.readable:
+            return ""
+        name = safe_file_name(it.source, it.sha256)
+        dst = self.quarantine_dir / "files" / name
+        if not dst.exists():
+            try:
+                data = it.read(self.settings.max_file_bytes)
+            except BadImage as err:
+                log.warning("%s not copied to quarantine: %s", it.source, err)
+                return ""
+            atomic_write_bytes(dst, data)
+        return name
+
+    def _remove(self, items: list[InboxItem]) -> None:
+        """Remove inbox files (not tar members) that are still the files the scan read; symlinks as
+        links. A file replaced or changed since stays, and so does anything outside the inbox."""
+        root_fd = open_inbox(self.inbox)
+        try:
+            for it in items:
+                if it.member is None and (it.link or it.file_id is not None):
+                    unlink_if_same(root_fd, it.rel, None if it.link else it.file_id)
+        finally:
+            os.close(root_fd)

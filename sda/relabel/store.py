@@ -21,10 +21,10 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from sda.io.atomic import atomic_copy, atomic_file, atomic_write_bytes, clean_stale_temps
+from sda.io.atomic import atomic_file, clean_stale_temps
 
 __all__ = ["LABEL_SCHEMA", "QUARANTINE_SCHEMA", "commit_batch", "committed_hashes", "part_files",
-           "quarantine_files", "read_table", "remove_stale_temps"]
+           "read_table", "remove_stale_temps"]
 
 _TS = pa.timestamp("us", tz="UTC")
 
@@ -108,16 +108,3 @@ def commit_batch(root: str | os.PathLike[str], table: pa.Table, batch_id: str,
     with atomic_file(final) as tmp:
         pq.write_table(table, tmp)
     return final
-
-
-def quarantine_files(files_dir: str | os.PathLike[str], items: list, names: list[str]) -> None:
-    """Copy each inbox item (:class:`sda.relabel.inbox.InboxItem`, a file or a tar member) to
-    ``files_dir/<name>`` atomically, unless a copy is there already (an empty name: no copy)."""
-    for it, name in zip(items, names):
-        dst = Path(files_dir) / name
-        if not name or dst.exists():
-            continue
-        if it.member is None:
-            atomic_copy(it.path, dst)
-        else:
-            atomic_write_bytes(dst, it.read())

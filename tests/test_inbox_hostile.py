@@ -1,0 +1,222 @@
+"""The inbox against someone who can write to it: links swapped in after the scan, special files,
+bombs, archives and names meant to break the scan. Each case ends as a refused (quarantinable) entry
+with a reason, never as a read outside the inbox, a blocked or unbounded read, or a crashed scan."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import lzma
+import os
+import tarfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sda.io.images import BadImage, center_crop_arr, decode_image
+from sda.io.untrusted_files import FileId, NotReadable, iter_tree, read_beneath, unlink_if_same
+from sda.relabel.inbox import open_inbox, scan_inbox
+
+LIMIT = 40_000_000
+
+
+def png_bytes(seed: int = 0, size: int = 20) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def tar_bytes(members: list[tuple[tarfile.TarInfo, bytes | None]]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        for info, data in members:
+            if data is not None:
+                info.size = len(data)
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    return buf.getvalue()
+
+
+def member(name: str, kind: bytes = tarfile.REGTYPE, **kw) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    for k, v in kw.items():
+        setattr(info, k, v)
+    return info
+
+
+@pytest.fixture
+def inbox(tmp_path):
+    (tmp_path / "inbox" / "a").mkdir(parents=True)
+    (tmp_path / "outside").mkdir()
+    return tmp_path / "inbox", tmp_path / "outside"
+
+
+def test_a_folder_swapped_for_a_link_after_the_scan_is_neither_read_nor_deleted_through(inbox):
+    root, outside = inbox
+    (root / "a" / "img.png").write_bytes(png_bytes(1))
+    (outside / "img.png").write_bytes(png_bytes(1))  # the same bytes: the hash cannot tell them apart
+    (item,) = scan_inbox(root).items
+    (root / "a" / "img.png").unlink()
+    (root / "a").rmdir()
+    (root / "a").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(BadImage, match="symlink: not followed"):
+        item.read()
+    fd = open_inbox(root)
+    try:
+        assert not unlink_if_same(fd, item.rel, item.file_id)
+    finally:
+        os.close(fd)
+    assert (outside / "img.png").read_bytes() == png_bytes(1)
+
+
+def test_a_file_swapped_for_a_fifo_or_a_link_to_dev_zero_is_refused_without_blocking(inbox):
+    root, _ = inbox
+    for name in ("fifo.png", "zero.png"):
+        (root / name).write_bytes(png_bytes(2 if name == "fifo.png" else 3))
+    items = {it.source: it for it in scan_inbox(root).items}
+    for name in items:
+        (root / name).unlink()
+    os.mkfifo(root / "fifo.png")  # opening it for reading would block until a writer came
+    (root / "zero.png").symlink_to("/dev/zero")
+    t0 = time.monotonic()
+    with pytest.raises(BadImage, match="FIFO"):
+        items["fifo.png"].read()
+    with pytest.raises(BadImage, match="symlink"):
+        items["zero.png"].read()
+    assert time.monotonic() - t0 < 5
+    scan = scan_inbox(root)  # the next scan reports both, reads neither
+    assert {it.source: r for it, r in scan.broken} == {
+        "fifo.png": "not a regular file (a FIFO, socket or device): not read",
+        "zero.png": "symlink, not followed: copy the file into the inbox instead of linking it"}
+
+
+def test_reads_are_bounded_whatever_the_size_seen_before(inbox):
+    root, _ = inbox
+    (root / "big.png").write_bytes(b"\0" * 5000)
+    fd = open_inbox(root)
+    try:
+        with pytest.raises(NotReadable, match="too large: 5000 bytes > relabel.max_file_bytes=1000"):
+            read_beneath(fd, "big.png", 1000)
+        data, fid = read_beneath(fd, "big.png", 5000)
+        assert len(data) == 5000 and fid.size == 5000
+    finally:
+        os.close(fd)
+    scan = scan_inbox(root, max_bytes=1000)
+    ((it, reason),) = scan.broken
+    assert it.source == "big.png" and not it.readable and "too large" in reason
+
+
+def test_a_changed_file_is_not_read_as_the_scanned_one_and_not_removed(inbox):
+    root, _ = inbox
+    (root / "a" / "x.png").write_bytes(png_bytes(4))
+    (item,) = scan_inbox(root).items
+    (root / "a" / "x.png").write_bytes(png_bytes(5, size=24))  # still being uploaded, or replaced
+    with pytest.raises(BadImage, match="changed since the scan"):
+        item.read()
+    fd = open_inbox(root)
+    try:
+        assert not unlink_if_same(fd, item.rel, item.file_id)
+        assert (root / "a" / "x.png").exists()
+        st = os.stat(root / "a" / "x.png")
+        assert unlink_if_same(fd, item.rel, FileId.of(st)) and not (root / "a" / "x.png").exists()
+    finally:
+        os.close(fd)
+
+
+def test_each_file_that_stopped_a_run_is_one_refused_entry_and_the_rest_is_scanned(inbox):
+    root, _ = inbox
+    (root / "good.png").write_bytes(png_bytes(6))
+    (root / "xz.tar").write_bytes(lzma.compress(tar_bytes([(member("a.png"), png_bytes(7))])))
+    (root / "gz.tar").write_bytes(gzip.compress(b"\0" * (64 << 20)))  # 65 KB that would inflate to 64 MiB
+    deep = root
+    for _ in range(1100):  # deeper than os.walk's (or os.makedirs') recursion could go
+        deep = deep / "d"
+        os.mkdir(deep)
+    (deep / "deep.png").write_bytes(png_bytes(8))
+    weird = member(os.fsdecode(b"caf\xe9-\xff.png"))  # not UTF-8
+    (root / "names.tar").write_bytes(tar_bytes([(weird, png_bytes(9))]))
+    scan = scan_inbox(root)
+    sources = sorted(it.source for it in scan.items)
+    assert sources[0].startswith("d/d/") and sources[0].endswith("/deep.png") and sources[0].count("/") == 1100
+    assert sources[1:] == ["good.png", "names.tar::caf\\xe9-\\xff.png"]
+    assert all(s.encode("utf-8") for s in sources)  # every name can go into a Parquet row
+    reasons = {it.source: r for it, r in scan.broken}
+    assert set(reasons) == {"xz.tar", "gz.tar"}
+    assert all(r.startswith("not a plain tar") for r in reasons.values())
+
+
+def test_an_unlistable_folder_is_reported_not_skipped_silently(inbox, monkeypatch):
+    root, _ = inbox
+    (root / "a" / "x.png").write_bytes(png_bytes(10))
+    (root / "b").mkdir()
+    fd = open_inbox(root)
+    real_scandir = os.scandir
+
+    def scandir(target):  # as for a folder without the x bit for the service's user (root ignores modes)
+        if isinstance(target, int) and os.stat(target).st_ino == os.stat(root / "b").st_ino:
+            raise PermissionError(13, "Permission denied")
+        return real_scandir(target)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    try:
+        found, unlisted = iter_tree(fd)
+    finally:
+        os.close(fd)
+    assert [p for p, _ in found] == ["a/x.png"] and unlisted == [("b", "cannot list: Permission denied")]
+
+
+def test_tar_members_refused_before_they_are_read(inbox):
+    root, _ = inbox
+    (root / "t.tar").write_bytes(tar_bytes([
+        (member("big.png"), b"\0" * 3000),
+        (member("link.png", tarfile.SYMTYPE, linkname="/etc/passwd"), None),
+        (member("hard.png", tarfile.LNKTYPE, linkname="big.png"), None),
+        (member("dev.png", tarfile.CHRTYPE, devmajor=1, devminor=5), None),
+        (member("/abs.png"), png_bytes(11)),
+        (member("dup.png"), png_bytes(12)),
+        (member("dup.png"), png_bytes(13)),  # the same name twice: two images, each read as itself
+    ]))
+    scan = scan_inbox(root, max_bytes=2000)
+    reasons = {it.source: r for it, r in scan.broken}
+    assert "too large: 3000 bytes" in reasons["t.tar::big.png"]
+    assert reasons["t.tar::link.png"] == reasons["t.tar::hard.png"] == "tar member is a link: not extracted"
+    assert reasons["t.tar::dev.png"] == "tar member is a device or FIFO: not extracted"
+    assert "leaves the archive" in reasons["t.tar::/abs.png"]
+    dups = [it for it in scan.items if it.source == "t.tar::dup.png"]
+    assert [it.read() for it in dups] == [png_bytes(12), png_bytes(13)]
+
+
+def test_only_the_listed_formats_are_decoded_whatever_the_name():
+    ps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n"
+    dds = b"DDS " + (124).to_bytes(4, "little") + b"\0" * 120  # the 128-byte DDS header
+    for data in (ps, dds, _encode("GIF"), _encode("BMP"), _encode("TIFF")):
+        with pytest.raises(BadImage, match="not one of PNG, JPEG, WEBP"):
+            decode_image(data, max_pixels=LIMIT)
+    for fmt in ("PNG", "JPEG", "WEBP"):
+        assert decode_image(_encode(fmt), max_pixels=LIMIT)[0].size == (16, 16)
+
+
+def _encode(fmt: str) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16), (200, 10, 10)).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def test_a_thin_image_is_refused_before_it_is_upsampled():
+    thin = Image.new("RGB", (625_000, 8))  # passes max_pixels (5 M) and a min_side of 8
+    with pytest.raises(BadImage, match="too thin: 625000x8 .* 256 px"):
+        center_crop_arr(thin, 256, max_pixels=LIMIT)
+    ok = Image.new("RGB", (400, 300))
+    assert center_crop_arr(ok, 256, max_pixels=LIMIT).shape == (256, 256, 3)
+
+
+def test_the_scan_hashes_what_it_reads_through_one_descriptor(inbox):
+    root, _ = inbox
+    (root / "a" / "x.png").write_bytes(png_bytes(14))
+    (item,) = scan_inbox(root).items
+    assert item.read() == png_bytes(14) and item.path == root / "a" / "x.png"
+    assert item.file_id == FileId.of(os.stat(root / "a" / "x.png"))
+    assert Path(item.rel) == Path("a/x.png")
