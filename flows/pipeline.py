@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+from filelock import FileLock, Timeout
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
@@ -196,6 +197,27 @@ def _results_markdown(root: Path, runs: list[dict]) -> str:
     return "\n\n".join(parts)
 
 
+LOCK = Path(".dvc") / "tmp" / "sda-pipeline.lock"  # inside the checkout, git-ignored by DVC
+
+
+@contextlib.contextmanager
+def checkout_lock(root: Path) -> Iterator[None]:
+    """Hold the checkout's pipeline lock (``.dvc/tmp/sda-pipeline.lock``, released by the OS even on
+    ``kill -9``): a second pipeline run of the same checkout, from any deployment or command, waits
+    here (saying so) until the first has finished."""
+    lock = FileLock(str(root / LOCK))
+    (root / LOCK).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        print(f"another pipeline run holds {root / LOCK}: waiting for it to finish", flush=True)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 @flow(name="sda-pipeline", log_prints=True)
 def pipeline(root: str = str(ROOT), stages: list[str] | None = None, force: bool = False,
              profile: str | None = None, warm: bool = True) -> dict:
@@ -206,6 +228,11 @@ def pipeline(root: str = str(ROOT), stages: list[str] | None = None, force: bool
     each stage's 5-10 s of imports); false: each in its own fresh process.
     """
     root_p = Path(root).resolve()
+    with checkout_lock(root_p):  # one run per checkout: a profile switch never lands inside another run
+        return _run_pipeline(root_p, stages, force, profile, warm)
+
+
+def _run_pipeline(root_p: Path, stages: list[str] | None, force: bool, profile: str | None, warm: bool) -> dict:
     if profile is not None and set_profile(root_p / "params.yaml", profile):
         print(f"params.yaml: profile switched to {profile}")
     params = load_params(root_p / "params.yaml")  # fail before any work on a bad params file
@@ -247,10 +274,11 @@ def main() -> None:
                         help="switch params.yaml's profile before running (default: as it is)")
     args = parser.parse_args()
     stages = [s for s in STAGES if s in args.stages] if args.stages else None
-    try:
+    try:  # a bad params file fails here, before Prefect starts; the switch itself happens under the lock
         if args.profile:
-            set_profile(Path(args.root) / "params.yaml", args.profile)
-        load_params(Path(args.root) / "params.yaml")  # a bad params file fails here, before Prefect starts
+            set_profile(Path(args.root) / "params.yaml", args.profile, write=False)
+        else:
+            load_params(Path(args.root) / "params.yaml")
     except ParamsError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -258,7 +286,7 @@ def main() -> None:
     with stage_server(Path(args.root).resolve(), not args.cold) as server:
         if server:
             os.environ[STAGE_SERVER_ENV] = server
-        pipeline(root=args.root, stages=stages, force=args.force, warm=not args.cold)
+        pipeline(root=args.root, stages=stages, force=args.force, warm=not args.cold, profile=args.profile)
 
 
 if __name__ == "__main__":

@@ -88,12 +88,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quarantine", help="quarantine folder (default: relabel.quarantine)")
     parser.add_argument("--batch-size", type=int, help="images per batch (default: relabel.batch_size)")
     parser.add_argument("--min-age", type=float, help="skip files modified less than this many seconds ago")
+    parser.add_argument("--upload-grace", type=float,
+                        help="leave truncated files modified less than this many seconds ago for a later run")
     args = parser.parse_args(argv)
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
                         datefmt="%H:%M:%S", stream=sys.stderr)
     root = Path(args.root).resolve()
     overrides = {k: v for k, v in {"labels": args.labels, "quarantine": args.quarantine,
-                                   "batch_size": args.batch_size, "min_age_seconds": args.min_age}.items()
+                                   "batch_size": args.batch_size, "min_age_seconds": args.min_age,
+                                   "upload_grace_seconds": args.upload_grace}.items()
                  if v is not None}
     try:
         params = load_params(root / "params.yaml")
@@ -111,8 +114,12 @@ def main(argv: list[str] | None = None) -> int:
 
         with tqdm(total=0, unit="img", desc="relabel", disable=None) as bar:
             summary = run_job(job, process)
-    except (ParamsError, FileNotFoundError, RuntimeError) as err:
+    except (ParamsError, ValueError, RuntimeError) as err:  # bad params, a device that is not there, a held lock
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a missing or unreadable inbox or models, a full disk, no permission to write
+        where = f": {err.filename}" if err.filename else ""
+        print(f"error: {err.strerror or err}{where}" if err.strerror else f"error: {err}", file=sys.stderr)
         return 2
     print(json.dumps(summary, indent=2))
     return 0

@@ -246,6 +246,9 @@ class Relabel(_Section):
     max_pixels: int = Field(40_000_000, ge=1, description="Width x height limit, checked before decoding.")
     min_side: int = Field(8, ge=1, description="Smaller images are quarantined.")
     min_age_seconds: float = Field(2.0, ge=0, description="Files modified more recently are left for the next run.")
+    upload_grace_seconds: float = Field(900.0, ge=0, description=(
+        "A file that decodes as truncated or empty and was modified less than this long ago is left in the inbox "
+        "for a later run, not quarantined: an upload may be stalled."))
     move_quarantined: bool = Field(True, description="Remove quarantined files from the inbox (after the copy).")
     lock_timeout_seconds: float = Field(3600.0, ge=0, description="How long a run waits for a running one.")
     grid_images: int = Field(8, ge=1, le=64, description="Images per predicted class in the batch grid.")
@@ -430,8 +433,9 @@ def load_params(path: str | os.PathLike[str] = "params.yaml") -> Params:
     return parse_params(raw, source=str(path))
 
 
-def set_profile(params_file: Path, profile: str) -> bool:
+def set_profile(params_file: Path, profile: str, *, write: bool = True) -> bool:
     """Set ``profile:`` in ``params_file`` (comments kept, written atomically); True if it changed.
+    ``write=False`` only validates the switched file.
 
     The switch is a visible edit of params.yaml, so DVC sees it and re-runs what depends on it.
     """
@@ -444,5 +448,6 @@ def set_profile(params_file: Path, profile: str) -> bool:
         return False
     new = pattern.sub(f"profile: {profile}", text, count=1)
     parse_params(yaml.safe_load(new), source=str(params_file))  # validate before writing
-    atomic_write_bytes(params_file, new.encode())
+    if write:
+        atomic_write_bytes(params_file, new.encode())
     return True

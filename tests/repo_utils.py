@@ -25,7 +25,7 @@ TINY = {
     # the val split (180 images per domain): a third of the test split's projection and evaluation
     # work; shards of 60 keep several shard jobs per domain for the kill / resume tests
     "target_data": {"split": "val", "corruptions": ["gaussian_noise", "pixelate"], "shard_maxcount": 60},
-    "relabel": {"min_age_seconds": 0, "batch_size": 8},
+    "relabel": {"min_age_seconds": 0, "upload_grace_seconds": 0, "batch_size": 8},
 }
 
 

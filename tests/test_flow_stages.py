@@ -77,3 +77,31 @@ def test_a_second_run_waits_for_the_dvc_lock(dvc_repo, prefect_server):
         assert runner.is_alive() and not (dvc_repo / "model.txt").exists()  # waiting, not failed
     runner.join(timeout=300)
     assert done and done[0]["stages"][0]["ran"] and (dvc_repo / "model.txt").read_text() == "ok"
+
+
+def test_one_pipeline_run_per_checkout_and_the_profile_switch_waits_too(dvc_repo, prefect_server):
+    """Another run of this checkout (any process) holds the checkout lock: a second run, started
+    with a profile switch, waits before it touches params.yaml, then runs."""
+    from flows.pipeline import LOCK, pipeline
+
+    (dvc_repo / "crashed").touch()
+    (dvc_repo / LOCK).parent.mkdir(parents=True, exist_ok=True)
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time\nfrom filelock import FileLock\nlock = FileLock(sys.argv[1])\nlock.acquire()\n"
+        "print('held', flush=True)\ntime.sleep(600)\n"), str(dvc_repo / LOCK)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        before = (dvc_repo / "params.yaml").read_text()
+        done: list[dict] = []
+        runner = threading.Thread(target=lambda: done.append(
+            pipeline(root=str(dvc_repo), stages=["source_model"], profile="imagenet")))
+        runner.start()
+        time.sleep(8)
+        assert runner.is_alive() and not (dvc_repo / "model.txt").exists()
+        assert (dvc_repo / "params.yaml").read_text() == before  # the switch waits with the run
+    finally:
+        holder.kill()
+        holder.wait()
+    runner.join(timeout=300)
+    assert done and (dvc_repo / "model.txt").read_text() == "ok"
+    assert "profile: imagenet" in (dvc_repo / "params.yaml").read_text()

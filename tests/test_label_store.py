@@ -41,3 +41,22 @@ def test_a_killed_commit_leaves_only_an_ignored_temporary(tmp_path):
     assert committed_hashes(tmp_path) == {"a"}
     assert remove_stale_temps(tmp_path) == 1
     assert [p.name for p in part.iterdir()] == ["part-b1.parquet"]
+
+
+def test_a_corrupt_part_file_is_set_aside_and_reported_not_a_crash(tmp_path):
+    commit_batch(tmp_path, _rows(["a"], "b1"), "b1")
+    bad = commit_batch(tmp_path, _rows(["b"], "b2"), "b2")
+    bad.write_bytes(bad.read_bytes()[:40])  # cut short, as by a failing disk
+    aside: list[str] = []
+    assert committed_hashes(tmp_path, set_aside=aside) == {"a"}
+    assert len(aside) == 1 and str(bad) in aside[0]
+    assert not bad.exists() and (tmp_path / "_corrupt" / f"{bad.parent.name}-{bad.name}").is_file()
+    assert read_table(tmp_path).num_rows == 1  # the dataset reads again
+
+
+def test_only_new_part_files_are_read_again(tmp_path):
+    commit_batch(tmp_path, _rows(["a", "b"], "b1"), "b1")
+    seen: set = set()
+    assert committed_hashes(tmp_path, parts_read=seen) == {"a", "b"} and len(seen) == 1
+    commit_batch(tmp_path, _rows(["c"], "b2"), "b2")  # another writer, after the scan
+    assert committed_hashes(tmp_path, skip_parts=set(seen), parts_read=seen) == {"c"} and len(seen) == 2

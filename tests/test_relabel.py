@@ -226,9 +226,32 @@ def test_two_concurrent_runs_never_duplicate_a_row(tiny_repo, tmp_path):
     assert len(rows) == 48 == len({r["sha256"] for r in rows})
 
 
+def test_a_stalled_upload_is_left_in_the_inbox_and_labelled_once_complete(tiny_repo, tmp_path):
+    """An upload that stalls longer than min_age_seconds looks truncated: within upload_grace_seconds
+    of its last change it stays in the inbox (not quarantined, not deleted); complete, it is labelled."""
+    inbox, store = tmp_path / "inbox", tmp_path / "store"
+    inbox.mkdir()
+    full = png_bytes(_target_images(tiny_repo, 1)[0][0])
+    (inbox / "upload.png").write_bytes(full[: len(full) // 2])
+    s = _summary(relabel_cli(tiny_repo, inbox, store, "--upload-grace", "900"))
+    assert (s["labelled"], s["quarantined"], s["deferred"]) == (0, 0, 1)
+    assert (inbox / "upload.png").read_bytes() == full[: len(full) // 2]
+    assert read_table(store / "quarantine" / "table") is None
+    with open(inbox / "upload.png", "ab") as f:  # the upload resumes and completes
+        f.write(full[len(full) // 2:])
+    s = _summary(relabel_cli(tiny_repo, inbox, store, "--upload-grace", "900"))
+    assert (s["labelled"], s["quarantined"], s["deferred"]) == (1, 0, 0)
+
+
 def test_clear_errors_for_a_missing_inbox_and_missing_models(tiny_repo, tmp_path):
     r = relabel_cli(tiny_repo, tmp_path / "no-such-inbox", tmp_path / "s", check=False)
     assert r.returncode == 2 and "no-such-inbox" in r.stderr and "relabel.inbox" in r.stderr
+    assert "Traceback" not in r.stderr
+    (tmp_path / "a-file").write_bytes(b"not a folder")
+    r = relabel_cli(tiny_repo, tmp_path / "a-file", tmp_path / "s", check=False)
+    assert r.returncode == 2 and "a-file is not a folder" in r.stderr and "Traceback" not in r.stderr
+    r = relabel_cli(tiny_repo, tmp_path / "in2", tmp_path / "a-file" / "store", check=False)  # cannot create it
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("error: ") and "Traceback" not in r.stderr
     empty = tmp_path / "empty-root"
     (empty / "data").mkdir(parents=True)
     (empty / "params.yaml").write_text((tiny_repo / "params.yaml").read_text())

@@ -86,7 +86,12 @@ class RelabelJob:
         self.projection, self.image_size, self.models = projection, image_size, models
         self.lineage, self.seed, self.run_id, self.flow_run_id = lineage, seed, run_id, flow_run_id
         self.device = torch.device(device)
-        self._lock = FileLock(str(self.labels_dir / ".relabel.lock"))
+        # one lock per store (labels, quarantine), taken in path order: two runs that share either are serialised
+        self._locks = [FileLock(str(p / ".relabel.lock")) for p in
+                       sorted({self.labels_dir.resolve(), self.quarantine_dir.resolve()}, key=str)]
+        self._parts_read: set[Path] = set()  # label part files whose hashes are in self._done
+        self._done: set[str] = set()
+        self.set_aside: list[str] = []  # corrupt part files moved out of the stores
         self.scan: Scan | None = None
         self.batches: list[list[InboxItem]] = []
         self.predictor: SdaPredictor | None = None
@@ -96,24 +101,29 @@ class RelabelJob:
         self.labels_dir.mkdir(parents=True, exist_ok=True)
         (self.quarantine_dir / "table").mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
+        held = []
         try:
-            self._lock.acquire(timeout=self.settings.lock_timeout_seconds)
-        except Timeout:
-            raise RuntimeError(
-                f"another relabel run holds {self._lock.lock_file} for more than "
-                f"relabel.lock_timeout_seconds={self.settings.lock_timeout_seconds}; let it finish") from None
-        waited = time.perf_counter() - t0
-        if waited > 1:
-            log.info("waited %.1f s for another relabel run to finish", waited)
-        try:
+            for lock in self._locks:
+                try:
+                    lock.acquire(timeout=max(0.0, self.settings.lock_timeout_seconds - (time.perf_counter() - t0)))
+                except Timeout:
+                    raise RuntimeError(
+                        f"another relabel run holds {lock.lock_file} for more than "
+                        f"relabel.lock_timeout_seconds={self.settings.lock_timeout_seconds}; let it finish") from None
+                held.append(lock)
+            waited = time.perf_counter() - t0
+            if waited > 1:
+                log.info("waited %.1f s for another relabel run to finish", waited)
             self._start()
         except BaseException:
-            self._lock.release()
+            for lock in reversed(held):
+                lock.release()
             raise
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._lock.release()
+        for lock in reversed(self._locks):
+            lock.release()
 
     def _start(self) -> None:
         for store in (self.labels_dir, self.quarantine_dir / "table"):
@@ -124,8 +134,11 @@ class RelabelJob:
         for folder, recursive in ((self.reports_dir, True), (self.quarantine_dir / "files", False)):
             if n := clean_stale_temps(folder, recursive=recursive):
                 log.info("removed %d temporary file(s) of a killed write in %s", n, folder)
-        labelled = committed_hashes(self.labels_dir)
-        quarantined = committed_hashes(self.quarantine_dir / "table")
+        labelled = self._done = committed_hashes(self.labels_dir, parts_read=self._parts_read,
+                                                 set_aside=self.set_aside)
+        quarantined = committed_hashes(self.quarantine_dir / "table", set_aside=self.set_aside)
+        for what in self.set_aside:
+            log.warning("unreadable part file moved aside (its images will be labelled again): %s", what)
         self.scan = sc = scan_inbox(self.inbox, skip=labelled | quarantined, min_age_s=self.settings.min_age_seconds,
                                     max_bytes=self.settings.max_file_bytes)
         if self.settings.move_quarantined:  # a run killed after its quarantine commit left these behind
@@ -153,6 +166,19 @@ class RelabelJob:
         bid = batch_id_of(batch)
         good, bad = self._decode(batch)
         report = BatchReport(batch_id=bid)
+        later = [it for it in batch if it.sha256 in bad and self._maybe_uploading(it, bad[it.sha256])]
+        for it in later:
+            log.info("left %s for a later run: %s, modified %.0f s ago (relabel.upload_grace_seconds=%g)", it.source,
+                     bad.pop(it.sha256), time.time() - it.file_id.mtime_ns / 1e9, self.settings.upload_grace_seconds)
+        report.deferred = len(later)
+        # exactly once does not rest on the lock alone: what was committed since the scan (a part file
+        # written by anything else) is read again, under the lock, right before this batch commits
+        self._done |= committed_hashes(self.labels_dir, skip_parts=set(self._parts_read), parts_read=self._parts_read,
+                                       set_aside=self.set_aside)
+        if already := [g for g in good if g[0].sha256 in self._done]:
+            log.warning("%d image(s) of batch %s were labelled meanwhile by another writer: not labelled again",
+                        len(already), bid)
+            good = [g for g in good if g[0].sha256 not in self._done]
         if bad:
             items = [it for it in batch if it.sha256 in bad]
             report.quarantined = len(items)
@@ -189,6 +215,13 @@ class RelabelJob:
             except Exception as err:  # one file never stops the batch: it is quarantined with the error
                 bad[it.sha256] = f"unreadable: {type(err).__name__}: {err}"[:300]
         return good, bad
+
+    def _maybe_uploading(self, it: InboxItem, reason: str) -> bool:
+        """A plain file that decodes as cut short and changed within ``upload_grace_seconds``: an
+        upload that stalled (longer than min_age_seconds) may still be going on."""
+        cut_short = reason.startswith(("truncated or corrupt", "empty file"))
+        return (cut_short and it.member is None and it.file_id is not None
+                and time.time() - it.file_id.mtime_ns / 1e9 < self.settings.upload_grace_seconds)
 
     def _commit_labels(self, bid: str, good: list, pred: dict[str, np.ndarray]) -> None:
         now = dt.datetime.now(dt.timezone.utc)

@@ -25,6 +25,7 @@ class BatchReport:
     batch_id: str
     labelled: int = 0
     quarantined: int = 0
+    deferred: int = 0
     seconds: float = 0.0
     label_counts: dict[str, int] = field(default_factory=dict)
     reasons: dict[str, int] = field(default_factory=dict)
@@ -38,7 +39,9 @@ class BatchReport:
     def markdown(self) -> str:
         lines = [f"# Relabel batch `{self.batch_id}`",
                  f"**{self.labelled}** labelled, **{self.quarantined}** quarantined in {self.seconds:.1f} s "
-                 f"({self.images_per_second:.1f} images/s)."]
+                 f"({self.images_per_second:.1f} images/s)."
+                 + (f" {self.deferred} left for a later run (truncated, recently modified: an upload in progress?)."
+                    if self.deferred else "")]
         if self.label_counts:
             lines += ["## Labels (SDA)", "| class | images |", "|---|---|"]
             lines += [f"| {k} | {v} |" for k, v in sorted(self.label_counts.items(), key=lambda kv: -kv[1])]

@@ -79,6 +79,9 @@ def run_summary(job: RelabelJob, reports: list[BatchReport], seconds: float) -> 
         "too_new": len(sc.too_new) if sc else 0,
         "ignored": len(sc.ignored) if sc else 0,
         "symlinks": len(sc.symlinks) if sc else 0,  # quarantined (counted above), not followed
+        "deferred": sum(r.deferred for r in reports),  # truncated but recent: maybe a stalled upload
+        "folders_not_listed": [f"{f or '.'}: {why}" for f, why in sc.unlisted] if sc else [],
+        "part_files_set_aside": job.set_aside,  # unreadable part files moved to <store>/_corrupt/
         "seconds": round(seconds, 2),
         "images_per_second": round(labelled / seconds, 2) if seconds > 0 else 0.0,
         "labels": str(job.labels_dir),

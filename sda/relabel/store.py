@@ -82,10 +82,31 @@ def read_table(root: str | os.PathLike[str], columns: list[str] | None = None) -
     return dataset.to_table(columns=columns)
 
 
-def committed_hashes(root: str | os.PathLike[str]) -> set[str]:
-    """Every ``sha256`` committed to the dataset at ``root``."""
-    table = read_table(root, columns=["sha256"])
-    return set() if table is None else set(table.column("sha256").to_pylist())
+def committed_hashes(root: str | os.PathLike[str], *, skip_parts: set[Path] | None = None,
+                     parts_read: set[Path] | None = None, set_aside: list[str] | None = None) -> set[str]:
+    """Every ``sha256`` committed to the dataset at ``root``, part file by part file.
+
+    ``skip_parts``: part files already read (only newer ones are read); the ones read are added to
+    ``parts_read``. A part file that cannot be read (corrupt, cut short by a failing disk) is moved
+    to ``<root>/_corrupt/`` (out of the dataset) and named in ``set_aside``, never a crash: its rows
+    count as not committed, so its images are labelled again. Call it while holding the lock.
+    """
+    out: set[str] = set()
+    for f in part_files(root):
+        if skip_parts and f in skip_parts:
+            continue
+        try:
+            out |= set(pq.read_table(f, columns=["sha256"]).column("sha256").to_pylist())
+        except Exception as err:  # pyarrow raises ArrowInvalid, OSError, ...: any unreadable part
+            aside = Path(root) / "_corrupt" / f"{f.parent.name}-{f.name}"
+            aside.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(f, aside)
+            if set_aside is not None:
+                set_aside.append(f"{f} -> {aside}: {type(err).__name__}: {err}"[:300])
+            continue
+        if parts_read is not None:
+            parts_read.add(f)
+    return out
 
 
 def remove_stale_temps(root: str | os.PathLike[str]) -> int:
