@@ -3,8 +3,9 @@ predict + Parquet commit) on target images written as PNG files, with this check
 
     python bench/relabel.py                 # 1080 images (the gaussian_noise + pixelate test sets)
     python bench/relabel.py --images 270 --batch-sizes 64 256
+    python bench/relabel.py --scan 10000    # the inbox scan alone: one tar of N members, N files, twice
 
-Needs the pipeline's outputs (make run). Writes only to a temporary folder.
+Needs the pipeline's outputs (make run), except --scan. Writes only to a temporary folder.
 """
 
 from __future__ import annotations
@@ -21,17 +22,51 @@ sys.path.insert(0, str(ROOT))
 
 from PIL import Image  # noqa: E402
 
+from sda.relabel.inbox import scan_inbox  # noqa: E402
 from sda.relabel.service import make_job, run_job  # noqa: E402
 from sda.runtime import set_threads  # noqa: E402
 from sda.io.shards import iter_samples  # noqa: E402
 from sda.config import load_params  # noqa: E402
 
 
+def scan_rates(n: int) -> None:
+    """Seconds to scan (walk, open safely, hash every image) one plain tar of ``n`` members, a folder
+    of ``n`` files, and the same folder again."""
+    import numpy as np
+
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(buf, format="PNG")
+    png = buf.getvalue()
+    with tempfile.TemporaryDirectory() as tmp:
+        tar_inbox, files_inbox = Path(tmp) / "tar", Path(tmp) / "files"
+        tar_inbox.mkdir()
+        import tarfile
+
+        with tarfile.open(tar_inbox / "shard.tar", "w") as tar:
+            for i in range(n):
+                data = png + i.to_bytes(4, "little")  # distinct images
+                info = tarfile.TarInfo(f"k{i:06d}.png")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+        for i in range(n):
+            p = files_inbox / f"d{i // 1000}" / f"{i:06d}.png"
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_bytes(png + i.to_bytes(4, "little"))
+        for what, inbox in (("one tar", tar_inbox), ("files", files_inbox), ("files, again", files_inbox)):
+            t0 = time.perf_counter()
+            found = len(scan_inbox(inbox).items)
+            dt = time.perf_counter() - t0
+            print(f"scan {what:13s}: {found} images in {dt:.2f} s ({found / dt:,.0f} images/s)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=1080)
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[64, 256])
+    ap.add_argument("--scan", type=int, metavar="N", help="only measure the inbox scan on N images, then exit")
     args = ap.parse_args()
+    if args.scan:
+        return scan_rates(args.scan)
     params = load_params(ROOT / "params.yaml")
     threads = set_threads(params.runtime.threads)
     images = []
