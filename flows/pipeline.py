@@ -33,6 +33,7 @@ from filelock import FileLock, Timeout
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
+from flows.serve import check_served_root
 from sda.config import ParamsError, load_params, set_profile
 from sda.domains import domain_names
 from tasks import STAGES
@@ -227,6 +228,7 @@ def pipeline(root: str = str(ROOT), stages: list[str] | None = None, force: bool
     profile first. ``warm``: run the stage commands in a :func:`stage_server` (same bytes, without
     each stage's 5-10 s of imports); false: each in its own fresh process.
     """
+    check_served_root(root)
     root_p = Path(root).resolve()
     with checkout_lock(root_p):  # one run per checkout: a profile switch never lands inside another run
         return _run_pipeline(root_p, stages, force, profile, warm)

@@ -27,6 +27,7 @@ from prefect.cache_policies import NONE
 from prefect.runtime import flow_run
 from tqdm.auto import tqdm
 
+from flows.serve import check_served_root
 from sda.config import ParamsError, load_params
 from sda.relabel.job import RelabelJob
 from sda.relabel.report import BatchReport
@@ -58,6 +59,7 @@ def relabel(inbox: str | None = None, batch_size: int | None = None, root: str =
     ``wait_for_models`` (the scheduled deployment): before the pipeline has produced its models,
     log that and finish without labelling instead of failing.
     """
+    check_served_root(root)
     root_p = Path(root).resolve()
     params = load_params(root_p / "params.yaml")
     set_threads(params.runtime.threads)

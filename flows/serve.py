@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import datetime as dt
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -40,14 +41,45 @@ def _prefect(*args: str) -> list[str]:
     return [str(Path(sys.executable).parent / "prefect"), *args]
 
 
-def wait_healthy(api_url: str, proc: subprocess.Popen, timeout: float = 180.0) -> None:
+# the API's basic-auth credential ("user:password"), created once under PREFECT_HOME, owner-only
+AUTH_FILE = "api-auth"
+# set in the serving process (and so in the flow runs it starts): deployments run on this checkout
+SERVED_ROOT_ENV = "SDA_SERVED_ROOT"
+
+
+def api_credential(home: Path) -> str:
+    """The served API's basic-auth credential ``sda:<random token>``: read from ``home/api-auth``,
+    created there once (mode 0600, never overwritten)."""
+    path = home / AUTH_FILE
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except FileExistsError:
+        pass
+    else:
+        with os.fdopen(fd, "w") as f:
+            f.write(f"sda:{secrets.token_urlsafe(24)}\n")
+    if path.is_symlink() or path.stat().st_mode & 0o077:
+        raise RuntimeError(f"{path} must be a file readable by its owner alone (chmod 600 {path})")
+    return path.read_text().strip()
+
+
+def check_served_root(root: str | os.PathLike[str]) -> None:
+    """In a flow run started by ``make serve``: ``root`` must be the checkout that serves it (a
+    deployment parameter cannot aim the service at another folder)."""
+    served = os.environ.get(SERVED_ROOT_ENV)
+    if served and Path(root).resolve() != Path(served).resolve():
+        raise ValueError(f"this service runs on {served}; root={root} is not allowed (start `make serve` there)")
+
+
+def wait_healthy(api_url: str, proc: subprocess.Popen, timeout: float = 180.0, auth: str | None = None) -> None:
     """Poll ``<api>/health`` until the server answers; fail early if the server process died."""
     deadline = time.monotonic() + timeout
+    basic = tuple(auth.split(":", 1)) if auth else None
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"the Prefect server exited with status {proc.returncode}; see its log")
         try:
-            if httpx.get(f"{api_url}/health", timeout=2).status_code == 200:
+            if httpx.get(f"{api_url}/health", timeout=2, auth=basic).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
@@ -118,6 +150,15 @@ def main(argv: list[str] | None = None) -> int:
     inbox.mkdir(parents=True, exist_ok=True)  # the scheduled relabel watches it from the start
     home = Path(env["PREFECT_HOME"])
     home.mkdir(parents=True, exist_ok=True)
+    # basic authentication on by default: set PREFECT_SERVER_API_AUTH_STRING=user:password for your own
+    try:
+        auth = env.get("PREFECT_SERVER_API_AUTH_STRING") or api_credential(home)
+    except RuntimeError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    env.update(PREFECT_SERVER_API_AUTH_STRING=auth, PREFECT_API_AUTH_STRING=auth)
+    env[SERVED_ROOT_ENV] = str(root)
+    os.environ.update(env)
     server: subprocess.Popen | None = None
     signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
     # Ctrl-C / SIGINT must stop the server even when this process was started with SIGINT ignored
@@ -129,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
             server = subprocess.Popen(_prefect("server", "start", "--host", args.host, "--port", str(args.port)),
                                       cwd=root, env=env, stdout=server_log, stderr=subprocess.STDOUT,
                                       start_new_session=True)
-            wait_healthy(env["PREFECT_API_URL"], server)
+            wait_healthy(env["PREFECT_API_URL"], server, auth=auth)
             from prefect.runner import Runner
 
             runner = Runner(pause_on_shutdown=True)
@@ -140,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
 ready. UI: http://{args.host}:{args.port}   serving {len(served)} deployments (runs start in this process)
 in another shell:
     export PREFECT_API_URL={env['PREFECT_API_URL']}
+    export PREFECT_API_AUTH_STRING="$(cat {home / AUTH_FILE})"   # the API asks for it (UI: the same string)
     {root / '.venv/bin/prefect'} deployment run sda-pipeline/embedded --watch
     {root / '.venv/bin/prefect'} deployment run sda-pipeline/imagenet --watch   # GPU; paths: params.yaml imagenet
     {root / '.venv/bin/prefect'} deployment run relabel/on-demand -p inbox=/path/to/images --watch

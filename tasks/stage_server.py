@@ -43,6 +43,8 @@ IMPORT_TIME_ENV = ("OMP_", "KMP_", "MKL_", "OPENBLAS_", "TQDM_", "PYTHON", "TORC
                    "DIFFUSERS_", "HF_", "TIMM_")
 _FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 _HEADER = struct.Struct("!I")
+# a request is a module name, argv, cwd and the environment: far below this (a larger one is refused)
+MAX_REQUEST_BYTES = 16 << 20
 
 
 def _import_time_env(env: dict[str, str]) -> dict[str, str]:
@@ -139,7 +141,17 @@ def _recv_exact(conn: socket.socket, n: int) -> bytes:
 def _recv_request(conn: socket.socket) -> tuple[dict, list[int]]:
     head, fds, _, _ = socket.recv_fds(conn, _HEADER.size, 3)  # the fds come with the first bytes
     (n,) = _HEADER.unpack(head + _recv_exact(conn, _HEADER.size - len(head)))
+    if n > MAX_REQUEST_BYTES:
+        for fd in fds:
+            os.close(fd)
+        raise ConnectionError(f"request of {n} bytes refused (limit {MAX_REQUEST_BYTES})")
     return json.loads(_recv_exact(conn, n)), list(fds)
+
+
+def peer_uid(conn: socket.socket) -> int:
+    """The user id of the process at the other end of the Unix socket ``conn`` (``SO_PEERCRED``)."""
+    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return struct.unpack("3i", creds)[1]
 
 
 def _declined(req: dict, modules: dict[str, tuple[int, int]], env: dict[str, str]) -> str | None:
@@ -264,6 +276,10 @@ def serve(address: str, parent: int | None = None) -> None:
         if not ready:
             continue
         conn, _ = listener.accept()
+        if peer_uid(conn) != os.getuid():  # the socket's folder is private; this is the second wall
+            print(f"stage server: refused a connection from user {peer_uid(conn)}", flush=True)
+            conn.close()
+            continue
         sys.stdout.flush()
         sys.stderr.flush()
         if os.fork() == 0:

@@ -299,6 +299,18 @@ def test_service_deployments_on_a_real_local_server(tiny_repo, tmp_path):
     try:
         lines = _pump_lines(serve, until="ready.", timeout=240)
         assert any(x.startswith("ready.") for x in lines), "".join(lines)
+        # basic authentication is on: a credential created once, owner-only; no request without it
+        cred_file = tmp_path / "prefect-home" / "api-auth"
+        assert cred_file.stat().st_mode & 0o777 == 0o600
+        cred = cred_file.read_text().strip()
+        assert cred.startswith("sda:") and len(cred) > 20
+        import httpx
+
+        api = env["PREFECT_API_URL"]
+        assert httpx.post(f"{api}/deployments/filter", json={}, timeout=10).status_code == 401
+        assert httpx.post(f"{api}/deployments/filter", json={}, timeout=10,
+                          auth=tuple(cred.split(":", 1))).status_code == 200
+        env["PREFECT_API_AUTH_STRING"] = cred
         # the scheduled relabel watches the params inbox (created by serve): drop images there
         _good_inbox(repo, repo / "data" / "inbox", 6)
         scheduled = {sha256_file(p) for p in (repo / "data" / "inbox").rglob("*.png")}
@@ -312,6 +324,11 @@ def test_service_deployments_on_a_real_local_server(tiny_repo, tmp_path):
         r = subprocess.run([prefect, "deployment", "run", "sda-pipeline/embedded", "--watch", "--watch-timeout", "300"],
                            env=env, capture_output=True, text=True, timeout=420)
         assert r.returncode == 0 and "Completed" in r.stdout, r.stdout[-3000:] + r.stderr[-3000:]
+        # a deployment cannot be aimed at another checkout
+        r = subprocess.run([prefect, "deployment", "run", "relabel/on-demand", "-p", f"root={tmp_path}",
+                            "-p", f"inbox={ondemand}", "--watch", "--watch-timeout", "120"], env=env,
+                           capture_output=True, text=True, timeout=240)
+        assert r.returncode != 0 and "Failed" in r.stdout, r.stdout[-3000:] + r.stderr[-3000:]
 
         deadline = time.time() + 180
         while time.time() < deadline and not scheduled <= committed_hashes(repo / "data" / "labels"):

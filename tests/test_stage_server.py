@@ -142,3 +142,19 @@ def test_the_server_stops_when_its_parent_is_gone(tmp_path):
             break
         assert time.monotonic() < deadline, (tmp_path / "log").read_text()
         time.sleep(0.5)
+
+
+def test_the_server_knows_its_peer_and_bounds_a_request():
+    import socket
+
+    from tasks import stage_server as ss
+
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        assert ss.peer_uid(b) == os.getuid()  # what serve() compares before it forks for a request
+        a.sendall(ss._HEADER.pack(ss.MAX_REQUEST_BYTES + 1))  # a 4 GiB-style header: refused unread
+        with pytest.raises(ConnectionError, match="refused"):
+            ss._recv_request(b)
+    finally:
+        a.close()
+        b.close()
