@@ -226,3 +226,28 @@ def test_the_scan_hashes_what_it_reads_through_one_descriptor(inbox):
     assert item.read() == png_bytes(14) and item.path == root / "a" / "x.png"
     assert item.file_id == FileId.of(os.stat(root / "a" / "x.png"))
     assert Path(item.rel) == Path("a/x.png")
+
+
+def test_an_unchanged_labelled_inbox_is_not_read_again(inbox, monkeypatch):
+    import sda.relabel.inbox as inbox_mod
+
+    root, _ = inbox
+    for i in range(3):
+        (root / "a" / f"{i}.png").write_bytes(png_bytes(20 + i))
+    (root / "t.tar").write_bytes(tar_bytes([(member("m.png"), png_bytes(30))]))
+    first = scan_inbox(root)
+    done = {it.sha256 for it in first.items}
+    assert len(done) == 4 and set(first.index) == {"a/0.png", "a/1.png", "a/2.png", "t.tar"}
+
+    def no_read(*a, **k):
+        raise AssertionError("an unchanged, labelled file was read again")
+
+    monkeypatch.setattr(inbox_mod, "read_beneath", no_read)
+    monkeypatch.setattr(inbox_mod, "open_beneath", no_read)
+    again = scan_inbox(root, skip=done, index=first.index)
+    assert again.items == [] and sorted(it.source for it in again.known) == ["a/0.png", "a/1.png", "a/2.png"]
+    assert again.index == first.index
+    monkeypatch.undo()
+    (root / "a" / "1.png").write_bytes(png_bytes(99))  # changed: read again, a new image
+    third = scan_inbox(root, skip=done, index=again.index)
+    assert [it.source for it in third.items] == ["a/1.png"]

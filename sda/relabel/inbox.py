@@ -117,6 +117,8 @@ class Scan:
     broken: list[tuple[InboxItem, str]]
     duplicates: int
     unlisted: list[tuple[str, str]] = field(default_factory=list)
+    # rel -> [dev, inode, size, mtime_ns, [sha256 of the file, or of each image member of a tar]]
+    index: dict[str, list] = field(default_factory=dict)
 
     @property
     def symlinks(self) -> list[str]:
@@ -199,7 +201,8 @@ def _sha256_fd(fd: int) -> str:
 
 
 def scan_inbox(inbox: str | os.PathLike[str], *, skip: set[str] | frozenset[str] = frozenset(),
-               min_age_s: float = 0.0, now: float | None = None, max_bytes: int = DEFAULT_MAX_BYTES) -> Scan:
+               min_age_s: float = 0.0, now: float | None = None, max_bytes: int = DEFAULT_MAX_BYTES,
+               index: dict[str, list] | None = None) -> Scan:
     """Every image in ``inbox`` whose sha256 is not in ``skip``, in sorted path order.
 
     Hidden files and files that are neither images nor tars by their suffix are listed in ``ignored``
@@ -208,16 +211,20 @@ def scan_inbox(inbox: str | os.PathLike[str], *, skip: set[str] | frozenset[str]
     they were not labelled). Files modified less than ``min_age_s`` seconds ago are reported in
     ``too_new`` and left for the next scan. A tar whose own sha256 is in ``skip`` (quarantined
     earlier) is not opened again. Only an inbox that cannot be opened raises.
+
+    ``index``: the previous scan's :attr:`Scan.index`. A file (or tar) whose path, device, inode,
+    size and mtime are unchanged there, and all of whose images are in ``skip``, is not read again:
+    a file is listed in ``known``, a tar passed over. The new index is in the returned scan.
     """
     root = Path(inbox)
     root_fd = open_inbox(root)
     try:
-        return _scan(root, root_fd, skip, min_age_s, time.time() if now is None else now, max_bytes)
+        return _scan(root, root_fd, skip, min_age_s, time.time() if now is None else now, max_bytes, index or {})
     finally:
         os.close(root_fd)
 
 
-def _scan(root: Path, root_fd: int, skip, min_age_s: float, now: float, max_bytes: int) -> Scan:
+def _scan(root: Path, root_fd: int, skip, min_age_s: float, now: float, max_bytes: int, index: dict) -> Scan:
     entries, unlisted = iter_tree(root_fd)
     sc = Scan(items=[], known=[], too_new=[], ignored=[], broken=[], duplicates=0, unlisted=unlisted)
     seen = set(skip)
@@ -259,8 +266,18 @@ def _scan(root: Path, root_fd: int, skip, min_age_s: float, now: float, max_byte
             if now - st.st_mtime < min_age_s:
                 sc.too_new.append(src)
                 continue
+            ident = [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns]
+            old = index.get(rel)
+            if old and old[:4] == ident and old[4] and all(h in skip for h in old[4]):  # unchanged and done
+                sc.index[rel] = old
+                if suffix not in TAR_SUFFIXES:
+                    sc.known.append(InboxItem(source=src, root=root, rel=rel, sha256=old[4][0], size=st.st_size,
+                                              file_id=FileId.of(st)))
+                continue
             if suffix in TAR_SUFFIXES:
-                _scan_tar(root, root_fd, rel, st, sc, skip, max_bytes, offer, refuse)
+                hashes = _scan_tar(root, root_fd, rel, st, sc, skip, max_bytes, offer, refuse)
+                if hashes:
+                    sc.index[rel] = [*ident, hashes]
                 continue
             try:
                 data, fid = read_beneath(root_fd, rel, max_bytes)
@@ -269,6 +286,7 @@ def _scan(root: Path, root_fd: int, skip, min_age_s: float, now: float, max_byte
                 continue
             it = InboxItem(source=src, root=root, rel=rel, sha256=hashlib.sha256(data).hexdigest(), size=len(data),
                            file_id=fid)
+            sc.index[rel] = [fid.dev, fid.ino, fid.size, fid.mtime_ns, [it.sha256]]
             if it.sha256 in skip:
                 sc.known.append(it)
             else:
@@ -279,27 +297,30 @@ def _scan(root: Path, root_fd: int, skip, min_age_s: float, now: float, max_byte
 
 
 def _scan_tar(root: Path, root_fd: int, rel: str, st: os.stat_result, sc: Scan, skip, max_bytes: int,
-              offer, refuse) -> None:
+              offer, refuse) -> list[str]:
+    """Scan one tar (its members offered or refused); returns the hashes of its image members, or []
+    when it was refused or known whole."""
     try:
         fd, fst = open_beneath(root_fd, rel)
     except NotReadable as err:
         refuse(_unread(root, rel, st, "unread"), str(err))
-        return
+        return []
     try:
         fid = FileId.of(fst)
         tar_item = InboxItem(source=display_path(rel), root=root, rel=rel, sha256=_sha256_fd(fd), size=fst.st_size,
                              file_id=fid)
         if tar_item.sha256 in skip:
             sc.known.append(tar_item)
-            return
+            return []
         found = []
         try:
             found = list(_tar_members(fd, root, rel, fid, max_bytes))
         except (tarfile.TarError, OSError, EOFError, ValueError) as err:
             # tar_item cannot be decoded or copied member-wise: the whole file is quarantined
             refuse(tar_item, f"not a plain tar (compressed or broken): {type(err).__name__}: {err}"[:300])
-            return
+            return []
         for it, reason in found:
             refuse(it, reason) if reason else offer(it)
+        return [it.sha256 for it, _ in found]
     finally:
         os.close(fd)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 import logging
 import os
 import time
@@ -131,7 +132,8 @@ class RelabelJob:
                 log.info("removed %d temporary file(s) of a killed commit in %s", n, store)
         # a run killed while writing a report or copying a quarantined file leaves a temporary there;
         # that report's batch is committed, so no later run rewrites (and so replaces) it
-        for folder, recursive in ((self.reports_dir, True), (self.quarantine_dir / "files", False)):
+        for folder, recursive in ((self.reports_dir, True), (self.quarantine_dir / "files", False),
+                                  (self.labels_dir, False)):  # the last: the scan index
             if n := clean_stale_temps(folder, recursive=recursive):
                 log.info("removed %d temporary file(s) of a killed write in %s", n, folder)
         labelled = self._done = committed_hashes(self.labels_dir, parts_read=self._parts_read,
@@ -140,7 +142,9 @@ class RelabelJob:
         for what in self.set_aside:
             log.warning("unreadable part file moved aside (its images will be labelled again): %s", what)
         self.scan = sc = scan_inbox(self.inbox, skip=labelled | quarantined, min_age_s=self.settings.min_age_seconds,
-                                    max_bytes=self.settings.max_file_bytes)
+                                    max_bytes=self.settings.max_file_bytes, index=self._read_index())
+        atomic_write_bytes(self._index_file, json.dumps({"inbox": str(self.inbox.resolve()),
+                                                         "entries": sc.index}).encode())
         if self.settings.move_quarantined:  # a run killed after its quarantine commit left these behind
             files = self.quarantine_dir / "files"
             self._remove([it for it in sc.known if it.sha256 in quarantined
@@ -274,6 +278,20 @@ class RelabelJob:
             log.warning("quarantined %s: %s", it.source, reasons[it.sha256])
         if self.settings.move_quarantined:
             self._remove([it for it, name in zip(items, names) if it.link or name])
+
+    @property
+    def _index_file(self) -> Path:
+        return self.labels_dir / ".scan-index.json"
+
+    def _read_index(self) -> dict[str, list]:
+        """The last scan's index of this inbox (:attr:`sda.relabel.inbox.Scan.index`): files unchanged
+        since and done are not read again. A missing, unreadable or other inbox's index is empty."""
+        try:
+            saved = json.loads(self._index_file.read_text())
+        except (OSError, ValueError):
+            return {}
+        ok = isinstance(saved, dict) and saved.get("inbox") == str(self.inbox.resolve())
+        return saved.get("entries", {}) if ok and isinstance(saved.get("entries"), dict) else {}
 
     def _copy(self, it: InboxItem) -> str:
         """Copy the bytes the scan read of ``it`` to ``<quarantine>/files/``, atomically, unless a
