@@ -194,13 +194,15 @@ class ClassifierAlign(_Section):
     shuffle_buffer: int = Field(2000, ge=1, description=(
         "Samples each loader worker shuffles through (after a seeded shard shuffle); memory is bounded "
         "by it, not by the set."))
-    select_epoch: bool = Field(True, description=(
-        "Keep the epoch whose aligned model is best on the projected source val split, and fall back to DDA "
-        "when even that one is worse than the source model there by more than max_val_drop; false: the last "
-        "epoch, always used (the paper). Needs a source val split (embedded, folder)."))
+    select_epoch: bool = Field(False, description=(
+        "Keep the epoch whose aligned model is best on the projected source val split; false: the last epoch "
+        "(the paper). Needs a source val split (embedded, folder)."))
+    fallback: bool = Field(True, description=(
+        "When the kept aligned model is worse than the source model on the projected source val split by more "
+        "than max_val_drop, do not use it: SDA falls back to DDA. Needs a source val split (no effect without)."))
     max_val_drop: float = Field(10.0, ge=0, le=100, description=(
         "Points the aligned model may lose to the source model on the projected source val split before "
-        "SDA falls back to DDA (select_epoch) or the run warns."))
+        "SDA falls back to DDA (fallback) or the run warns."))
     min_synthetic_accuracy: float = Field(50.0, ge=0, le=100, description=(
         "Percent of synthetic images the source model must recognise as their intended class; below it "
         "the run warns that the synthetic domain is too weak, naming the setting to raise."))

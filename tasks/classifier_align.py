@@ -5,9 +5,9 @@ Before and while it trains, it measures whether the synthetic domain deserves tr
 label (:mod:`sda.method.diagnostics`): the source model's accuracy on ``synth_generate``'s and
 ``synth_align``'s images against their intended classes, and, where the source has a val split,
 the source and the aligned model on its DDA projections. With ``classifier_align.select_epoch`` the
-epoch best there is kept, and an aligned model still worse than the source model by more than
-``max_val_drop`` points is not used: the saved "aligned" model is then the source model, marked
-``fallback: dda``, and SDA's prediction is DDA's.
+epoch best there is kept (else the last, the paper), and with ``classifier_align.fallback`` an aligned
+model worse than the source model there by more than ``max_val_drop`` points is not used: the saved
+"aligned" model is then the source model, marked ``fallback: dda``, and SDA's prediction is DDA's.
 
 Writes ``data/classifier_align/`` (same format as ``data/source_model/``) and
 ``metrics/alignment.json`` (the measurements and their warnings, a DVC metric).
@@ -58,9 +58,9 @@ def run(cfg: ClassifierAlign, seed: int, source_model: Path, synth_dir: Path, ou
     shuffles, ``loader_workers`` reading processes): memory is bounded by batch and buffer.
 
     ``projected_val``: (projections uint8 (N, H, W, 3), labels (N,)) of the source val split. With
-    it and ``cfg.select_epoch`` the epoch with the best accuracy there is kept, and when that is
-    more than ``cfg.max_val_drop`` points below the source model's, the source model is saved
-    instead, with ``fallback: "dda"`` in its config. Returns the saved config, plus ``val_source`` /
+    it and ``cfg.select_epoch`` the epoch with the best accuracy there is kept (else the last), and
+    with ``cfg.fallback``, when the kept one is more than ``cfg.max_val_drop`` points below the
+    source model's, the source model is saved instead, with ``fallback: "dda"`` in its config. Returns the saved config, plus ``val_source`` /
     ``val_aligned`` (percent, the aligned model before any fallback) when ``projected_val`` is given.
     """
     model, config = load_classifier(source_model, device)
@@ -92,15 +92,14 @@ def run(cfg: ClassifierAlign, seed: int, source_model: Path, synth_dir: Path, ou
     if cfg.select_epoch and val_score is not None:
         best = max(range(len(history)), key=lambda i: (history[i]["val"], i))
         new_config["selected_epoch"] = history[best]["epoch"]
-        if aligned_val < source_val - cfg.max_val_drop:
-            log.warning("the aligned model is %.1f points worse than the source model on the projected source val "
-                        "split (allowed: %g): saving the source model, SDA falls back to DDA",
-                        source_val - aligned_val, cfg.max_val_drop)
-            model, _ = load_classifier(source_model, device)
-            new_config["fallback"] = "dda"
-        else:
-            log.info("kept epoch %d of %d (best on the projected source val split)", new_config["selected_epoch"],
-                     len(history))
+        log.info("kept epoch %d of %d (best on the projected source val split)", new_config["selected_epoch"],
+                 len(history))
+    if cfg.fallback and val_score is not None and aligned_val < source_val - cfg.max_val_drop:
+        log.warning("the aligned model is %.1f points worse than the source model on the projected source val "
+                    "split (allowed: %g): saving the source model, SDA falls back to DDA",
+                    source_val - aligned_val, cfg.max_val_drop)
+        model, _ = load_classifier(source_model, device)
+        new_config["fallback"] = "dda"
     save_classifier(model, out, new_config)
     return {**new_config, **scores}
 
@@ -162,7 +161,7 @@ def _main(params: Params, args: argparse.Namespace) -> int:
         "selected_epoch": config.get("selected_epoch")}
     diagnostics["fallback"] = fell_back(config)
     diagnostics["thresholds"] = {"min_synthetic_accuracy": cfg.min_synthetic_accuracy, "max_val_drop": cfg.max_val_drop,
-                                 "select_epoch": cfg.select_epoch}
+                                 "select_epoch": cfg.select_epoch, "fallback": cfg.fallback}
     diagnostics["warnings"] = alignment_warnings(diagnostics, min_synthetic_accuracy=cfg.min_synthetic_accuracy,
                                                  max_val_drop=cfg.max_val_drop, levers=levers(params))
     for w in diagnostics["warnings"]:

@@ -75,7 +75,7 @@ def test_warnings_name_the_weak_stage_and_the_setting():
     (w,) = alignment_warnings({**worse, "fallback": True}, **kw)
     assert w.startswith("classifier_align:") and "falls back to DDA" in w and "classifier_align.lr" in w
     (w,) = alignment_warnings(worse, **kw)
-    assert "no fallback" in w
+    assert "classifier_align.fallback is off" in w
     lossy = {**ok, "projected_val": {"source_original": 95.0, "source": 20.0, "aligned": 21.0}}
     (w,) = alignment_warnings(lossy, **kw)
     assert w.startswith("projection:") and "95.0% of the originals" in w and "diffusion_finetune.train_steps" in w
@@ -91,7 +91,8 @@ def test_a_fallback_makes_sda_decide_as_dda():
 
 
 def _align(root, synth, tmp_path, projected_val, **cfg):
-    c = ClassifierAlign(**{"epochs": 4, "batch_size": 32, "lr": 3e-3, "shuffle_buffer": 100, "max_val_drop": 2.0, **cfg})
+    c = ClassifierAlign(**{"epochs": 4, "batch_size": 32, "lr": 3e-3, "shuffle_buffer": 100, "max_val_drop": 2.0,
+                           "select_epoch": True, **cfg})
     return run(c, 0, root / "source_model", synth, tmp_path / "aligned", torch.device("cpu"),
                projected_val=projected_val)
 
@@ -137,3 +138,16 @@ def test_selection_changes_which_epoch_is_kept_not_how_the_epochs_train(source, 
         a, _ = load_classifier(tmp_path / "on" / "aligned")
         b, _ = load_classifier(tmp_path / "off" / "aligned")
         assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
+
+
+def test_the_last_epoch_kept_by_default_still_falls_back_when_it_is_worse(source, tmp_path):
+    """select_epoch: false (the default, the paper's last epoch) with fallback on: a useless set still
+    makes SDA decide as DDA; with fallback off the worse model is kept (and the warning says so)."""
+    root, val = source
+    rng = np.random.default_rng(3)
+    synth = _shards(tmp_path / "synth", rng.integers(0, 256, (128, 16, 16, 3), dtype=np.uint8), rng.integers(0, 3, 128))
+    last = _align(root, synth, tmp_path / "last", val, lr=2e-2, select_epoch=False)
+    assert last["fallback"] == "dda" and "selected_epoch" not in last
+    assert all("val" not in h for h in last["history"])  # no per-epoch selection, the last epoch measured
+    kept = _align(root, synth, tmp_path / "kept", val, lr=2e-2, select_epoch=False, fallback=False)
+    assert "fallback" not in kept and kept["val_aligned"] == last["val_aligned"]

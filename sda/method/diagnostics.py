@@ -130,7 +130,7 @@ def alignment_warnings(diagnostics: Mapping[str, Any], *, min_synthetic_accuracy
             f"cannot recover it. Raise {levers['projector']}, or change {levers['projection']}")
     if val is not None and val["aligned"] < val["source"] - max_val_drop:
         then = ("SDA falls back to DDA (the source model on the projections)" if diagnostics.get("fallback")
-                else "SDA will likely lose to DDA (classifier_align.select_epoch is off: no fallback)")
+                else "SDA will likely lose to DDA (classifier_align.fallback is off)")
         out.append(
             f"classifier_align: on the projected source val split the aligned model is right on "
             f"{val['aligned']:.1f}% against the source model's {val['source']:.1f}% (more than {max_val_drop:g} "
