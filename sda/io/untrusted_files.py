@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 
 __all__ = ["FileId", "NotReadable", "iter_tree", "open_beneath", "read_beneath", "read_fd", "readlink_beneath",
-           "stat_beneath",
            "unlink_if_same"]
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -128,16 +127,6 @@ def read_beneath(root_fd: int, rel: str | os.PathLike[str], max_bytes: int) -> t
         return read_fd(fd, max_bytes), FileId.of(st)
     finally:
         os.close(fd)
-
-
-def stat_beneath(root_fd: int, rel: str | os.PathLike[str]) -> os.stat_result:
-    """``lstat`` of ``rel`` under ``root_fd``, its folders entered with no link followed."""
-    parts = _parts(rel)
-    parent = _open_dir(root_fd, parts[:-1])
-    try:
-        return os.stat(parts[-1], dir_fd=parent, follow_symlinks=False)
-    finally:
-        os.close(parent)
 
 
 def readlink_beneath(root_fd: int, rel: str | os.PathLike[str]) -> str:
