@@ -27,7 +27,7 @@ from prefect.cache_policies import NONE
 from prefect.runtime import flow_run
 from tqdm.auto import tqdm
 
-from flows.serve import check_served_root
+from flows.serve import check_served_inbox, check_served_root
 from sda.config import ParamsError, load_params
 from sda.relabel.job import RelabelJob
 from sda.relabel.report import BatchReport
@@ -62,6 +62,8 @@ def relabel(inbox: str | None = None, batch_size: int | None = None, root: str =
     check_served_root(root)
     root_p = Path(root).resolve()
     params = load_params(root_p / "params.yaml")
+    if inbox:  # a served run reads (and deletes from) only the folders params.yaml names
+        inbox = str(check_served_inbox(inbox, root_p, params.relabel))
     set_threads(params.runtime.threads)
     set_deterministic(params.runtime.deterministic)
     try:

@@ -11,7 +11,7 @@ right URL)::
 
     export PREFECT_API_URL=http://127.0.0.1:4200/api
     .venv/bin/prefect deployment run sda-pipeline/embedded --watch
-    .venv/bin/prefect deployment run relabel/on-demand -p inbox=/path/to/images --watch
+    .venv/bin/prefect deployment run relabel/on-demand -p inbox=data/inbox/camera-7 --watch
 
 The server keeps its database under ``$PREFECT_HOME`` (``.prefect/`` with the Makefile) and logs to
 ``.prefect/server.log``; the runs log to the server (the UI) and to this process's output.
@@ -32,7 +32,7 @@ from pathlib import Path
 
 import httpx
 
-from sda.config import Params, ParamsError, load_params
+from sda.config import Params, ParamsError, Relabel, load_params
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -69,6 +69,21 @@ def check_served_root(root: str | os.PathLike[str]) -> None:
     served = os.environ.get(SERVED_ROOT_ENV)
     if served and Path(root).resolve() != Path(served).resolve():
         raise ValueError(f"this service runs on {served}; root={root} is not allowed (start `make serve` there)")
+
+
+def check_served_inbox(inbox: str, root: Path, relabel: Relabel) -> Path:
+    """In a flow run started by ``make serve``: ``inbox`` (resolved) must be ``relabel.inbox`` or one
+    of ``relabel.served_inboxes``, or a folder beneath one, because relabelling deletes what it labels
+    and quarantines; anyone who may start a run could otherwise aim it at any folder of this user.
+    Returns the resolved folder; outside a served run, any folder."""
+    path = (root / inbox).resolve()
+    if not os.environ.get(SERVED_ROOT_ENV):
+        return path
+    allowed = [(root / p).resolve() for p in (relabel.inbox, *relabel.served_inboxes)]
+    if not any(path.is_relative_to(a) for a in allowed):
+        raise ValueError(f"inbox={inbox} is not relabel.inbox or beneath relabel.served_inboxes "
+                         f"({', '.join(map(str, allowed))}); add it to served_inboxes in params.yaml")
+    return path
 
 
 def wait_healthy(api_url: str, proc: subprocess.Popen, timeout: float = 180.0, auth: str | None = None) -> None:
@@ -184,7 +199,7 @@ in another shell:
     export PREFECT_API_AUTH_STRING="$(cat {home / AUTH_FILE})"   # the API asks for it (UI: the same string)
     {root / '.venv/bin/prefect'} deployment run sda-pipeline/embedded --watch
     {root / '.venv/bin/prefect'} deployment run sda-pipeline/imagenet --watch   # GPU; paths: params.yaml imagenet
-    {root / '.venv/bin/prefect'} deployment run relabel/on-demand -p inbox=/path/to/images --watch
+    {root / '.venv/bin/prefect'} deployment run relabel/on-demand -p inbox=data/inbox/camera-7 --watch   # relabel.inbox or served_inboxes
 new images dropped into {inbox} are labelled every {params.relabel.interval_minutes:g} min (data/labels/).
 Ctrl-C stops serving and the server.""", flush=True)
             asyncio.run(runner.start())

@@ -5,8 +5,8 @@ Each stage process would otherwise spend 5-10 s of a 2-core machine importing to
 timm before its first line of work (DESIGN.md §4). The pipeline flow (flows/pipeline.py) starts
 this server and points ``SDA_STAGE_SERVER`` at its socket for the ``dvc repro`` it runs. DVC still
 runs every stage's own command; that process (``tasks/__init__``) sends its module, arguments,
-working directory, environment and standard streams here instead of importing anything heavy,
-forwards SIGINT / SIGTERM / SIGHUP to the child, and exits with the child's status (a child killed
+working directory, environment (the allowlisted part: ``FORWARDED_ENV``) and standard streams here
+instead of importing anything heavy, forwards SIGINT / SIGTERM / SIGHUP to the child, and exits with the child's status (a child killed
 by signal N: killed by N too). The child runs the same ``__main__`` as the command would, so the
 outputs are the same bytes; each command gets its own fork of the freshly imported server, so no
 state (caches, RNG, CUDA, threads) passes from one stage to the next, and a crashing stage takes
@@ -41,6 +41,10 @@ ENV = "SDA_STAGE_SERVER"
 # read when a library is imported, so the server's values hold for every child
 IMPORT_TIME_ENV = ("OMP_", "KMP_", "MKL_", "OPENBLAS_", "TQDM_", "PYTHON", "TORCH", "PYTORCH_", "CUDA_",
                    "DIFFUSERS_", "HF_", "TIMM_")
+# what a child takes from its command's environment besides IMPORT_TIME_ENV (which must equal the
+# server's): the variables the stages, DVC and the standard library read; nothing else reaches a child
+FORWARDED_ENV = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_", "TZ", "TMPDIR", "TERM", "COLUMNS", "LINES",
+                 "NO_COLOR", "FORCE_COLOR", "SDA_", "DVC", "DASK_", "MPL", "VIRTUAL_ENV")
 _FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 _HEADER = struct.Struct("!I")
 # a request is a module name, argv, cwd and the environment: far below this (a larger one is refused)
@@ -49,6 +53,13 @@ MAX_REQUEST_BYTES = 16 << 20
 
 def _import_time_env(env: dict[str, str]) -> dict[str, str]:
     return {k: v for k, v in env.items() if k.startswith(IMPORT_TIME_ENV)}
+
+
+def child_env(env: dict[str, str]) -> dict[str, str]:
+    """The environment a child runs with: the allowlisted part of its command's (``FORWARDED_ENV``,
+    ``IMPORT_TIME_ENV``); anything else a same-user client sends is dropped."""
+    allowed = FORWARDED_ENV + IMPORT_TIME_ENV
+    return {k: v for k, v in env.items() if k.startswith(allowed) and isinstance(v, str)}
 
 
 def _project_modules() -> dict[str, tuple[int, int]]:
@@ -90,7 +101,7 @@ def run_via_server(address: str, module: str, argv: list[str], started: float) -
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         conn.connect(address)
-        req = json.dumps({"module": module, "argv": argv, "cwd": os.getcwd(), "env": dict(os.environ),
+        req = json.dumps({"module": module, "argv": argv, "cwd": os.getcwd(), "env": child_env(dict(os.environ)),
                           "started": started, "tasks": str(Path(__file__).resolve().parent),
                           "prefix": sys.prefix, "options": _interpreter_options()}).encode()
         data = _HEADER.pack(len(req)) + req
@@ -188,7 +199,7 @@ def _run_child(req: dict, fds: list[int]) -> None:
             os.close(fd)
         os.chdir(req["cwd"])
         os.environ.clear()
-        os.environ.update(req["env"])
+        os.environ.update(child_env(req["env"]))
         signal.signal(signal.SIGINT, signal.default_int_handler)
         for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD, signal.SIGPIPE):
             signal.signal(sig, signal.SIG_DFL)

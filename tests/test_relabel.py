@@ -226,6 +226,33 @@ def test_two_concurrent_runs_never_duplicate_a_row(tiny_repo, tmp_path):
     assert len(rows) == 48 == len({r["sha256"] for r in rows})
 
 
+def test_two_runs_with_their_own_labels_but_one_quarantine_are_serialised(tiny_repo, tmp_path):
+    """Different --labels, the same --quarantine: the quarantine store's lock serialises them, so
+    neither deletes the other's temporaries and every bad file of both inboxes gets its row."""
+    quarantine = tmp_path / "quarantine"
+    cmds = []
+    for name in ("a", "b"):
+        inbox = tmp_path / f"inbox-{name}"
+        inbox.mkdir()
+        _good_inbox(tiny_repo, inbox, 24, domain="clean" if name == "a" else "pixelate")
+        for i in range(3):
+            (inbox / f"bad-{name}-{i}.png").write_bytes(f"not an image {name}{i}".encode())
+        cmds.append([sys.executable, "-m", "flows.relabel", "--inbox", str(inbox), "--labels",
+                     str(tmp_path / f"labels-{name}"), "--quarantine", str(quarantine), "--batch-size", "4"])
+    procs = [subprocess.Popen(c, cwd=tiny_repo, env=subprocess_env(), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for c in cmds]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert [(s["labelled"], s["quarantined"]) for s in (json.loads(o[o.index("{"):]) for o, _ in outs)] == [(24, 3)] * 2
+    for name in ("a", "b"):
+        assert len(read_table(tmp_path / f"labels-{name}")) == 24
+    q = read_table(quarantine / "table").to_pylist()
+    assert sorted(r["file"] for r in q) == sorted(f"bad-{n}-{i}.png" for n in "ab" for i in range(3))
+    assert all(r["reason"] for r in q)
+    assert len(list((quarantine / "files").rglob("*.png"))) == 6
+    assert not list(tmp_path.rglob("*.tmp-*"))
+
+
 def test_a_stalled_upload_is_left_in_the_inbox_and_labelled_once_complete(tiny_repo, tmp_path):
     """An upload that stalls longer than min_age_seconds looks truncated: within upload_grace_seconds
     of its last change it stays in the inbox (not quarantined, not deleted); complete, it is labelled."""
@@ -355,6 +382,8 @@ def test_service_deployments_on_a_real_local_server(tiny_repo, tmp_path):
     shutil.copytree(tiny_repo, repo)
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["relabel"]["interval_minutes"] = 0.1  # the scheduled deployment fires every 6 s
+    ondemand = tmp_path / "ondemand"  # a folder besides relabel.inbox that the service may be aimed at
+    params["relabel"]["served_inboxes"] = [str(ondemand)]
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     port = free_port()
     env = subprocess_env()
@@ -380,7 +409,6 @@ def test_service_deployments_on_a_real_local_server(tiny_repo, tmp_path):
         # the scheduled relabel watches the params inbox (created by serve): drop images there
         _good_inbox(repo, repo / "data" / "inbox", 6)
         scheduled = {sha256_file(p) for p in (repo / "data" / "inbox").rglob("*.png")}
-        ondemand = tmp_path / "ondemand"
         ondemand.mkdir()
         _good_inbox(repo, ondemand, 10, domain="pixelate")
         prefect = str(Path(sys.executable).parent / "prefect")
@@ -395,6 +423,15 @@ def test_service_deployments_on_a_real_local_server(tiny_repo, tmp_path):
                             "-p", f"inbox={ondemand}", "--watch", "--watch-timeout", "120"], env=env,
                            capture_output=True, text=True, timeout=240)
         assert r.returncode != 0 and "Failed" in r.stdout, r.stdout[-3000:] + r.stderr[-3000:]
+        # nor at a folder params.yaml does not name: nothing there is read, labelled or deleted
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.mkdir()
+        _good_inbox(repo, elsewhere, 2)
+        before = sorted(p.name for p in elsewhere.rglob("*.png"))
+        r = subprocess.run([prefect, "deployment", "run", "relabel/on-demand", "-p", f"inbox={elsewhere}",
+                            "--watch", "--watch-timeout", "120"], env=env, capture_output=True, text=True, timeout=240)
+        assert r.returncode != 0 and "Failed" in r.stdout, r.stdout[-3000:] + r.stderr[-3000:]
+        assert sorted(p.name for p in elsewhere.rglob("*.png")) == before
 
         deadline = time.time() + 180
         while time.time() < deadline and not scheduled <= committed_hashes(repo / "data" / "labels"):

@@ -158,3 +158,11 @@ def test_the_server_knows_its_peer_and_bounds_a_request():
     finally:
         a.close()
         b.close()
+
+
+def test_a_child_gets_only_the_allowlisted_environment():
+    from tasks import stage_server as ss
+
+    env = {"PATH": "/usr/bin", "SDA_LOG_LEVEL": "DEBUG", "OMP_NUM_THREADS": "2", "LC_ALL": "C",
+           "AWS_SECRET_ACCESS_KEY": "x", "LD_PRELOAD": "/tmp/evil.so", "PREFECT_API_AUTH_STRING": "sda:pw"}
+    assert ss.child_env(env) == {"PATH": "/usr/bin", "SDA_LOG_LEVEL": "DEBUG", "OMP_NUM_THREADS": "2", "LC_ALL": "C"}
