@@ -240,6 +240,9 @@ class Relabel(_Section):
     """Batch relabelling of new target images (``flows/relabel.py``); paths are relative to the repo."""
 
     inbox: str = Field("data/inbox", description="Folder watched for new images (nested; jpg/png/webp/tar).")
+    served_inboxes: tuple[str, ...] = Field((), description=(
+        "Folders besides `inbox` (sub-folders included) that a run started through the Prefect server "
+        "(relabel/on-demand -p inbox=...) may read and delete from; the CLI takes any folder you can write."))
     labels: str = Field("data/labels", description="Parquet dataset of labels, partitioned by date.")
     quarantine: str = Field("data/quarantine", description="Bad files (files/) and their Parquet table (table/).")
     batch_size: int = Field(256, ge=1, description="Images per batch: the unit of commit and of resume.")
@@ -309,6 +312,17 @@ class Folder(_Section):
     classifier_weights: str | None = Field(None, description=(
         "Weights of source_model.arch for these classes (inputs normalised with the arch's timm mean / std); "
         "null = train source_model.arch on the source train split."))
+    adm_checkpoint: str | None = Field(None, description=(
+        "Start the projector from this unconditional ADM (guided-diffusion .pt or converted folder; with "
+        "`dit`), fine-tuned on the source images at image_size; null = the UNet trained from scratch."))
+    adm_flags: dict[str, Any] = Field(default_factory=lambda: dict(ADM_256_UNCOND),
+                                      description="guided-diffusion model flags of adm_checkpoint.")
+    dit: str | None = Field(None, description=(
+        "Start the generator from this diffusers DiT folder (transformer/ + vae/; with `adm_checkpoint`): "
+        "a new class table for these classes, fine-tuned on the source images at the DiT's own size."))
+    finetune_steps: int = Field(2000, ge=1, description="Steps of each of the two fine-tunings (with `dit`).")
+    finetune_lr: float = Field(1e-4, gt=0, description="AdamW learning rate of the fine-tunings (with `dit`).")
+    finetune_batch_size: int = Field(16, ge=1)
     min_images_per_class: int = Field(10, ge=3, description="A source class with fewer image files is an error.")
     val_fraction: float = Field(0.15, gt=0, lt=0.5, description="Source split, stratified, by runtime.seed.")
     test_fraction: float = Field(0.25, gt=0, lt=0.6)
@@ -320,6 +334,18 @@ class Folder(_Section):
         if v % 8:
             raise ValueError(f"must be a multiple of 8 (the UNet halves it twice), got {v}")
         return v
+
+    @model_validator(mode="after")
+    def _pretrained_pair(self) -> "Folder":
+        if (self.adm_checkpoint is None) != (self.dit is None):
+            raise ValueError("folder.adm_checkpoint and folder.dit start the projector and the generator from "
+                             "pretrained weights together: set both, or neither (both trained from scratch)")
+        return self
+
+    @property
+    def pretrained(self) -> bool:
+        """Both diffusion models start from pretrained weights (``adm_checkpoint`` and ``dit``)."""
+        return self.dit is not None
 
     @field_validator("target_dirs")
     @classmethod

@@ -119,8 +119,9 @@ def synthetic_scores(model: torch.nn.Module, config: dict, sets: dict[str, Path]
 def levers(params: Params) -> dict[str, str]:
     """The settings that :func:`sda.method.diagnostics.alignment_warnings` names, with their values."""
     df, p, ca, sg = params.diffusion_finetune, params.projection, params.classifier_align, params.synth_generate
-    if get_domain(params.profile).diffusion == "adm+dit":
-        projector = f"imagenet.finetune_steps (now {params.imagenet.finetune_steps})"
+    if get_domain(params.profile).diffusion(params) == "adm+dit":
+        section = params.folder if params.profile == "folder" else params.imagenet
+        projector = f"{params.profile}.finetune_steps (now {section.finetune_steps})"
         generator = f"{projector} or synth_generate.steps (now {sg.steps})"
     else:
         projector = (f"diffusion_finetune.max_train_steps (now {df.max_train_steps})" if df.probe_every else

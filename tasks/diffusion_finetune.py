@@ -3,13 +3,14 @@
 The domain (``profile``, :mod:`sda.domains`) says which. ``unet`` (embedded, folder): one
 class-conditional UNet (with a "null" class, so it is also the unconditional projector) trained from
 scratch with EMA on the source train split, at its image size. ``adm+dit`` (imagenet): the
-unconditional ADM projector from
-``imagenet.adm_checkpoint`` (a guided-diffusion state dict, converted exactly, or a converted
-folder) and the DiT-XL/2 generator from ``imagenet.dit``; used as they are when
-``imagenet.finetune_steps`` is 0 (the paper), fine-tuned on the source train images otherwise.
+unconditional ADM projector from ``imagenet.adm_checkpoint`` (a guided-diffusion state dict,
+converted exactly, or a converted folder) and the DiT-XL/2 generator from ``imagenet.dit``; used as
+they are when ``imagenet.finetune_steps`` is 0 (the paper), fine-tuned on the source train images
+otherwise. ``adm+dit`` (folder, with ``folder.adm_checkpoint`` and ``folder.dit``): the same two
+pretrained models, always fine-tuned on the folder's images, the DiT with a new class table.
 
 Writes ``data/diffusion_finetune/``: ``unet/`` + ``scheduler/`` (the projector, ``save_pretrained``),
-``dit/`` (ImageNet: ``transformer/`` + ``vae/``) and ``info.json`` (classes, null label, losses).
+``dit/`` (``transformer/`` + ``vae/``, when a DiT generates) and ``info.json`` (classes, null label, losses).
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ from typing import Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-from sda.config import DiffusionFinetune, ImageNet, Params
+from sda.config import DiffusionFinetune, Folder, ImageNet, Params
 from sda.domains import get_domain
 from sda.io.shards import load_shards, read_manifest
 from sda.io.streaming import endless_batches
@@ -33,7 +35,7 @@ from sda.method.sampling import sample_class_conditional
 from sda.models.classifiers import load_classifier
 from sda.models.adm import load_projector
 from sda.models.diffusion import DiffusionInfo, build_unet, save_diffusion
-from sda.models.dit import load_dit
+from sda.models.dit import dit_image_size, load_dit, new_class_table
 from sda.models.schedulers import ddpm_scheduler
 from sda.models.training import random_batches, train_epsilon
 from sda.runtime import derive_seed
@@ -147,6 +149,35 @@ def run(cfg: DiffusionFinetune, seed: int, source_dir: Path, out: Path, device: 
     return info
 
 
+def _finetune(adm: torch.nn.Module, transformer: torch.nn.Module, vae: torch.nn.Module, train_dir: Path, *,
+              steps: int, lr: float, batch_size: int, seed: int, device: torch.device, loader_workers: int,
+              dit_size: int | None = None) -> dict[str, list[float]]:
+    """Fine-tune the ADM projector (unconditional, at the images' size) and the DiT generator (on
+    their VAE latents, the images first resized to ``dit_size`` when given) on ``train_dir``, each
+    for ``steps`` steps, streamed (:func:`sda.io.streaming.endless_batches`); their losses."""
+    sched = ddpm_scheduler(learn_sigma=adm.config.out_channels == 6)
+    stream = dict(seed=seed, workers=loader_workers, shuffle_buffer=FINETUNE_SHUFFLE_BUFFER)
+    kw = dict(steps=steps, lr=lr, device=device)
+    adm_losses = train_epsilon(adm, sched, endless_batches(train_dir, batch_size, labels=False, **stream), seed=seed,
+                               desc="finetune ADM", **kw)
+    sf = vae.config.scaling_factor
+
+    def encode(x: torch.Tensor) -> torch.Tensor:
+        if dit_size is not None and x.shape[-1] != dit_size:
+            x = F.interpolate(x, size=(dit_size, dit_size), mode="bicubic", align_corners=False).clamp(-1, 1)
+        return vae.encode(x).latent_dist.sample() * sf
+
+    dit_losses = train_epsilon(transformer, ddpm_scheduler(learn_sigma=True, clip_sample=False),
+                               endless_batches(train_dir, batch_size, **stream), seed=seed + 1, encode=encode,
+                               desc="finetune DiT", **kw)
+    return {"adm": [round(v, 5) for v in adm_losses], "dit": [round(v, 5) for v in dit_losses]}
+
+
+def _log_sizes(adm: torch.nn.Module, transformer: torch.nn.Module) -> None:
+    log.info("projector ADM %.1fM parameters, generator DiT %.1fM parameters",
+             sum(p.numel() for p in adm.parameters()) / 1e6, sum(p.numel() for p in transformer.parameters()) / 1e6)
+
+
 def run_imagenet(cfg: ImageNet, seed: int, source_dir: Path, out: Path, device: torch.device,
                  loader_workers: int = 0) -> DiffusionInfo:
     """The source train images are streamed (:func:`sda.io.streaming.endless_batches`), never loaded whole."""
@@ -158,26 +189,57 @@ def run_imagenet(cfg: ImageNet, seed: int, source_dir: Path, out: Path, device: 
                          finetune_steps=cfg.finetune_steps, seed=derive_seed(seed, "diffusion_finetune"))
     sched = ddpm_scheduler(learn_sigma=adm.config.out_channels == 6)
     if cfg.finetune_steps > 0:
-        train_dir, s = source_dir / "train", info.seed
+        train_dir = source_dir / "train"
         log.info("fine-tuning ADM and DiT for %d steps of batch %d on %d source images", cfg.finetune_steps,
                  cfg.finetune_batch_size, read_manifest(train_dir)["count"])
-        stream = dict(seed=s, workers=loader_workers, shuffle_buffer=FINETUNE_SHUFFLE_BUFFER)
-        kw = dict(steps=cfg.finetune_steps, lr=cfg.finetune_lr, device=device)
-        adm_losses = train_epsilon(adm, sched, endless_batches(train_dir, cfg.finetune_batch_size, labels=False,
-                                                               **stream), seed=s, desc="finetune ADM", **kw)
-        sf = vae.config.scaling_factor
-        dit_losses = train_epsilon(transformer, ddpm_scheduler(learn_sigma=True, clip_sample=False),
-                                   endless_batches(train_dir, cfg.finetune_batch_size, **stream), seed=s + 1,
-                                   encode=lambda x: vae.encode(x).latent_dist.sample() * sf, desc="finetune DiT", **kw)
-        info.losses = {"adm": [round(v, 5) for v in adm_losses], "dit": [round(v, 5) for v in dit_losses]}
+        info.losses = _finetune(adm, transformer, vae, train_dir, steps=cfg.finetune_steps, lr=cfg.finetune_lr,
+                                batch_size=cfg.finetune_batch_size, seed=info.seed, device=device,
+                                loader_workers=loader_workers)
     save_diffusion(out, adm, sched, info, dit=(transformer, vae))
-    log.info("projector ADM %.1fM parameters, generator DiT %.1fM parameters",
-             sum(p.numel() for p in adm.parameters()) / 1e6, sum(p.numel() for p in transformer.parameters()) / 1e6)
+    _log_sizes(adm, transformer)
+    return info
+
+
+def run_folder_pretrained(cfg: Folder, seed: int, source_dir: Path, out: Path, device: torch.device,
+                          loader_workers: int = 0) -> DiffusionInfo:
+    """``folder.adm_checkpoint`` + ``folder.dit``: both diffusion models start from pretrained weights
+    and are fine-tuned on the source train images: the ADM projector at ``folder.image_size`` (it is
+    convolutional), the DiT generator with a new class table for the folder's classes
+    (:func:`sda.models.dit.new_class_table`) at its own image size (the images resized up to it);
+    ``synth_generate`` brings its samples to ``folder.image_size`` (``info.output_size``)."""
+    names = json.loads((source_dir / "classes.json").read_text())["names"]
+    adm = load_projector(cfg.adm_checkpoint, cfg.adm_flags, key="folder.adm_checkpoint")
+    factor = 2 ** (len(adm.config.block_out_channels) - 1)
+    if cfg.image_size % factor:
+        raise ValueError(f"folder.image_size={cfg.image_size} is not a multiple of {factor}, which the ADM of "
+                         f"folder.adm_checkpoint ({len(adm.config.block_out_channels)} levels) needs")
+    adm.register_to_config(sample_size=cfg.image_size)  # what it is fine-tuned and used at
+    adm = adm.to(device).eval()
+    transformer, vae = load_dit(cfg.dit, device, key="folder.dit")
+    new_class_table(transformer, len(names))
+    dit_size = dit_image_size(transformer, vae)
+    info = DiffusionInfo(profile="folder", num_classes=len(names), null_label=None, generator="dit",
+                         adm_checkpoint=cfg.adm_checkpoint, dit=cfg.dit, finetune_steps=cfg.finetune_steps,
+                         seed=derive_seed(seed, "diffusion_finetune"), output_size=cfg.image_size)
+    train_dir = source_dir / "train"
+    log.info("fine-tuning ADM (at %d px) and DiT (a new table of %d classes, at %d px) for %d steps of batch %d on "
+             "%d source images", cfg.image_size, len(names), dit_size, cfg.finetune_steps, cfg.finetune_batch_size,
+             read_manifest(train_dir)["count"])
+    info.losses = _finetune(adm, transformer, vae, train_dir, steps=cfg.finetune_steps, lr=cfg.finetune_lr,
+                            batch_size=cfg.finetune_batch_size, seed=info.seed, device=device,
+                            loader_workers=loader_workers, dit_size=dit_size)
+    save_diffusion(out, adm, ddpm_scheduler(learn_sigma=adm.config.out_channels == 6), info, dit=(transformer, vae))
+    _log_sizes(adm, transformer)
     return info
 
 
 def _main(params: Params, args: argparse.Namespace) -> int | None:
-    if get_domain(params.profile).diffusion == "adm+dit":
+    if params.profile == "folder" and params.folder.pretrained:
+        f = params.folder
+        run_folder_pretrained(f, params.runtime.seed, DATA / "source_data", DATA / "diffusion_finetune", args.device,
+                              params.runtime.loader_workers)
+        return f.finetune_steps * f.finetune_batch_size
+    if get_domain(params.profile).diffusion(params) == "adm+dit":
         run_imagenet(params.imagenet, params.runtime.seed, DATA / "source_data", DATA / "diffusion_finetune",
                      args.device, params.runtime.loader_workers)
         return params.imagenet.finetune_steps * params.imagenet.finetune_batch_size or None

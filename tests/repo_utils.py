@@ -138,6 +138,30 @@ ADM_TINY_FLAGS = {"image_size": 32, "num_channels": 32, "num_res_blocks": 1, "nu
                   "resblock_updown": True, "use_scale_shift_norm": True, "class_cond": False}
 
 
+def make_diffusion_models(root: Path) -> Path:
+    """``root/models``: a guided-diffusion-format ADM state dict (``adm.pt``, ``ADM_TINY_FLAGS``) and a
+    diffusers DiT folder (``dit/``: ImageNet's 1,000-class table, 32 px through a tiny VAE), random
+    weights of the same code path as the paper's models. Returns the folder."""
+    import torch
+    from diffusers import AutoencoderKL, DiTTransformer2DModel, UNet2DModel
+
+    from sda.models.adm import adm_unet_config, diffusers_to_adm_state_dict
+
+    models = root / "models"
+    models.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    unet = UNet2DModel(**adm_unet_config(**ADM_TINY_FLAGS))
+    torch.save(diffusers_to_adm_state_dict(unet.state_dict(), **ADM_TINY_FLAGS), models / "adm.pt")
+    dit = DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=8,
+                                num_layers=2, sample_size=4, patch_size=2, num_embeds_ada_norm=1000)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
+                        up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(8, 8, 8, 8),
+                        layers_per_block=1, latent_channels=4, norm_num_groups=8, sample_size=32)
+    dit.save_pretrained(models / "dit" / "transformer")
+    vae.save_pretrained(models / "dit" / "vae")
+    return models
+
+
 def make_imagenet_assets(root: Path, per_class: int = 3, side: int = 40) -> dict:
     """Under ``root``: ``datasets/`` (val class folders of JPEGs of odd sizes around ``side`` px,
     ImageNet-C layout for two corruptions at severity 5) and ``models/`` (a guided-diffusion-format
@@ -146,10 +170,7 @@ def make_imagenet_assets(root: Path, per_class: int = 3, side: int = 40) -> dict
     import numpy as np
     import torch
     import timm
-    from diffusers import AutoencoderKL, DiTTransformer2DModel, UNet2DModel
     from PIL import Image
-
-    from sda.models.adm import adm_unet_config, diffusers_to_adm_state_dict
 
     rng = np.random.default_rng(0)
     for c, wnid in enumerate(WNIDS):
@@ -164,18 +185,7 @@ def make_imagenet_assets(root: Path, per_class: int = 3, side: int = 40) -> dict
                 out.parent.mkdir(parents=True, exist_ok=True)
                 arr = img if d == "val" else np.clip(img.astype(int) + rng.integers(-60, 60, img.shape), 0, 255)
                 Image.fromarray(arr.astype(np.uint8)).save(out, quality=90)
-    models = root / "models"
-    models.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(0)
-    unet = UNet2DModel(**adm_unet_config(**ADM_TINY_FLAGS))
-    torch.save(diffusers_to_adm_state_dict(unet.state_dict(), **ADM_TINY_FLAGS), models / "adm.pt")
-    dit = DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=8,
-                                num_layers=2, sample_size=4, patch_size=2, num_embeds_ada_norm=1000)
-    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
-                        up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(8, 8, 8, 8),
-                        layers_per_block=1, latent_channels=4, norm_num_groups=8, sample_size=32)
-    dit.save_pretrained(models / "dit" / "transformer")
-    vae.save_pretrained(models / "dit" / "vae")
+    models = make_diffusion_models(root)
     torch.save(timm.create_model("resnet18", num_classes=len(WNIDS)).state_dict(), models / "resnet18.pth")
     return {
         "adm_checkpoint": "models/adm.pt", "adm_flags": ADM_TINY_FLAGS, "dit": "models/dit",

@@ -42,7 +42,8 @@ def images(tmp_path_factory) -> tuple[Path, dict]:
 
 def test_the_registry_holds_the_three_domains_and_names_the_known_ones():
     assert domain_names() == ("embedded", "imagenet", "folder")
-    assert get_domain("folder").diffusion == "unet" and get_domain("imagenet").diffusion == "adm+dit"
+    assert get_domain("folder").diffusion(_params({"source_dir": "images"})) == "unet"
+    assert get_domain("imagenet").diffusion(_params({"source_dir": "images"})) == "adm+dit"
     with pytest.raises(ParamsError, match="unknown profile 'cells'.*embedded.*imagenet.*folder"):
         parse_params({"profile": "cells"})
 

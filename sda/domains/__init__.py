@@ -18,8 +18,8 @@ what a stage needs from it:
   target domain, ``domains.json``);
 - ``source_classifier(params)``: ``None`` to train ``source_model.arch`` on the source train split,
   or the :class:`PretrainedClassifier` to load;
-- ``diffusion``: ``"unet"`` (a class-conditional UNet trained on the source, also the projector) or
-  ``"adm+dit"`` (the paper's pretrained projector and generator);
+- ``diffusion(params)``: ``"unet"`` (a class-conditional UNet trained on the source, also the
+  projector) or ``"adm+dit"`` (a pretrained ADM projector and DiT generator, as the paper's);
 - ``severities(params)``: the corruption severities its numbers are measured at.
 """
 
@@ -52,6 +52,10 @@ def _train_on_source(params: "Params") -> PretrainedClassifier | None:
     return None
 
 
+def _unet(params: "Params") -> Literal["unet", "adm+dit"]:
+    return "unet"
+
+
 @dataclass(frozen=True)
 class Domain:
     """What the stages need from a domain (see the module docstring)."""
@@ -64,7 +68,7 @@ class Domain:
     write_targets: Callable[["Params", Path, Path], list[str]]
     severities: Callable[["Params"], list[int]]
     source_classifier: Callable[["Params"], PretrainedClassifier | None] = _train_on_source
-    diffusion: Literal["unet", "adm+dit"] = "unet"
+    diffusion: Callable[["Params"], Literal["unet", "adm+dit"]] = _unet
 
 
 _REGISTRY: dict[str, Domain] = {}

@@ -208,4 +208,5 @@ register_domain(Domain(
     write_targets=write_targets,
     severities=lambda p: [p.target_data.severity],
     source_classifier=_classifier,
+    diffusion=lambda p: "adm+dit" if p.folder.pretrained else "unet",
 ))

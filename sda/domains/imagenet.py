@@ -256,5 +256,5 @@ register_domain(Domain(
     write_targets=write_targets,
     severities=lambda p: list(p.imagenet.severities),
     source_classifier=_classifier,
-    diffusion="adm+dit",
+    diffusion=lambda p: "adm+dit",
 ))

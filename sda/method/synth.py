@@ -1,5 +1,5 @@
 """The synthetic domain: a deterministic, class-balanced (class, seed) plan and its generation
-(the embedded UNet, or DiT in the ImageNet profile)."""
+(the embedded UNet, or a DiT: the ImageNet profile's, or the folder profile's with ``folder.dit``)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Callable, Iterator, Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
+from torchvision.transforms.v2.functional import InterpolationMode, resize
 
 from sda.accel import autocast, name_oom
 from sda.io.images import to_uint8
@@ -79,7 +80,15 @@ def _sampler(model_dir: str, device: str) -> tuple[Callable[..., torch.Tensor], 
     info, dev = DiffusionInfo.read(model_dir), torch.device(device)
     if info.generator == "dit":
         transformer, vae = load_dit(Path(model_dir) / "dit", dev)
-        return (lambda c, s, steps, w: sample_dit(transformer, vae, c, s, steps=steps, guidance_scale=w, device=dev)), info
+        size = info.output_size
+
+        def sample(c, s, steps, w):
+            x = sample_dit(transformer, vae, c, s, steps=steps, guidance_scale=w, device=dev)
+            if size is not None and x.shape[-1] != size:  # antialiased: a DiT at 256 px for 32 px images
+                x = resize(x, [size, size], interpolation=InterpolationMode.BICUBIC, antialias=True).clamp(-1, 1)
+            return x
+
+        return sample, info
     unet, scheduler, _ = load_diffusion(model_dir, dev)
     return (lambda c, s, steps, w: sample_class_conditional(unet, scheduler, c, s, null_label=info.null_label,
                                                             steps=steps, guidance_scale=w, device=dev)), info

@@ -269,17 +269,17 @@ def load_adm_unet(checkpoint_path: str | Path, **flags: Any) -> UNet2DModel:
     return adm_unet_from_state_dict(state, **flags)
 
 
-def load_projector(path: str | Path, flags: dict[str, Any]) -> UNet2DModel:
-    """The ImageNet profile's unconditional projector (``imagenet.adm_checkpoint`` / ``adm_flags``):
+def load_projector(path: str | Path, flags: dict[str, Any], key: str = "imagenet.adm_checkpoint") -> UNet2DModel:
+    """An unconditional ADM projector (``imagenet.adm_checkpoint`` / ``adm_flags``, or ``folder``'s):
     a guided-diffusion checkpoint file converted with ``flags``, or a folder written by
-    ``python -m sda.models.adm convert`` (its ``unet/``)."""
+    ``python -m sda.models.adm convert`` (its ``unet/``). ``key``: the setting named in errors."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"imagenet.adm_checkpoint {path} not found: point it at guided-diffusion's "
+        raise FileNotFoundError(f"{key} {path} not found: point it at guided-diffusion's "
                                 "256x256_diffusion_uncond.pt (or a folder written by `python -m sda.models.adm convert`)")
     if path.is_dir():
         if not (path / "unet" / "config.json").is_file():
-            raise FileNotFoundError(f"{path}/unet/config.json not found: imagenet.adm_checkpoint must be a "
+            raise FileNotFoundError(f"{path}/unet/config.json not found: {key} must be a "
                                     "guided-diffusion .pt file or a folder written by `python -m sda.models.adm convert`")
         return UNet2DModel.from_pretrained(path / "unet", low_cpu_mem_usage=False)
     return load_adm_unet(path, **flags)

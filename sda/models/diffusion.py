@@ -32,6 +32,8 @@ class DiffusionInfo(BaseModel):
     ``num_classes``); ``generator``: ``"dit"`` when ``dit/`` holds the generator, else the UNet.
     ``trained_steps``: the steps actually trained (the probe may stop or extend training);
     ``probe``: the probe scores while training and the checkpoint kept (``diffusion_finetune``).
+    ``output_size``: the side in pixels the generator's samples are resized to (a DiT that works at
+    another size than the domain's images); ``None``: as they come.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -51,6 +53,7 @@ class DiffusionInfo(BaseModel):
     losses: dict[str, list[float]] | None = None
     trained_steps: int | None = None
     probe: dict[str, Any] | None = None
+    output_size: int | None = None
 
     @property
     def generated_classes(self) -> list[int]:
