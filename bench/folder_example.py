@@ -10,6 +10,7 @@ next to the clone.
 
     .venv/bin/python bench/folder_example.py --out /tmp/folder-example
     .venv/bin/python bench/folder_example.py --set digits --seed 1 --out /tmp/digits-1
+    .venv/bin/python bench/folder_example.py -S classifier_align.projected_source=true --out /tmp/shapes-ps
 """
 
 from __future__ import annotations
@@ -31,6 +32,23 @@ from repo_utils import make_digits_set, make_folder_set  # noqa: E402
 SETS = {"shapes": make_folder_set, "digits": make_digits_set}
 
 
+def clone_head(repo: Path) -> None:
+    """A scratch clone of this checkout's HEAD at ``repo`` (what is committed, not the work tree)."""
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(repo)], check=True)
+
+
+def run_pipeline(repo: Path) -> float:
+    """``python -m flows.pipeline`` in ``repo`` with what ``make run`` sets; its wall time in seconds."""
+    t0 = time.perf_counter()
+    # what `make run` sets: a Prefect home in the clone, no telemetry, time for the temporary server to start
+    env = {"PREFECT_HOME": str(repo / ".prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1",
+           "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120", "PREFECT_LOGGING_EXTRA_LOGGERS": "sda",
+           "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",
+           **os.environ}
+    subprocess.run([sys.executable, "-m", "flows.pipeline"], cwd=repo, check=True, env=env)
+    return time.perf_counter() - t0
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("/tmp/sda-folder-example"), help="scratch folder (created)")
@@ -41,12 +59,15 @@ def main() -> None:
     ap.add_argument("--flat", type=int, default=24, help="images of the flat (unlabelled) target")
     ap.add_argument("--image-size", type=int, default=32)
     ap.add_argument("--seed", type=int, default=0, help="runtime.seed (the data set stays the same)")
+    ap.add_argument("-S", "--set-param", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a param of the base sections, as `dvc exp run -S` does "
+                         "(e.g. classifier_align.projected_source=true); repeatable")
     args = ap.parse_args()
     per_class = args.per_class or {"shapes": 75, "digits": 30}[args.set]
     if args.out.exists():
         sys.exit(f"{args.out} exists: remove it or pick another --out")
     repo = args.out / "repo"
-    subprocess.run(["git", "clone", "-q", str(ROOT), str(repo)], check=True)
+    clone_head(repo)
     folder = SETS[args.set](repo / "images", per_class=per_class, target_per_class=args.target_per_class,
                             flat=args.flat)
     rel = lambda p: str(Path(p).relative_to(repo))  # noqa: E731
@@ -55,19 +76,20 @@ def main() -> None:
     params["runtime"]["seed"] = args.seed
     params["folder"].update({"source_dir": rel(folder["source_dir"]), "image_size": args.image_size,
                              "target_dirs": {k: rel(v) for k, v in folder["target_dirs"].items()}})
+    for item in args.set_param:
+        key, _, value = item.partition("=")
+        *path, leaf = key.split(".")
+        section = params
+        for k in path:
+            section = section[k]
+        section[leaf] = yaml.safe_load(value)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     n = sum(1 for p in (repo / "images").rglob("*") if p.is_file())
     print(f"{n} image files under {repo / 'images'} ({args.set}); running the pipeline (profile folder, "
           f"{args.image_size} px, seed {args.seed})",
           flush=True)
-    t0 = time.perf_counter()
-    # what `make run` sets: a Prefect home in the clone, no telemetry, time for the temporary server to start
-    env = {"PREFECT_HOME": str(repo / ".prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1",
-           "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120", "PREFECT_LOGGING_EXTRA_LOGGERS": "sda",
-           "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",
-           **os.environ}
-    subprocess.run([sys.executable, "-m", "flows.pipeline"], cwd=repo, check=True, env=env)
-    print(f"\nwall time of the pipeline: {time.perf_counter() - t0:.0f} s")
+    seconds = run_pipeline(repo)
+    print(f"\nwall time of the pipeline: {seconds:.0f} s")
     print((repo / "metrics" / "results.md").read_text())
     grid = args.out / "projection_grid.png"
     grid.write_bytes((repo / "metrics" / "projection_grid.png").read_bytes())

@@ -200,6 +200,10 @@ class ClassifierAlign(_Section):
     fallback: bool = Field(True, description=(
         "When the kept aligned model is worse than the source model on the projected source val split by more "
         "than max_val_drop, do not use it: SDA falls back to DDA. Needs a source val split (no effect without)."))
+    projected_source: bool = Field(False, description=(
+        "Also train on the DDA projections of the source train split (real images, real labels) besides the "
+        "synthetic set: the aligned model learns to read projections even where the generator draws its classes "
+        "poorly. false: the synthetic set alone (the paper)."))
     max_val_drop: float = Field(10.0, ge=0, le=100, description=(
         "Points the aligned model may lose to the source model on the projected source val split before "
         "SDA falls back to DDA (fallback) or the run warns."))

@@ -19,6 +19,7 @@ import argparse
 import json
 import logging
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -52,8 +53,28 @@ def project_shard_set(src: Path, model_dir: Path, projection: dict, seed: int,
             np.array([s.label for s in projected], dtype=np.int64))
 
 
+def mixed_batches(stream: ShardStream, images: np.ndarray, labels: np.ndarray, batch_size: int,
+                  seed: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """One epoch: the batches of ``stream`` and batches of the in-memory set (``images`` uint8
+    (N, H, W, 3), ``labels`` (N,)), the latter shuffled and interleaved with the former in an order
+    drawn from ``seed`` alone."""
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(labels))
+    extra = [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
+    turns = rng.permutation(np.r_[np.zeros(len(stream), bool), np.ones(len(extra), bool)])
+    batches, pending = iter(stream), iter(extra)
+    for from_memory in turns:
+        if from_memory:
+            idx = next(pending)
+            yield images[idx], labels[idx]
+        else:
+            b = next(batches)
+            yield b.images, b.labels
+
+
 def run(cfg: ClassifierAlign, seed: int, source_model: Path, synth_dir: Path, out: Path, device: torch.device,
-        loader_workers: int = 0, projected_val: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
+        loader_workers: int = 0, projected_val: tuple[np.ndarray, np.ndarray] | None = None,
+        projected_source: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
     """Fine-tune the source model on the shard set ``synth_dir``, streamed (seeded shard + buffer
     shuffles, ``loader_workers`` reading processes): memory is bounded by batch and buffer.
 
@@ -62,6 +83,8 @@ def run(cfg: ClassifierAlign, seed: int, source_model: Path, synth_dir: Path, ou
     with ``cfg.fallback``, when the kept one is more than ``cfg.max_val_drop`` points below the
     source model's, the source model is saved instead, with ``fallback: "dda"`` in its config. Returns the saved config, plus ``val_source`` /
     ``val_aligned`` (percent, the aligned model before any fallback) when ``projected_val`` is given.
+    ``projected_source``: (projections, labels) of the source train split, trained on beside the
+    synthetic set in every epoch (:func:`mixed_batches`; ``classifier_align.projected_source``).
     """
     model, config = load_classifier(source_model, device)
     s = derive_seed(seed, "classifier_align")
@@ -77,12 +100,20 @@ def run(cfg: ClassifierAlign, seed: int, source_model: Path, synth_dir: Path, ou
     epochs = [ShardStream(synth_dir, hp["batch_size"], workers=loader_workers, seed=s, epoch=e,
                           shuffle_buffer=cfg.shuffle_buffer) for e in range(hp["epochs"])]
     train_hp = {k: v for k, v in hp.items() if k not in ("batch_size", "epochs")}
-    history = fit_classifier(model, lambda e: ((b.images, b.labels) for b in epochs[e]), [len(e) for e in epochs],
+    if projected_source is None:
+        batches, lengths = (lambda e: ((b.images, b.labels) for b in epochs[e])), [len(e) for e in epochs]
+    else:
+        extra = -(-len(projected_source[1]) // hp["batch_size"])
+        batches = lambda e: mixed_batches(epochs[e], *projected_source, hp["batch_size"],  # noqa: E731
+                                          derive_seed(s, "projected source", e))
+        lengths = [len(e) + extra for e in epochs]
+    history = fit_classifier(model, batches, lengths,
                              **input_spec(config), device=device, label_smoothing=cfg.label_smoothing,
                              desc="classifier_align", validate=val_score if cfg.select_epoch else None, **train_hp)
     log.info("aligned model: train acc on aligned synthetic set %.1f%%", 100 * history[-1]["acc"])
     new_config = {**config, "aligned_on": str(synth_dir), "hyperparameters": hp, "history": history, "seed": s,
-                  "trained_images": epochs[0].count * hp["epochs"]}
+                  "trained_images": (epochs[0].count + (0 if projected_source is None else len(projected_source[1])))
+                  * hp["epochs"]}
     new_config.pop("val_acc", None)
     scores = {}
     if val_score is not None:
@@ -153,8 +184,16 @@ def _main(params: Params, args: argparse.Namespace) -> int:
                                                          derive_seed(rt.seed, "classifier_align", "val"), args.device)
         projected_val = (projected, labels)
         original_val = projected_val_accuracy(source, source_cfg, originals, labels, device=args.device)
+    projected_source = None
+    if cfg.projected_source:
+        train_dir = DATA / "source_data" / "train"
+        _, images, labels = project_shard_set(train_dir, model_dir, params.projection.model_dump(),
+                                              derive_seed(rt.seed, "classifier_align", "train"), args.device)
+        projected_source = (images, labels)
+        log.info("classifier_align.projected_source: %d projected source train images join the synthetic set",
+                 len(labels))
     config = run(cfg, rt.seed, DATA / "source_model", DATA / "synth_align", DATA / "classifier_align", args.device,
-                 loader_workers=rt.loader_workers, projected_val=projected_val)
+                 loader_workers=rt.loader_workers, projected_val=projected_val, projected_source=projected_source)
     diagnostics["projected_val"] = None if projected_val is None else {
         "images": len(projected_val[1]), "source_original": round(original_val, 2), "source": config["val_source"],
         "aligned": config["val_aligned"],
@@ -162,7 +201,8 @@ def _main(params: Params, args: argparse.Namespace) -> int:
         "selected_epoch": config.get("selected_epoch")}
     diagnostics["fallback"] = fell_back(config)
     diagnostics["thresholds"] = {"min_synthetic_accuracy": cfg.min_synthetic_accuracy, "max_val_drop": cfg.max_val_drop,
-                                 "select_epoch": cfg.select_epoch, "fallback": cfg.fallback}
+                                 "select_epoch": cfg.select_epoch, "fallback": cfg.fallback,
+                                 "projected_source": cfg.projected_source}
     diagnostics["warnings"] = alignment_warnings(diagnostics, min_synthetic_accuracy=cfg.min_synthetic_accuracy,
                                                  max_val_drop=cfg.max_val_drop, levers=levers(params))
     for w in diagnostics["warnings"]:

@@ -17,7 +17,7 @@ from sda.io.streaming import ShardStream
 from sda.method.diagnostics import alignment_warnings, class_accuracy
 from sda.method.scoring import fell_back, method_predictions
 from sda.models.classifiers import create_classifier, load_classifier, save_classifier, train_classifier
-from tasks.classifier_align import run
+from tasks.classifier_align import mixed_batches, run
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
 LEVERS = {"generator": "diffusion_finetune.train_steps (now 100) or synth_generate.per_class (now 3)",
@@ -90,11 +90,11 @@ def test_a_fallback_makes_sda_decide_as_dda():
     assert fell_back({"fallback": "dda"}) and not fell_back({})
 
 
-def _align(root, synth, tmp_path, projected_val, **cfg):
+def _align(root, synth, tmp_path, projected_val, projected_source=None, **cfg):
     c = ClassifierAlign(**{"epochs": 4, "batch_size": 32, "lr": 3e-3, "shuffle_buffer": 100, "max_val_drop": 2.0,
                            "select_epoch": True, **cfg})
     return run(c, 0, root / "source_model", synth, tmp_path / "aligned", torch.device("cpu"),
-               projected_val=projected_val)
+               projected_val=projected_val, projected_source=projected_source)
 
 
 def test_a_useless_synthetic_set_falls_back_to_the_source_model(source, tmp_path):
@@ -151,3 +151,30 @@ def test_the_last_epoch_kept_by_default_still_falls_back_when_it_is_worse(source
     assert all("val" not in h for h in last["history"])  # no per-epoch selection, the last epoch measured
     kept = _align(root, synth, tmp_path / "kept", val, lr=2e-2, select_epoch=False, fallback=False)
     assert "fallback" not in kept and kept["val_aligned"] == last["val_aligned"]
+
+
+def test_mixed_batches_take_every_image_once_in_a_seeded_order(source, tmp_path):
+    x, y = _colours(100, 5)
+    stream = ShardStream(_shards(tmp_path / "synth", *_colours(70, 6)), 32, seed=0)
+    mem_x = np.full((45, 16, 16, 3), 7, np.uint8)
+    mem_y = np.arange(45) % 3
+    runs = [list(mixed_batches(stream, mem_x, mem_y, 32, seed=s)) for s in (1, 1, 2)]
+    sizes = [len(b[1]) for b in runs[0]]
+    assert len(runs[0]) == len(stream) + 2 and sum(sizes) == 70 + 45
+    assert [len(b[1]) for b in runs[1]] == sizes  # the same seed, the same order
+    assert any(len(a[1]) != len(b[1]) or not np.array_equal(a[1], b[1]) for a, b in zip(runs[0], runs[2]))
+    from_memory = np.concatenate([b[1] for b in runs[0] if (b[0] == 7).all()])
+    assert sorted(from_memory.tolist()) == sorted(mem_y.tolist())
+
+
+def test_projected_source_images_rescue_a_useless_synthetic_set(source, tmp_path):
+    """classifier_align.projected_source: the same noise set with the source's own kind of images
+    (standing in for their projections) beside it keeps the aligned model near the source model."""
+    root, val = source
+    rng = np.random.default_rng(3)
+    synth = _shards(tmp_path / "synth", rng.integers(0, 256, (128, 16, 16, 3), dtype=np.uint8), rng.integers(0, 3, 128))
+    alone = _align(root, synth, tmp_path / "a", val, lr=2e-2, select_epoch=False, fallback=False)
+    mixed = _align(root, synth, tmp_path / "b", val, projected_source=_colours(256, 7), lr=2e-2, select_epoch=False,
+                   fallback=False)
+    assert mixed["trained_images"] == (128 + 256) * 4
+    assert mixed["val_aligned"] > alone["val_aligned"] + 10, (alone["val_aligned"], mixed["val_aligned"])
