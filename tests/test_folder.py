@@ -173,11 +173,15 @@ def test_folder_profile_end_to_end_through_the_prefect_flow(images, tmp_path, pr
     make_folder_set(repo / "images", per_class=12, target_per_class=3, flat=5)
     rel = {"source_dir": "images/source", "target_dirs": {"site_b": "images/site_b", "site_c": "images/site_c"}}
     # the tiny budgets of TINY, not params.yaml's profiles.folder (minutes of CPU)
-    _copy_repo(repo, {"profile": "folder", "folder": rel, "profiles": {"folder": {"synth_generate": {"per_class": 2}}}})
+    _copy_repo(repo, {"profile": "folder", "folder": rel, "profiles": {"folder": {
+        "synth_generate": {"per_class": 2}, "classifier_align": {"projected_source": True}}}})
     result = pipeline(root=str(repo))
     assert [r["stage"] for r in result["stages"]] == list(STAGES) and all(r["ran"] for r in result["stages"])
     metrics = result["metrics"]
     assert set(metrics["domains"]) == {"site_b", "clean", "gaussian_noise", "pixelate"}
+    aligned = json.loads((repo / "data" / "classifier_align" / "config.json").read_text())
+    train = read_manifest(repo / "data" / "source_data" / "train")["count"]
+    assert aligned["trained_images"] == (2 * 4 + train) * aligned["hyperparameters"]["epochs"]  # synthetic + projected source
     assert metrics["more"]["corruptions_in_mean"] == ["site_b", "gaussian_noise", "pixelate"]
     assert metrics["unlabelled"]["site_c"]["images"] == 5
     rows = list(csv.DictReader((repo / "metrics" / "predictions.csv").open()))
