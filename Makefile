@@ -20,7 +20,7 @@ export PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW ?= ignore
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 PORT ?= 4200
 
-.PHONY: help install run test test-fast repro serve relabel clean
+.PHONY: help install run test test-fast repro serve relabel docs clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -50,6 +50,9 @@ test: install  ## run the test suite in a random order (CI: everything; SEED=N r
 test-fast: install  ## the unit tests alone (no pipeline runs, no GPU): about 30 s
 	@seed=$${SEED:-$$RANDOM}; echo "test order: SEED=$$seed (pytest-randomly)"; \
 	$(PY) -m pytest -q -m "not slow and not gpu" -p randomly --randomly-seed=$$seed
+
+docs: install  ## the documentation site of docs/ on http://127.0.0.1:8000 (mkdocs serve)
+	$(VENV)/bin/mkdocs serve
 
 clean:  ## remove pipeline outputs (not the DVC cache or .venv)
 	rm -rf data/source_data data/source_model data/diffusion_finetune data/synth_generate data/synth_align \

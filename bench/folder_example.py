@@ -1,4 +1,4 @@
-"""The README's "Your own data" examples, measured: a generated folder set of someone's labelled
+"""The "Your own data" examples of docs/own-data.md, measured: a generated folder set of someone's labelled
 images run with ``profile: folder`` and the repository's params, through the Prefect flow over the
 DVC stages, in a scratch clone of this checkout's HEAD (commit first). Prints the wall time, the
 results table with the checks of the synthetic domain, and copies ``metrics/projection_grid.png``

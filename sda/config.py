@@ -43,7 +43,7 @@ CORRUPTIONS: tuple[str, ...] = (
 
 
 
-# guided-diffusion's flags of 256x256_diffusion_uncond.pt (DESIGN.md §3)
+# guided-diffusion's flags of 256x256_diffusion_uncond.pt (docs/method.md)
 ADM_256_UNCOND: dict[str, Any] = {
     "image_size": 256, "num_channels": 256, "num_res_blocks": 2, "attention_resolutions": "32,16,8",
     "num_head_channels": 64, "learn_sigma": True, "resblock_updown": True, "use_scale_shift_norm": True,

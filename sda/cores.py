@@ -29,7 +29,7 @@ def free_cores(sample_s: float = 0.3) -> int:
     least 1; the whole affinity set when it cannot be measured.
 
     Measured rather than assumed: with more torch threads than free cores, OpenMP spin-waits and
-    training runs many times slower (DESIGN.md §4).
+    training runs many times slower (docs/method.md, the embedded domain).
     """
     allowed = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     busy = _percent_busy(sample_s)

@@ -41,7 +41,7 @@ if not sys.stderr.isatty():
 
 
 # runtime.threads is fixed (the bytes depend on it), so a stage may start with fewer idle cores than
-# threads; OpenMP's spinning waits then make training 3-12x slower (DESIGN.md §4). Passive waits cost
+# threads; OpenMP's spinning waits then make training 3-12x slower (docs/method.md, the embedded domain). Passive waits cost
 # ~15 % on an idle machine and remove that; same bytes either way. OpenMP reads this when torch
 # loads, hence here, before torch is imported (sda.cores does not). An explicit OMP_WAIT_POLICY wins.
 from sda.cores import busy_cores  # noqa: E402

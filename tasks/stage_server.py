@@ -2,7 +2,7 @@
 a fresh child for each ``python -m tasks.<stage>`` command.
 
 Each stage process would otherwise spend 5-10 s of a 2-core machine importing torch, diffusers and
-timm before its first line of work (DESIGN.md §4). The pipeline flow (flows/pipeline.py) starts
+timm before its first line of work (docs/reproducibility.md). The pipeline flow (flows/pipeline.py) starts
 this server and points ``SDA_STAGE_SERVER`` at its socket for the ``dvc repro`` it runs. DVC still
 runs every stage's own command; that process (``tasks/__init__``) sends its module, arguments,
 working directory, environment (the allowlisted part: ``FORWARDED_ENV``) and standard streams here

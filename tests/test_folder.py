@@ -72,7 +72,7 @@ def test_source_and_targets_from_folders(images, tmp_path):
 
 
 def test_the_second_set_printed_digits_to_handwritten_scans(tmp_path):
-    """The README's second set, another kind of shift (acquisition: printed digits in 16 fonts as the
+    """The second measured set (docs/own-data.md), another kind of shift (acquisition: printed digits in 16 fonts as the
     source, 8 px scans of handwriting as the labelled target), read by the folder domain."""
     folder = make_digits_set(tmp_path / "images", per_class=10, target_per_class=2, flat=3)
     p = _params(folder)

@@ -123,7 +123,7 @@ def test_channels_last_group_norm_keeps_the_layout_on_cuda(shape):
 @pytest.mark.parametrize("fast", [{}, {**FAST, "compile": "default"}], ids=["fp32", "bf16+cl+compile"])
 def test_deterministic_projection_repeats_its_bytes_on_cuda(cuda_unet, scheduler, fast, restore_determinism):
     """runtime.deterministic: true (the default) promises the same bytes run to run, on the GPU too
-    (the README said this was unmeasured there): the same batch projected twice, byte-identical."""
+    (the docs said this was unmeasured there): the same batch projected twice, byte-identical."""
     from sda.runtime import set_deterministic
 
     set_deterministic(True)

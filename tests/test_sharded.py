@@ -117,7 +117,7 @@ def test_other_plan_is_refused_not_mixed(model_dir, tmp_path):
 
 @pytest.fixture
 def dask_cluster():
-    """A real ``dask scheduler`` and two worker processes on 127.0.0.1, started the way the README
+    """A real ``dask scheduler`` and two worker processes on 127.0.0.1, started the way docs/scale.md
     tells users to: ``python -m sda.io.dask_worker ADDRESS --nworkers 2 --nthreads 1``."""
     port = free_port()
     bindir = Path(sys.executable).parent

@@ -1,7 +1,7 @@
 """The DDA projection (Gao et al., CVPR 2023): the one place that projects images towards the
 source domain, used by ``synth_align`` ("Mix of Diffusion"), ``target_project`` and relabelling.
 
-Reference behaviour by default (DESIGN.md §1):
+Reference behaviour by default (docs/method.md):
 
 1. x_N = q_sample(ref, t = ts[N]) with one noise draw for the whole batch, where ``ts`` is the
    ascending respaced list (guided-diffusion's ``space_timesteps``).

@@ -5,7 +5,7 @@ Methods (each a prediction per image):
 - ``source``: source model on the original image;
 - ``dda``: source model on the projected image;
 - ``dda_ens``: DDA's ensemble, softmax sum of source(original) and source(projected);
-- ``sda``: argmax of the RAW LOGIT SUM source(original) + aligned(projected) (SDA, DESIGN.md §1);
+- ``sda``: argmax of the RAW LOGIT SUM source(original) + aligned(projected) (SDA, docs/method.md);
   DDA's prediction when the alignment fell back (an aligned model that the projected source val
   split rejected: ``classifier_align``'s config says ``fallback: dda``).
 
@@ -41,7 +41,7 @@ def fell_back(aligned_config: dict[str, Any]) -> bool:
 
 
 def sda_logits(source_orig: torch.Tensor, aligned_proj: torch.Tensor, *, fallback: bool = False) -> torch.Tensor:
-    """SDA's decision logits (N, C): the raw sum source(original) + aligned(projected) (DESIGN.md §1);
+    """SDA's decision logits (N, C): the raw sum source(original) + aligned(projected) (docs/method.md);
     with ``fallback`` (:func:`fell_back`) the projected term alone, DDA's decision."""
     return aligned_proj if fallback else source_orig + aligned_proj
 

@@ -1,4 +1,4 @@
-"""guided-diffusion (ADM) checkpoints as diffusers ``UNet2DModel`` + ``DDPMScheduler`` (DESIGN.md §3).
+"""guided-diffusion (ADM) checkpoints as diffusers ``UNet2DModel`` + ``DDPMScheduler`` (docs/method.md).
 
     unet = load_adm_unet("256x256_diffusion_uncond.pt", image_size=256, num_channels=256,
                          num_res_blocks=2, attention_resolutions="32,16,8", num_head_channels=64,

@@ -85,9 +85,9 @@ def create_classifier(arch: str, num_classes: int, **kwargs: Any) -> nn.Module:
     return timm.create_model(arch, pretrained=False, num_classes=num_classes, **kwargs)
 
 
-# The SDA paper's fine-tuning recipes (DESIGN.md §1), per backbone family. The paper's batch is
+# The SDA paper's fine-tuning recipes (docs/method.md), per backbone family. The paper's batch is
 # 64 per GPU x 8 GPUs; one process here steps on batch_size images (use gradient-equivalent lr
-# scaling if you change it). The AdamW learning rate is not stated in DESIGN.md: 1e-5 is ours.
+# scaling if you change it). docs/method.md states no AdamW learning rate for Swin / ConvNeXt: 1e-5 is ours.
 PAPER_RECIPES: dict[str, dict[str, Any]] = {
     "resnet": {"optimizer": "sgd", "lr": 5e-4, "momentum": 0.9, "weight_decay": 1e-4, "batch_size": 64,
                "epochs": 15, "grad_clip": None},

@@ -3,8 +3,8 @@
 profile) and ``info.json`` (:class:`DiffusionInfo`); plus the embedded profile's UNet.
 
 The embedded profile trains one class-conditional ``UNet2DModel`` with a "null" class: it is both
-the unconditional projector (label = ``num_classes``) and the class-conditional generator, as
-DESIGN.md §4 measured.
+the unconditional projector (label = ``num_classes``) and the class-conditional generator
+(docs/method.md, "The embedded domain").
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""SDA's prediction for new images (DESIGN.md §1): the source model on the original, the aligned
+"""SDA's prediction for new images (docs/method.md): the source model on the original, the aligned
 model on its DDA projection, SDA = argmax of the raw logit sum; with confidences and top-5."""
 
 from __future__ import annotations
