@@ -152,7 +152,7 @@ def main() -> None:
             src = tmp / "project-input"
             run_shard_jobs(src, gen_jobs, gen, plan={}, desc="projection input")
             proj = functools.partial(project_job, model_dir=model_dir, src_root=str(src),
-                                     projection=p.projection.model_dump(), seed=0, device="cpu")
+                                     projection=p.projection, seed=0, device="cpu")
             measure("project", proj, projection_jobs(src, [""]), args.images, tmp, args.cores,
                     args.stock_dask)
 

@@ -48,7 +48,7 @@ from sda.models.adm import adm_unet_config  # noqa: E402
 from sda.models.schedulers import ddpm_scheduler
 from sda.method.dda import project  # noqa: E402
 from sda.method.dda_reference import reference_project  # noqa: E402
-from sda.config import ADM_256_UNCOND  # noqa: E402
+from sda.config import ADM_256_UNCOND, Projection  # noqa: E402
 from sda.runtime import set_deterministic  # noqa: E402
 
 ADM_TINY = {"image_size": 32, "num_channels": 32, "num_res_blocks": 1, "num_head_channels": 16,
@@ -224,7 +224,7 @@ def bench_adm(t: Table, device: torch.device, full: bool, batches: list[int], st
 
                 def run(n: int, model=model, precision=precision, x=x) -> None:
                     g = torch.Generator(device=device).manual_seed(0)
-                    project(model, sched, x, N=n, precision=precision, generator=g, **kw)
+                    project(model, sched, x, Projection(N=n, precision=precision, **kw), generator=g)
             try:
                 t0 = time.perf_counter()
                 run(1)  # warm-up: cuDNN autotune, allocator, compilation
@@ -276,8 +276,8 @@ def bench_deviation(t: Table, device: torch.device, full: bool, modes: list[str]
                            layout_norms=fast["layout_norms"])
         g = torch.Generator(device=device).manual_seed(0)
         t0 = time.perf_counter()
-        outs[mode] = to_uint8(project(model, sched, x, respacing=100, N=50, D=4, scale=6.0, precision=precision,
-                                      generator=g)).astype(np.int16)
+        outs[mode] = to_uint8(project(model, sched, x, Projection(respacing=100, N=50, D=4, scale=6.0,
+                                                                  precision=precision), generator=g)).astype(np.int16)
         sec = time.perf_counter() - t0
         if mode != "fp32":
             d = np.abs(outs[mode] - outs["fp32"])
@@ -311,7 +311,7 @@ def bench_embedded_agreement(t: Table, device: torch.device, modes: list[str], d
     source, scfg = load_classifier(data / "source_model", device)
     aligned, acfg = load_classifier(data / "classifier_align", device)
     domains = json.loads((data / "target_data" / "domains.json").read_text())["domains"][:max_domains]
-    base = params.projection.model_dump()
+    base = params.projection
     preds: dict[str, list[np.ndarray]] = {m: [] for m in ["fp32", *modes]}
     labels, pix = [], {m: [] for m in modes}
     t0 = time.perf_counter()
@@ -321,8 +321,9 @@ def bench_embedded_agreement(t: Table, device: torch.device, modes: list[str], d
         so = predict_logits(source, tgt.images, **input_spec(scfg), device=device)
         proj_fp32 = None
         for mode in preds:
-            cfg = {**base, **fast_settings(mode)}
-            bs = int(cfg["batch_size"])
+            fast = fast_settings(mode)
+            cfg = base.model_copy(update={k: fast[k] for k in ("precision", "channels_last", "compile")})
+            bs = int(cfg.batch_size)
             out = []
             for c in range(0, len(tgt.images), bs):
                 g = torch.Generator(device=device).manual_seed(c)

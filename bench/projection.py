@@ -24,7 +24,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from sda.config import ADM_256_UNCOND, load_params
+from sda.config import ADM_256_UNCOND, Projection, load_params
 from sda.method.dda import low_pass, project
 from sda.method.dda_reference import reference_project
 from sda.models.adm import ADM_DEFAULTS, adm_unet_config
@@ -88,7 +88,8 @@ def bench_model(name: str, device: torch.device, batch_sizes: list[int], steps: 
             if bf16 and device.type != "cuda":
                 continue  # CPU bf16 autocast is slower than fp32 on these machines' cores
             try:
-                ours, peak = _time(lambda: project(unet, sched, x, class_labels=labels, precision="bf16" if bf16 else "fp32", **kw),
+                ours, peak = _time(lambda: project(unet, sched, x, Projection(precision="bf16" if bf16 else "fp32", **kw),
+                                                   class_labels=labels),
                                    device, repeats)
 
                 def naive():

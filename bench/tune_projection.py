@@ -45,15 +45,13 @@ def main() -> None:
     keys = list(grid)
     print("setting".ljust(50), " ".join(f"{c[:10]:>10}" for c in args.corruptions), "  mean  img/s")
     for combo in itertools.product(*grid.values()) if grid else [()]:
-        p = Projection(**{**params.projection.model_dump(), **dict(zip(keys, combo))})
+        p = Projection(**{**params.projection.model_dump(), **dict(zip(keys, combo))})  # validated
         accs, t0, n = [], time.perf_counter(), 0
         for c, imgs in domains.items():
             out = []
             for b in range(0, len(imgs), p.batch_size):
                 x = to_unit_range(imgs[b: b + p.batch_size])
-                y = project(unet, sched, x, respacing=p.respacing, N=p.N, D=p.D, scale=p.scale,
-                            per_sample_norm=p.per_sample_norm, fix_off_by_one=p.fix_off_by_one,
-                            class_labels=torch.full((len(x),), info.null_label),
+                y = project(unet, sched, x, p, class_labels=torch.full((len(x),), info.null_label),
                             generator=torch.Generator().manual_seed(b))
                 out.append(to_uint8(y))
                 n += len(x)

@@ -34,8 +34,8 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
 from flows.serve import check_served_root
-from sda.config import ParamsError, load_params, set_profile
-from sda.domains import domain_names
+from sda.config import ParamsError, load_params
+from sda.domains import domain_for, domain_names, set_profile
 from tasks import STAGES
 from tasks.stage_server import ENV as STAGE_SERVER_ENV
 
@@ -238,6 +238,7 @@ def _run_pipeline(root_p: Path, stages: list[str] | None, force: bool, profile: 
     if profile is not None and set_profile(root_p / "params.yaml", profile):
         print(f"params.yaml: profile switched to {profile}")
     params = load_params(root_p / "params.yaml")  # fail before any work on a bad params file
+    domain_for(params)
     print(f"profile={params.profile} seed={params.runtime.seed} split={params.target_data.split}")
     _env_for_stages()
     todo = list(stages or STAGES)
@@ -280,7 +281,7 @@ def main() -> None:
         if args.profile:
             set_profile(Path(args.root) / "params.yaml", args.profile, write=False)
         else:
-            load_params(Path(args.root) / "params.yaml")
+            domain_for(load_params(Path(args.root) / "params.yaml"))
     except ParamsError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None

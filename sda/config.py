@@ -3,7 +3,9 @@
 One pydantic model per stage section, all frozen and ``extra="forbid"``: an unknown key or a bad
 value fails before any work starts, and the error names the parameter by its dotted path
 (``projection.D``) and says what is allowed. :func:`load_params` reads a file; :func:`parse_params`
-validates a mapping (a notebook's, a test's).
+validates a mapping (a notebook's, a test's). This module is a leaf: it checks the shape of the
+params and imports no other module of the project; which profiles exist and what each needs is
+the domain registry's (:func:`sda.domains.domain_for`).
 
 The defaults here are the values in the repository's ``params.yaml``, which lists every parameter:
 ``tests/test_params.py`` fails when the two disagree, so a notebook's ``Params()`` is the pipeline's
@@ -13,7 +15,6 @@ configuration.
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Mapping
 
@@ -21,7 +22,6 @@ import yaml
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from sda.io.atomic import atomic_write_bytes
 
 __all__ = [
     "ADM_256_UNCOND",
@@ -30,7 +30,6 @@ __all__ = [
     "Params",
     "load_params",
     "parse_params",
-    "set_profile",
 ]
 
 # The 15 ImageNet-C corruptions that the paper reports (severity 5), in the usual order.
@@ -225,11 +224,11 @@ class TargetData(_Section):
     def _known(self) -> "TargetData":
         unknown = set(self.corruptions) - set(CORRUPTIONS)
         if unknown:  # corrupt_tta (0.5 s to import) only for names beyond the paper's 15
-            from sda.domains.corruptions import available_corruptions
+            import corrupt_tta
 
-            unknown -= set(available_corruptions())
+            unknown -= set(corrupt_tta.corruption_dict)
             if unknown:
-                raise ValueError(f"unknown corruptions {sorted(unknown)}; choose from {sorted(available_corruptions())}")
+                raise ValueError(f"unknown corruptions {sorted(unknown)}; choose from {sorted(corrupt_tta.corruption_dict)}")
         if len(set(self.corruptions)) != len(self.corruptions):
             raise ValueError("corruptions are listed twice")
         return self
@@ -379,34 +378,6 @@ class Params(_Section):
     evaluate: Evaluate = Evaluate()
     relabel: Relabel = Relabel()
 
-    @field_validator("profile")
-    @classmethod
-    def _registered(cls, v: str) -> str:
-        from sda.domains import domain_names
-
-        if v not in domain_names():
-            raise ValueError(f"unknown profile {v!r}; the registered domains are {list(domain_names())}")
-        return v
-
-    @field_validator("profiles")
-    @classmethod
-    def _registered_keys(cls, v: dict) -> dict:
-        for name in v:
-            cls._registered(name)
-        return v
-
-    @model_validator(mode="after")
-    def _domain_params(self) -> "Params":
-        if self.profile == "folder" and self.folder.source_dir is None:
-            raise ValueError("profile: folder needs folder.source_dir (your labelled images: <class>/<files>)")
-        return self
-
-    @property
-    def image_size(self) -> int:
-        """Side of the images the diffusion models see (stored target / synthetic images)."""
-        from sda.domains import get_domain
-
-        return get_domain(self.profile).image_size(self)
 
 
 def _format(err: ValidationError, source: str) -> str:
@@ -463,23 +434,3 @@ def load_params(path: str | os.PathLike[str] = "params.yaml") -> Params:
     except yaml.YAMLError as err:
         raise ParamsError(f"{path}: not valid YAML: {err}") from None
     return parse_params(raw, source=str(path))
-
-
-def set_profile(params_file: Path, profile: str, *, write: bool = True) -> bool:
-    """Set ``profile:`` in ``params_file`` (comments kept, written atomically); True if it changed.
-    ``write=False`` only validates the switched file.
-
-    The switch is a visible edit of params.yaml, so DVC sees it and re-runs what depends on it.
-    """
-    text = params_file.read_text()
-    pattern = re.compile(r"^profile:[ \t]*([^\s#]+)", re.MULTILINE)
-    m = pattern.search(text)
-    if m is None:
-        raise ParamsError(f"{params_file}: no top-level 'profile:' line to switch")
-    if m.group(1) == profile:
-        return False
-    new = pattern.sub(f"profile: {profile}", text, count=1)
-    parse_params(yaml.safe_load(new), source=str(params_file))  # validate before writing
-    if write:
-        atomic_write_bytes(params_file, new.encode())
-    return True

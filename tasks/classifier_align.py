@@ -24,8 +24,8 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from sda.config import ClassifierAlign, Params
-from sda.domains import get_domain
+from sda.config import ClassifierAlign, Params, Projection
+from sda.domains import Domain, domain_for
 from sda.io.atomic import atomic_write_json
 from sda.io.shards import iter_shard_file, read_manifest
 from sda.io.streaming import ShardStream
@@ -40,7 +40,7 @@ from tasks.common import DATA, METRICS, stage_main
 log = logging.getLogger("sda.classifier_align")
 
 
-def project_shard_set(src: Path, model_dir: Path, projection: dict, seed: int,
+def project_shard_set(src: Path, model_dir: Path, projection: Projection, seed: int,
                       device: torch.device) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """DDA projections of the (small) shard set ``src``, in memory, by ``target_project``'s code
     path: originals and projections uint8 (N, H, W, 3), labels (N,)."""
@@ -147,12 +147,12 @@ def synthetic_scores(model: torch.nn.Module, config: dict, sets: dict[str, Path]
     return out
 
 
-def levers(params: Params) -> dict[str, str]:
+def levers(params: Params, domain: Domain) -> dict[str, str]:
     """The settings that :func:`sda.method.diagnostics.alignment_warnings` names, with their values."""
     df, p, ca, sg = params.diffusion_finetune, params.projection, params.classifier_align, params.synth_generate
-    if get_domain(params.profile).diffusion(params) == "adm+dit":
-        section = params.folder if params.profile == "folder" else params.imagenet
-        projector = f"{params.profile}.finetune_steps (now {section.finetune_steps})"
+    section = domain.pretrained_diffusion(params)
+    if section is not None:
+        projector = f"{section}.finetune_steps (now {getattr(params, section).finetune_steps})"
         generator = f"{projector} or synth_generate.steps (now {sg.steps})"
     else:
         projector = (f"diffusion_finetune.max_train_steps (now {df.max_train_steps})" if df.probe_every else
@@ -163,7 +163,7 @@ def levers(params: Params) -> dict[str, str]:
             "alignment": f"classifier_align.lr (now {ca.lr:g}) or classifier_align.epochs (now {ca.epochs})"}
 
 
-def _main(params: Params, args: argparse.Namespace) -> int:
+def _main(params: Params, args: argparse.Namespace, domain: Domain) -> int:
     cfg, rt = params.classifier_align, params.runtime
     val_dir, model_dir = DATA / "source_data" / "val", DATA / "diffusion_finetune"
     has_val = (val_dir / "manifest.json").is_file() and read_manifest(val_dir)["count"] > 0
@@ -180,14 +180,14 @@ def _main(params: Params, args: argparse.Namespace) -> int:
         class_names, params.evaluate.batch_size, args.device, rt.loader_workers)}
     projected_val, original_val = None, None
     if has_val:
-        originals, projected, labels = project_shard_set(val_dir, model_dir, params.projection.model_dump(),
+        originals, projected, labels = project_shard_set(val_dir, model_dir, params.projection,
                                                          derive_seed(rt.seed, "classifier_align", "val"), args.device)
         projected_val = (projected, labels)
         original_val = projected_val_accuracy(source, source_cfg, originals, labels, device=args.device)
     projected_source = None
     if cfg.projected_source:
         train_dir = DATA / "source_data" / "train"
-        _, images, labels = project_shard_set(train_dir, model_dir, params.projection.model_dump(),
+        _, images, labels = project_shard_set(train_dir, model_dir, params.projection,
                                               derive_seed(rt.seed, "classifier_align", "train"), args.device)
         projected_source = (images, labels)
         log.info("classifier_align.projected_source: %d projected source train images join the synthetic set",
@@ -204,7 +204,7 @@ def _main(params: Params, args: argparse.Namespace) -> int:
                                  "select_epoch": cfg.select_epoch, "fallback": cfg.fallback,
                                  "projected_source": cfg.projected_source}
     diagnostics["warnings"] = alignment_warnings(diagnostics, min_synthetic_accuracy=cfg.min_synthetic_accuracy,
-                                                 max_val_drop=cfg.max_val_drop, levers=levers(params))
+                                                 max_val_drop=cfg.max_val_drop, levers=levers(params, domain))
     for w in diagnostics["warnings"]:
         log.warning("%s", w)
     METRICS.mkdir(parents=True, exist_ok=True)
@@ -213,4 +213,4 @@ def _main(params: Params, args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    stage_main("classifier_align", __doc__, _main)
+    stage_main("classifier_align", __doc__, _main, domain_for=domain_for)

@@ -12,7 +12,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from sda.config import Params, ParamsError, load_params
 from sda.io.atomic import atomic_write_json, clean_stale_temps, replace_dir
@@ -40,9 +40,15 @@ def setup_logging() -> None:
     )
 
 
-def stage_main(stage: str, doc: str, body: Callable[[Params, argparse.Namespace], int | None],
-               add_args: Callable[[argparse.ArgumentParser], None] | None = None) -> None:
+def stage_main(stage: str, doc: str, body: Callable[..., int | None],
+               add_args: Callable[[argparse.ArgumentParser], None] | None = None,
+               domain_for: Callable[[Params], Any] | None = None) -> None:
     """Parse argv, validate params, set seeds / threads / device, run ``body``, log the time.
+
+    ``body(params, args)``; a stage that reads its domain passes ``domain_for``
+    (:func:`sda.domains.domain_for`) and gets ``body(params, args, domain)``: the domain is looked up
+    (and checks the params) once, here, before any work. This module imports no domain itself, so
+    a stage that needs none does not depend on the domain modules.
 
     A :class:`ParamsError`, ``FileNotFoundError``, ``ValueError``, an unreachable dask scheduler or a
     full disk exits with status 2 and a message
@@ -58,6 +64,7 @@ def stage_main(stage: str, doc: str, body: Callable[[Params, argparse.Namespace]
     setup_logging()
     try:
         params = load_params(args.params)
+        domain = (domain_for(params),) if domain_for else ()
     except ParamsError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -73,7 +80,7 @@ def stage_main(stage: str, doc: str, body: Callable[[Params, argparse.Namespace]
     body_start = time.time()
     t0 = time.perf_counter()
     try:
-        images = body(params, args)
+        images = body(params, args, *domain)
     except (FileNotFoundError, ValueError, SchedulerUnreachableError) as err:
         print(f"error in stage {stage}: {err}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -98,7 +105,7 @@ def stage_main(stage: str, doc: str, body: Callable[[Params, argparse.Namespace]
 def _record_timing(stage: str, body_start: float, seconds: float) -> None:
     """``data/.runs/<stage>.timing.json`` (outside every out): when the process started, when its
     work began, how long the work took; the flow turns it into start-up / work / orchestration."""
-    from tasks import STARTED
+    from tasks.launch import STARTED
 
     RUNS.mkdir(parents=True, exist_ok=True)
     atomic_write_json(RUNS / f"{stage}.timing.json", {"process_start": STARTED, "work_start": body_start,

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from sda.config import DiffusionFinetune, Folder, ImageNet, Params
-from sda.domains import get_domain
+from sda.domains import Domain, domain_for
 from sda.io.shards import load_shards, read_manifest
 from sda.io.streaming import endless_batches
 from sda.method.diagnostics import probe_score
@@ -233,16 +233,17 @@ def run_folder_pretrained(cfg: Folder, seed: int, source_dir: Path, out: Path, d
     return info
 
 
-def _main(params: Params, args: argparse.Namespace) -> int | None:
-    if params.profile == "folder" and params.folder.pretrained:
-        f = params.folder
-        run_folder_pretrained(f, params.runtime.seed, DATA / "source_data", DATA / "diffusion_finetune", args.device,
-                              params.runtime.loader_workers)
-        return f.finetune_steps * f.finetune_batch_size
-    if get_domain(params.profile).diffusion(params) == "adm+dit":
-        run_imagenet(params.imagenet, params.runtime.seed, DATA / "source_data", DATA / "diffusion_finetune",
-                     args.device, params.runtime.loader_workers)
-        return params.imagenet.finetune_steps * params.imagenet.finetune_batch_size or None
+# the pretrained ADM + DiT, by the params section a domain names (Domain.pretrained_diffusion)
+PRETRAINED = {"imagenet": run_imagenet, "folder": run_folder_pretrained}
+
+
+def _main(params: Params, args: argparse.Namespace, domain: Domain) -> int | None:
+    section = domain.pretrained_diffusion(params)
+    if section is not None:
+        cfg = getattr(params, section)
+        PRETRAINED[section](cfg, params.runtime.seed, DATA / "source_data", DATA / "diffusion_finetune", args.device,
+                            params.runtime.loader_workers)
+        return cfg.finetune_steps * cfg.finetune_batch_size or None
     cfg, sg = params.diffusion_finetune, params.synth_generate
     info = run(cfg, params.runtime.seed, DATA / "source_data", DATA / "diffusion_finetune", args.device,
                judge_dir=DATA / "source_model", sample_steps=sg.steps, guidance_scale=sg.guidance_scale)
@@ -250,4 +251,4 @@ def _main(params: Params, args: argparse.Namespace) -> int | None:
 
 
 if __name__ == "__main__":
-    stage_main("diffusion_finetune", __doc__, _main)
+    stage_main("diffusion_finetune", __doc__, _main, domain_for=domain_for)

@@ -21,7 +21,7 @@ from collections import Counter
 from pathlib import Path
 
 from sda.config import Params
-from sda.domains import get_domain
+from sda.domains import Domain, domain_for
 from sda.io.atomic import atomic_write_bytes, atomic_write_json
 from sda.io.shards import iter_samples
 from sda.io.streaming import ShardStream
@@ -34,16 +34,16 @@ from tasks.common import DATA, METRICS, stage_main
 log = logging.getLogger("sda.evaluate")
 
 
-def protocol(params: Params, images_per_domain: int) -> dict:
+def protocol(params: Params, domain: Domain, images_per_domain: int) -> dict:
     """What the numbers were measured under, so two results can be compared or told apart."""
     td = params.target_data
     return {"profile": params.profile, "split": td.split, "images_per_domain": images_per_domain,
             "seed": params.runtime.seed, "threads": params.runtime.threads,
-            "severities": get_domain(params.profile).severities(params),
+            "severities": domain.severities(params),
             "params_sha256": params_hash(params), "code_version": code_version()}
 
 
-def run(params: Params, device, data: Path = DATA, metrics_dir: Path = METRICS) -> dict:
+def run(params: Params, domain: Domain, device, data: Path = DATA, metrics_dir: Path = METRICS) -> dict:
     index = json.loads((data / "target_data" / "domains.json").read_text())
     domains = index["domains"]
     source, src_cfg = load_classifier(data / "source_model", device)
@@ -74,13 +74,13 @@ def run(params: Params, device, data: Path = DATA, metrics_dir: Path = METRICS) 
         metrics["warnings"] = metrics["alignment"].get("warnings", [])
     metrics["split"] = params.target_data.split
     metrics["images_per_domain"] = n
-    metrics["protocol"] = protocol(params, images_per_domain=n)
+    metrics["protocol"] = protocol(params, domain, images_per_domain=n)
     table = results_markdown(metrics)
     metrics_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(metrics_dir / "evaluate.json", metrics)
     write_plot_csv(metrics, metrics_dir / "per_domain.csv")
     atomic_write_bytes(metrics_dir / "results.md", (table + "\n").encode())
-    atomic_write_bytes(metrics_dir / "projection_grid.png", grid_png(grid_rows, params.image_size))
+    atomic_write_bytes(metrics_dir / "projection_grid.png", grid_png(grid_rows, domain.image_size(params)))
     write_predictions(data / "target_data", predicted, class_names, metrics_dir / "predictions.csv")
     log.info("results (top-1 %%, %s split):\n%s", params.target_data.split, table)
     for w in metrics.get("warnings", []):
@@ -101,10 +101,10 @@ def write_predictions(target_dir: Path, predicted: dict[str, DomainScore], class
     atomic_write_bytes(path, buf.getvalue().encode())
 
 
-def _main(params: Params, args: argparse.Namespace) -> int:
-    metrics = run(params, args.device)
+def _main(params: Params, args: argparse.Namespace, domain: Domain) -> int:
+    metrics = run(params, domain, args.device)
     return metrics["images_per_domain"] * len(metrics["domains"])  # each read twice (original, projected)
 
 
 if __name__ == "__main__":
-    stage_main("evaluate", __doc__, _main)
+    stage_main("evaluate", __doc__, _main, domain_for=domain_for)

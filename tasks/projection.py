@@ -18,10 +18,9 @@ def run_projection(stage: str, params: Params, device, src_root: Path, subdirs: 
     into ``out/<sub>`` (keys kept), resumably; returns the run summary."""
     model_dir = DATA / "diffusion_finetune"
     seed = derive_seed(params.runtime.seed, stage)
-    cfg = params.projection.model_dump()
     jobs = projection_jobs(src_root, subdirs)
-    make = functools.partial(project_job, model_dir=str(model_dir), src_root=str(src_root), projection=cfg,
-                             seed=seed, device=str(device))
+    make = functools.partial(project_job, model_dir=str(model_dir), src_root=str(src_root),
+                             projection=params.projection, seed=seed, device=str(device))
     model_hash = sha256_file(model_dir / "unet" / "diffusion_pytorch_model.safetensors")
-    meta = {"projection": cfg, "seed": seed, "model": model_hash, "projected_from": str(src_root)}
+    meta = {"projection": params.projection.model_dump(), "seed": seed, "model": model_hash, "projected_from": str(src_root)}
     return run_resumable(stage, params, jobs, make, plan=meta, meta=meta, out=out)

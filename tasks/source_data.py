@@ -11,17 +11,16 @@ from __future__ import annotations
 import argparse
 
 from sda.config import Params
-from sda.domains import get_domain
+from sda.domains import Domain, domain_for
 from sda.io.atomic import atomic_write_json
 from tasks.common import DATA, section_json, stage_main
 
-def _main(params: Params, args: argparse.Namespace) -> None:
+def _main(params: Params, args: argparse.Namespace, domain: Domain) -> None:
     out = DATA / "source_data"
-    domain = get_domain(params.profile)
     domain.write_source(params, out)
     # content only: runtime's device / threads / workers do not change these bytes, the seed does
     atomic_write_json(out / "params.json", {**section_json(params, *domain.sections), "seed": params.runtime.seed})
 
 
 if __name__ == "__main__":
-    stage_main("source_data", __doc__, _main)
+    stage_main("source_data", __doc__, _main, domain_for=domain_for)

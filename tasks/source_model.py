@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from sda.config import Params, SourceModel
-from sda.domains import PretrainedClassifier, get_domain
+from sda.domains import Domain, PretrainedClassifier, domain_for
 from sda.io.shards import load_shards, read_manifest
 from sda.models.classifiers import (create_classifier, load_pretrained_classifier, predict_logits, save_classifier,
                                     train_classifier)
@@ -60,8 +60,8 @@ def run_pretrained(arch: str, pre: PretrainedClassifier, out: Path) -> dict:
     return config
 
 
-def _main(params: Params, args: argparse.Namespace) -> int | None:
-    pretrained = get_domain(params.profile).source_classifier(params)
+def _main(params: Params, args: argparse.Namespace, domain: Domain) -> int | None:
+    pretrained = domain.source_classifier(params)
     if pretrained is not None:
         run_pretrained(params.source_model.arch, pretrained, DATA / "source_model")
         return None
@@ -70,4 +70,4 @@ def _main(params: Params, args: argparse.Namespace) -> int | None:
 
 
 if __name__ == "__main__":
-    stage_main("source_model", __doc__, _main)
+    stage_main("source_model", __doc__, _main, domain_for=domain_for)

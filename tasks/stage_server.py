@@ -37,30 +37,8 @@ import time
 import traceback
 from pathlib import Path
 
-ENV = "SDA_STAGE_SERVER"
-# read when a library is imported, so the server's values hold for every child
-IMPORT_TIME_ENV = ("OMP_", "KMP_", "MKL_", "OPENBLAS_", "TQDM_", "PYTHON", "TORCH", "PYTORCH_", "CUDA_",
-                   "DIFFUSERS_", "HF_", "TIMM_")
-# what a child takes from its command's environment besides IMPORT_TIME_ENV (which must equal the
-# server's): the variables the stages, DVC and the standard library read; nothing else reaches a child
-FORWARDED_ENV = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_", "TZ", "TMPDIR", "TERM", "COLUMNS", "LINES",
-                 "NO_COLOR", "FORCE_COLOR", "SDA_", "DVC", "DASK_", "MPL", "VIRTUAL_ENV")
-_FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-_HEADER = struct.Struct("!I")
-# a request is a module name, argv, cwd and the environment: far below this (a larger one is refused)
-MAX_REQUEST_BYTES = 16 << 20
-
-
-def _import_time_env(env: dict[str, str]) -> dict[str, str]:
-    return {k: v for k, v in env.items() if k.startswith(IMPORT_TIME_ENV)}
-
-
-def child_env(env: dict[str, str]) -> dict[str, str]:
-    """The environment a child runs with: the allowlisted part of its command's (``FORWARDED_ENV``,
-    ``IMPORT_TIME_ENV``); anything else a same-user client sends is dropped."""
-    allowed = FORWARDED_ENV + IMPORT_TIME_ENV
-    return {k: v for k, v in env.items() if k.startswith(allowed) and isinstance(v, str)}
-
+from tasks.launch import (ENV, FORWARDED_ENV, IMPORT_TIME_ENV, MAX_REQUEST_BYTES, _HEADER,  # noqa: F401 (re-exported)
+                          _import_time_env, _interpreter_options, child_env, exit_like, run_via_server)
 
 def _project_modules() -> dict[str, tuple[int, int]]:
     """(mtime_ns, size) of every loaded module of this project (``sda``, ``tasks``)."""
@@ -71,72 +49,6 @@ def _project_modules() -> dict[str, tuple[int, int]]:
             st = os.stat(path)
             out[path] = (st.st_mtime_ns, st.st_size)
     return out
-
-
-def _interpreter_options() -> list[str]:
-    """This interpreter's command-line options (``-X ...``, ``-W ...``, ``-O``): what precedes ``-m``."""
-    argv = sys.orig_argv
-    return argv[1:argv.index("-m")] if "-m" in argv else argv[1:]
-
-
-# ---------------------------------------------------------------------------------------------- client
-
-
-def _open_fds() -> list[int]:
-    """fds 0, 1, 2 of this process; /dev/null for any that is closed."""
-    fds = []
-    for fd in (0, 1, 2):
-        try:
-            os.fstat(fd)
-            fds.append(fd)
-        except OSError:
-            fds.append(os.open(os.devnull, os.O_RDWR))
-    return fds
-
-
-def run_via_server(address: str, module: str, argv: list[str], started: float) -> int | None:
-    """Run ``python -m <module> <argv>`` in a child of the server at ``address``; its exit status
-    (negative: the signal that killed it), or ``None`` when the server is not reachable or declines
-    (the caller then runs the command itself). Imports nothing heavy."""
-    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        conn.connect(address)
-        req = json.dumps({"module": module, "argv": argv, "cwd": os.getcwd(), "env": child_env(dict(os.environ)),
-                          "started": started, "tasks": str(Path(__file__).resolve().parent),
-                          "prefix": sys.prefix, "options": _interpreter_options()}).encode()
-        data = _HEADER.pack(len(req)) + req
-        sent = socket.send_fds(conn, [data], _open_fds())
-        conn.sendall(data[sent:])
-        replies = conn.makefile("rb")
-        hello = json.loads(replies.readline() or b"{}")
-    except (OSError, ValueError):
-        conn.close()
-        return None
-    if "pid" not in hello:
-        print(f"stage server: {hello.get('declined', 'no answer')}; running in this process", file=sys.stderr)
-        conn.close()
-        return None
-    pid = hello["pid"]
-    for sig in _FORWARDED:
-        signal.signal(sig, lambda s, _frame: os.kill(pid, s))
-    line = replies.readline()  # a forwarded signal does not interrupt it (PEP 475)
-    if not line:
-        print(f"error: the stage server went away while running {module} (pid {pid})", file=sys.stderr)
-        return 1
-    return int(json.loads(line)["status"])
-
-
-def exit_like(status: int) -> None:
-    """Leave this process as the child did: ``exit(status)``, or killed by the same signal."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    if status < 0:
-        signal.signal(-status, signal.SIG_DFL)
-        os.kill(os.getpid(), -status)
-    os._exit(status if status >= 0 else 128 - status)
-
-
-# ---------------------------------------------------------------------------------------------- server
 
 
 def _recv_exact(conn: socket.socket, n: int) -> bytes:
@@ -203,9 +115,9 @@ def _run_child(req: dict, fds: list[int]) -> None:
         signal.signal(signal.SIGINT, signal.default_int_handler)
         for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD, signal.SIGPIPE):
             signal.signal(sig, signal.SIG_DFL)
-        import tasks
+        from tasks import launch
 
-        tasks.STARTED = req["started"]  # the stage's start-up is timed from its command's start
+        launch.STARTED = req["started"]  # the stage's start-up is timed from its command's start
         sys.argv = [req["module"], *req["argv"]]
         # run as a command would: its module executes as __main__, not the copy the server imported
         sys.modules.pop(req["module"], None)

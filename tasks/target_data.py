@@ -14,13 +14,13 @@ from __future__ import annotations
 import argparse
 
 from sda.config import Params
-from sda.domains import get_domain
+from sda.domains import Domain, domain_for
 from tasks.common import DATA, stage_main
 
 
-def _main(params: Params, args: argparse.Namespace) -> None:
-    get_domain(params.profile).write_targets(params, DATA / "source_data", DATA / "target_data")
+def _main(params: Params, args: argparse.Namespace, domain: Domain) -> None:
+    domain.write_targets(params, DATA / "source_data", DATA / "target_data")
 
 
 if __name__ == "__main__":
-    stage_main("target_data", __doc__, _main)
+    stage_main("target_data", __doc__, _main, domain_for=domain_for)

@@ -14,7 +14,7 @@ import torch
 from repo_utils import ROOT, subprocess_env
 from sda.accel import (ChannelsLastGroupNorm, auto_batch_size, autocast, channels_last_group_norm, fast_model,
                        layout_group_norms, name_oom, prefetch)
-from sda.config import ParamsError, parse_params
+from sda.config import ParamsError, Projection, parse_params
 
 PROJ = {"respacing": 10, "N": 3, "D": 4, "scale": 6.0, "per_sample_norm": False, "fix_off_by_one": False,
         "batch_size": 4, "precision": "fp32", "channels_last": False, "compile": "none"}
@@ -23,7 +23,7 @@ PROJ = {"respacing": 10, "N": 3, "D": 4, "scale": 6.0, "per_sample_norm": False,
 def _project(unet, scheduler, images, **cfg):
     from sda.method.projection_jobs import project_uint8
 
-    return project_uint8(unet, scheduler, images, {**PROJ, **cfg}, null_label=3,
+    return project_uint8(unet, scheduler, images, Projection(**{**PROJ, **cfg}), null_label=3,
                          generator=torch.Generator().manual_seed(0))
 
 
@@ -188,8 +188,8 @@ def test_auto_batch_size_on_cpu(tiny_unet, scheduler):
     from sda.method.projection_jobs import projection_batch_size
 
     assert auto_batch_size(lambda b: None, "cpu", cpu_default=16) == 16
-    assert projection_batch_size(tiny_unet, scheduler, {**PROJ, "batch_size": "auto"}, 16, 3) == 32
-    assert projection_batch_size(tiny_unet, scheduler, PROJ, 16, 3) == 4
+    assert projection_batch_size(tiny_unet, scheduler, Projection(**{**PROJ, "batch_size": "auto"}), 16, 3) == 32
+    assert projection_batch_size(tiny_unet, scheduler, Projection(**PROJ), 16, 3) == 4
 
 
 def test_fast_mode_params():

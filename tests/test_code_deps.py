@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from tasks import STAGES
-from tasks.code_deps import check, import_closure, rewrite, stage_code_deps
+from tasks.code_deps import NOT_CODE_DEPS, _imports, check, import_closure, rewrite, stage_code_deps
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -80,3 +80,65 @@ def test_evaluate_depends_on_every_param_its_hash_covers():
 
     listed = set(yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["evaluate"]["params"])
     assert set(RESULT_PARAMS) | {f"runtime.{k}" for k in RESULT_RUNTIME} <= listed
+
+
+# the layers, top to bottom (docs/development.md): a module imports only its own layer and those above
+LAYERS = ("sda", "sda.io", "sda.models", "sda.method", "sda.domains", "sda.relabel", "tasks", "flows")
+
+
+def _layer(module: str) -> int:
+    return max(i for i, layer in enumerate(LAYERS) if module == layer or module.startswith(layer + ".") or i == 0)
+
+
+def _project_imports() -> dict[str, set[str]]:
+    """module -> the project modules it imports (explicitly: a package's __init__ runs implicitly)."""
+    files = {}
+    for f in sorted([*ROOT.glob("sda/**/*.py"), *ROOT.glob("tasks/*.py"), *ROOT.glob("flows/*.py")]):
+        parts = list(f.relative_to(ROOT).with_suffix("").parts)
+        files[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = f
+    return {m: {i for i in _imports(f, m) if i in files and i != m} for m, f in files.items()}
+
+
+def test_imports_run_down_the_layers_without_a_circle():
+    graph = _project_imports()
+    up = [f"{m} -> {i}" for m, deps in graph.items() for i in deps if _layer(i) > _layer(m)]
+    assert not up, f"imports that run up a layer: {up}"
+    state: dict[str, int] = {}  # 1: on the path, 2: done
+
+    def visit(m: str, path: list[str]) -> None:
+        state[m] = 1
+        for i in sorted(graph[m]):
+            assert state.get(i) != 1, f"import circle: {' -> '.join(path[path.index(i):] + [m, i]) if i in path else m + ' -> ' + i}"
+            if i not in state:
+                visit(i, path + [m])
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [])
+
+
+def test_config_is_a_leaf():
+    """sda/config.py checks the params' shape; which profiles exist is the domain registry's."""
+    assert import_closure("sda.config") == ["sda/__init__.py", "sda/config.py"]
+
+
+def test_a_stage_depends_on_the_domains_only_if_it_imports_them():
+    graph = _project_imports()
+    for stage in STAGES:
+        lists = any(d.startswith("sda/domains/") for d in stage_code_deps(stage))
+        imports = any(i == "sda.domains" or i.startswith("sda.domains.") for i in graph[f"tasks.{stage}"])
+        assert lists == imports, f"{stage}: lists domain modules {lists}, imports sda.domains {imports}"
+    assert not any(d.startswith("sda/domains/") for d in stage_code_deps("synth_align"))
+
+
+def test_the_stage_runner_is_not_a_code_dep():
+    """A change to how stages are started or run warm leaves every stage's lock entry as it is."""
+    graph = _project_imports()
+    for module, why in NOT_CODE_DEPS.items():
+        assert why and (ROOT / (module.replace(".", "/") + ".py")).is_file()
+        assert not [m for m, deps in graph.items() if module in deps and m.startswith("sda")], \
+            f"sda/ imports {module}: the library would then depend on the runner"
+    for stage in STAGES:
+        deps = set(stage_code_deps(stage))
+        assert not deps & {"tasks/launch.py", "tasks/stage_server.py"} and "tasks/__init__.py" in deps

@@ -2,6 +2,7 @@ import pytest
 import torch
 from resize_right import resize
 
+from sda.config import Projection
 from sda.method.dda import low_pass, project
 
 KW = dict(respacing=20, N=4, D=4, scale=6.0)
@@ -13,7 +14,8 @@ def _images(n, seed=0):
 
 def _run(unet, sched, x, seed=0, **kw):
     labels = torch.full((len(x),), 3)
-    return project(unet, sched, x, class_labels=labels, generator=torch.Generator().manual_seed(seed), **{**KW, **kw})
+    return project(unet, sched, x, Projection(**{**KW, **kw}), class_labels=labels,
+                   generator=torch.Generator().manual_seed(seed))
 
 
 @pytest.mark.slow
@@ -67,10 +69,12 @@ def test_guidance_pulls_towards_reference(tiny_unet, scheduler):
 
 
 @pytest.mark.parametrize("kw, msg", [
-    ({"N": 20}, "N must be in"), ({"N": 0}, "N must be in"), ({"D": 32}, "D must be"),
-    ({"D": 0}, "D must be"), ({"scale": -1.0}, "scale must be"),
+    ({"N": 20}, "N=20 must be smaller than respacing=20"), ({"N": 0}, "N\n.*greater than or equal to 1"),
+    ({"D": 32}, "D must be"), ({"D": 0}, "D\n.*greater than or equal to 1"),
+    ({"scale": -1.0}, "scale\n.*greater than or equal to 0"),
 ])
 def test_validation(tiny_unet, scheduler, kw, msg):
+    """Projection rejects what it can tell alone; project what needs the images (D over the side)."""
     with pytest.raises(ValueError, match=msg):
         _run(tiny_unet, scheduler, _images(1), **kw)
 
@@ -116,7 +120,7 @@ def test_project_matches_reference_loop_draw_for_draw():
     x = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(5)) * 2 - 1
     kw = dict(respacing=100, N=50, D=4, scale=6.0)
     torch.manual_seed(123)
-    ours = project(unet, ddpm_scheduler(learn_sigma=True), x, **kw)  # generator=None: torch's global generator
+    ours = project(unet, ddpm_scheduler(learn_sigma=True), x, Projection(**kw))  # generator=None: torch's global generator
     torch.manual_seed(123)
     ref = reference_project(lambda xt, t: unet(xt, t).sample, x, **kw)
     d = (ours - ref).abs()
@@ -124,7 +128,7 @@ def test_project_matches_reference_loop_draw_for_draw():
     assert torch.quantile(d.flatten(), 0.999) < 1e-3
     # and it is a real projection: far from the input and from another seed's
     torch.manual_seed(124)
-    other = project(unet, ddpm_scheduler(learn_sigma=True), x, **kw)
+    other = project(unet, ddpm_scheduler(learn_sigma=True), x, Projection(**kw))
     assert (other - ours).abs().mean() > 100 * d.mean()
 
 
@@ -147,7 +151,7 @@ def test_noise_draws_one_forward_then_one_per_step():
         return torch.randn(4)
 
     torch.manual_seed(0)
-    project(unet, ddpm_scheduler(learn_sigma=True), x, **kw)
+    project(unet, ddpm_scheduler(learn_sigma=True), x, Projection(**kw))
     assert torch.equal(torch.randn(4), next_after(N))
     torch.manual_seed(0)
     reference_project(lambda xt, t: unet(xt, t).sample, x, **kw)

@@ -16,7 +16,7 @@ from PIL import Image
 
 from repo_utils import SHAPES, _copy_repo, make_digits_set, make_folder_set, sh
 from sda.config import ParamsError, load_params, parse_params
-from sda.domains import domain_names, get_domain
+from sda.domains import domain_for, domain_names, get_domain
 from sda.domains.folder import write_source, write_targets
 from sda.io.shards import load_shards, read_manifest
 from tasks import STAGES
@@ -42,10 +42,12 @@ def images(tmp_path_factory) -> tuple[Path, dict]:
 
 def test_the_registry_holds_the_three_domains_and_names_the_known_ones():
     assert domain_names() == ("embedded", "imagenet", "folder")
-    assert get_domain("folder").diffusion(_params({"source_dir": "images"})) == "unet"
-    assert get_domain("imagenet").diffusion(_params({"source_dir": "images"})) == "adm+dit"
-    with pytest.raises(ParamsError, match="unknown profile 'cells'.*embedded.*imagenet.*folder"):
-        parse_params({"profile": "cells"})
+    assert get_domain("folder").pretrained_diffusion(_params({"source_dir": "images"})) is None
+    assert get_domain("imagenet").pretrained_diffusion(_params({"source_dir": "images"})) == "imagenet"
+    with pytest.raises(ParamsError, match="profile: unknown profile 'cells'.*embedded.*imagenet.*folder"):
+        domain_for(parse_params({"profile": "cells"}))
+    with pytest.raises(ParamsError, match=r"profiles\.cells: unknown profile"):
+        domain_for(parse_params({"profiles": {"cells": {"projection": {"N": 3}}}}))
 
 
 def test_source_and_targets_from_folders(images, tmp_path):
@@ -150,8 +152,9 @@ def test_image_size_out_of_range_is_a_params_error(size, message):
 
 
 def test_the_folder_profile_needs_its_source_dir():
-    with pytest.raises(ParamsError, match="profile: folder needs folder.source_dir"):
-        parse_params({"profile": "folder"})
+    params = parse_params({"profile": "folder"})  # the shape is fine; the domain says what it lacks
+    with pytest.raises(ParamsError, match="profile folder: folder.source_dir is not set"):
+        domain_for(params)
 
 
 def test_a_bad_folder_exits_2_with_the_message(images, tmp_path):
@@ -188,7 +191,7 @@ def test_folder_profile_end_to_end_through_the_prefect_flow(images, tmp_path, pr
     assert len(rows) == 5 and {r["domain"] for r in rows} == {"site_c"} and all(r["class_name"] in SHAPES for r in rows)
     assert sorted(r["file"] for r in rows) == [f"c_{i:03d}.{'png' if i % 4 != 1 else 'jpg'}" for i in range(5)]
     params = load_params(repo / "params.yaml")
-    assert params.image_size == 32 and load_shards(repo / "data" / "synth_generate").images.shape[1] == 32
+    assert domain_for(params).image_size(params) == 32 and load_shards(repo / "data" / "synth_generate").images.shape[1] == 32
     # the relabel flow's CLI labels the flat folder with the models of this profile
     r = sh(repo, sys.executable, "-m", "flows.relabel", "--inbox", "images/site_c")
     summary = json.loads(r.stdout[r.stdout.index("{"):])

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from repo_utils import IMAGENET_TINY, STAGES, _copy_repo, make_imagenet_assets, subprocess_env
+from sda.config import Projection
 
 # before cuBLAS starts (collection time): what set_deterministic sets in a stage before CUDA starts
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -46,7 +47,7 @@ def _project(unet, scheduler, images, **cfg):
     from sda.method.projection_jobs import project_uint8
 
     g = torch.Generator(device="cuda").manual_seed(0)
-    return project_uint8(unet, scheduler, images, {**PROJ, **cfg}, null_label=3, generator=g)
+    return project_uint8(unet, scheduler, images, Projection(**{**PROJ, **cfg}), null_label=3, generator=g)
 
 
 @pytest.mark.parametrize("profile", ["imagenet", "embedded"])
@@ -163,7 +164,7 @@ def test_cuda_out_of_memory_names_the_batch_size(cuda_unet, scheduler):
 def test_auto_batch_size_fits_the_card(cuda_unet, scheduler):
     from sda.method.projection_jobs import projection_batch_size
 
-    bs = projection_batch_size(cuda_unet, scheduler, {**PROJ, "batch_size": "auto"}, 16, 3)
+    bs = projection_batch_size(cuda_unet, scheduler, Projection(**{**PROJ, "batch_size": "auto"}), 16, 3)
     assert bs >= 8 and bs & (bs - 1) == 0
     out = _project(cuda_unet, scheduler, _images(bs), batch_size=bs)
     assert out.shape == (bs, 16, 16, 3)
@@ -186,7 +187,7 @@ def test_shard_jobs_on_a_local_cuda_cluster(tmp_path, cuda_unet, scheduler):
     imgs = _images(24)
     write_shards((Sample(key=f"k{i:03d}", image=im, label=i % 3) for i, im in enumerate(imgs)), src, maxcount=8)
     jobs = projection_jobs(src, [""])
-    make = dict(model_dir=str(model_dir), src_root=str(src), projection=PROJ, seed=0, device="cuda")
+    make = dict(model_dir=str(model_dir), src_root=str(src), projection=Projection(**PROJ), seed=0, device="cuda")
 
     runs = {}
     for workers in (0, 1):

@@ -24,6 +24,7 @@ from resize_right import resize  # noqa: E402
 
 from sda.models.adm import adm_unet_from_state_dict  # noqa: E402
 from sda.models.schedulers import ddpm_scheduler
+from sda.config import Projection  # noqa: E402
 from sda.method.dda import project  # noqa: E402
 
 # small configs of the real architecture, in guided-diffusion's own flag names: the ADM-256
@@ -110,10 +111,10 @@ def test_projection_matches_ddas_loop_on_guided_diffusion_draw_for_draw():
     torch.manual_seed(123)
     expected = dda_loop(diffusion, model, x, **kw)
     torch.manual_seed(123)
-    ours = project(unet, ddpm_scheduler(learn_sigma=True), x, respacing=100, **kw)  # generator=None: the global RNG
+    ours = project(unet, ddpm_scheduler(learn_sigma=True), x, Projection(respacing=100, **kw))  # generator=None: the global RNG
     d = (ours - expected).abs()
     assert d.max() < 1e-4, d.max()
     assert d.mean() < 1e-5, d.mean()
     torch.manual_seed(124)
-    other_seed = project(unet, ddpm_scheduler(learn_sigma=True), x, respacing=100, **kw)
+    other_seed = project(unet, ddpm_scheduler(learn_sigma=True), x, Projection(respacing=100, **kw))
     assert (other_seed - expected).abs().mean() > 100 * d.mean()

@@ -6,6 +6,7 @@ import pytest
 import yaml
 
 from sda.config import CORRUPTIONS, Params, ParamsError, load_params, parse_params
+from sda.domains import domain_for
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,8 +55,8 @@ def test_cross_field_rule_names_section():
 def test_unknown_corruption_and_profile():
     with pytest.raises(ParamsError, match="unknown corruptions \\['glitter'\\]"):
         parse_params({"target_data": {"corruptions": ["fog", "glitter"]}})
-    with pytest.raises(ParamsError, match="profile"):
-        parse_params({"profile": "mnist"})
+    with pytest.raises(ParamsError, match="profile: unknown profile 'mnist'"):
+        domain_for(parse_params({"profile": "mnist"}))
 
 
 def test_bad_yaml_file(tmp_path):
@@ -88,7 +89,8 @@ def test_profile_overrides_merge_over_sections():
     assert imagenet.synth_generate.steps == 250 and imagenet.synth_generate.per_class == 50
     assert imagenet.source_model.arch == "resnet50" and imagenet.classifier_align.recipe == "paper"
     assert imagenet.runtime.threads == embedded.runtime.threads  # not overridden: shared
-    assert imagenet.image_size == 256 and embedded.image_size == embedded.source_data.image_size
+    assert domain_for(imagenet).image_size(imagenet) == 256
+    assert domain_for(embedded).image_size(embedded) == embedded.source_data.image_size
     assert (embedded.projection.respacing, embedded.source_model.arch) == (20, "sda_cnn3")
 
 
@@ -103,7 +105,7 @@ def test_profile_override_errors_are_named():
 
 @pytest.mark.slow
 def test_pipeline_profile_switch_keeps_comments(tmp_path):
-    from sda.config import set_profile
+    from sda.domains import set_profile
 
     f = tmp_path / "params.yaml"
     text = (ROOT / "params.yaml").read_text()

@@ -3,6 +3,7 @@ import copy
 import numpy as np
 import torch
 
+from sda.config import Projection
 from sda.method.dda import project
 from sda.method.sampling import sample_class_conditional
 from sda.models.training import random_batches, train_epsilon
@@ -12,7 +13,7 @@ from sda.runtime import derive_seed, set_deterministic
 def _work(unet, scheduler) -> list[torch.Tensor]:
     """The three kinds of work the stages do: sampling, the DDA projection, training steps."""
     sample = sample_class_conditional(unet, scheduler, [0, 1, 2, 3], [1, 2, 3, 4], null_label=3, steps=6)
-    proj = project(unet, scheduler, sample, respacing=20, N=4, D=4, scale=24.0,
+    proj = project(unet, scheduler, sample, Projection(respacing=20, N=4, D=4, scale=24.0),
                    class_labels=torch.full((4,), 3), generator=torch.Generator().manual_seed(0))
     images = np.random.default_rng(0).integers(0, 256, (16, 16, 16, 3), dtype=np.uint8)
     trained, gen = copy.deepcopy(unet), torch.Generator().manual_seed(0)

@@ -82,7 +82,7 @@ def test_projection_shards_are_identical_in_process_and_on_two_workers(model_dir
     src = functools.partial(generate_job, model_dir=model_dir, seed=7, steps=2, guidance_scale=1.0, batch_size=64)
     run_shard_jobs(tmp_path / "src", plan_jobs(128, 64, "synth"), src, plan={}, workers=0)
     make = functools.partial(project_job, model_dir=model_dir, src_root=str(tmp_path / "src"), seed=3,
-                             projection=Projection(respacing=10, N=4, D=4, scale=6.0, batch_size=64).model_dump())
+                             projection=Projection(respacing=10, N=4, D=4, scale=6.0, batch_size=64))
     jobs = projection_jobs(tmp_path / "src", [""])
     run_shard_jobs(tmp_path / "a", jobs, make, plan={}, workers=0, threads=2, deterministic=True)
     run_shard_jobs(tmp_path / "b", jobs, make, plan={}, workers=2, deterministic=True)

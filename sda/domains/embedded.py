@@ -8,8 +8,8 @@ import logging
 from pathlib import Path
 
 from sda.config import Params
-from sda.domains import Domain, register_domain
 from sda.domains.corruptions import write_shifted_domains
+from sda.domains.registry import Domain, register_domain
 from sda.io.atomic import atomic_dir, atomic_write_json
 from sda.io.shards import Sample, load_shards, write_shards
 from sda.runtime import derive_seed

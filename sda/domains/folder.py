@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from sda.config import Params
-from sda.domains import Domain, PretrainedClassifier, register_domain
 from sda.domains.corruptions import write_shifted_domains
+from sda.domains.registry import Domain, PretrainedClassifier, register_domain
 from sda.io.atomic import atomic_dir, atomic_write_json
 from sda.io.images import IMAGE_SUFFIXES, BadImage, center_crop_arr, check_file_size, decode_image
 from sda.io.shards import Sample, load_shards, write_shards
@@ -199,6 +199,11 @@ def _classifier(params: Params) -> PretrainedClassifier | None:
     return PretrainedClassifier(weights=params.folder.classifier_weights, mean=mean, std=std)
 
 
+def _check(params: Params) -> None:
+    if params.folder.source_dir is None:
+        raise ValueError("folder.source_dir is not set: name your labelled images (<class>/<files>) in params.yaml")
+
+
 register_domain(Domain(
     name="folder",
     description="your labelled images: params.yaml `folder` (source_dir, target_dirs)",
@@ -208,5 +213,6 @@ register_domain(Domain(
     write_targets=write_targets,
     severities=lambda p: [p.target_data.severity],
     source_classifier=_classifier,
-    diffusion=lambda p: "adm+dit" if p.folder.pretrained else "unet",
+    pretrained_diffusion=lambda p: "folder" if p.folder.pretrained else None,
+    check=_check,
 ))

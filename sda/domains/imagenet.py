@@ -27,7 +27,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from sda.config import Params
-from sda.domains import Domain, PretrainedClassifier, register_domain
+from sda.domains.registry import Domain, PretrainedClassifier, register_domain
 from sda.io.atomic import atomic_dir, atomic_write_json
 from sda.io.shards import Sample, write_shards
 
@@ -256,5 +256,5 @@ register_domain(Domain(
     write_targets=write_targets,
     severities=lambda p: list(p.imagenet.severities),
     source_classifier=_classifier,
-    diffusion=lambda p: "adm+dit",
+    pretrained_diffusion=lambda p: "imagenet",
 ))

@@ -27,6 +27,7 @@ from resize_right import resize
 from tqdm.auto import tqdm
 
 from sda.accel import autocast
+from sda.config import Projection
 from sda.method.sampling import respaced_timesteps
 
 __all__ = ["low_pass", "project"]
@@ -63,20 +64,16 @@ def project(
     unet: torch.nn.Module,
     scheduler: DDPMScheduler,
     images: torch.Tensor,
+    projection: Projection = Projection(),
     *,
-    respacing: int = 100,
-    N: int = 50,
-    D: int = 4,
-    scale: float = 6.0,
-    per_sample_norm: bool = False,
-    fix_off_by_one: bool = False,
     class_labels: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
-    precision: str = "fp32",
     progress: bool = False,
 ) -> torch.Tensor:
     """Project ``images`` (float (B, 3, H, W) in [-1, 1]) and return the projections, same shape
-    and range, detached.
+    and range, detached, with the settings of ``projection`` (:class:`sda.config.Projection`, whose
+    defaults are the project's; ``batch_size``, ``channels_last`` and ``compile`` are the caller's:
+    here the batch is ``images``).
 
     ``unet(x, t, class_labels=...)`` must return ``.sample`` with 3 (epsilon) or 6 (epsilon and
     learned-range variance) channels; ``class_labels`` is passed through (the embedded model's null
@@ -88,6 +85,9 @@ def project(
     low-pass and the guidance stay float32); ``unet`` may be a :func:`sda.accel.fast_model`
     (channels_last, ``torch.compile``). fp32 on the CPU whatever ``precision`` says.
     """
+    respacing, N, D, scale = projection.respacing, projection.N, projection.D, projection.scale
+    per_sample_norm, fix_off_by_one, precision = (projection.per_sample_norm, projection.fix_off_by_one,
+                                                  projection.precision)
     if not 1 <= N < respacing:
         raise ValueError(f"N must be in [1, respacing - 1] = [1, {respacing - 1}], got {N}")
     if D < 1 or images.shape[-1] // D < 1:

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from sda.accel import auto_batch_size, fast_model, name_oom, prefetch
+from sda.config import Projection
 from sda.io.images import to_uint8, to_unit_range
 from sda.io.shard_jobs import ShardJob
 from sda.io.shards import Sample, batched, iter_shard_file, read_manifest
@@ -41,33 +42,32 @@ def projection_jobs(src_root: str | Path, subdirs: list[str]) -> list[ShardJob]:
     return jobs
 
 
-def projection_batch_size(unet: torch.nn.Module, scheduler: Any, projection: dict[str, Any], image_size: int,
+def projection_batch_size(unet: torch.nn.Module, scheduler: Any, projection: Projection, image_size: int,
                           null_label: int | None) -> int:
-    """``projection['batch_size']``, or for ``"auto"`` the largest power of two whose guided step fits
+    """``projection.batch_size``, or for ``"auto"`` the largest power of two whose guided step fits
     the free memory of the model's GPU (:func:`sda.accel.auto_batch_size`; 32 on the CPU)."""
-    if projection["batch_size"] != "auto":
-        return int(projection["batch_size"])
+    if projection.batch_size != "auto":
+        return int(projection.batch_size)
     dev = next(unet.parameters()).device
 
     def one_step(b: int) -> None:
         x = torch.zeros(b, image_size, image_size, 3, dtype=torch.uint8).numpy()
-        project_uint8(unet, scheduler, x, {**projection, "N": 1, "compile": "none", "batch_size": b},
+        project_uint8(unet, scheduler, x, projection.model_copy(update={"N": 1, "compile": "none", "batch_size": b}),
                       null_label=null_label, generator=torch.Generator(device=dev).manual_seed(0))
 
     return auto_batch_size(one_step, dev)
 
 
 class Projector:
-    """The DDA projection of a diffusion model folder's projector with the ``projection`` params
-    (the :class:`sda.config.Projection` fields): the model is loaded and, for ``batch_size: auto``,
-    the batch size measured once."""
+    """The DDA projection of a diffusion model folder's projector with the ``projection`` params: the
+    model is loaded and, for ``batch_size: auto``, the batch size measured once."""
 
-    def __init__(self, model_dir: str | Path, projection: dict[str, Any], device: torch.device | str = "cpu"):
+    def __init__(self, model_dir: str | Path, projection: Projection, device: torch.device | str = "cpu"):
         self.device = torch.device(device)
         self.unet, self.scheduler, self.info = load_diffusion(model_dir, self.device)
         self.batch_size = projection_batch_size(self.unet, self.scheduler, projection, self.unet.config.sample_size,
                                                 self.info.null_label)
-        self.projection = {**projection, "batch_size": self.batch_size}
+        self.projection = projection.model_copy(update={"batch_size": self.batch_size})
 
     def __call__(self, images: np.ndarray | torch.Tensor, seed: int) -> np.ndarray:
         """Projections of uint8 (B, H, W, 3) images, B <= ``batch_size``, as one guidance batch whose
@@ -78,10 +78,10 @@ class Projector:
 
 
 @functools.cache
-def projector(model_dir: str, device: str, projection: tuple[tuple[str, Any], ...]) -> Projector:
-    """One :class:`Projector` per process and arguments (``projection`` as sorted items): a dask
-    worker loads the model once for all its shards."""
-    return Projector(model_dir, dict(projection), device)
+def projector(model_dir: str, device: str, projection: Projection) -> Projector:
+    """One :class:`Projector` per process and arguments (a frozen ``Projection`` is hashable): a
+    dask worker loads the model once for all its shards."""
+    return Projector(model_dir, projection, device)
 
 
 def project_job(
@@ -89,13 +89,13 @@ def project_job(
     *,
     model_dir: str,
     src_root: str,
-    projection: dict[str, Any],
+    projection: Projection,
     seed: int,
     device: str = "cpu",
 ) -> Iterator[Sample]:
     """The projections of input shard ``src_root/job.name``, in guidance batches of the projector's
     batch size; batch ``b`` draws its noise from ``derive_seed(seed, job.name, b)``."""
-    proj = projector(model_dir, device, tuple(sorted(projection.items())))
+    proj = projector(model_dir, device, projection)
     batches = batched(iter_shard_file(Path(src_root) / job.name), proj.batch_size)
     for b, (batch, x) in enumerate(prefetch(batches, lambda batch: torch.from_numpy(np.stack([s.image for s in batch])),
                                             device)):
@@ -108,7 +108,7 @@ def project_uint8(
     unet: torch.nn.Module,
     scheduler: Any,
     images: np.ndarray | torch.Tensor,
-    projection: dict[str, Any],
+    projection: Projection,
     *,
     null_label: int | None,
     generator: torch.Generator,
@@ -116,18 +116,15 @@ def project_uint8(
     """DDA projections of uint8 (B, H, W, 3) images (NumPy, or a tensor on any device) as uint8
     (B, H, W, 3), in one guidance batch.
 
-    ``projection`` holds the :class:`sda.config.Projection` fields, the fast-mode ones included; the
+    ``projection``'s fast-mode fields (``channels_last``, ``compile``) apply here too; the
     unconditional model is the diffusion model with ``null_label`` (``None``: an unconditional model
     such as ADM); ``generator`` lives on the model's device. A CUDA out-of-memory error becomes a
     ``ValueError`` that names ``projection.batch_size``.
     """
     dev = next(unet.parameters()).device
-    p = projection
     x = to_unit_range(images, dev)
     labels = None if null_label is None else torch.full((len(x),), null_label, dtype=torch.long)
-    model = fast_model(unet, channels_last=p["channels_last"], compile=p["compile"])
+    model = fast_model(unet, channels_last=projection.channels_last, compile=projection.compile)
     with name_oom("projection.batch_size", len(x), "projecting"):
-        y = project(model, scheduler, x, respacing=p["respacing"], N=p["N"], D=p["D"], scale=p["scale"],
-                    per_sample_norm=p["per_sample_norm"], fix_off_by_one=p["fix_off_by_one"],
-                    class_labels=labels, generator=generator, precision=p["precision"])
+        y = project(model, scheduler, x, projection, class_labels=labels, generator=generator)
     return to_uint8(y)

@@ -31,13 +31,13 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import torch
 from filelock import FileLock, Timeout
 
+from sda.config import Projection, Relabel
 from sda.io.atomic import atomic_write_bytes, clean_stale_temps
 from sda.io.images import BadImage, center_crop_arr, decode_image
 from sda.io.untrusted_files import unlink_if_same
@@ -71,12 +71,11 @@ def batch_id_of(items: list[InboxItem]) -> str:
 class RelabelJob:
     """One relabelling run over an inbox; see the module docstring.
 
-    ``settings`` is :class:`sda.config.Relabel` (paths already resolved by the caller),
-    ``projection`` the :class:`sda.config.Projection` fields, ``models`` the folders of
-    :class:`sda.relabel.predict.SdaPredictor`.
+    ``settings``: the ``relabel`` params (paths already resolved by the caller); ``projection``: the
+    pipeline's; ``models``: the folders of :class:`sda.relabel.predict.SdaPredictor`.
     """
 
-    def __init__(self, settings: Any, *, projection: dict[str, Any], image_size: int,
+    def __init__(self, settings: Relabel, *, projection: Projection, image_size: int,
                  models: dict[str, Path], lineage: Lineage, seed: int, run_id: str,
                  flow_run_id: str | None = None, device: torch.device | str = "cpu",
                  inbox: Path | None = None) -> None:

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
+from sda.config import Projection
 from sda.method.projection_jobs import Projector
 from sda.method.scoring import fell_back, sda_logits
 from sda.models.classifiers import input_spec, load_classifier, predict_logits
@@ -20,9 +20,9 @@ __all__ = ["SdaPredictor"]
 class SdaPredictor:
     """The three models of a pipeline run, loaded once: ``models`` names the folders
     ``{"source": ..., "aligned": ..., "diffusion": ..., "classes": classes.json}``; ``projection``
-    holds the :class:`sda.config.Projection` fields (``batch_size: auto`` is measured here, once)."""
+    is the pipeline's (``batch_size: auto`` is measured here, once)."""
 
-    def __init__(self, models: dict[str, Path], projection: dict[str, Any], device: torch.device | str = "cpu"):
+    def __init__(self, models: dict[str, Path], projection: Projection, device: torch.device | str = "cpu"):
         self.device = torch.device(device)
         self.source, self.source_cfg = load_classifier(models["source"], self.device)
         self.aligned, self.aligned_cfg = load_classifier(models["aligned"], self.device)

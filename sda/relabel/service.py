@@ -12,6 +12,7 @@ from typing import Any, Callable
 import yaml
 
 from sda.config import Params
+from sda.domains import domain_for
 from sda.provenance import code_version, params_hash
 from sda.relabel.job import Lineage, RelabelJob
 from sda.relabel.report import BatchReport
@@ -61,7 +62,7 @@ def make_job(root: Path, params: Params, *, inbox: str | None = None, overrides:
     lineage = Lineage(source_model_hash=hashes["source"], aligned_model_hash=hashes["aligned"],
                       diffusion_model_hash=hashes["diffusion"], params_hash=params_hash(params)[:16],
                       code_version=code_version(root))
-    return RelabelJob(settings, projection=params.projection.model_dump(), image_size=params.image_size,
+    return RelabelJob(settings, projection=params.projection, image_size=domain_for(params).image_size(params),
                       models=models, lineage=lineage, seed=params.runtime.seed, run_id=uuid.uuid4().hex,
                       flow_run_id=flow_run_id, device=pick_device(params.runtime.device))
 
