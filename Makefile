@@ -54,7 +54,5 @@ test-fast: install  ## the unit tests alone (no pipeline runs, no GPU): about 30
 docs: install  ## the documentation site of docs/ on http://127.0.0.1:8000 (mkdocs serve)
 	$(VENV)/bin/mkdocs serve
 
-clean:  ## remove pipeline outputs (not the DVC cache or .venv)
-	rm -rf data/source_data data/source_model data/diffusion_finetune data/synth_generate data/synth_align \
-	       data/classifier_align data/target_data data/target_project metrics/evaluate.json \
-	       metrics/per_domain.csv metrics/results.md metrics/projection_grid.png metrics/alignment.json
+clean: install  ## remove pipeline outputs (not the DVC cache or .venv): the paths of sda/layout.py
+	$(PY) -m sda.layout clean

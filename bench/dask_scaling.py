@@ -36,13 +36,13 @@ import torch
 
 from sda.config import load_params
 from sda.io.cluster import dask_client
-from sda.io.shard_jobs import plan_jobs, run_shard_jobs
+from sda.io.resumable_jobs import plan_jobs, run_shard_jobs
 from sda.io.shards import read_manifest
-from sda.method.projection_jobs import project_job, projection_jobs
+from sda.method.projector import project_job, projection_jobs
 from sda.method.synth import generate_job
 from sda.models.diffusion import DiffusionInfo, build_unet, save_diffusion
 from sda.models.schedulers import ddpm_scheduler
-from tasks.common import DATA
+from sda.layout import DATA
 
 
 def _model_dir(tmp: Path) -> str:

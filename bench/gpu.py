@@ -302,7 +302,7 @@ def bench_embedded_agreement(t: Table, device: torch.device, modes: list[str], d
     from sda.models.classifiers import input_spec, load_classifier, predict_logits
     from sda.models.diffusion import load_diffusion
     from sda.method.scoring import sda_logits
-    from sda.method.projection_jobs import project_uint8
+    from sda.method.projector import project_uint8
     from sda.io.shards import load_shards
     from sda.config import load_params
 

@@ -23,7 +23,7 @@ from sda.method.dda import project
 from sda.models.classifiers import load_classifier, predict_logits
 from sda.models.diffusion import load_diffusion
 from sda.runtime import derive_seed, set_threads
-from tasks.common import DATA
+from sda.layout import DATA
 
 
 def main() -> None:

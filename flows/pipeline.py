@@ -36,6 +36,7 @@ from prefect.artifacts import create_markdown_artifact
 from flows.serve import check_served_root
 from sda.config import ParamsError, load_params
 from sda.domains import domain_for, domain_names, set_profile
+from sda.layout import RUNS
 from tasks import STAGES
 from tasks.stage_server import ENV as STAGE_SERVER_ENV
 
@@ -155,7 +156,7 @@ def _split_time(root: Path, stage: str, started: float, seconds: float) -> dict:
     """The stage's ``work`` (its own record, tasks.common), the ``start_up`` of its process (imports,
     params) and the ``dvc`` rest of ``seconds``, when the stage ran in this call."""
     try:
-        t = json.loads((root / "data" / ".runs" / f"{stage}.timing.json").read_text())
+        t = json.loads((root / RUNS / f"{stage}.timing.json").read_text())
     except (OSError, ValueError):
         return {}
     if t["process_start"] < started:  # an older run's record: the stage was cached

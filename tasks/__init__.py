@@ -1,16 +1,6 @@
 """One module per DVC stage: a pure ``run(...)`` plus ``main()`` for ``python -m tasks.<stage>``."""
 
-STAGES: tuple[str, ...] = (
-    "source_data",
-    "source_model",
-    "diffusion_finetune",
-    "synth_generate",
-    "synth_align",
-    "classifier_align",
-    "target_data",
-    "target_project",
-    "evaluate",
-)
+from sda.layout import STAGE_ORDER as STAGES  # the nine stages in order (the standard library only)
 
 # The one import-time step: for `python -m tasks.<stage>` (nothing for a library import), the set-up
 # that must precede torch's import, and the hand-over to a warm stage server (tasks/launch.py).

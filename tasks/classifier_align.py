@@ -30,12 +30,13 @@ from sda.io.atomic import atomic_write_json
 from sda.io.shards import iter_shard_file, read_manifest
 from sda.io.streaming import ShardStream
 from sda.method.diagnostics import alignment_warnings, class_accuracy, projected_val_accuracy
-from sda.method.projection_jobs import project_job, projection_jobs
+from sda.method.projector import project_job, projection_jobs
 from sda.method.scoring import fell_back
 from sda.models.diffusion import DiffusionInfo
 from sda.models.classifiers import fit_classifier, input_spec, load_classifier, paper_recipe, save_classifier
 from sda.runtime import derive_seed
-from tasks.common import DATA, METRICS, stage_main
+from sda.layout import METRICS, METRIC_FILES, OUTS
+from tasks.common import stage_main
 
 log = logging.getLogger("sda.classifier_align")
 
@@ -165,18 +166,18 @@ def levers(params: Params, domain: Domain) -> dict[str, str]:
 
 def _main(params: Params, args: argparse.Namespace, domain: Domain) -> int:
     cfg, rt = params.classifier_align, params.runtime
-    val_dir, model_dir = DATA / "source_data" / "val", DATA / "diffusion_finetune"
+    val_dir, model_dir = OUTS["source_data"] / "val", OUTS["diffusion_finetune"]
     has_val = (val_dir / "manifest.json").is_file() and read_manifest(val_dir)["count"] > 0
     if cfg.select_epoch and not has_val:
         raise ValueError(f"classifier_align.select_epoch needs the source val split {val_dir}, which this profile "
                          f"({params.profile}) does not write: set classifier_align.select_epoch: false")
-    class_names = json.loads((DATA / "source_data" / "classes.json").read_text())["names"]
-    source, source_cfg = load_classifier(DATA / "source_model", args.device)  # the judge; run() fine-tunes its own copy
+    class_names = json.loads((OUTS["source_data"] / "classes.json").read_text())["names"]
+    source, source_cfg = load_classifier(OUTS["source_model"], args.device)  # the judge; run() fine-tunes its own copy
     probe = DiffusionInfo.read(model_dir).probe  # diffusion_finetune's scores of its own samples, if it probed
     diagnostics: dict = {"diffusion_probe": probe and {k: probe[k] for k in (
         "accuracy", "images", "selected_step", "trained_steps", "target", "reached_target", "history")},
         "synthetic": synthetic_scores(
-        source, source_cfg, {"synth_generate": DATA / "synth_generate", "synth_align": DATA / "synth_align"},
+        source, source_cfg, {"synth_generate": OUTS["synth_generate"], "synth_align": OUTS["synth_align"]},
         class_names, params.evaluate.batch_size, args.device, rt.loader_workers)}
     projected_val, original_val = None, None
     if has_val:
@@ -186,13 +187,13 @@ def _main(params: Params, args: argparse.Namespace, domain: Domain) -> int:
         original_val = projected_val_accuracy(source, source_cfg, originals, labels, device=args.device)
     projected_source = None
     if cfg.projected_source:
-        train_dir = DATA / "source_data" / "train"
+        train_dir = OUTS["source_data"] / "train"
         _, images, labels = project_shard_set(train_dir, model_dir, params.projection,
                                               derive_seed(rt.seed, "classifier_align", "train"), args.device)
         projected_source = (images, labels)
         log.info("classifier_align.projected_source: %d projected source train images join the synthetic set",
                  len(labels))
-    config = run(cfg, rt.seed, DATA / "source_model", DATA / "synth_align", DATA / "classifier_align", args.device,
+    config = run(cfg, rt.seed, OUTS["source_model"], OUTS["synth_align"], OUTS["classifier_align"], args.device,
                  loader_workers=rt.loader_workers, projected_val=projected_val, projected_source=projected_source)
     diagnostics["projected_val"] = None if projected_val is None else {
         "images": len(projected_val[1]), "source_original": round(original_val, 2), "source": config["val_source"],
@@ -208,7 +209,7 @@ def _main(params: Params, args: argparse.Namespace, domain: Domain) -> int:
     for w in diagnostics["warnings"]:
         log.warning("%s", w)
     METRICS.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(METRICS / "alignment.json", diagnostics)
+    atomic_write_json(METRIC_FILES["alignment"], diagnostics)
     return config["trained_images"]
 
 

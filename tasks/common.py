@@ -15,15 +15,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 from sda.config import Params, ParamsError, load_params
+from sda.layout import RUNS, WORK
 from sda.io.atomic import atomic_write_json, clean_stale_temps, replace_dir
 from sda.io.cluster import SchedulerUnreachableError
-from sda.io.shard_jobs import PROGRESS, jobs_fingerprint, run_shard_jobs
+from sda.io.resumable_jobs import PROGRESS, jobs_fingerprint, run_shard_jobs
 from sda.runtime import pick_device, seed_everything, set_deterministic, set_threads
 
-DATA = Path("data")
-METRICS = Path("metrics")
-# run records (timings, resumed shards) of the heavy stages: beside the DVC outs, never inside one
-RUNS = DATA / ".runs"
 
 log = logging.getLogger("sda")
 
@@ -130,7 +127,7 @@ def run_resumable(stage: str, params: Params, jobs, make_samples, *, plan: dict,
     (plans, indexes) before publishing.
     """
     fp = jobs_fingerprint(plan, jobs)
-    work_root = DATA / ".work"
+    work_root = WORK
     work = work_root / f"{stage}-{fp[:16]}"
     for stale in work_root.glob(f"{stage}-*"):
         if stale != work:

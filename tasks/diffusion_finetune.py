@@ -39,7 +39,8 @@ from sda.models.dit import dit_image_size, load_dit, new_class_table
 from sda.models.schedulers import ddpm_scheduler
 from sda.models.training import random_batches, train_epsilon
 from sda.runtime import derive_seed
-from tasks.common import DATA, stage_main
+from sda.layout import OUTS
+from tasks.common import stage_main
 
 log = logging.getLogger("sda.diffusion_finetune")
 
@@ -241,12 +242,12 @@ def _main(params: Params, args: argparse.Namespace, domain: Domain) -> int | Non
     section = domain.pretrained_diffusion(params)
     if section is not None:
         cfg = getattr(params, section)
-        PRETRAINED[section](cfg, params.runtime.seed, DATA / "source_data", DATA / "diffusion_finetune", args.device,
+        PRETRAINED[section](cfg, params.runtime.seed, OUTS["source_data"], OUTS["diffusion_finetune"], args.device,
                             params.runtime.loader_workers)
         return cfg.finetune_steps * cfg.finetune_batch_size or None
     cfg, sg = params.diffusion_finetune, params.synth_generate
-    info = run(cfg, params.runtime.seed, DATA / "source_data", DATA / "diffusion_finetune", args.device,
-               judge_dir=DATA / "source_model", sample_steps=sg.steps, guidance_scale=sg.guidance_scale)
+    info = run(cfg, params.runtime.seed, OUTS["source_data"], OUTS["diffusion_finetune"], args.device,
+               judge_dir=OUTS["source_model"], sample_steps=sg.steps, guidance_scale=sg.guidance_scale)
     return info.trained_steps * cfg.batch_size  # images seen in training
 
 

@@ -29,7 +29,8 @@ from sda.method.report import grid_png, results_markdown, write_plot_csv
 from sda.method.scoring import DomainScore, score_domain, summarise
 from sda.models.classifiers import load_classifier
 from sda.provenance import code_version, params_hash
-from tasks.common import DATA, METRICS, stage_main
+from sda.layout import DATA, METRIC_FILES, METRICS
+from tasks.common import stage_main
 
 log = logging.getLogger("sda.evaluate")
 
@@ -68,7 +69,7 @@ def run(params: Params, domain: Domain, device, data: Path = DATA, metrics_dir: 
     if predicted:
         metrics["unlabelled"] = {d: {"images": len(sc.keys), "sda_counts": dict(Counter(class_names[i] for i in sc.sda))}
                                  for d, sc in predicted.items()}
-    alignment = metrics_dir / "alignment.json"  # classifier_align's checks of the synthetic domain
+    alignment = metrics_dir / METRIC_FILES["alignment"].name  # classifier_align's checks of the synthetic domain
     if alignment.is_file():
         metrics["alignment"] = json.loads(alignment.read_text())
         metrics["warnings"] = metrics["alignment"].get("warnings", [])
@@ -77,11 +78,11 @@ def run(params: Params, domain: Domain, device, data: Path = DATA, metrics_dir: 
     metrics["protocol"] = protocol(params, domain, images_per_domain=n)
     table = results_markdown(metrics)
     metrics_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(metrics_dir / "evaluate.json", metrics)
-    write_plot_csv(metrics, metrics_dir / "per_domain.csv")
-    atomic_write_bytes(metrics_dir / "results.md", (table + "\n").encode())
-    atomic_write_bytes(metrics_dir / "projection_grid.png", grid_png(grid_rows, domain.image_size(params)))
-    write_predictions(data / "target_data", predicted, class_names, metrics_dir / "predictions.csv")
+    atomic_write_json(metrics_dir / METRIC_FILES["evaluate"].name, metrics)
+    write_plot_csv(metrics, metrics_dir / METRIC_FILES["per_domain"].name)
+    atomic_write_bytes(metrics_dir / METRIC_FILES["results"].name, (table + "\n").encode())
+    atomic_write_bytes(metrics_dir / METRIC_FILES["grid"].name, grid_png(grid_rows, domain.image_size(params)))
+    write_predictions(data / "target_data", predicted, class_names, metrics_dir / METRIC_FILES["predictions"].name)
     log.info("results (top-1 %%, %s split):\n%s", params.target_data.split, table)
     for w in metrics.get("warnings", []):
         log.warning("%s", w)

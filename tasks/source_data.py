@@ -13,10 +13,11 @@ import argparse
 from sda.config import Params
 from sda.domains import Domain, domain_for
 from sda.io.atomic import atomic_write_json
-from tasks.common import DATA, section_json, stage_main
+from sda.layout import OUTS
+from tasks.common import section_json, stage_main
 
 def _main(params: Params, args: argparse.Namespace, domain: Domain) -> None:
-    out = DATA / "source_data"
+    out = OUTS["source_data"]
     domain.write_source(params, out)
     # content only: runtime's device / threads / workers do not change these bytes, the seed does
     atomic_write_json(out / "params.json", {**section_json(params, *domain.sections), "seed": params.runtime.seed})

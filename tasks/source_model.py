@@ -21,7 +21,8 @@ from sda.io.shards import load_shards, read_manifest
 from sda.models.classifiers import (create_classifier, load_pretrained_classifier, predict_logits, save_classifier,
                                     train_classifier)
 from sda.runtime import derive_seed
-from tasks.common import DATA, stage_main
+from sda.layout import OUTS
+from tasks.common import stage_main
 
 log = logging.getLogger("sda.source_model")
 
@@ -63,10 +64,10 @@ def run_pretrained(arch: str, pre: PretrainedClassifier, out: Path) -> dict:
 def _main(params: Params, args: argparse.Namespace, domain: Domain) -> int | None:
     pretrained = domain.source_classifier(params)
     if pretrained is not None:
-        run_pretrained(params.source_model.arch, pretrained, DATA / "source_model")
+        run_pretrained(params.source_model.arch, pretrained, OUTS["source_model"])
         return None
-    run(params.source_model, params.runtime.seed, DATA / "source_data", DATA / "source_model", args.device)
-    return read_manifest(DATA / "source_data" / "train")["count"] * params.source_model.epochs  # images trained on
+    run(params.source_model, params.runtime.seed, OUTS["source_data"], OUTS["source_model"], args.device)
+    return read_manifest(OUTS["source_data"] / "train")["count"] * params.source_model.epochs  # images trained on
 
 
 if __name__ == "__main__":

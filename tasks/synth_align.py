@@ -10,13 +10,14 @@ from __future__ import annotations
 import argparse
 
 from sda.config import Params
-from tasks.common import DATA, stage_main
-from tasks.projection import run_projection
+from sda.layout import OUTS
+from tasks.common import stage_main
+from tasks.projection_stage import run_projection
 
 
 def _main(params: Params, args: argparse.Namespace) -> int:
-    return run_projection("synth_align", params, args.device, DATA / "synth_generate", [""],
-                          DATA / "synth_align")["new_items"]
+    return run_projection("synth_align", params, args.device, OUTS["synth_generate"], [""],
+                          OUTS["synth_align"])["new_items"]
 
 
 if __name__ == "__main__":

@@ -14,17 +14,18 @@ from pathlib import Path
 
 from sda.config import Params
 from sda.io.atomic import sha256_file
-from sda.io.shard_jobs import plan_jobs
+from sda.io.resumable_jobs import plan_jobs
 from sda.method.synth import generate_job, sample_plan, write_plan
 from sda.models.diffusion import DiffusionInfo, generator_weights
 from sda.runtime import derive_seed
-from tasks.common import DATA, run_resumable, stage_main
+from sda.layout import OUTS
+from tasks.common import run_resumable, stage_main
 
 log = logging.getLogger("sda.synth_generate")
 
 
 def _main(params: Params, args: argparse.Namespace) -> int:
-    cfg, model_dir = params.synth_generate, DATA / "diffusion_finetune"
+    cfg, model_dir = params.synth_generate, OUTS["diffusion_finetune"]
     info = DiffusionInfo.read(model_dir)
     seed = derive_seed(params.runtime.seed, "synth_generate")
     classes = info.generated_classes
@@ -39,7 +40,7 @@ def _main(params: Params, args: argparse.Namespace) -> int:
     plan = {"synth_generate": cfg.model_dump(exclude={"batch_size"}), "seed": seed, "model": model_hash,
             "batch_size": cfg.batch_size}
     summary = run_resumable("synth_generate", params, jobs, make, plan=plan, meta={"seed": seed, "model": model_hash},
-                  out=DATA / "synth_generate", max_bytes=cfg.max_shard_bytes,
+                  out=OUTS["synth_generate"], max_bytes=cfg.max_shard_bytes,
                   extra_files=lambda work: write_plan(sample_plan(classes, cfg.per_class, seed),
                                                       Path(work) / "plan.parquet"))
     return summary["new_items"]

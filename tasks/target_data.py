@@ -15,11 +15,12 @@ import argparse
 
 from sda.config import Params
 from sda.domains import Domain, domain_for
-from tasks.common import DATA, stage_main
+from sda.layout import OUTS
+from tasks.common import stage_main
 
 
 def _main(params: Params, args: argparse.Namespace, domain: Domain) -> None:
-    domain.write_targets(params, DATA / "source_data", DATA / "target_data")
+    domain.write_targets(params, OUTS["source_data"], OUTS["target_data"])
 
 
 if __name__ == "__main__":

@@ -11,15 +11,16 @@ import json
 import shutil
 
 from sda.config import Params
-from tasks.common import DATA, stage_main
-from tasks.projection import run_projection
+from sda.layout import OUTS
+from tasks.common import stage_main
+from tasks.projection_stage import run_projection
 
 
 def _main(params: Params, args: argparse.Namespace) -> int:
-    src = DATA / "target_data"
+    src = OUTS["target_data"]
     domains = json.loads((src / "domains.json").read_text())["domains"]
-    summary = run_projection("target_project", params, args.device, src, domains, DATA / "target_project")
-    shutil.copy2(src / "domains.json", DATA / "target_project" / "domains.json")
+    summary = run_projection("target_project", params, args.device, src, domains, OUTS["target_project"])
+    shutil.copy2(src / "domains.json", OUTS["target_project"] / "domains.json")
     return summary["new_items"]
 
 

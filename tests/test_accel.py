@@ -21,7 +21,7 @@ PROJ = {"respacing": 10, "N": 3, "D": 4, "scale": 6.0, "per_sample_norm": False,
 
 
 def _project(unet, scheduler, images, **cfg):
-    from sda.method.projection_jobs import project_uint8
+    from sda.method.projector import project_uint8
 
     return project_uint8(unet, scheduler, images, Projection(**{**PROJ, **cfg}), null_label=3,
                          generator=torch.Generator().manual_seed(0))
@@ -185,7 +185,7 @@ def test_prefetch_keeps_order_and_reads_ahead():
 
 
 def test_auto_batch_size_on_cpu(tiny_unet, scheduler):
-    from sda.method.projection_jobs import projection_batch_size
+    from sda.method.projector import projection_batch_size
 
     assert auto_batch_size(lambda b: None, "cpu", cpu_default=16) == 16
     assert projection_batch_size(tiny_unet, scheduler, Projection(**{**PROJ, "batch_size": "auto"}), 16, 3) == 32

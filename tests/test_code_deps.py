@@ -23,11 +23,11 @@ def test_closures_hold_what_the_stages_import():
     # the modules the issue found missing by hand
     assert {"sda/models/diffusion.py", "sda/io/shards.py", "sda/runtime.py"} <= set(stage_code_deps("synth_align"))
     assert "sda/models/dit.py" in stage_code_deps("synth_generate")
-    assert "tasks/projection.py" in stage_code_deps("target_project")
+    assert "tasks/projection_stage.py" in stage_code_deps("target_project")
 
 
 def test_no_stage_imports_another_stage():
-    """Shared stage code lives in tasks/common.py or tasks/projection.py, never in a stage."""
+    """Shared stage code lives in tasks/common.py or tasks/projection_stage.py, never in a stage."""
     for stage in STAGES:
         others = {f"tasks/{s}.py" for s in STAGES if s != stage}
         assert not others & set(stage_code_deps(stage)), f"{stage} imports {others & set(stage_code_deps(stage))}"

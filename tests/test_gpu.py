@@ -44,7 +44,7 @@ def _images(n: int = 8, size: int = 16) -> np.ndarray:
 
 
 def _project(unet, scheduler, images, **cfg):
-    from sda.method.projection_jobs import project_uint8
+    from sda.method.projector import project_uint8
 
     g = torch.Generator(device="cuda").manual_seed(0)
     return project_uint8(unet, scheduler, images, Projection(**{**PROJ, **cfg}), null_label=3, generator=g)
@@ -162,7 +162,7 @@ def test_cuda_out_of_memory_names_the_batch_size(cuda_unet, scheduler):
 
 
 def test_auto_batch_size_fits_the_card(cuda_unet, scheduler):
-    from sda.method.projection_jobs import projection_batch_size
+    from sda.method.projector import projection_batch_size
 
     bs = projection_batch_size(cuda_unet, scheduler, Projection(**{**PROJ, "batch_size": "auto"}), 16, 3)
     assert bs >= 8 and bs & (bs - 1) == 0
@@ -176,8 +176,8 @@ def test_shard_jobs_on_a_local_cuda_cluster(tmp_path, cuda_unet, scheduler):
     from dask_cuda import LocalCUDACluster  # noqa: F401 - dask-cuda must be installed on GPU machines
 
     from sda.models.diffusion import DiffusionInfo, save_diffusion
-    from sda.method.projection_jobs import project_job, projection_jobs
-    from sda.io.shard_jobs import run_shard_jobs
+    from sda.method.projector import project_job, projection_jobs
+    from sda.io.resumable_jobs import run_shard_jobs
     from sda.io.shards import Sample, load_shards, write_shards
 
     model_dir = tmp_path / "model"

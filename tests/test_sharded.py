@@ -1,4 +1,4 @@
-"""The resumable, distributed shard machinery (sda.io.shard_jobs) with real models and real dask."""
+"""The resumable, distributed shard machinery (sda.io.resumable_jobs) with real models and real dask."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from repo_utils import free_port
-from sda.io.shard_jobs import PlanMismatchError, plan_jobs, run_shard_jobs
+from sda.io.resumable_jobs import PlanMismatchError, plan_jobs, run_shard_jobs
 from sda.io.shards import load_shards, read_manifest
 from sda.method.synth import generate_job, plan_row, sample_plan
 from sda.models.diffusion import DiffusionInfo, build_unet, save_diffusion
@@ -76,7 +76,7 @@ def test_projection_shards_are_identical_in_process_and_on_two_workers(model_dir
     """The projection's backward (resize_right's gather) is only reproducible with deterministic
     algorithms, which are per process: each job sets them where it runs."""
     from sda.config import Projection
-    from sda.method.projection_jobs import project_job, projection_jobs
+    from sda.method.projector import project_job, projection_jobs
 
     # batches of 64 at 16 px: big enough for torch to split the gather's backward over threads
     src = functools.partial(generate_job, model_dir=model_dir, seed=7, steps=2, guidance_scale=1.0, batch_size=64)

@@ -1,5 +1,5 @@
 """Shard sets: the one WebDataset reader / writer (:mod:`sda.io.streaming` streams sets through
-DataLoader workers on top of :func:`iter_shard_file`; :mod:`sda.io.shard_jobs` writes them as
+DataLoader workers on top of :func:`iter_shard_file`; :mod:`sda.io.resumable_jobs` writes them as
 resumable jobs).
 
 A shard set is a directory of ``<prefix>-NNNNNN.tar`` files written by ``webdataset.ShardWriter``

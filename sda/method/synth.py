@@ -14,7 +14,7 @@ from torchvision.transforms.v2.functional import InterpolationMode, resize
 
 from sda.accel import autocast, name_oom
 from sda.io.images import to_uint8
-from sda.io.shard_jobs import ShardJob
+from sda.io.resumable_jobs import ShardJob
 from sda.io.shards import Sample
 from sda.method.sampling import sample_class_conditional, sample_dit
 from sda.models.diffusion import DiffusionInfo, load_diffusion

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from sda.config import Projection
-from sda.method.projection_jobs import Projector
+from sda.method.projector import Projector
 from sda.method.scoring import fell_back, sda_logits
 from sda.models.classifiers import input_spec, load_classifier, predict_logits
 

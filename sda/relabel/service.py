@@ -4,6 +4,7 @@ artifacts, the CLI a progress bar; ``bench/relabel.py`` calls it directly)."""
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from pathlib import Path
@@ -12,15 +13,14 @@ from typing import Any, Callable
 import yaml
 
 from sda.config import Params
-from sda.domains import domain_for
+from sda.layout import MODEL_STAGES, MODELS
 from sda.provenance import code_version, params_hash
 from sda.relabel.job import Lineage, RelabelJob
 from sda.relabel.report import BatchReport
 from sda.runtime import pick_device
 
-__all__ = ["MODEL_STAGES", "ModelsMissing", "dvc_model_hashes", "make_job", "run_job", "run_summary"]
+__all__ = ["ModelsMissing", "dvc_model_hashes", "make_job", "run_job", "run_summary"]
 
-MODEL_STAGES = {"source": "source_model", "aligned": "classifier_align", "diffusion": "diffusion_finetune"}
 
 
 class ModelsMissing(FileNotFoundError):
@@ -42,6 +42,12 @@ def dvc_model_hashes(root: Path) -> dict[str, str]:
     return out
 
 
+def projector_size(model_dir: Path) -> int:
+    """The side in pixels the pipeline's projector works at (and its target images were stored at),
+    from the model folder itself rather than from today's params."""
+    return int(json.loads((Path(model_dir) / "unet" / "config.json").read_text())["sample_size"])
+
+
 def make_job(root: Path, params: Params, *, inbox: str | None = None, overrides: dict[str, Any] | None = None,
              flow_run_id: str | None = None) -> RelabelJob:
     """A :class:`RelabelJob` for the checkout at ``root`` (paths in params are relative to it);
@@ -52,9 +58,7 @@ def make_job(root: Path, params: Params, *, inbox: str | None = None, overrides:
     if inbox:
         resolved["inbox"] = str(Path(inbox).resolve())
     settings = settings.model_copy(update=resolved)
-    data = root / "data"
-    models = {"source": data / "source_model", "aligned": data / "classifier_align",
-              "diffusion": data / "diffusion_finetune", "classes": data / "source_data" / "classes.json"}
+    models = {role: root / rel for role, rel in MODELS.items()}
     for name, path in models.items():
         if not path.exists():
             raise ModelsMissing(f"{path} is missing ({name} model): run the pipeline first (make run, or dvc repro)")
@@ -62,7 +66,7 @@ def make_job(root: Path, params: Params, *, inbox: str | None = None, overrides:
     lineage = Lineage(source_model_hash=hashes["source"], aligned_model_hash=hashes["aligned"],
                       diffusion_model_hash=hashes["diffusion"], params_hash=params_hash(params)[:16],
                       code_version=code_version(root))
-    return RelabelJob(settings, projection=params.projection, image_size=domain_for(params).image_size(params),
+    return RelabelJob(settings, projection=params.projection, image_size=projector_size(models["diffusion"]),
                       models=models, lineage=lineage, seed=params.runtime.seed, run_id=uuid.uuid4().hex,
                       flow_run_id=flow_run_id, device=pick_device(params.runtime.device))
 

@@ -22,7 +22,7 @@ import torch
 from sda.accel import auto_batch_size, fast_model, name_oom, prefetch
 from sda.config import Projection
 from sda.io.images import to_uint8, to_unit_range
-from sda.io.shard_jobs import ShardJob
+from sda.io.resumable_jobs import ShardJob
 from sda.io.shards import Sample, batched, iter_shard_file, read_manifest
 from sda.method.dda import project
 from sda.models.diffusion import load_diffusion

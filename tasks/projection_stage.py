@@ -8,15 +8,16 @@ from pathlib import Path
 
 from sda.config import Params
 from sda.io.atomic import sha256_file
-from sda.method.projection_jobs import project_job, projection_jobs
+from sda.method.projector import project_job, projection_jobs
 from sda.runtime import derive_seed
-from tasks.common import DATA, run_resumable
+from sda.layout import OUTS
+from tasks.common import run_resumable
 
 
 def run_projection(stage: str, params: Params, device, src_root: Path, subdirs: list[str], out: Path) -> dict:
     """Project the shard sets ``src_root/<sub>`` with the diffusion model of ``data/diffusion_finetune``
     into ``out/<sub>`` (keys kept), resumably; returns the run summary."""
-    model_dir = DATA / "diffusion_finetune"
+    model_dir = OUTS["diffusion_finetune"]
     seed = derive_seed(params.runtime.seed, stage)
     jobs = projection_jobs(src_root, subdirs)
     make = functools.partial(project_job, model_dir=str(model_dir), src_root=str(src_root),

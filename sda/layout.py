@@ -1,0 +1,85 @@
+"""Where a pipeline run keeps what it makes, relative to the checkout: declared once, here, for the
+stages (``tasks/``), the relabel service, ``make clean`` and the tests; ``tests`` check that
+``dvc.yaml``'s outs and metrics are these.
+
+- ``OUTS[stage]``: each stage's DVC out, ``data/<stage>/``;
+- ``MODELS[role]``: the folders relabelling loads (the source and aligned classifiers, the diffusion
+  model) and the class list, with ``MODEL_STAGES[role]``, the stage that writes each;
+- ``METRIC_FILES``: what ``classifier_align`` and ``evaluate`` write under ``metrics/``;
+- ``RUNS`` (run records: timings, resumed shards) and ``WORK`` (resumable work in progress): beside
+  the outs, never inside one, and not versioned.
+
+    python -m sda.layout clean [--root DIR]     # remove the outputs (not the DVC cache, not .venv)
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+
+__all__ = ["DATA", "METRICS", "METRIC_FILES", "MODELS", "MODEL_STAGES", "OUTS", "RUNS", "STAGE_ORDER", "WORK", "clean"]
+
+DATA = Path("data")
+METRICS = Path("metrics")
+RUNS = DATA / ".runs"
+WORK = DATA / ".work"
+
+# the pipeline's stages in the order they run (tasks.STAGES is this tuple)
+STAGE_ORDER: tuple[str, ...] = (
+    "source_data",
+    "source_model",
+    "diffusion_finetune",
+    "synth_generate",
+    "synth_align",
+    "classifier_align",
+    "target_data",
+    "target_project",
+    "evaluate",
+)
+# evaluate's outputs are metrics files, not a data folder
+OUTS: dict[str, Path] = {stage: DATA / stage for stage in STAGE_ORDER if stage != "evaluate"}
+
+MODEL_STAGES: dict[str, str] = {"source": "source_model", "aligned": "classifier_align",
+                                "diffusion": "diffusion_finetune"}
+MODELS: dict[str, Path] = {**{role: OUTS[stage] for role, stage in MODEL_STAGES.items()},
+                           "classes": OUTS["source_data"] / "classes.json"}
+
+METRIC_FILES: dict[str, Path] = {
+    "alignment": METRICS / "alignment.json",   # classifier_align: the checks of the synthetic domain
+    "evaluate": METRICS / "evaluate.json",     # evaluate: every method per domain, the protocol
+    "per_domain": METRICS / "per_domain.csv",  # the plot of `dvc plots show`
+    "results": METRICS / "results.md",
+    "grid": METRICS / "projection_grid.png",
+    "predictions": METRICS / "predictions.csv",  # the SDA labels of the unlabelled target folders
+}
+
+
+def clean(root: Path) -> list[Path]:
+    """Remove every output of a run under ``root`` (outs, metric files, run records, work in
+    progress); the DVC cache, params and code stay. Returns what was removed."""
+    removed = []
+    for rel in [*OUTS.values(), RUNS, WORK, *METRIC_FILES.values()]:
+        path = root / rel
+        if path.is_symlink() or path.is_file():
+            path.unlink()
+        elif path.is_dir():
+            shutil.rmtree(path)
+        else:
+            continue
+        removed.append(rel)
+    return removed
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(prog="python -m sda.layout", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("command", choices=["clean"], help="clean: remove the pipeline's outputs")
+    ap.add_argument("--root", type=Path, default=Path("."), help="the checkout (default: here)")
+    args = ap.parse_args()
+    for rel in clean(args.root):
+        print(f"removed {rel}")
+
+
+if __name__ == "__main__":
+    main()
