@@ -47,9 +47,9 @@ test: install  ## run the test suite in a random order (CI: everything; SEED=N r
 	@seed=$${SEED:-$$RANDOM}; echo "test order: SEED=$$seed (pytest-randomly)"; \
 	$(PY) -m pytest -q -p randomly --randomly-seed=$$seed --durations=15
 
-test-fast: install  ## the unit tests alone (no pipeline runs, no GPU): about 30 s
+test-fast: install  ## the fast unit tests (tests/unit, not slow): under a minute
 	@seed=$${SEED:-$$RANDOM}; echo "test order: SEED=$$seed (pytest-randomly)"; \
-	$(PY) -m pytest -q -m "not slow and not gpu" -p randomly --randomly-seed=$$seed
+	$(PY) -m pytest -q tests/unit -m "not slow" -p randomly --randomly-seed=$$seed
 
 docs: install  ## the documentation site of docs/ on http://127.0.0.1:8000 (mkdocs serve)
 	$(VENV)/bin/mkdocs serve

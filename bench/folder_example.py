@@ -25,9 +25,9 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))
 
-from repo_utils import make_digits_set, make_folder_set  # noqa: E402
+from tests.support import make_digits_set, make_folder_set  # noqa: E402
 
 SETS = {"shapes": make_folder_set, "digits": make_digits_set}
 

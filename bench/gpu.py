@@ -51,17 +51,7 @@ from sda.method.dda_reference import reference_project  # noqa: E402
 from sda.config import ADM_256_UNCOND, Projection  # noqa: E402
 from sda.runtime import set_deterministic  # noqa: E402
 
-ADM_TINY = {"image_size": 32, "num_channels": 32, "num_res_blocks": 1, "num_head_channels": 16,
-            "attention_resolutions": "8", "channel_mult": "1,2,2", "learn_sigma": True,
-            "resblock_updown": True, "use_scale_shift_norm": True, "class_cond": False}
-DIT_XL2 = dict(num_attention_heads=16, attention_head_dim=72, in_channels=4, out_channels=8, num_layers=28,
-               sample_size=32, patch_size=2, num_embeds_ada_norm=1000)
-DIT_TINY = dict(num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=8, num_layers=2,
-                sample_size=4, patch_size=2, num_embeds_ada_norm=1000)
-SD_VAE = dict(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
-              up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(128, 256, 512, 512),
-              layers_per_block=2, latent_channels=4, sample_size=256)
-VAE_TINY = dict(SD_VAE, block_out_channels=(8, 8, 8, 8), layers_per_block=1, norm_num_groups=8, sample_size=32)
+from tests.support.tiny_models import ADM_TINY_FLAGS as ADM_TINY, DIT_TINY, DIT_XL2, SD_VAE, VAE_TINY  # noqa: E402
 
 
 class Table:
@@ -424,7 +414,7 @@ def bench_resnet(t: Table, device: torch.device, full: bool) -> None:
 def start_gpu_tests(log: Path, junit: Path | None) -> subprocess.Popen:
     """``pytest -m gpu`` in the background (it is mostly CPU-bound subprocess start-up: running it
     beside the benches keeps the whole check inside one short GPU lease)."""
-    cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-rs", "-p", "no:cacheprovider", "tests/test_gpu.py"]
+    cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-rs", "-p", "no:cacheprovider", "tests/e2e/test_gpu.py"]
     if torch.cuda.is_available() and importlib.util.find_spec("xdist"):
         cmd += ["-n", "4"]  # the two end-to-end runs and the compile test side by side
     if junit:

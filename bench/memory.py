@@ -29,9 +29,9 @@ import psutil
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path.insert(0, str(ROOT))
 
-from repo_utils import IMAGENET_CORRUPTIONS, _copy_repo, make_imagenet_assets, subprocess_env  # noqa: E402
+from tests.support import IMAGENET_CORRUPTIONS, copy_repo, make_imagenet_assets, subprocess_env  # noqa: E402
 from tasks import STAGES  # noqa: E402
 
 # tiny ADM at full resolution: one cheap guided step per image keeps the 10x run short on a CPU
@@ -64,7 +64,7 @@ def make_repo(root: Path, per_class: int, side: int) -> Path:
         "source_model": {"arch": "resnet18"},
         "evaluate": {"batch_size": 8},
     }
-    _copy_repo(root, {"profile": "imagenet", "imagenet": inet, "profiles": {"imagenet": profile}}, git=False)
+    copy_repo(root, {"profile": "imagenet", "imagenet": inet, "profiles": {"imagenet": profile}}, git=False)
     return root
 
 

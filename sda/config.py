@@ -8,7 +8,7 @@ params and imports no other module of the project; which profiles exist and what
 the domain registry's (:func:`sda.domains.domain_for`).
 
 The defaults here are the values in the repository's ``params.yaml``, which lists every parameter:
-``tests/test_params.py`` fails when the two disagree, so a notebook's ``Params()`` is the pipeline's
+``tests/unit/sda/test_config.py`` fails when the two disagree, so a notebook's ``Params()`` is the pipeline's
 configuration.
 """
 

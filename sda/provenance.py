@@ -15,7 +15,7 @@ __all__ = ["RESULT_PARAMS", "RESULT_RUNTIME", "code_version", "fingerprint", "pa
 
 # What fixes a result: every section but relabel, and of runtime these keys (the device, workers
 # and scheduler change where it runs, not what it computes). evaluate's DVC params list the same
-# (tests/test_code_deps.py checks), so the params hash that evaluate.json records cannot go stale.
+# (tests/unit/tasks/test_code_deps.py checks), so the params hash that evaluate.json records cannot go stale.
 RESULT_PARAMS = ("profile", "imagenet", "folder", "source_data", "source_model", "diffusion_finetune", "synth_generate",
                  "projection", "classifier_align", "target_data", "evaluate")
 RESULT_RUNTIME = ("seed", "threads", "deterministic", "loader_workers")

@@ -51,7 +51,7 @@ def set_deterministic(on: bool = True) -> None:
     torch.backends.cudnn.benchmark = not on
     # With deterministic algorithms on, torch also fills every new tensor with NaN (a debugging aid
     # that makes reads of uninitialised memory visible): 4-6 % of the CPU time of training, sampling
-    # and projection at 16 px, more on a loaded machine; the same bytes without it (tests/test_runtime.py).
+    # and projection at 16 px, more on a loaded machine; the same bytes without it (tests/unit/sda/test_runtime.py).
     torch.utils.deterministic.fill_uninitialized_memory = False
 
 

@@ -27,7 +27,7 @@ from tasks import STAGES
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("sda", "tasks")
 
-# module -> why it is not a code dep of the stages that import it (tests/test_code_deps.py checks
+# module -> why it is not a code dep of the stages that import it (tests/unit/tasks/test_code_deps.py checks
 # that each exists, that nothing in sda/ imports it, and that no stage lists it)
 NOT_CODE_DEPS: dict[str, str] = {
     "tasks.launch": "how a stage command starts (the project's python, progress-bar redraws, OpenMP's wait "

@@ -32,21 +32,3 @@ def scheduler():
     from sda.models.schedulers import ddpm_scheduler
 
     return ddpm_scheduler(num_train_timesteps=1000)
-
-
-@pytest.fixture(scope="session")
-def prefect_server():
-    """One Prefect test server (temporary database) for every test that runs a flow in-process:
-    starting one takes ~40 s on a loaded 2-core machine."""
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=180):
-        yield
-
-
-@pytest.fixture(scope="session")
-def tiny_repo(tmp_path_factory):
-    """A copy of this repository, tiny params, after a full ``dvc repro`` (every stage ran)."""
-    from repo_utils import make_tiny_repo
-
-    return make_tiny_repo(tmp_path_factory.mktemp("sda") / "repo")

@@ -22,11 +22,11 @@ import pytest
 import yaml
 from PIL import Image
 
-from repo_utils import free_port, sh, subprocess_env
+from tests.support import free_port, sh, subprocess_env
 from sda.io.atomic import sha256_file
 from sda.io.shards import iter_samples
 from sda.relabel.store import committed_hashes, part_files, read_table
-from test_inbox import huge_header_png, png_bytes
+from tests.unit.sda.relabel.test_inbox import huge_header_png, png_bytes
 
 pytestmark = pytest.mark.slow
 

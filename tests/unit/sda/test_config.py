@@ -8,7 +8,7 @@ import yaml
 from sda.config import CORRUPTIONS, Params, ParamsError, load_params, parse_params
 from sda.domains import domain_for
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_repo_params_validate():

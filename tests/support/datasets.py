@@ -1,33 +1,12 @@
-"""A tiny copy of this repository in which the real pipeline has run (shared by the e2e tests)."""
+"""Generated data sets for the tests and ``bench/``: a toy colour set, a tiny ImageNet-like folder
+set, and two sets of someone's labelled images of another kind (shapes; printed digits against
+handwriting scans)."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
-import yaml
-
-from tasks import STAGES
-
-ROOT = Path(__file__).resolve().parents[1]
-
-TINY = {
-    "runtime": {"threads": 2},
-    "source_model": {"epochs": 8},
-    "diffusion_finetune": {"train_steps": 40, "batch_size": 32},
-    "synth_generate": {"per_class": 3, "steps": 4, "batch_size": 4, "shard_size": 8},
-    "projection": {"respacing": 10, "N": 3, "batch_size": 64},
-    "classifier_align": {"epochs": 1},
-    # the val split (180 images per domain): a third of the test split's projection and evaluation
-    # work; shards of 60 keep several shard jobs per domain for the kill / resume tests
-    "target_data": {"split": "val", "corruptions": ["gaussian_noise", "pixelate"], "shard_maxcount": 60},
-    "relabel": {"min_age_seconds": 0, "upload_grace_seconds": 0, "batch_size": 8},
-}
-
+from tests.support.tiny_models import ADM_TINY_FLAGS, make_diffusion_models
 
 def colour_classes(n: int = 120, seed: int = 0):
     """A toy labelled set: uint8 (n, 16, 16, 3) images whose class (0-2) is the bright colour channel."""
@@ -41,125 +20,10 @@ def colour_classes(n: int = 120, seed: int = 0):
     return x, y
 
 
-def subprocess_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    # the copy must run from its own files: drop this checkout from PYTHONPATH, keep the rest
-    # (a GPU machine may hold the project's dependencies in a PYTHONPATH folder)
-    keep = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and Path(p).resolve() != ROOT]
-    env["PYTHONPATH"] = os.pathsep.join(keep)
-    env["SDA_LOG_LEVEL"] = "WARNING"
-    return env
-
-
-def sh(cwd: Path, *cmd: str, check: bool = True, timeout: float = 900,
-       env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """Run ``cmd`` in ``cwd`` with the project's environment (plus ``env``); a command still running
-    after ``timeout`` seconds is killed and fails the test (pytest-timeout is the outer guard)."""
-    try:
-        r = subprocess.run(list(cmd), cwd=cwd, env={**subprocess_env(), **(env or {})}, capture_output=True, text=True,
-                           timeout=timeout)
-    except subprocess.TimeoutExpired as err:
-        raise AssertionError(f"{' '.join(cmd)} still running after {timeout:.0f} s:\n{err.stdout!s:.3000}") from None
-    if check and r.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
-    return r
-
-
-def _project_files() -> list[str]:
-    """The checkout's files as git sees them; without git (a copied work tree), the code folders."""
-    try:
-        return subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
-                              text=True, check=True).stdout.split()
-    except (OSError, subprocess.CalledProcessError):
-        files = [str(p.relative_to(ROOT)) for d in ("sda", "tasks", "flows") for p in (ROOT / d).rglob("*.py")]
-        return files + [f for f in ("params.yaml", "dvc.yaml", "pyproject.toml", ".dvcignore")
-                        if (ROOT / f).is_file()]
-
-
-def _copy_repo(dst: Path, overrides: dict | None = None, git: bool = True) -> None:
-    """``dst``: the project's files with TINY params plus ``overrides``; a git repository when ``git``."""
-    for f in _project_files():
-        if f.startswith(("data/", "metrics/", "tests/", "bench/")) or f == "dvc.lock":
-            continue
-        if (ROOT / f).is_file():
-            (dst / f).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / f, dst / f)
-    params = yaml.safe_load((dst / "params.yaml").read_text())
-    for section, values in TINY.items():
-        params[section].update(values)
-    for key, values in (overrides or {}).items():
-        if isinstance(values, dict) and isinstance(params.get(key), dict):
-            params[key].update(values)
-        else:
-            params[key] = values
-    (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    if not git:
-        return
-    sh(dst, "git", "init", "-q")
-    sh(dst, "git", "-c", "user.email=t@t", "-c", "user.name=t", "add", "-A")
-    sh(dst, "git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "tiny")
-
-
-def _repro_every_stage(root: Path) -> Path:
-    from flows.pipeline import stage_server
-    from tasks.stage_server import ENV
-
-    # warm (tasks/stage_server.py): each stage skips its imports, ~5 s a stage of a 2-core machine
-    with stage_server(root, env=subprocess_env()) as address:
-        r = sh(root, "dvc", "repro", env={ENV: address} if address else None)
-    for stage in STAGES:
-        assert f"Running stage '{stage}'" in r.stdout, f"{stage} did not run:\n{r.stdout[-2000:]}"
-    return root
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def make_tiny_repo(root: Path) -> Path:
-    """Copy the checkout's tracked files to ``root`` with TINY params and ``dvc repro`` it."""
-    root.mkdir(parents=True)
-    _copy_repo(root)
-    return _repro_every_stage(root)
-
-
-
-
-# --- the ImageNet profile on a tiny ImageNet-like set-up: same code path, tiny random-weight models
+# --- a tiny ImageNet-like folder set (val, ImageNet-C layout)
 
 WNIDS = ["n01440764", "n01443537", "n01484850"]
 IMAGENET_CORRUPTIONS = ["gaussian_noise", "pixelate"]
-ADM_TINY_FLAGS = {"image_size": 32, "num_channels": 32, "num_res_blocks": 1, "num_head_channels": 16,
-                  "attention_resolutions": "8", "channel_mult": "1,2,2", "learn_sigma": True,
-                  "resblock_updown": True, "use_scale_shift_norm": True, "class_cond": False}
-
-
-def make_diffusion_models(root: Path) -> Path:
-    """``root/models``: a guided-diffusion-format ADM state dict (``adm.pt``, ``ADM_TINY_FLAGS``) and a
-    diffusers DiT folder (``dit/``: ImageNet's 1,000-class table, 32 px through a tiny VAE), random
-    weights of the same code path as the paper's models. Returns the folder."""
-    import torch
-    from diffusers import AutoencoderKL, DiTTransformer2DModel, UNet2DModel
-
-    from sda.models.adm import adm_unet_config, diffusers_to_adm_state_dict
-
-    models = root / "models"
-    models.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(0)
-    unet = UNet2DModel(**adm_unet_config(**ADM_TINY_FLAGS))
-    torch.save(diffusers_to_adm_state_dict(unet.state_dict(), **ADM_TINY_FLAGS), models / "adm.pt")
-    dit = DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=8,
-                                num_layers=2, sample_size=4, patch_size=2, num_embeds_ada_norm=1000)
-    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
-                        up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(8, 8, 8, 8),
-                        layers_per_block=1, latent_channels=4, norm_num_groups=8, sample_size=32)
-    dit.save_pretrained(models / "dit" / "transformer")
-    vae.save_pretrained(models / "dit" / "vae")
-    return models
 
 
 def make_imagenet_assets(root: Path, per_class: int = 3, side: int = 40) -> dict:
@@ -194,27 +58,6 @@ def make_imagenet_assets(root: Path, per_class: int = 3, side: int = 40) -> dict
         "classes": None, "images_per_class": 2, "image_size": 32, "resize_size": 32, "crop_size": 28,
     }
 
-
-IMAGENET_TINY = {
-    "synth_generate": {"per_class": 2, "steps": 5, "guidance_scale": 1.0, "batch_size": 3, "shard_size": 4},
-    "projection": {"respacing": 10, "N": 3, "D": 4, "scale": 6.0, "batch_size": 4},
-    # the imagenet profile's own classifier_align override (replaced whole by this one): the paper's
-    # recipe, its last epoch (ImageNet's source has no val split to select one on)
-    "classifier_align": {"recipe": "paper", "select_epoch": False},
-    "target_data": {"corruptions": IMAGENET_CORRUPTIONS, "shard_maxcount": 4},
-    "source_model": {"arch": "resnet18"},
-}
-
-
-def make_imagenet_repo(root: Path) -> Path:
-    """A copy of this repository with ``profile: imagenet`` over tiny local assets, after ``dvc repro``."""
-    root.mkdir(parents=True)
-    inet = make_imagenet_assets(root)
-    _copy_repo(root, {"profile": "imagenet", "imagenet": inet, "profiles": {"imagenet": IMAGENET_TINY}})
-    return _repro_every_stage(root)
-
-
-# --- the folder profile on a generated set of someone's labelled images: shapes, mixed formats
 
 SHAPES = ("circle", "square", "triangle", "cross")
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from repo_utils import free_port
+from tests.support import free_port
 from sda.io.resumable_jobs import PlanMismatchError, plan_jobs, run_shard_jobs
 from sda.io.shards import load_shards, read_manifest
 from sda.method.synth import generate_job, plan_row, sample_plan
@@ -121,7 +121,7 @@ def dask_cluster():
     tells users to: ``python -m sda.io.dask_worker ADDRESS --nworkers 2 --nthreads 1``."""
     port = free_port()
     bindir = Path(sys.executable).parent
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[4])}
     sched = subprocess.Popen([str(bindir / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port),
                               "--no-dashboard"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     worker = subprocess.Popen([sys.executable, "-m", "sda.io.dask_worker", f"tcp://127.0.0.1:{port}", "--nworkers", "2",

@@ -1,9 +1,8 @@
-"""The folder profile: your own labelled images through the domain registry, every way the folder
-can be wrong, and the whole pipeline (DVC through the Prefect flow) on a generated folder set."""
+"""The folder domain: your own labelled images through the domain registry, and every way the folder
+can be wrong (tests/e2e/test_folder_profile.py runs the whole pipeline on a generated folder set)."""
 
 from __future__ import annotations
 
-import csv
 import json
 import shutil
 import sys
@@ -14,14 +13,13 @@ import pytest
 import yaml
 from PIL import Image
 
-from repo_utils import SHAPES, _copy_repo, make_digits_set, make_folder_set, sh
-from sda.config import ParamsError, load_params, parse_params
+from tests.support import SHAPES, copy_repo, make_digits_set, make_folder_set, sh
+from sda.config import ParamsError, parse_params
 from sda.domains import domain_for, domain_names, get_domain
 from sda.domains.folder import write_source, write_targets
 from sda.io.shards import load_shards, read_manifest
-from tasks import STAGES
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[4]
 
 
 def _params(folder: dict, **sections) -> "object":
@@ -160,39 +158,6 @@ def test_the_folder_profile_needs_its_source_dir():
 def test_a_bad_folder_exits_2_with_the_message(images, tmp_path):
     repo = tmp_path / "repo"
     repo.mkdir()
-    _copy_repo(repo, {"profile": "folder", "folder": {"source_dir": "images/missing"}}, git=False)
+    copy_repo(repo, {"profile": "folder", "folder": {"source_dir": "images/missing"}}, git=False)
     r = sh(repo, sys.executable, "-m", "tasks.source_data", check=False)
     assert r.returncode == 2 and "folder.source_dir: images/missing does not exist" in r.stderr, r.stderr
-
-
-@pytest.mark.slow
-def test_folder_profile_end_to_end_through_the_prefect_flow(images, tmp_path, prefect_server):
-    """DVC through the Prefect flow on a generated folder set (nested, PNG / JPEG / greyscale / RGBA, a
-    truncated file), a labelled and a flat target; then the relabel CLI labels the flat folder."""
-    from flows.pipeline import pipeline
-
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    make_folder_set(repo / "images", per_class=12, target_per_class=3, flat=5)
-    rel = {"source_dir": "images/source", "target_dirs": {"site_b": "images/site_b", "site_c": "images/site_c"}}
-    # the tiny budgets of TINY, not params.yaml's profiles.folder (minutes of CPU)
-    _copy_repo(repo, {"profile": "folder", "folder": rel, "profiles": {"folder": {
-        "synth_generate": {"per_class": 2}, "classifier_align": {"projected_source": True}}}})
-    result = pipeline(root=str(repo))
-    assert [r["stage"] for r in result["stages"]] == list(STAGES) and all(r["ran"] for r in result["stages"])
-    metrics = result["metrics"]
-    assert set(metrics["domains"]) == {"site_b", "clean", "gaussian_noise", "pixelate"}
-    aligned = json.loads((repo / "data" / "classifier_align" / "config.json").read_text())
-    train = read_manifest(repo / "data" / "source_data" / "train")["count"]
-    assert aligned["trained_images"] == (2 * 4 + train) * aligned["hyperparameters"]["epochs"]  # synthetic + projected source
-    assert metrics["more"]["corruptions_in_mean"] == ["site_b", "gaussian_noise", "pixelate"]
-    assert metrics["unlabelled"]["site_c"]["images"] == 5
-    rows = list(csv.DictReader((repo / "metrics" / "predictions.csv").open()))
-    assert len(rows) == 5 and {r["domain"] for r in rows} == {"site_c"} and all(r["class_name"] in SHAPES for r in rows)
-    assert sorted(r["file"] for r in rows) == [f"c_{i:03d}.{'png' if i % 4 != 1 else 'jpg'}" for i in range(5)]
-    params = load_params(repo / "params.yaml")
-    assert domain_for(params).image_size(params) == 32 and load_shards(repo / "data" / "synth_generate").images.shape[1] == 32
-    # the relabel flow's CLI labels the flat folder with the models of this profile
-    r = sh(repo, sys.executable, "-m", "flows.relabel", "--inbox", "images/site_c")
-    summary = json.loads(r.stdout[r.stdout.index("{"):])
-    assert summary["labelled"] == 5 and summary["quarantined"] == 0

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from repo_utils import colour_classes
+from tests.support import colour_classes
 from sda.config import DiffusionFinetune, ParamsError, parse_params
 from sda.io.shards import Sample, write_shards
 from sda.method.diagnostics import alignment_warnings, probe_plan, probe_score

@@ -9,7 +9,7 @@ from pathlib import Path
 from tasks import STAGES
 from tasks.code_deps import NOT_CODE_DEPS, _imports, check, import_closure, rewrite, stage_code_deps
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_dvc_yaml_lists_every_imported_module():

@@ -12,7 +12,7 @@ import yaml
 from sda.layout import METRIC_FILES, MODELS, OUTS, RUNS, STAGE_ORDER, WORK
 from tasks import STAGES
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def _paths(entries) -> set[str]:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow  # a Prefect test server
 
 # Stage commands of a small DVC repo under the pipeline's stage names: each appends to attempts.txt.

@@ -20,10 +20,10 @@ import yaml
 from sda.io.atomic import sha256_file
 from sda.io.shards import load_shards, read_manifest
 from sda.method.scoring import MAIN_METHODS
-from repo_utils import subprocess_env, sh
+from tests.support import subprocess_env, sh
 from tasks import STAGES
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")

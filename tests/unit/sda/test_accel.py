@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from repo_utils import ROOT, subprocess_env
+from tests.support import ROOT, subprocess_env
 from sda.accel import (ChannelsLastGroupNorm, auto_batch_size, autocast, channels_last_group_norm, fast_model,
                        layout_group_norms, name_oom, prefetch)
 from sda.config import ParamsError, Projection, parse_params

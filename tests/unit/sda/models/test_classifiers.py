@@ -3,7 +3,7 @@ import pytest
 import timm
 import torch
 
-from repo_utils import colour_classes as _toy
+from tests.support import colour_classes as _toy
 from sda.models.classifiers import (create_classifier, load_classifier, predict_logits, save_classifier, to_model_input, train_classifier)
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)

@@ -17,7 +17,7 @@ from sda.io.atomic import atomic_dir
 from sda.io.shards import Sample, read_manifest, write_shards
 from sda.relabel.store import commit_batch, read_table
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[4]
 LIMIT = 60_000  # bytes per file: the small first outputs fit, the big second ones do not
 
 PRELUDE = f"""

@@ -12,13 +12,13 @@ import pytest
 import torch
 from diffusers import DiTTransformer2DModel
 
-from repo_utils import ADM_TINY_FLAGS, _copy_repo, _repro_every_stage, make_diffusion_models, make_folder_set
+from tests.support import ADM_TINY_FLAGS, copy_repo, repro_every_stage, make_diffusion_models, make_folder_set
 from sda.config import ParamsError, parse_params
 from sda.io.shards import load_shards
 from sda.method.sampling import sample_dit
 from sda.models.dit import dit_image_size, load_dit, new_class_table
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_a_new_class_table_starts_as_the_null_class_and_round_trips(tmp_path):
@@ -58,9 +58,9 @@ def test_folder_pipeline_from_pretrained_adm_and_dit(tmp_path, monkeypatch):
     folder = {"source_dir": "images/source", "target_dirs": {"site_b": "images/site_b"}, "image_size": 16,
               "adm_checkpoint": "models/adm.pt", "adm_flags": ADM_TINY_FLAGS, "dit": "models/dit",
               "finetune_steps": 3, "finetune_batch_size": 4}
-    _copy_repo(repo, {"profile": "folder", "folder": folder,
+    copy_repo(repo, {"profile": "folder", "folder": folder,
                       "profiles": {"folder": {"synth_generate": {"per_class": 2, "steps": 3}}}})
-    _repro_every_stage(repo)
+    repro_every_stage(repo)
     data = repo / "data"
     info = json.loads((data / "diffusion_finetune" / "info.json").read_text())
     assert (info["generator"], info["num_classes"], info["output_size"], info["null_label"]) == ("dit", 4, 16, None)

@@ -9,7 +9,7 @@ import shutil
 import pytest
 import yaml
 
-from repo_utils import sh
+from tests.support import sh
 from tasks import STAGES
 
 pytestmark = pytest.mark.slow

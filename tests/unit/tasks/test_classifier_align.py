@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from repo_utils import colour_classes as _colours
+from tests.support import colour_classes as _colours
 from sda.config import ClassifierAlign
 from sda.io.shards import Sample, write_shards
 from sda.io.streaming import ShardStream

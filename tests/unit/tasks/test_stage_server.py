@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from repo_utils import _copy_repo, sh, subprocess_env
+from tests.support import copy_repo, sh, subprocess_env
 from tasks.stage_server import ENV
 
 pytestmark = pytest.mark.slow
@@ -58,7 +58,7 @@ class Server:
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("warm") / "repo"
     root.mkdir()
-    _copy_repo(root, git=False)
+    copy_repo(root, git=False)
     srv = Server(root)
     yield srv
     srv.proc.terminate()
@@ -119,13 +119,13 @@ def test_changed_code_or_environment_runs_the_command_on_its_own(server):
 
 
 def test_no_server_at_the_address_runs_the_command_on_its_own(tmp_path):
-    r = sh(Path(__file__).resolve().parents[1], sys.executable, "-m", "tasks.source_data", "--help",
+    r = sh(Path(__file__).resolve().parents[3], sys.executable, "-m", "tasks.source_data", "--help",
            env={ENV: str(tmp_path / "none.sock")})
     assert r.returncode == 0 and "usage:" in r.stdout
 
 
 def test_the_server_stops_when_its_parent_is_gone(tmp_path):
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[3]
     address = str(tmp_path / "s.sock")
     # a shell that starts the server as its child, then exits: the server must follow it
     parent = subprocess.Popen(["sh", "-c", f'"{sys.executable}" -m tasks.stage_server --socket {address} '

@@ -14,7 +14,7 @@ import torch
 import yaml
 from PIL import Image
 
-from repo_utils import IMAGENET_CORRUPTIONS, WNIDS, make_imagenet_repo, sh
+from tests.support import IMAGENET_CORRUPTIONS, WNIDS, make_imagenet_repo, sh
 from sda.domains.imagenet import center_crop_arr, class_names, imagenet_c_refs, list_images
 from sda.io.shards import load_shards
 from sda.method.scoring import MAIN_METHODS
@@ -34,7 +34,7 @@ def test_imagenet_profile_stage_outputs(repo):
     # the projector is the converted guided-diffusion checkpoint, with the learned-range scheduler
     from diffusers import DDPMScheduler, UNet2DModel
     from sda.models.adm import load_adm_unet
-    from repo_utils import ADM_TINY_FLAGS
+    from tests.support import ADM_TINY_FLAGS
 
     saved = UNet2DModel.from_pretrained(data / "diffusion_finetune" / "unet").eval()
     direct = load_adm_unet(repo / "models" / "adm.pt", **ADM_TINY_FLAGS).eval()
@@ -146,7 +146,7 @@ def test_a_full_disk_during_a_stage_is_a_user_error_that_keeps_the_outputs(repo)
     import signal
     import subprocess
 
-    from repo_utils import subprocess_env
+    from tests.support import subprocess_env
 
     def limit() -> None:
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)

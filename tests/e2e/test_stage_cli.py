@@ -1,17 +1,16 @@
 """A stage command run by the wrong interpreter (DVC outside the venv) re-runs itself with the
 project's, or ends in a message that says what to do and exit status 2, before any work.
-(``runtime.device: cuda`` without a GPU: tests/test_accel.py.)"""
+(``runtime.device: cuda`` without a GPU: tests/unit/sda/test_accel.py.)"""
 
 from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SYSTEM_PYTHON = shutil.which("python3", path="/usr/local/bin:/usr/bin:/bin")
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from repo_utils import IMAGENET_TINY, STAGES, _copy_repo, make_imagenet_assets, subprocess_env
+from tests.support import IMAGENET_TINY, STAGES, copy_repo, make_imagenet_assets, subprocess_env
 from sda.config import Projection
 
 # before cuBLAS starts (collection time): what set_deterministic sets in a stage before CUDA starts
@@ -65,7 +65,7 @@ def test_every_stage_runs_on_cuda(tmp_path, profile):
                 "synth_generate": {**IMAGENET_TINY["synth_generate"], "precision": "bf16"}}
         overrides.update({"profile": "imagenet", "imagenet": make_imagenet_assets(root),
                           "profiles": {"imagenet": tiny}})
-    _copy_repo(root, overrides, git=False)
+    copy_repo(root, overrides, git=False)
     env = {**subprocess_env(), "SDA_LOG_LEVEL": "INFO"}
     for stage in STAGES:
         r = subprocess.run([sys.executable, "-m", f"tasks.{stage}"], cwd=root, env=env, capture_output=True,
@@ -107,7 +107,7 @@ def test_channels_last_group_norm_keeps_the_layout_on_cuda(shape):
     """Under bf16 autocast, as in the fast mode: the stock norm's value, fp32 out, and no NCHW copy in
     the forward or the input-gradient backward."""
     from sda.accel import ChannelsLastGroupNorm
-    from test_accel import _channels_last, layout_copies
+    from tests.unit.sda.test_accel import _channels_last, layout_copies
 
     torch.manual_seed(0)
     stock = torch.nn.GroupNorm(32, shape[1]).cuda()

@@ -1,0 +1,49 @@
+"""The folder profile end to end: the whole pipeline (DVC through the Prefect flow) on a generated
+folder set of someone's labelled images, then the relabel CLI on its flat folder."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+
+import pytest
+
+from sda.config import load_params
+from sda.domains import domain_for
+from sda.io.shards import load_shards, read_manifest
+from tasks import STAGES
+from tests.support import SHAPES, copy_repo, make_folder_set, sh
+
+
+@pytest.mark.slow
+def test_folder_profile_end_to_end_through_the_prefect_flow(tmp_path, prefect_server):
+    """DVC through the Prefect flow on a generated folder set (nested, PNG / JPEG / greyscale / RGBA, a
+    truncated file), a labelled and a flat target; then the relabel CLI labels the flat folder."""
+    from flows.pipeline import pipeline
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    make_folder_set(repo / "images", per_class=12, target_per_class=3, flat=5)
+    rel = {"source_dir": "images/source", "target_dirs": {"site_b": "images/site_b", "site_c": "images/site_c"}}
+    # the tiny budgets of TINY, not params.yaml's profiles.folder (minutes of CPU)
+    copy_repo(repo, {"profile": "folder", "folder": rel, "profiles": {"folder": {
+        "synth_generate": {"per_class": 2}, "classifier_align": {"projected_source": True}}}})
+    result = pipeline(root=str(repo))
+    assert [r["stage"] for r in result["stages"]] == list(STAGES) and all(r["ran"] for r in result["stages"])
+    metrics = result["metrics"]
+    assert set(metrics["domains"]) == {"site_b", "clean", "gaussian_noise", "pixelate"}
+    aligned = json.loads((repo / "data" / "classifier_align" / "config.json").read_text())
+    train = read_manifest(repo / "data" / "source_data" / "train")["count"]
+    assert aligned["trained_images"] == (2 * 4 + train) * aligned["hyperparameters"]["epochs"]  # synthetic + projected source
+    assert metrics["more"]["corruptions_in_mean"] == ["site_b", "gaussian_noise", "pixelate"]
+    assert metrics["unlabelled"]["site_c"]["images"] == 5
+    rows = list(csv.DictReader((repo / "metrics" / "predictions.csv").open()))
+    assert len(rows) == 5 and {r["domain"] for r in rows} == {"site_c"} and all(r["class_name"] in SHAPES for r in rows)
+    assert sorted(r["file"] for r in rows) == [f"c_{i:03d}.{'png' if i % 4 != 1 else 'jpg'}" for i in range(5)]
+    params = load_params(repo / "params.yaml")
+    assert domain_for(params).image_size(params) == 32 and load_shards(repo / "data" / "synth_generate").images.shape[1] == 32
+    # the relabel flow's CLI labels the flat folder with the models of this profile
+    r = sh(repo, sys.executable, "-m", "flows.relabel", "--inbox", "images/site_c")
+    summary = json.loads(r.stdout[r.stdout.index("{"):])
+    assert summary["labelled"] == 5 and summary["quarantined"] == 0
