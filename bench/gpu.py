@@ -289,7 +289,7 @@ def bench_embedded_agreement(t: Table, device: torch.device, modes: list[str], d
     if not all(p.is_file() for p in needed):
         t.add("deviation", "embedded", note="skipped: no trained embedded models in data/ (run `make run` first)")
         return
-    from sda.models.classifiers import input_spec, load_classifier, predict_logits
+    from sda.models.classifiers import load_classifier
     from sda.models.diffusion import load_diffusion
     from sda.method.scoring import sda_logits
     from sda.method.projector import project_uint8
@@ -298,8 +298,8 @@ def bench_embedded_agreement(t: Table, device: torch.device, modes: list[str], d
 
     params = load_params(ROOT / "params.yaml")
     unet, sched, info = load_diffusion(data / "diffusion_finetune", device)
-    source, scfg = load_classifier(data / "source_model", device)
-    aligned, acfg = load_classifier(data / "classifier_align", device)
+    source = load_classifier(data / "source_model", device)
+    aligned = load_classifier(data / "classifier_align", device)
     domains = json.loads((data / "target_data" / "domains.json").read_text())["domains"][:max_domains]
     base = params.projection
     preds: dict[str, list[np.ndarray]] = {m: [] for m in ["fp32", *modes]}
@@ -308,7 +308,7 @@ def bench_embedded_agreement(t: Table, device: torch.device, modes: list[str], d
     for d in domains:
         tgt = load_shards(data / "target_data" / d)
         labels.append(tgt.labels)
-        so = predict_logits(source, tgt.images, **input_spec(scfg), device=device)
+        so = source.logits(tgt.images, device=device)
         proj_fp32 = None
         for mode in preds:
             fast = fast_settings(mode)
@@ -324,7 +324,7 @@ def bench_embedded_agreement(t: Table, device: torch.device, modes: list[str], d
                 proj_fp32 = proj
             else:
                 pix[mode].append(np.abs(proj.astype(np.int16) - proj_fp32.astype(np.int16)).ravel())
-            ap = predict_logits(aligned, proj, **input_spec(acfg), device=device)
+            ap = aligned.logits(proj, device=device)
             preds[mode].append(sda_logits(so, ap).argmax(1).numpy())
         if t.left() < 30:
             break

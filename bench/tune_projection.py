@@ -20,7 +20,7 @@ from sda.domains.corruptions import corrupt_images
 from sda.io.images import to_uint8, to_unit_range
 from sda.io.shards import load_shards
 from sda.method.dda import project
-from sda.models.classifiers import load_classifier, predict_logits
+from sda.models.classifiers import load_classifier
 from sda.models.diffusion import load_diffusion
 from sda.runtime import derive_seed, set_threads
 from sda.layout import DATA
@@ -35,7 +35,7 @@ def main() -> None:
     params = load_params()
     set_threads(params.runtime.threads)
     val = load_shards(DATA / "source_data" / "val")
-    src, cfg = load_classifier(DATA / "source_model")
+    src = load_classifier(DATA / "source_model")
     unet, sched, info = load_diffusion(DATA / "diffusion_finetune")
     images, labels = val.images[: args.limit], val.labels[: args.limit]
     domains = {c: images if c == "clean" else corrupt_images(images, c, 5, derive_seed(99, c)) for c in args.corruptions}
@@ -55,7 +55,7 @@ def main() -> None:
                             generator=torch.Generator().manual_seed(b))
                 out.append(to_uint8(y))
                 n += len(x)
-            pred = predict_logits(src, np.concatenate(out), mean=cfg["mean"], std=cfg["std"]).argmax(1).numpy()
+            pred = src.logits(np.concatenate(out)).argmax(1).numpy()
             accs.append(100 * (pred == labels).mean())
         name = ", ".join(f"{k}={v}" for k, v in zip(keys, combo)) or "params.yaml"
         print(name.ljust(50), " ".join(f"{a:10.1f}" for a in accs), f"{np.mean(accs):6.1f}",

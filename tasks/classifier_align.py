@@ -33,7 +33,7 @@ from sda.method.diagnostics import alignment_warnings, class_accuracy, projected
 from sda.method.projector import project_job, projection_jobs
 from sda.method.scoring import fell_back
 from sda.models.diffusion import DiffusionInfo
-from sda.models.classifiers import fit_classifier, input_spec, load_classifier, paper_recipe, save_classifier
+from sda.models.classifiers import Classifier, fit_classifier, input_spec, load_classifier, paper_recipe, save_classifier
 from sda.runtime import derive_seed
 from sda.layout import METRICS, METRIC_FILES, OUTS
 from tasks.common import stage_main
@@ -87,7 +87,8 @@ def run(cfg: ClassifierAlign, seed: int, source_model: Path, synth_dir: Path, ou
     ``projected_source``: (projections, labels) of the source train split, trained on beside the
     synthetic set in every epoch (:func:`mixed_batches`; ``classifier_align.projected_source``).
     """
-    model, config = load_classifier(source_model, device)
+    source = load_classifier(source_model, device)
+    model, config = source.module, source.config  # the module is fine-tuned in place
     s = derive_seed(seed, "classifier_align")
     torch.manual_seed(s)
     hp = cfg.model_dump(include={"optimizer", "lr", "momentum", "weight_decay", "batch_size", "epochs", "grad_clip"})
@@ -96,7 +97,7 @@ def run(cfg: ClassifierAlign, seed: int, source_model: Path, synth_dir: Path, ou
         log.info("paper recipe for %s: %s", config["arch"], hp)
     val_score = None
     if projected_val is not None:
-        val_score = lambda m: projected_val_accuracy(m, config, *projected_val, device=device)  # noqa: E731
+        val_score = lambda m: projected_val_accuracy(Classifier(m, config), *projected_val, device=device)  # noqa: E731
         source_val = val_score(model)
     epochs = [ShardStream(synth_dir, hp["batch_size"], workers=loader_workers, seed=s, epoch=e,
                           shuffle_buffer=cfg.shuffle_buffer) for e in range(hp["epochs"])]
@@ -130,18 +131,18 @@ def run(cfg: ClassifierAlign, seed: int, source_model: Path, synth_dir: Path, ou
         log.warning("the aligned model is %.1f points worse than the source model on the projected source val "
                     "split (allowed: %g): saving the source model, SDA falls back to DDA",
                     source_val - aligned_val, cfg.max_val_drop)
-        model, _ = load_classifier(source_model, device)
+        model = load_classifier(source_model, device).module
         new_config["fallback"] = "dda"
     save_classifier(model, out, new_config)
     return {**new_config, **scores}
 
 
-def synthetic_scores(model: torch.nn.Module, config: dict, sets: dict[str, Path], class_names: list[str],
+def synthetic_scores(model: Classifier, sets: dict[str, Path], class_names: list[str],
                      batch_size: int, device: torch.device, loader_workers: int = 0) -> dict[str, dict]:
     """The source model's accuracy on each synthetic shard set against its intended classes (CAS)."""
     out = {}
     for stage, path in sets.items():
-        out[stage] = class_accuracy(model, config, ShardStream(path, batch_size, workers=loader_workers), class_names,
+        out[stage] = class_accuracy(model, ShardStream(path, batch_size, workers=loader_workers), class_names,
                                     batch_size=batch_size, device=device)
         log.info("%s: the source model recognises %.1f%% of %d synthetic images as their intended class", stage,
                  out[stage]["accuracy"], out[stage]["images"])
@@ -172,19 +173,19 @@ def _main(params: Params, args: argparse.Namespace, domain: Domain) -> int:
         raise ValueError(f"classifier_align.select_epoch needs the source val split {val_dir}, which this profile "
                          f"({params.profile}) does not write: set classifier_align.select_epoch: false")
     class_names = json.loads((OUTS["source_data"] / "classes.json").read_text())["names"]
-    source, source_cfg = load_classifier(OUTS["source_model"], args.device)  # the judge; run() fine-tunes its own copy
+    source = load_classifier(OUTS["source_model"], args.device)  # the judge; run() fine-tunes its own copy
     probe = DiffusionInfo.read(model_dir).probe  # diffusion_finetune's scores of its own samples, if it probed
     diagnostics: dict = {"diffusion_probe": probe and {k: probe[k] for k in (
         "accuracy", "images", "selected_step", "trained_steps", "target", "reached_target", "history")},
         "synthetic": synthetic_scores(
-        source, source_cfg, {"synth_generate": OUTS["synth_generate"], "synth_align": OUTS["synth_align"]},
+        source, {"synth_generate": OUTS["synth_generate"], "synth_align": OUTS["synth_align"]},
         class_names, params.evaluate.batch_size, args.device, rt.loader_workers)}
     projected_val, original_val = None, None
     if has_val:
         originals, projected, labels = project_shard_set(val_dir, model_dir, params.projection,
                                                          derive_seed(rt.seed, "classifier_align", "val"), args.device)
         projected_val = (projected, labels)
-        original_val = projected_val_accuracy(source, source_cfg, originals, labels, device=args.device)
+        original_val = projected_val_accuracy(source, originals, labels, device=args.device)
     projected_source = None
     if cfg.projected_source:
         train_dir = OUTS["source_data"] / "train"

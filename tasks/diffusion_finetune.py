@@ -57,7 +57,7 @@ class Probe:
     def __init__(self, cfg: DiffusionFinetune, sample: Callable, judge_dir: Path, class_names: list[str], seed: int,
                  device: torch.device):
         self.cfg, self.sample, self.class_names, self.seed, self.device = cfg, sample, class_names, seed, device
-        self.judge, self.judge_config = load_classifier(judge_dir, device)
+        self.judge = load_classifier(judge_dir, device)
         self.history: list[dict] = []
         self.best: dict | None = None
         self.best_state: dict[str, torch.Tensor] | None = None
@@ -65,7 +65,7 @@ class Probe:
         self.timed_out = False
 
     def __call__(self, step: int, model: torch.nn.Module) -> bool:
-        score = probe_score(lambda y, s: self.sample(model, y, s), self.judge, self.judge_config,
+        score = probe_score(lambda y, s: self.sample(model, y, s), self.judge,
                             range(len(self.class_names)), self.class_names, per_class=self.cfg.probe_per_class,
                             seed=self.seed, device=self.device)
         self.history.append({"step": step, "accuracy": score["accuracy"]})

@@ -47,8 +47,8 @@ def protocol(params: Params, domain: Domain, images_per_domain: int) -> dict:
 def run(params: Params, domain: Domain, device, data: Path = DATA, metrics_dir: Path = METRICS) -> dict:
     index = json.loads((data / "target_data" / "domains.json").read_text())
     domains = index["domains"]
-    source, src_cfg = load_classifier(data / "source_model", device)
-    aligned, al_cfg = load_classifier(data / "classifier_align", device)
+    source = load_classifier(data / "source_model", device)
+    aligned = load_classifier(data / "classifier_align", device)
     unlabelled = set(index.get("unlabelled", []))
     class_names = json.loads((data / "source_data" / "classes.json").read_text())["names"]
     bs = params.evaluate.batch_size
@@ -57,7 +57,7 @@ def run(params: Params, domain: Domain, device, data: Path = DATA, metrics_dir: 
         # originals and projections side by side, streamed: memory is a batch, not a domain
         stream = ShardStream(data / "target_data" / d, bs, workers=params.runtime.loader_workers,
                              paired_dir=data / "target_project" / d)
-        score = score_domain(source, src_cfg, aligned, al_cfg, stream, batch_size=bs,
+        score = score_domain(source, aligned, stream, batch_size=bs,
                              grid_images=params.evaluate.grid_images, device=device)
         grid_rows[d] = score.grid
         if d in unlabelled:

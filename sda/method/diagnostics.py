@@ -26,26 +26,25 @@ import numpy as np
 import torch
 
 from sda.io.images import to_uint8
-from sda.models.classifiers import input_spec, predict_logits
+from sda.models.classifiers import Classifier
 from sda.runtime import derive_seed
 
 __all__ = ["alignment_warnings", "class_accuracy", "probe_plan", "probe_score", "projected_val_accuracy"]
 
 
-def class_accuracy(model: torch.nn.Module, config: dict[str, Any], batches: Iterable[Any], class_names: Sequence[str],
+def class_accuracy(model: Classifier, batches: Iterable[Any], class_names: Sequence[str],
                    *, batch_size: int = 512, device: torch.device | str = "cpu") -> dict[str, Any]:
-    """Top-1 of ``model`` (its ``config.json`` preprocessing) against each image's label.
+    """Top-1 of ``model`` against each image's label.
 
     ``batches`` yields objects with ``images`` uint8 (B, H, W, 3) and ``labels`` int (B,) (a
     :class:`sda.io.streaming.ShardStream`). Returns ``{"accuracy": percent, "images": N,
     "per_class": {class name: percent}}`` (classes without an image are left out), percent rounded
     to 2 decimals.
     """
-    spec = input_spec(config)
     hits: list[np.ndarray] = []
     labels: list[np.ndarray] = []
     for b in batches:
-        pred = predict_logits(model, b.images, **spec, batch_size=batch_size, device=device).argmax(1).numpy()
+        pred = model.logits(b.images, batch_size=batch_size, device=device).argmax(1).numpy()
         hits.append(pred == np.asarray(b.labels))
         labels.append(np.asarray(b.labels))
     if not hits:
@@ -63,8 +62,8 @@ def probe_plan(classes: Sequence[int], per_class: int, seed: int) -> tuple[list[
     return labels, [derive_seed(seed, "probe", c, i) for c in classes for i in range(per_class)]
 
 
-def probe_score(sample: Callable[[Sequence[int], Sequence[int]], torch.Tensor], judge: torch.nn.Module,
-                judge_config: dict[str, Any], classes: Sequence[int], class_names: Sequence[str], *, per_class: int,
+def probe_score(sample: Callable[[Sequence[int], Sequence[int]], torch.Tensor], judge: Classifier,
+                classes: Sequence[int], class_names: Sequence[str], *, per_class: int,
                 seed: int, batch_size: int = 64, device: torch.device | str = "cpu") -> dict[str, Any]:
     """:func:`class_accuracy` of ``judge`` on the probe set (:func:`probe_plan`) drawn from a
     class-conditional generator: ``sample(labels, seeds)`` returns [-1, 1] images float (B, 3, H, W),
@@ -76,13 +75,13 @@ def probe_score(sample: Callable[[Sequence[int], Sequence[int]], torch.Tensor], 
             y = labels[i: i + batch_size]
             yield SimpleNamespace(images=to_uint8(sample(y, seeds[i: i + batch_size])), labels=np.asarray(y))
 
-    return class_accuracy(judge, judge_config, batches(), class_names, batch_size=batch_size, device=device)
+    return class_accuracy(judge, batches(), class_names, batch_size=batch_size, device=device)
 
 
-def projected_val_accuracy(model: torch.nn.Module, config: dict[str, Any], projected: np.ndarray, labels: np.ndarray,
+def projected_val_accuracy(model: Classifier, projected: np.ndarray, labels: np.ndarray,
                            *, batch_size: int = 512, device: torch.device | str = "cpu") -> float:
     """Top-1 in percent (not rounded) of ``model`` on projected images uint8 (N, H, W, 3) with labels (N,)."""
-    logits = predict_logits(model, projected, **input_spec(config), batch_size=batch_size, device=device)
+    logits = model.logits(projected, batch_size=batch_size, device=device)
     return float((logits.argmax(1).numpy() == np.asarray(labels)).mean() * 100)
 
 

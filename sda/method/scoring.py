@@ -21,7 +21,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import torch
 
-from sda.models.classifiers import input_spec, predict_logits
+from sda.models.classifiers import Classifier
 
 __all__ = ["MAIN_METHODS", "DomainScore", "accuracy", "fell_back", "method_predictions", "score_domain", "sda_logits",
            "summarise"]
@@ -106,8 +106,7 @@ class DomainScore:
     sda: np.ndarray
 
 
-def score_domain(source: torch.nn.Module, source_config: dict[str, Any], aligned: torch.nn.Module,
-                 aligned_config: dict[str, Any], batches: Iterable[Any], *, batch_size: int, grid_images: int,
+def score_domain(source: Classifier, aligned: Classifier, batches: Iterable[Any], *, batch_size: int, grid_images: int,
                  device: torch.device | str = "cpu") -> DomainScore:
     """Every method's predictions (:func:`method_predictions`) on one target domain, scored.
 
@@ -115,14 +114,13 @@ def score_domain(source: torch.nn.Module, source_config: dict[str, Any], aligned
     both uint8 (B, H, W, 3), and ``labels`` (B,): :class:`sda.io.streaming.ShardStream` with
     ``paired_dir``. Memory holds a batch and the predictions, not the domain.
     """
-    src_in, al_in = input_spec(source_config), input_spec(aligned_config)
-    fallback = fell_back(aligned_config)
+    fallback = fell_back(aligned.config)
     preds: dict[str, list[np.ndarray]] = {}
     keys, labels, grid_o, grid_p = [], [], [], []
     for b in batches:
-        source_orig = predict_logits(source, b.images, **src_in, batch_size=batch_size, device=device)
-        source_proj = predict_logits(source, b.paired, **src_in, batch_size=batch_size, device=device)
-        aligned_proj = predict_logits(aligned, b.paired, **al_in, batch_size=batch_size, device=device)
+        source_orig = source.logits(b.images, batch_size=batch_size, device=device)
+        source_proj = source.logits(b.paired, batch_size=batch_size, device=device)
+        aligned_proj = aligned.logits(b.paired, batch_size=batch_size, device=device)
         for m, p in method_predictions(source_orig, source_proj, aligned_proj, fallback=fallback).items():
             preds.setdefault(m, []).append(p.numpy())
         keys += list(b.keys)

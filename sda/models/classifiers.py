@@ -8,6 +8,8 @@ so it can be reloaded without the params that made it.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import json
 import math
 from pathlib import Path
@@ -34,6 +36,7 @@ __all__ = [
     "input_spec",
     "load_pretrained_classifier",
     "paper_recipe",
+    "Classifier",
     "load_classifier",
     "predict_logits",
     "save_classifier",
@@ -265,8 +268,28 @@ def save_classifier(model: nn.Module, out_dir: str | Path, config: dict[str, Any
         atomic_write_json(tmp / "config.json", config)
 
 
-def load_classifier(model_dir: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """Inverse of :func:`save_classifier`: ``(model in eval mode, config)``."""
+@dataclass
+class Classifier:
+    """A saved classifier as it is used: the ``module`` (eval mode) and its ``config.json``, whose
+    preprocessing (:attr:`preprocessing`) travels with it, so its logits are always taken on the input
+    it was trained for."""
+
+    module: nn.Module
+    config: dict[str, Any]
+
+    @property
+    def preprocessing(self) -> dict[str, Any]:
+        """``mean`` / ``std`` (per channel, on [0, 1] pixels), ``resize``, ``crop``: :func:`to_model_input`'s."""
+        return input_spec(self.config)
+
+    def logits(self, images: np.ndarray | torch.Tensor, *, batch_size: int = 512,
+               device: torch.device | str = "cpu") -> torch.Tensor:
+        """:func:`predict_logits` with this classifier's preprocessing: float32 (N, num_classes) on the CPU."""
+        return predict_logits(self.module, images, **self.preprocessing, batch_size=batch_size, device=device)
+
+
+def load_classifier(model_dir: str | Path, device: torch.device | str = "cpu") -> Classifier:
+    """Inverse of :func:`save_classifier`: the :class:`Classifier` (its module in eval mode on ``device``)."""
     model_dir = Path(model_dir)
     cfg_path = model_dir / "config.json"
     if not cfg_path.is_file():
@@ -274,7 +297,7 @@ def load_classifier(model_dir: str | Path, device: torch.device | str = "cpu") -
     config = json.loads(cfg_path.read_text())
     model = create_classifier(config["arch"], config["num_classes"], **config["kwargs"])
     model.load_state_dict(load_file(str(model_dir / "model.safetensors")))
-    return model.to(device).eval(), config
+    return Classifier(model.to(device).eval(), config)
 
 
 WHERE_TO_GET_WEIGHTS = (

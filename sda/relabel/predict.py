@@ -12,7 +12,7 @@ import torch
 from sda.config import Projection
 from sda.method.projector import Projector
 from sda.method.scoring import fell_back, sda_logits
-from sda.models.classifiers import input_spec, load_classifier, predict_logits
+from sda.models.classifiers import load_classifier
 
 __all__ = ["SdaPredictor"]
 
@@ -24,8 +24,8 @@ class SdaPredictor:
 
     def __init__(self, models: dict[str, Path], projection: Projection, device: torch.device | str = "cpu"):
         self.device = torch.device(device)
-        self.source, self.source_cfg = load_classifier(models["source"], self.device)
-        self.aligned, self.aligned_cfg = load_classifier(models["aligned"], self.device)
+        self.source = load_classifier(models["source"], self.device)
+        self.aligned = load_classifier(models["aligned"], self.device)
         self.projector = Projector(models["diffusion"], projection, self.device)
         self.class_names: list[str] = json.loads(Path(models["classes"]).read_text())["names"]
 
@@ -41,9 +41,9 @@ class SdaPredictor:
         pbs = self.projector.batch_size
         projected = np.concatenate([self.projector(images[c: c + pbs], seed_of_chunk(c))
                                     for c in range(0, len(images), pbs)])
-        source_orig = predict_logits(self.source, images, **input_spec(self.source_cfg), device=self.device)
-        aligned_proj = predict_logits(self.aligned, projected, **input_spec(self.aligned_cfg), device=self.device)
-        p_sda = sda_logits(source_orig, aligned_proj, fallback=fell_back(self.aligned_cfg)).softmax(1)
+        source_orig = self.source.logits(images, device=self.device)
+        aligned_proj = self.aligned.logits(projected, device=self.device)
+        p_sda = sda_logits(source_orig, aligned_proj, fallback=fell_back(self.aligned.config)).softmax(1)
         p_src = source_orig.softmax(1)
         top = p_sda.topk(min(5, p_sda.shape[1]), dim=1)
         return {

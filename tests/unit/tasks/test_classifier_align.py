@@ -47,11 +47,11 @@ def source(tmp_path_factory):
 
 def test_class_accuracy_scores_each_intended_class(source, tmp_path):
     root, (vx, vy) = source
-    model, cfg = load_classifier(root / "source_model")
+    model = load_classifier(root / "source_model")
     wrong = vy.copy()
     wrong[vy == 2] = 0  # class 2's images "generated for" class 0: none of them is recognised as that
     stream = ShardStream(_shards(tmp_path / "set", vx, wrong), 32)
-    score = class_accuracy(model, cfg, stream, ["red", "green", "blue"])
+    score = class_accuracy(model, stream, ["red", "green", "blue"])
     assert score["images"] == 90
     assert score["per_class"]["green"] == 100.0 and set(score["per_class"]) == {"red", "green"}
     n_blue = int((vy == 2).sum())
@@ -104,8 +104,9 @@ def test_a_useless_synthetic_set_falls_back_to_the_source_model(source, tmp_path
     cfg = _align(root, synth, tmp_path, val, lr=2e-2)
     assert cfg["val_aligned"] < cfg["val_source"] - 2.0
     assert cfg["fallback"] == "dda" and 1 <= cfg["selected_epoch"] <= 4
-    saved, saved_cfg = load_classifier(tmp_path / "aligned")
-    src, _ = load_classifier(root / "source_model")
+    saved_clf = load_classifier(tmp_path / "aligned")
+    saved, saved_cfg = saved_clf.module, saved_clf.config
+    src = load_classifier(root / "source_model").module
     assert all(torch.equal(v, src.state_dict()[k]) for k, v in saved.state_dict().items())
     assert fell_back(saved_cfg)
     assert [h["epoch"] for h in saved_cfg["history"]] == [1, 2, 3, 4] and all("val" in h for h in saved_cfg["history"])
@@ -135,8 +136,8 @@ def test_selection_changes_which_epoch_is_kept_not_how_the_epochs_train(source, 
     assert set(saved) == {"arch", "num_classes", "kwargs", "mean", "std", "aligned_on", "hyperparameters", "history",
                           "seed", "trained_images"}
     if on["selected_epoch"] == 4:  # the last epoch kept: the same weights as without the guard
-        a, _ = load_classifier(tmp_path / "on" / "aligned")
-        b, _ = load_classifier(tmp_path / "off" / "aligned")
+        a = load_classifier(tmp_path / "on" / "aligned").module
+        b = load_classifier(tmp_path / "off" / "aligned").module
         assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
 
 

@@ -94,9 +94,9 @@ def source(tmp_path_factory):
 def _rescore(model_dir, judge_dir, probe_seed_of, per_class):
     """The saved model's probe score, computed afresh."""
     unet, sched, info = load_diffusion(model_dir)
-    judge, cfg = load_classifier(judge_dir)
+    judge = load_classifier(judge_dir)
     return probe_score(lambda y, s: sample_class_conditional(unet, sched, y, s, null_label=info.null_label, steps=3),
-                       judge, cfg, [0, 1, 2], ["red", "green", "blue"], per_class=per_class, seed=probe_seed_of)
+                       judge, [0, 1, 2], ["red", "green", "blue"], per_class=per_class, seed=probe_seed_of)
 
 
 @pytest.mark.slow

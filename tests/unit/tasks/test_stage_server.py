@@ -53,6 +53,16 @@ class Server:
     def lines(self) -> list[str]:
         return [line for line in self.log.read_text().splitlines() if line.startswith("stage server:")]
 
+    def logged(self, *parts: str, timeout: float = 30) -> bool:
+        """Whether the server logs a line with all of ``parts`` within ``timeout`` s (it logs a command's
+        end just after sending its status, so the line may follow the command's exit)."""
+        deadline = time.monotonic() + timeout
+        while not any(all(p in line for p in parts) for line in self.lines()):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.1)
+        return True
+
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
@@ -70,7 +80,7 @@ def test_a_stage_run_through_the_server_writes_the_same_bytes(server):
     alone = _tree_digest(server.root / "data" / "source_data")
     shutil.rmtree(server.root / "data" / "source_data")
     server.run("tasks.source_data")
-    assert any("tasks.source_data" in line and "exit 0" in line for line in server.lines()), server.lines()
+    assert server.logged("tasks.source_data", "exit 0"), server.lines()
     assert _tree_digest(server.root / "data" / "source_data") == alone
 
 
@@ -80,7 +90,7 @@ def test_output_and_exit_status_are_the_commands(server):
     r = server.run("tasks.source_data", "--params", "missing.yaml", check=False)
     assert r.returncode == 2 and "missing.yaml not found" in r.stderr
     assert "stage server" not in r.stderr  # it was not declined: it ran in the server
-    assert any("--params missing.yaml" in line and "exit 2" in line for line in server.lines())
+    assert server.logged("--params missing.yaml", "exit 2"), server.lines()
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])

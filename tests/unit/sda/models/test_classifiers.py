@@ -35,9 +35,9 @@ def test_training_learns_and_save_load_round_trip(tmp_path):
     assert len(hist) == 4 and hist[-1]["loss"] < hist[0]["loss"]
     cfg = {"arch": "sda_cnn3", "num_classes": 3, "kwargs": {"width": 8}, "mean": list(MEAN), "std": list(STD)}
     save_classifier(model, tmp_path / "clf", cfg)
-    model2, cfg2 = load_classifier(tmp_path / "clf")
-    assert cfg2 == cfg
-    assert torch.allclose(predict_logits(model2, x, mean=MEAN, std=STD), after_logits, atol=1e-5)
+    loaded = load_classifier(tmp_path / "clf")
+    assert loaded.config == cfg and loaded.preprocessing["mean"] == list(MEAN)
+    assert torch.allclose(loaded.logits(x), after_logits, atol=1e-5)  # its own preprocessing travels with it
 
 
 def test_model_input_accepts_uint8_and_unit_range():
