@@ -28,8 +28,11 @@ from prefect.runtime import flow_run
 from tqdm.auto import tqdm
 
 from flows.serve import check_served_inbox, check_served_root
+import yaml
+
 from sda.config import ParamsError, load_params
-from sda.relabel.job import RelabelJob
+from sda.layout import METRIC_FILES, MODEL_STAGES
+from sda.relabel.job import Lineage, RelabelJob
 from sda.relabel.report import BatchReport
 from sda.relabel.service import ModelsMissing, make_job, run_job
 from sda.runtime import set_deterministic, set_threads
@@ -37,6 +40,31 @@ from sda.runtime import set_deterministic, set_threads
 ROOT = Path(__file__).resolve().parents[1]
 
 log = logging.getLogger("sda.relabel")
+
+
+def model_lineage(root: Path) -> Lineage:
+    """What produced the models relabelling loads, as that pipeline run recorded it: the DVC hash of
+    each model out (``dvc.lock``) and the params hash and code version its ``evaluate`` stage wrote
+    (``metrics/evaluate.json``, ``protocol``), not today's params or checkout. Raises
+    :class:`ModelsMissing` before the pipeline has run to its end."""
+    lock = root / "dvc.lock"
+    if not lock.is_file():
+        raise ModelsMissing(f"{lock} is missing: run the pipeline first (make run, or dvc repro)")
+    stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
+    hashes = {}
+    for role, stage in MODEL_STAGES.items():
+        outs = stages.get(stage, {}).get("outs") or []
+        if not outs:
+            raise ModelsMissing(f"{lock} has no output for stage {stage}: run `dvc repro {stage}` first")
+        hashes[role] = outs[0]["md5"]
+    metrics = root / METRIC_FILES["evaluate"]
+    if not metrics.is_file():
+        raise ModelsMissing(f"{metrics} is missing: run the pipeline to its end first (make run, or dvc repro)")
+    protocol = json.loads(metrics.read_text()).get("protocol") or {}
+    return Lineage(source_model_hash=hashes["source"], aligned_model_hash=hashes["aligned"],
+                   diffusion_model_hash=hashes["diffusion"],
+                   params_hash=str(protocol.get("params_sha256", "unrecorded"))[:16],
+                   code_version=str(protocol.get("code_version", "unrecorded")))
 
 
 # -- Prefect ------------------------------------------------------------------------------------
@@ -67,7 +95,7 @@ def relabel(inbox: str | None = None, batch_size: int | None = None, root: str =
     set_threads(params.runtime.threads)
     set_deterministic(params.runtime.deterministic)
     try:
-        job = make_job(root_p, params, inbox=inbox, flow_run_id=str(flow_run.id),
+        job = make_job(root_p, params, model_lineage(root_p), inbox=inbox, flow_run_id=str(flow_run.id),
                        overrides={"batch_size": batch_size} if batch_size else None)
     except ModelsMissing as err:
         if not wait_for_models:
@@ -106,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         params = load_params(root / "params.yaml")
         set_threads(params.runtime.threads)
         set_deterministic(params.runtime.deterministic)
-        job = make_job(root, params, inbox=args.inbox, overrides=overrides)
+        job = make_job(root, params, model_lineage(root), inbox=args.inbox, overrides=overrides)
 
         def process(job: RelabelJob, batch: list, index: int) -> BatchReport:
             if index == 0:  # the total is known once the scan ran (under the lock)

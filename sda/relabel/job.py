@@ -54,7 +54,8 @@ log = logging.getLogger("sda.relabel")
 
 @dataclass(frozen=True)
 class Lineage:
-    """Where a label came from: DVC hashes of the three models, params hash, code version."""
+    """Where a label came from: the DVC hashes of the three models, and the params hash and code version
+    of the pipeline run that built them (as that run recorded them)."""
 
     source_model_hash: str
     aligned_model_hash: str

@@ -1,5 +1,5 @@
-"""A relabel job for a checkout of the pipeline: the models its DVC stages produced, their lineage,
-and the run over every batch, without any orchestrator (``flows/relabel.py`` adds Prefect tasks and
+"""A relabel job for a checkout of the pipeline: the models its stages produced (``sda.layout``) and
+the run over every batch, without any orchestrator (``flows/relabel.py`` adds Prefect tasks and
 artifacts, the CLI a progress bar; ``bench/relabel.py`` calls it directly)."""
 
 from __future__ import annotations
@@ -10,36 +10,18 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable
 
-import yaml
-
 from sda.config import Params
-from sda.layout import MODEL_STAGES, MODELS
-from sda.provenance import code_version, params_hash
+from sda.layout import MODELS
 from sda.relabel.job import Lineage, RelabelJob
 from sda.relabel.report import BatchReport
 from sda.runtime import pick_device
 
-__all__ = ["ModelsMissing", "dvc_model_hashes", "make_job", "run_job", "run_summary"]
+__all__ = ["ModelsMissing", "make_job", "projector_size", "run_job", "run_summary"]
 
 
 
 class ModelsMissing(FileNotFoundError):
-    """The pipeline has not produced the models (or dvc.lock) that relabelling needs."""
-
-
-def dvc_model_hashes(root: Path) -> dict[str, str]:
-    """The DVC hash (md5 of the ``.dir`` listing) of each model output, from ``dvc.lock``."""
-    lock = root / "dvc.lock"
-    if not lock.is_file():
-        raise ModelsMissing(f"{lock} is missing: run the pipeline first (make run, or dvc repro)")
-    stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
-    out = {}
-    for role, stage in MODEL_STAGES.items():
-        outs = stages.get(stage, {}).get("outs") or []
-        if not outs:
-            raise ModelsMissing(f"{lock} has no output for stage {stage}: run `dvc repro {stage}` first")
-        out[role] = outs[0]["md5"]
-    return out
+    """The pipeline has not produced the models (or the record of its run) that relabelling needs."""
 
 
 def projector_size(model_dir: Path) -> int:
@@ -48,11 +30,12 @@ def projector_size(model_dir: Path) -> int:
     return int(json.loads((Path(model_dir) / "unet" / "config.json").read_text())["sample_size"])
 
 
-def make_job(root: Path, params: Params, *, inbox: str | None = None, overrides: dict[str, Any] | None = None,
-             flow_run_id: str | None = None) -> RelabelJob:
-    """A :class:`RelabelJob` for the checkout at ``root`` (paths in params are relative to it);
-    ``overrides`` replace fields of ``params.relabel``. Raises :class:`ModelsMissing` before the
-    pipeline has run."""
+def make_job(root: Path, params: Params, lineage: Lineage, *, inbox: str | None = None,
+             overrides: dict[str, Any] | None = None, flow_run_id: str | None = None) -> RelabelJob:
+    """A :class:`RelabelJob` for the checkout at ``root`` (paths in params are relative to it) with the
+    models of its pipeline run, whose ``lineage`` (what that run recorded: ``flows.relabel.model_lineage``)
+    goes into every row; ``overrides`` replace fields of ``params.relabel``. Raises
+    :class:`ModelsMissing` before the pipeline has run."""
     settings = params.relabel.model_copy(update=overrides or {})
     resolved = {k: str((root / getattr(settings, k)).resolve()) for k in ("inbox", "labels", "quarantine")}
     if inbox:
@@ -62,10 +45,6 @@ def make_job(root: Path, params: Params, *, inbox: str | None = None, overrides:
     for name, path in models.items():
         if not path.exists():
             raise ModelsMissing(f"{path} is missing ({name} model): run the pipeline first (make run, or dvc repro)")
-    hashes = dvc_model_hashes(root)
-    lineage = Lineage(source_model_hash=hashes["source"], aligned_model_hash=hashes["aligned"],
-                      diffusion_model_hash=hashes["diffusion"], params_hash=params_hash(params)[:16],
-                      code_version=code_version(root))
     return RelabelJob(settings, projection=params.projection, image_size=projector_size(models["diffusion"]),
                       models=models, lineage=lineage, seed=params.runtime.seed, run_id=uuid.uuid4().hex,
                       flow_run_id=flow_run_id, device=pick_device(params.runtime.device))
