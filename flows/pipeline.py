@@ -38,6 +38,7 @@ from sda.config import ParamsError, load_params
 from sda.domains import domain_for, domain_names, set_profile
 from sda.layout import RUNS
 from tasks import STAGES
+from tasks.launch import choose_wait_policy
 from tasks.stage_server import ENV as STAGE_SERVER_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,6 +87,7 @@ def stage_server(root: Path, enabled: bool = True, env: dict[str, str] | None = 
     if os.environ.get(STAGE_SERVER_ENV):
         yield os.environ[STAGE_SERVER_ENV]
         return
+    choose_wait_policy(os.environ if env is None else env)  # the server's and its commands' (DVC inherits it)
     tmp = Path(tempfile.mkdtemp(prefix="sda-stages-"))
     address = str(tmp / "stage.sock")
     log = logging.getLogger("sda.stage_server")

@@ -31,7 +31,7 @@ from flows.serve import check_served_inbox, check_served_root
 import yaml
 
 from sda.config import ParamsError, load_params
-from sda.layout import METRIC_FILES, MODEL_STAGES
+from sda.layout import METRIC_FILES, MODEL_STAGES, MODELS
 from sda.relabel.job import Lineage, RelabelJob
 from sda.relabel.report import BatchReport
 from sda.relabel.service import ModelsMissing, make_job, run_job
@@ -60,6 +60,12 @@ def model_lineage(root: Path) -> Lineage:
     metrics = root / METRIC_FILES["evaluate"]
     if not metrics.is_file():
         raise ModelsMissing(f"{metrics} is missing: run the pipeline to its end first (make run, or dvc repro)")
+    # the record is of these models only if evaluate ran on them (dvc.lock is written stage by stage)
+    evaluated = {d["path"]: d.get("md5") for d in stages.get("evaluate", {}).get("deps") or []}
+    for role in ("source", "aligned"):
+        if evaluated.get(str(MODELS[role])) != hashes[role]:
+            raise ModelsMissing(f"{MODELS[role]} changed since evaluate last ran: run the pipeline to its end "
+                                "first (make run, or dvc repro)")
     protocol = json.loads(metrics.read_text()).get("protocol") or {}
     return Lineage(source_model_hash=hashes["source"], aligned_model_hash=hashes["aligned"],
                    diffusion_model_hash=hashes["diffusion"],

@@ -21,6 +21,7 @@ import struct
 import sys
 import time
 from pathlib import Path
+from typing import MutableMapping
 
 STARTED = time.time()  # the stage process's start, near enough: its start-up cost is measured from here
 
@@ -133,16 +134,30 @@ def exit_like(status: int) -> None:
 # ---------------------------------------------------------------------------------------------- server
 
 
+def choose_wait_policy(env: MutableMapping[str, str] = os.environ) -> None:
+    """``OMP_WAIT_POLICY=PASSIVE`` in ``env`` when cores are busy now and no policy is set.
+
+    runtime.threads is fixed (the bytes depend on it), so a stage may start with fewer idle cores
+    than threads; OpenMP's spinning waits then make training 3-12x slower (docs/method.md, "The
+    embedded domain"). Passive waits cost ~15 % on an idle machine and remove that; same bytes either
+    way. OpenMP reads it when torch loads, so it is set before. An explicit OMP_WAIT_POLICY wins. The
+    flow calls this before it starts a stage server and DVC, so that both share the choice."""
+    from sda.cores import busy_cores  # the standard library only
+
+    if "OMP_WAIT_POLICY" not in env and busy_cores():
+        env["OMP_WAIT_POLICY"] = "PASSIVE"
+
+
 def _stage_module() -> str:
     """``tasks.<name>`` when this process is ``python [options] -m tasks.<name>``, else ``""``."""
     return sys.orig_argv[sys.orig_argv.index("-m") + 1] if "-m" in sys.orig_argv[:-1] else ""
 
 
-def prepare_command(stages: tuple[str, ...]) -> None:
+def prepare_command() -> None:
     """Set up a stage command's process; a no-op unless it runs as ``python -m tasks.<name>``.
 
     Runs before any project module that imports torch, tqdm or OpenMP: each setting here is read
-    at their import. A stage command (one of ``stages``) with ``SDA_STAGE_SERVER`` set is handed to
+    at their import. A stage command (``sda.layout.STAGE_ORDER``) with ``SDA_STAGE_SERVER`` set is handed to
     the server and this process exits as its child did; when the server declines, it goes on and
     runs the stage itself."""
     module = _stage_module()
@@ -153,17 +168,14 @@ def prepare_command(stages: tuple[str, ...]) -> None:
     # rather than many times a second (tqdm reads TQDM_* at import time).
     if not sys.stderr.isatty():
         os.environ.setdefault("TQDM_MININTERVAL", "10")
-    # runtime.threads is fixed (the bytes depend on it), so a stage may start with fewer idle cores
-    # than threads; OpenMP's spinning waits then make training 3-12x slower (docs/method.md, "The
-    # embedded domain"). Passive waits cost ~15 % on an idle machine and remove that; same bytes
-    # either way. OpenMP reads this when torch loads. An explicit OMP_WAIT_POLICY wins. The stage
-    # server keeps the idle machine's policy whatever the load when it starts: a command that picks
-    # PASSIVE here differs from it, and so runs in its own process.
-    from sda.cores import busy_cores  # the standard library only
+    # The stage server keeps the policy of the environment it was started with (the flow picks it
+    # then, choose_wait_policy): a command that picks PASSIVE here differs from it, and so runs in
+    # its own process.
+    if module != "tasks.stage_server":
+        choose_wait_policy()
+    from sda.layout import STAGE_ORDER  # the project's packages are there now (after the re-exec check)
 
-    if "OMP_WAIT_POLICY" not in os.environ and module != "tasks.stage_server" and busy_cores():
-        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
-    if module in {f"tasks.{s}" for s in stages} and os.environ.get(ENV):
+    if module in {f"tasks.{s}" for s in STAGE_ORDER} and os.environ.get(ENV):
         args = sys.orig_argv[sys.orig_argv.index("-m") + 2:]
         status = run_via_server(os.environ[ENV], module, args, STARTED)
         if status is not None:

@@ -11,12 +11,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 from sda.config import Params
-from sda.layout import MODELS
+from sda.io.shards import iter_samples
+from sda.layout import MODELS, OUTS
 from sda.relabel.job import Lineage, RelabelJob
 from sda.relabel.report import BatchReport
 from sda.runtime import pick_device
 
-__all__ = ["ModelsMissing", "make_job", "projector_size", "run_job", "run_summary"]
+__all__ = ["ModelsMissing", "make_job", "stored_image_size", "run_job", "run_summary"]
 
 
 
@@ -24,10 +25,16 @@ class ModelsMissing(FileNotFoundError):
     """The pipeline has not produced the models (or the record of its run) that relabelling needs."""
 
 
-def projector_size(model_dir: Path) -> int:
-    """The side in pixels the pipeline's projector works at (and its target images were stored at),
-    from the model folder itself rather than from today's params."""
-    return int(json.loads((Path(model_dir) / "unet" / "config.json").read_text())["sample_size"])
+def stored_image_size(root: Path) -> int:
+    """The side in pixels of the target images the pipeline stored, projected and evaluated (the first
+    image of its first target domain): what new images are cropped to, taken from the artifacts
+    rather than from today's params."""
+    targets = root / OUTS["target_data"]
+    index = targets / "domains.json"
+    if not index.is_file():
+        raise ModelsMissing(f"{index} is missing: run the pipeline first (make run, or dvc repro)")
+    first = json.loads(index.read_text())["domains"][0]
+    return int(next(iter_samples(targets / first)).image.shape[0])
 
 
 def make_job(root: Path, params: Params, lineage: Lineage, *, inbox: str | None = None,
@@ -45,7 +52,7 @@ def make_job(root: Path, params: Params, lineage: Lineage, *, inbox: str | None 
     for name, path in models.items():
         if not path.exists():
             raise ModelsMissing(f"{path} is missing ({name} model): run the pipeline first (make run, or dvc repro)")
-    return RelabelJob(settings, projection=params.projection, image_size=projector_size(models["diffusion"]),
+    return RelabelJob(settings, projection=params.projection, image_size=stored_image_size(root),
                       models=models, lineage=lineage, seed=params.runtime.seed, run_id=uuid.uuid4().hex,
                       flow_run_id=flow_run_id, device=pick_device(params.runtime.device))
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import yaml
 
 from tasks import STAGES
+from tasks.launch import choose_wait_policy
 from tests.support.datasets import IMAGENET_CORRUPTIONS, make_imagenet_assets
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,6 +40,7 @@ def subprocess_env() -> dict[str, str]:
     keep = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and Path(p).resolve() != ROOT]
     env["PYTHONPATH"] = os.pathsep.join(keep)
     env["SDA_LOG_LEVEL"] = "WARNING"
+    choose_wait_policy(env)  # one OpenMP policy for a stage server and the commands started with this env
     return env
 
 
