@@ -65,15 +65,16 @@ def dask_client(workers: int = 1, scheduler: str | None = None, threads_per_work
         return
     with dask.config.set(DASK_WORKER_CONFIG if worker_config is None else worker_config):
         cluster = None
-        try:
-            import torch
+        import torch
 
-            if torch.cuda.is_available():
+        if torch.cuda.is_available():
+            try:
                 from dask_cuda import LocalCUDACluster
 
                 cluster = LocalCUDACluster()
-        except ImportError:
-            pass
+            except ImportError:
+                log.warning("CUDA is here but dask-cuda is not installed (pip install -e '.[gpu]'): a CPU "
+                            "LocalCluster of %d worker(s) instead of one worker per GPU", workers)
         if cluster is None:
             cluster = LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker, processes=True,
                                    dashboard_address=None, silence_logs=40)
