@@ -54,8 +54,9 @@ def _with_packages(module: str) -> list[str]:
     return [".".join(parts[:i]) for i in range(1, len(parts) + 1)]
 
 
-def _imports(path: Path, module: str) -> set[str]:
-    """Project modules that ``path`` (the module ``module``) imports anywhere in its body."""
+def _imports(path: Path, module: str, packages: tuple[str, ...] | None = PACKAGES) -> set[str]:
+    """Modules of ``packages`` (default: the project's; ``None``: any) that ``path`` (the module
+    ``module``) imports anywhere in its body."""
     found: set[str] = set()
     is_package = path.name == "__init__.py"
     for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
@@ -70,7 +71,7 @@ def _imports(path: Path, module: str) -> set[str]:
                 base = node.module or ""
             found.add(base)
             found.update(f"{base}.{a.name}" for a in node.names)  # from pkg import submodule
-    return {m for m in found if m.split(".")[0] in PACKAGES}
+    return {m for m in found if m and (packages is None or m.split(".")[0] in packages)}
 
 
 def import_closure(module: str, root: Path = ROOT) -> list[str]:

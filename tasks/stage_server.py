@@ -168,9 +168,10 @@ def _supervise(conn: socket.socket, modules: dict[str, tuple[int, int]], env: di
             print(f"stage server: {req['module']} (pid {pid}) killed: its command went away", flush=True)
             return
     code = os.waitstatus_to_exitcode(status)
-    conn.sendall(json.dumps({"status": code}).encode() + b"\n")
+    # logged before the command learns its status: whoever reads the log after it exits finds the line
     print(f"stage server: {req['module']} {' '.join(req['argv'])} (pid {pid}) exit {code} "
           f"in {time.perf_counter() - t0:.1f} s", flush=True)
+    conn.sendall(json.dumps({"status": code}).encode() + b"\n")
 
 
 def preload() -> None:

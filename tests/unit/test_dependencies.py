@@ -4,12 +4,13 @@ has a stated reason."""
 
 from __future__ import annotations
 
-import ast
 import re
 import sys
 import tomllib
 from importlib.metadata import packages_distributions
 from pathlib import Path
+
+from tasks.code_deps import _imports
 
 ROOT = Path(__file__).resolve().parents[2]
 # declared but not imported by the code, and why
@@ -36,14 +37,11 @@ def _declared() -> tuple[set[str], dict[str, set[str]]]:
 
 
 def _imported() -> set[str]:
+    """The top-level packages that the modules of sda/, tasks/ and flows/ import (project ones left out)."""
     mods = set()
-    for folder in ("sda", "tasks", "flows"):
-        for f in (ROOT / folder).rglob("*.py"):
-            for node in ast.walk(ast.parse(f.read_text())):
-                if isinstance(node, ast.Import):
-                    mods.update(a.name.split(".")[0] for a in node.names)
-                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                    mods.add(node.module.split(".")[0])
+    for f in (f for folder in ("sda", "tasks", "flows") for f in (ROOT / folder).rglob("*.py")):
+        module = ".".join(f.relative_to(ROOT).with_suffix("").parts)
+        mods.update(m.split(".")[0] for m in _imports(f, module, packages=None))
     return {m for m in mods if m not in sys.stdlib_module_names and m not in ("sda", "tasks", "flows")}
 
 
