@@ -1,5 +1,6 @@
-# make run   - create .venv if missing, install, run the embedded SDA pipeline end to end (Prefect + DVC)
-# make test  - same install, then the test suite (make test-fast: the unit tests alone)
+# make run   - create .venv if missing, install the locked environment, run the embedded SDA pipeline
+#              end to end (Prefect + DVC)
+# make test  - the same with the test tools (requirements-dev.lock), then the test suite
 # make serve - a local Prefect server, serving the deployments of flows/serve.py (Ctrl-C stops)
 SHELL := /bin/bash
 .SHELLFLAGS := -eo pipefail -c
@@ -7,7 +8,6 @@ SHELL := /bin/bash
 
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.installed
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export PREFECT_HOME ?= $(CURDIR)/.prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
@@ -20,16 +20,19 @@ export PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW ?= ignore
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 PORT ?= 4200
 
-.PHONY: help install run test test-fast repro serve relabel docs clean
+.PHONY: help install install-dev lock run test test-fast repro serve relabel docs clean
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml tools/install.sh
-	@tools/install.sh $(VENV)
-	@touch $(STAMP)
+install:  ## create .venv and install requirements.lock + the project (again only when they change)
+	@tools/install.sh $(VENV) run
 
-install: $(STAMP)  ## create .venv and install the project (once)
+install-dev:  ## the same with requirements-dev.lock: the pipeline's packages and the tests' and docs' tools
+	@tools/install.sh $(VENV) dev
+
+lock: install  ## rewrite the lock files from pyproject.toml (UPGRADE=1: the newest releases)
+	@tools/lock.sh $(VENV)
 
 run: install  ## run the whole pipeline (Prefect flow over the DVC stages) and print the results
 	$(PY) -m flows.pipeline
@@ -43,15 +46,15 @@ serve: install  ## Prefect server on 127.0.0.1:$(PORT) + the deployments, served
 relabel: install  ## label new images in relabel.inbox (data/inbox) now, without a server
 	$(PY) -m flows.relabel
 
-test: install  ## run the test suite in a random order (CI: everything; SEED=N replays an order)
+test: install-dev  ## run the test suite in a random order (CI: everything; SEED=N replays an order)
 	@seed=$${SEED:-$$RANDOM}; echo "test order: SEED=$$seed (pytest-randomly)"; \
 	$(PY) -m pytest -q -p randomly --randomly-seed=$$seed --durations=15
 
-test-fast: install  ## the fast unit tests (tests/unit, not slow): under a minute
+test-fast: install-dev  ## the fast unit tests (tests/unit, not slow): under a minute
 	@seed=$${SEED:-$$RANDOM}; echo "test order: SEED=$$seed (pytest-randomly)"; \
 	$(PY) -m pytest -q tests/unit -m "not slow" -p randomly --randomly-seed=$$seed
 
-docs: install  ## the documentation site of docs/ on http://127.0.0.1:8000 (mkdocs serve)
+docs: install-dev  ## the documentation site of docs/ on http://127.0.0.1:8000 (mkdocs serve)
 	$(VENV)/bin/mkdocs serve
 
 clean: install  ## remove pipeline outputs (not the DVC cache or .venv): the paths of sda/layout.py

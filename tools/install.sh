@@ -1,26 +1,50 @@
 #!/usr/bin/env bash
-# Create the project's virtual environment (if missing) and install the project into it, editable,
-# with its dev extras:  tools/install.sh [VENV]   (default .venv; `make install` calls this)
+# Install the locked environment into VENV (created if missing), then the project itself, editable:
 #
-# uv installs: ~105 s instead of pip's ~190 s on a 2-core machine (the CUDA build of torch is 5 GB
-# of files, which uv unpacks in parallel and hard-links from its cache). uv reads no pip
-# configuration, so the sources pip is configured with (`pip config list`: index-url,
-# extra-index-url, find-links, constraint, cert, no-index; environment over install over global)
-# are handed to it, and it resolves as pip does: the best version across all indexes. Like pip, it
-# compiles the bytecode at install time: without it the first import of Prefect's server compiles
-# hundreds of modules and its temporary API server misses its 20 s start-up timeout.
-# SDA_INSTALLER=pip, or no uv wheel to be had, installs with pip as before.
+#   tools/install.sh [VENV] [run|dev]     (default: .venv run; `make install` / `make install-dev`)
+#
+# run: requirements.lock, what the pipeline, the flows and the service need; dev: requirements-dev.lock,
+# the same versions plus the tests' and the docs' tools. Both are exact: every package pinned with its
+# hashes (`make lock` writes them from pyproject.toml), and the venv ends up with what the lock says and
+# nothing else (uv pip sync removes what the lock does not name). A second call with unchanged inputs
+# returns at once; `run` is also satisfied by an up-to-date `dev` install (same versions, and more).
+#
+# uv does the work (~1 min instead of pip's ~4: it unpacks torch's 5 GB in parallel and hard-links
+# from its cache); it lives in VENV/.tools, outside the environment it installs, so the lock and
+# `pip freeze` agree. uv reads no pip configuration, so the sources pip is configured with (index-url,
+# extra-index-url, find-links, cert, no-index; environment over install over global) are handed to it.
+# Several indexes may each hold some releases of a package (a partial local mirror beside PyPI), so
+# each pinned version is looked up index by index (unsafe-first-match); that is safe here because a
+# file is installed only if its hash is one the lock names. SDA_INSTALLER=pip installs with pip
+# (--require-hashes) instead.
 set -eo pipefail
 venv=${1:-.venv}
+kind=${2:-run}
+case $kind in
+    run) lock=requirements.lock;;
+    dev) lock=requirements-dev.lock;;
+    *) echo "tools/install.sh: unknown kind '$kind' (run | dev)" >&2; exit 2;;
+esac
+cd "$(dirname "$0")/.."
+[ -f "$lock" ] || { echo "tools/install.sh: $lock is missing: run 'make lock'" >&2; exit 2; }
 py=$venv/bin/python
-quiet_pip() { grep -v "is ignored: it is neither a file nor a directory" || true; }
+stamp=$venv/.installed
+UV_VERSION=0.13.9
 
+digest() { cat "$1" pyproject.toml tools/install.sh | sha256sum | cut -c1-16; }
+want="$kind $(digest "$lock")"
+have=$(cat "$stamp" 2>/dev/null || true)
+if [ "$have" = "$want" ] || { [ "$kind" = run ] && [ "$have" = "dev $(digest requirements-dev.lock)" ]; }; then
+    exit 0
+fi
+rm -f "$stamp"
+
+quiet_pip() { grep -v "is ignored: it is neither a file nor a directory" || true; }
 [ -x "$py" ] || { echo "creating $venv"; python3 -m venv "$venv"; }
 
-if [ "${SDA_INSTALLER:-uv}" = uv ] && "$py" -m pip install -q --disable-pip-version-check uv 2>&1 | quiet_pip \
-   && [ -x "$venv/bin/uv" ]; then
-    echo "installing the project into $venv with uv (torch comes from local disk; ~2 min the first time)"
-    mapfile -t args < <("$py" -m pip config list 2>/dev/null | "$py" -c '
+# pip's configured sources as uv options, one per line (CERT=<file> for the certificate bundle)
+pip_sources() {
+    "$py" -m pip config list 2>/dev/null | "$py" -c '
 import shlex, sys
 rank = {":env:": 0, "install": 1, "global": 2}       # pip: environment > install > global
 best = {}
@@ -36,22 +60,32 @@ for url in get("extra-index-url"):
     print(f"--index={url}")
 for path in get("find-links"):
     print(f"--find-links={path}")
-for path in get("constraint"):
-    print(f"--constraint={path}")
 if get("no-index") and get("no-index")[0].lower() in ("1", "true", "yes", "on"):
     print("--no-index")
 for path in get("cert"):
     print(f"CERT={path}")
-')
+'
+}
+
+uv=$venv/.tools/bin/uv
+if [ "${SDA_INSTALLER:-uv}" = uv ] && { [ -x "$uv" ] || "$py" -m pip install -q --disable-pip-version-check \
+        --target "$venv/.tools" "uv==$UV_VERSION" 2>&1 | quiet_pip; } && [ -x "$uv" ]; then
+    echo "installing $lock into $venv with uv (~1 min the first time)"
+    mapfile -t args < <(pip_sources)
     cert=(); uv_args=()
     for a in "${args[@]}"; do
         case $a in CERT=*) cert=(SSL_CERT_FILE="${a#CERT=}");; *) uv_args+=("$a");; esac
     done
-    env "${cert[@]}" "$venv/bin/uv" pip install --quiet --python "$py" --index-strategy unsafe-best-match --compile-bytecode \
-        "${uv_args[@]}" -e '.[dev]'
+    # without bytecode compiled at install time the first import of Prefect's server compiles hundreds
+    # of modules and its temporary API server misses its start-up timeout
+    env "${cert[@]}" "$uv" pip sync --quiet --python "$py" --require-hashes --index-strategy unsafe-first-match \
+        --compile-bytecode "${uv_args[@]}" "$lock"
+    env "${cert[@]}" "$uv" pip install --quiet --python "$py" --no-deps --index-strategy unsafe-first-match \
+        "${uv_args[@]}" -e .
 else
-    echo "installing the project into $venv with pip (torch comes from local disk; ~4 min the first time)"
-    "$py" -m pip install -q --disable-pip-version-check --upgrade pip 2>&1 | quiet_pip
-    "$py" -m pip install -q --disable-pip-version-check -e '.[dev]' 2>&1 | quiet_pip
+    echo "installing $lock into $venv with pip (~4 min the first time)"
+    "$py" -m pip install -q --disable-pip-version-check --require-hashes -r "$lock" 2>&1 | quiet_pip
+    "$py" -m pip install -q --disable-pip-version-check --no-deps -e . 2>&1 | quiet_pip
 fi
 "$py" -c "import sda, torch, diffusers, timm, webdataset, prefect, dvc"
+echo "$want" > "$stamp"
