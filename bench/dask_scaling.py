@@ -52,7 +52,7 @@ def _model_dir(tmp: Path) -> str:
     p = load_params()
     d = p.diffusion_finetune
     torch.manual_seed(0)
-    unet = build_unet(p.source_data.image_size, 10, d.block_out_channels, d.layers_per_block, d.attention_levels,
+    unet = build_unet(p.embedded.image_size, 10, d.block_out_channels, d.layers_per_block, d.attention_levels,
                       d.norm_num_groups).eval()
     out = tmp / "diffusion"
     save_diffusion(out, unet, ddpm_scheduler(num_train_timesteps=d.num_train_timesteps), DiffusionInfo(num_classes=10, null_label=10))

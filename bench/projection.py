@@ -36,10 +36,10 @@ from sda.models.schedulers import ddpm_scheduler
 def _embedded():
     p = load_params()
     d, proj = p.diffusion_finetune, p.projection
-    unet = build_unet(p.source_data.image_size, 10, d.block_out_channels, d.layers_per_block,
+    unet = build_unet(p.embedded.image_size, 10, d.block_out_channels, d.layers_per_block,
                       d.attention_levels, d.norm_num_groups)
     kw = dict(respacing=proj.respacing, N=proj.N, D=proj.D, scale=proj.scale)
-    return unet, ddpm_scheduler(num_train_timesteps=d.num_train_timesteps), p.source_data.image_size, kw, 10
+    return unet, ddpm_scheduler(num_train_timesteps=d.num_train_timesteps), p.embedded.image_size, kw, 10
 
 
 def _adm256():

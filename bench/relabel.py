@@ -84,7 +84,7 @@ def main() -> None:
                 break
         if len(images) == args.images:
             break
-    print(f"{len(images)} images, {params.source_data.image_size} px, torch threads {threads}, "
+    print(f"{len(images)} images, {params.embedded.image_size} px, torch threads {threads}, "
           f"projection respacing={params.projection.respacing} N={params.projection.N} "
           f"batch={params.projection.batch_size}")
     for bs in args.batch_sizes:

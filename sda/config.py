@@ -30,7 +30,16 @@ __all__ = [
     "Params",
     "load_params",
     "parse_params",
+    "PROFILE_SECTIONS",
+    "require_profile_entry",
 ]
+
+# The sections a profile may override (profiles.<name>.<section>): the stages' own. A params file names
+# each of them under every profile, {} for none, because each stage's DVC params list the active
+# profile's overrides of the sections it reads (dvc.yaml: profiles.${profile}.<section>), and DVC refuses a
+# missing key. The domains' sections (embedded, imagenet, folder), runtime and relabel are set directly.
+PROFILE_SECTIONS: tuple[str, ...] = ("source_model", "diffusion_finetune", "synth_generate", "projection",
+                                     "classifier_align", "target_data", "evaluate")
 
 # The 15 ImageNet-C corruptions that the paper reports (severity 5), in the usual order.
 CORRUPTIONS: tuple[str, ...] = (
@@ -80,7 +89,9 @@ class Runtime(_Section):
     scheduler: str | None = Field(None, description="dask scheduler address (or env SDA_DASK_SCHEDULER).")
 
 
-class SourceData(_Section):
+class Embedded(_Section):
+    """The built-in domain (profile ``embedded``): scikit-learn's digits rendered as RGB images."""
+
     image_size: int = Field(16, ge=8, le=64, description="Side of the RGB digits in pixels.")
     val_fraction: float = Field(0.1, gt=0, lt=0.5)
     test_fraction: float = Field(0.3, gt=0, lt=0.6)
@@ -365,10 +376,10 @@ class Params(_Section):
         "and data from local paths, GPU), folder (your labelled images)."))
     profiles: dict[str, dict[str, dict[str, Any]]] = Field(
         default_factory=dict, description="Per-profile overrides of the sections, applied for the chosen profile.")
+    embedded: Embedded = Embedded()
     imagenet: ImageNet = ImageNet()
     folder: Folder = Folder()
     runtime: Runtime = Runtime()
-    source_data: SourceData = SourceData()
     source_model: SourceModel = SourceModel()
     diffusion_finetune: DiffusionFinetune = DiffusionFinetune()
     synth_generate: SynthGenerate = SynthGenerate()
@@ -389,6 +400,9 @@ def _format(err: ValidationError, source: str) -> str:
             msg = "unknown parameter (typo? remove it or check the spelling against params.yaml)"
             if where == "runtime.bf16":
                 msg = "moved: set projection.precision: bf16 (and synth_generate.precision for the generator)"
+            elif where == "source_data":
+                msg = ("renamed: the built-in domain's section is `embedded` now (like `imagenet` and `folder`): "
+                       "rename source_data: to embedded:")
         got = e.get("input")
         got_s = f" (got {got!r})" if e["type"] != "extra_forbidden" and not isinstance(got, dict) else ""
         lines.append(f"  - {where}: {msg}{got_s}")
@@ -412,9 +426,10 @@ def parse_params(raw: Mapping[str, Any] | None, source: str = "params.yaml") -> 
         if not isinstance(overrides, Mapping):
             raise ParamsError(f"{source}: profiles.{profile} must be a mapping of sections")
         for section, values in overrides.items():
-            if section in ("profile", "profiles") or section not in Params.model_fields:
-                raise ParamsError(f"{source}: profiles.{profile}.{section}: unknown section; choose from "
-                                  f"{sorted(set(Params.model_fields) - {'profile', 'profiles'})}")
+            if section not in PROFILE_SECTIONS:
+                what = "is set directly, not per profile" if section in Params.model_fields else "unknown section"
+                raise ParamsError(f"{source}: profiles.{profile}.{section}: {what}; a profile overrides "
+                                  f"{', '.join(PROFILE_SECTIONS)}")
             if not isinstance(values, Mapping):
                 raise ParamsError(f"{source}: profiles.{profile}.{section} must be a mapping")
             raw[section] = {**(raw.get(section) or {}), **values}
@@ -422,6 +437,20 @@ def parse_params(raw: Mapping[str, Any] | None, source: str = "params.yaml") -> 
         return Params.model_validate(raw)
     except ValidationError as err:
         raise ParamsError(_format(err, source)) from None
+
+
+def require_profile_entry(raw: Mapping[str, Any], source: str = "params.yaml") -> None:
+    """A params *file* names every section of :data:`PROFILE_SECTIONS` under ``profiles.<active profile>``
+    (``{}``: no override): each stage's DVC params list the active profile's overrides of the sections it
+    reads, and DVC refuses to run a stage whose params key is missing."""
+    profile = raw.get("profile", "embedded")
+    profiles = raw.get("profiles")
+    entry = profiles.get(profile) if isinstance(profiles, Mapping) else None
+    missing = [s for s in PROFILE_SECTIONS if not (isinstance(entry, Mapping) and s in entry)]
+    if missing:
+        raise ParamsError(f"{source}: profiles.{profile} must name each section a profile may override ({{}}: "
+                          f"none), for DVC to track them: add {', '.join(f'{s}: {{}}' for s in missing)} "
+                          f"under profiles.{profile}")
 
 
 def load_params(path: str | os.PathLike[str] = "params.yaml") -> Params:
@@ -433,4 +462,6 @@ def load_params(path: str | os.PathLike[str] = "params.yaml") -> Params:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
         raise ParamsError(f"{path}: not valid YAML: {err}") from None
-    return parse_params(raw, source=str(path))
+    params = parse_params(raw, source=str(path))
+    require_profile_entry(raw, source=str(path))
+    return params

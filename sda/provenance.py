@@ -13,10 +13,12 @@ from sda.config import Params
 
 __all__ = ["RESULT_PARAMS", "RESULT_RUNTIME", "code_version", "fingerprint", "params_hash"]
 
-# What fixes a result: every section but relabel, and of runtime these keys (the device, workers
-# and scheduler change where it runs, not what it computes). evaluate's DVC params list the same
-# (tests/unit/tasks/test_code_deps.py checks), so the params hash that evaluate.json records cannot go stale.
-RESULT_PARAMS = ("profile", "imagenet", "folder", "source_data", "source_model", "diffusion_finetune", "synth_generate",
+# What fixes a result: the active domain's section (the one named like the profile: embedded, imagenet or
+# folder; the other domains' are not read), every stage section but relabel, and of runtime these keys
+# (the device, workers and scheduler change where it runs, not what it computes), all with the active
+# profile's overrides merged. evaluate's DVC params list the same (`${profile}`, `profiles.${profile}`;
+# tests/unit/tasks/test_code_deps.py checks), so the params hash that evaluate.json records cannot go stale.
+RESULT_PARAMS = ("profile", "source_model", "diffusion_finetune", "synth_generate",
                  "projection", "classifier_align", "target_data", "evaluate")
 RESULT_RUNTIME = ("seed", "threads", "deterministic", "loader_workers")
 
@@ -29,7 +31,7 @@ def fingerprint(obj: Any) -> str:
 def params_hash(params: Params) -> str:
     """sha256 of the resolved params (profile merged) that fix the pipeline's results."""
     d = json.loads(params.model_dump_json())
-    return fingerprint({**{k: d[k] for k in RESULT_PARAMS},
+    return fingerprint({**{k: d[k] for k in RESULT_PARAMS}, params.profile: d.get(params.profile),
                         "runtime": {k: d["runtime"][k] for k in RESULT_RUNTIME}})
 
 

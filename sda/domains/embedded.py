@@ -24,7 +24,7 @@ def write_source(params: Params, out: Path) -> dict[str, int]:
     the sample count per split."""
     from sda.domains.digits import CLASS_NAMES, render_digits, split_digits  # scikit-learn: only here
 
-    cfg, seed = params.source_data, params.runtime.seed
+    cfg, seed = params.embedded, params.runtime.seed
     s = derive_seed(seed, "source_data")
     images, labels = render_digits(cfg.image_size, cfg.max_shift, cfg.min_contrast, seed=s)
     splits = split_digits(images, labels, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction,
@@ -65,8 +65,8 @@ def write_targets(params: Params, source_dir: Path, out: Path) -> list[str]:
 register_domain(Domain(
     name="embedded",
     description="the built-in digits and their corruptions (CPU, minutes)",
-    sections=("source_data",),
-    image_size=lambda p: p.source_data.image_size,
+    sections=("embedded",),
+    image_size=lambda p: p.embedded.image_size,
     write_source=write_source,
     write_targets=write_targets,
     severities=lambda p: [p.target_data.severity],

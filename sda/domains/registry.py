@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 
 import yaml
 
-from sda.config import Params, ParamsError, parse_params
+from sda.config import Params, ParamsError, parse_params, require_profile_entry
 from sda.io.atomic import atomic_write_bytes
 
 __all__ = ["Domain", "PretrainedClassifier", "domain_for", "domain_names", "get_domain", "register_domain",
@@ -115,7 +115,9 @@ def set_profile(params_file: Path, profile: str, *, write: bool = True) -> bool:
     if m.group(1) == profile:
         return False
     new = pattern.sub(f"profile: {profile}", text, count=1)
-    domain_for(parse_params(yaml.safe_load(new), source=str(params_file)))  # validate before writing
+    raw = yaml.safe_load(new)
+    domain_for(parse_params(raw, source=str(params_file)))  # validate before writing
+    require_profile_entry(raw, source=str(params_file))
     if write:
         atomic_write_bytes(params_file, new.encode())
     return True

@@ -121,6 +121,32 @@ def test_second_repro_runs_nothing(repo):
     assert "up to date" in sh(repo, "dvc", "status").stdout.lower()
 
 
+def test_only_the_active_profiles_params_make_a_stage_stale(own_repo):
+    """Each stage's DVC params are what it reads under the active profile (dvc.yaml: profiles.${profile}
+    and the domain section ${profile}): the other domains' sections and profiles change nothing; an
+    override of the active profile makes exactly the stages that read it (and what follows) stale."""
+    repo = own_repo
+    text = (repo / "params.yaml").read_text()
+
+    def status_after(edit) -> str:
+        raw = yaml.safe_load(text)
+        edit(raw)
+        (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+        return sh(repo, "dvc", "status").stdout
+
+    edits = [lambda p: p["imagenet"].update(val_dir="/elsewhere/val"),
+             lambda p: p["folder"].update(source_dir="my/images", image_size=64),
+             lambda p: p["profiles"]["imagenet"]["projection"].update(N=10),
+             lambda p: p["profiles"]["folder"]["evaluate"].update(batch_size=7)]
+    for edit in edits:
+        assert "up to date" in status_after(edit).lower()
+    out = status_after(lambda p: p["profiles"]["embedded"].update(projection={"N": 2}))
+    stale = [s for s in STAGES if re.search(rf"^{s}:", out, re.M)]  # DVC names the stages whose params changed
+    assert stale == ["synth_align", "classifier_align", "target_project", "evaluate"], out
+    out = status_after(lambda p: p["embedded"].update(max_shift=2))
+    assert re.search(r"^source_data:", out, re.M), out
+
+
 def test_forced_reruns_with_a_busy_core_keep_every_out_hash(repo):
     """``dvc repro -f -s <stage>`` of the training stages and a shard-writing one while another
     process keeps a core busy: byte-identical outs (dvc.lock unchanged), nothing downstream stale."""

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import yaml
 
+from sda.config import PROFILE_SECTIONS
 from tasks import STAGES
 from tasks.launch import choose_wait_policy
 from tests.support.datasets import IMAGENET_CORRUPTIONS, make_imagenet_assets
@@ -81,7 +82,10 @@ def copy_repo(dst: Path, overrides: dict | None = None, git: bool = True) -> Non
     for section, values in TINY.items():
         params[section].update(values)
     for key, values in (overrides or {}).items():
-        if isinstance(values, dict) and isinstance(params.get(key), dict):
+        if key == "profiles":  # a profile given replaces that profile's overrides; every section stays named
+            for name, sections in values.items():
+                params[key][name] = {**{s: {} for s in PROFILE_SECTIONS}, **sections}
+        elif isinstance(values, dict) and isinstance(params.get(key), dict):
             params[key].update(values)
         else:
             params[key] = values

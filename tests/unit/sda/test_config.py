@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sda.config import CORRUPTIONS, Params, ParamsError, load_params, parse_params
+from sda.config import CORRUPTIONS, PROFILE_SECTIONS, Params, ParamsError, load_params, parse_params
 from sda.domains import domain_for
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -90,7 +90,7 @@ def test_profile_overrides_merge_over_sections():
     assert imagenet.source_model.arch == "resnet50" and imagenet.classifier_align.recipe == "paper"
     assert imagenet.runtime.threads == embedded.runtime.threads  # not overridden: shared
     assert domain_for(imagenet).image_size(imagenet) == 256
-    assert domain_for(embedded).image_size(embedded) == embedded.source_data.image_size
+    assert domain_for(embedded).image_size(embedded) == embedded.embedded.image_size
     assert (embedded.projection.respacing, embedded.source_model.arch) == (20, "sda_cnn3")
 
 
@@ -118,3 +118,28 @@ def test_pipeline_profile_switch_keeps_comments(tmp_path):
     with pytest.raises(ParamsError, match="profile"):
         set_profile(f, "cifar")
     assert f.read_text() == new  # a bad switch loses nothing
+
+
+def test_a_params_file_names_the_active_profile_under_profiles(tmp_path):
+    """dvc.yaml lists profiles.${profile} for every stage: a file without that entry is refused with
+    what to add, by load_params and by a profile switch, before DVC fails on a missing key."""
+    from sda.domains import set_profile
+
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for name in ("embedded", "imagenet", "folder"):
+        assert set(raw["profiles"][name]) == set(PROFILE_SECTIONS), name
+    del raw["profiles"]["embedded"]["evaluate"]
+    f = tmp_path / "params.yaml"
+    f.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ParamsError, match=r"profiles\.embedded must name each section .*add evaluate: \{\} under"):
+        load_params(f)
+    f.write_text(yaml.safe_dump({**raw, "profiles": {"embedded": {s: {} for s in PROFILE_SECTIONS}}}))
+    with pytest.raises(ParamsError, match=r"profiles\.imagenet must name each section"):
+        set_profile(f, "imagenet")
+    with pytest.raises(ParamsError, match=r"profiles\.imagenet\.runtime: is set directly, not per profile"):
+        parse_params({"profile": "imagenet", "profiles": {"imagenet": {"runtime": {"threads": 4}}}})
+
+
+def test_the_old_source_data_section_says_where_it_went():
+    with pytest.raises(ParamsError, match=r"source_data: renamed: .*`embedded`"):
+        parse_params({"source_data": {"image_size": 16}})

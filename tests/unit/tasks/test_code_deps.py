@@ -76,10 +76,12 @@ def test_evaluate_depends_on_every_param_its_hash_covers():
     whenever one of them changes, or the recorded hash goes stale."""
     import yaml
 
+    from sda.config import PROFILE_SECTIONS
     from sda.provenance import RESULT_PARAMS, RESULT_RUNTIME
 
     listed = set(yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["evaluate"]["params"])
-    assert set(RESULT_PARAMS) | {f"runtime.{k}" for k in RESULT_RUNTIME} <= listed
+    overrides = {f"profiles.${{profile}}.{s}" for s in PROFILE_SECTIONS if s in RESULT_PARAMS}
+    assert set(RESULT_PARAMS) | {f"runtime.{k}" for k in RESULT_RUNTIME} | {"${profile}"} | overrides <= listed
 
 
 # the layers, top to bottom (docs/development.md): a module imports only its own layer and those above
