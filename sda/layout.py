@@ -52,6 +52,13 @@ METRIC_FILES: dict[str, Path] = {
     "results": METRICS / "results.md",
     "grid": METRICS / "projection_grid.png",
     "predictions": METRICS / "predictions.csv",  # the SDA labels of the unlabelled target folders
+    # the training stages' DVC metrics (a summary each) and plots (the curve per epoch or logged step)
+    "source_model": METRICS / "source_model.json",
+    "source_model_curve": METRICS / "training" / "source_model.csv",
+    "diffusion_finetune": METRICS / "diffusion_finetune.json",
+    "diffusion_finetune_curve": METRICS / "training" / "diffusion_finetune.csv",
+    "classifier_align": METRICS / "classifier_align.json",
+    "classifier_align_curve": METRICS / "training" / "classifier_align.csv",
 }
 
 

@@ -36,7 +36,7 @@ from sda.models.diffusion import DiffusionInfo
 from sda.models.classifiers import Classifier, fit_classifier, input_spec, load_classifier, paper_recipe, save_classifier
 from sda.runtime import derive_seed
 from sda.layout import METRICS, METRIC_FILES, OUTS
-from tasks.common import stage_main
+from tasks.common import stage_main, write_training_metrics
 
 log = logging.getLogger("sda.classifier_align")
 
@@ -111,7 +111,7 @@ def run(cfg: ClassifierAlign, seed: int, source_model: Path, synth_dir: Path, ou
         lengths = [len(e) + extra for e in epochs]
     history = fit_classifier(model, batches, lengths,
                              **input_spec(config), device=device, label_smoothing=cfg.label_smoothing,
-                             desc="classifier_align", validate=val_score if cfg.select_epoch else None, **train_hp)
+                             desc="classifier_align", validate=val_score, keep_best=cfg.select_epoch, **train_hp)
     log.info("aligned model: train acc on aligned synthetic set %.1f%%", 100 * history[-1]["acc"])
     new_config = {**config, "aligned_on": str(synth_dir), "hyperparameters": hp, "history": history, "seed": s,
                   "trained_images": (epochs[0].count + (0 if projected_source is None else len(projected_source[1])))
@@ -211,7 +211,24 @@ def _main(params: Params, args: argparse.Namespace, domain: Domain) -> int:
         log.warning("%s", w)
     METRICS.mkdir(parents=True, exist_ok=True)
     atomic_write_json(METRIC_FILES["alignment"], diagnostics)
+    write_metrics(config)
     return config["trained_images"]
+
+
+def write_metrics(config: dict) -> None:
+    """metrics/classifier_align.json and the per-epoch curve: the loss and accuracy on the training stream
+    (the aligned synthetic set, with the projected source images when they join it) and, where the
+    source has a val split, the accuracy on its projections (real images, labels known, never trained
+    on: the held-out set), with the source model's there for reference and whether SDA fell back."""
+    history = config["history"]
+    summary = {"epochs": len(history), "train_loss": history[-1]["loss"], "train_acc": 100 * history[-1]["acc"]}
+    if "val_aligned" in config:
+        summary.update(val_projected_aligned=config["val_aligned"], val_projected_source=config["val_source"],
+                       fallback=int(fell_back(config)))
+    columns = ["epoch", "loss", "acc"] + (["val_projected"] if "val" in history[0] else [])
+    write_training_metrics("classifier_align", summary, columns,
+                           [{"epoch": h["epoch"], "loss": h["loss"], "acc": 100 * h["acc"],
+                             **({"val_projected": h["val"]} if "val" in h else {})} for h in history])
 
 
 if __name__ == "__main__":

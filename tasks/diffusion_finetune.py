@@ -40,7 +40,7 @@ from sda.models.schedulers import ddpm_scheduler
 from sda.models.training import random_batches, train_epsilon
 from sda.runtime import derive_seed
 from sda.layout import OUTS
-from tasks.common import stage_main
+from tasks.common import stage_main, write_training_metrics
 
 log = logging.getLogger("sda.diffusion_finetune")
 
@@ -238,16 +238,38 @@ def run_folder_pretrained(cfg: Folder, seed: int, source_dir: Path, out: Path, d
 PRETRAINED = {"imagenet": run_imagenet, "folder": run_folder_pretrained}
 
 
+def write_metrics(info: DiffusionInfo) -> None:
+    """metrics/diffusion_finetune.json (steps trained, the final loss, the probe's score) and the loss curve,
+    the mean of every 50 steps: ``loss`` the UNet's (trained here) or the ADM projector's, ``generator_loss``
+    the DiT's (pretrained models fine-tuned); pretrained models used as they are: ``steps: 0``, no curve."""
+    if info.losses:  # pretrained, fine-tuned: the per-step losses of both models
+        per_step = {"loss": info.losses["adm"], "generator_loss": info.losses["dit"]}
+        means = {k: [float(np.mean(v[i: i + 50])) for i in range(0, len(v), 50)] for k, v in per_step.items()}
+        steps, final = len(info.losses["adm"]), {k: float(np.mean(v[-100:])) for k, v in per_step.items()}
+    elif info.loss_every_50_steps:  # trained here: info.json keeps the 50-step means
+        means, steps = {"loss": info.loss_every_50_steps}, info.trained_steps
+        final = {"loss": info.final_loss}
+    else:
+        means, steps, final = {}, 0, {}
+    rows = [{"step": min(50 * (i + 1), steps), **{k: v[i] for k, v in means.items()}}
+            for i in range(len(means.get("loss", [])))]
+    summary: dict = {"steps": steps, **{f"final_{k}": v for k, v in final.items()}}
+    if info.probe:
+        summary["probe_accuracy"] = float(info.probe["accuracy"])
+    write_training_metrics("diffusion_finetune", summary, ["step", *means], rows)
+
+
 def _main(params: Params, args: argparse.Namespace, domain: Domain) -> int | None:
     section = domain.pretrained_diffusion(params)
     if section is not None:
         cfg = getattr(params, section)
-        PRETRAINED[section](cfg, params.runtime.seed, OUTS["source_data"], OUTS["diffusion_finetune"], args.device,
-                            params.runtime.loader_workers)
+        write_metrics(PRETRAINED[section](cfg, params.runtime.seed, OUTS["source_data"], OUTS["diffusion_finetune"],
+                                          args.device, params.runtime.loader_workers))
         return cfg.finetune_steps * cfg.finetune_batch_size or None
     cfg, sg = params.diffusion_finetune, params.synth_generate
     info = run(cfg, params.runtime.seed, OUTS["source_data"], OUTS["diffusion_finetune"], args.device,
                judge_dir=OUTS["source_model"], sample_steps=sg.steps, guidance_scale=sg.guidance_scale)
+    write_metrics(info)
     return info.trained_steps * cfg.batch_size  # images seen in training
 
 

@@ -22,7 +22,7 @@ from sda.models.classifiers import (create_classifier, load_pretrained_classifie
                                     train_classifier)
 from sda.runtime import derive_seed
 from sda.layout import OUTS
-from tasks.common import stage_main
+from tasks.common import stage_main, write_training_metrics
 
 log = logging.getLogger("sda.source_model")
 
@@ -38,11 +38,16 @@ def run(cfg: SourceModel, seed: int, source_dir: Path, out: Path, device: torch.
     torch.manual_seed(s)
     kwargs = {"width": cfg.width} if cfg.arch == "sda_cnn3" else {}
     model = create_classifier(cfg.arch, num_classes, **kwargs)
+
+    def val_accuracy(m: torch.nn.Module) -> float:  # % of the clean val split; draws no random numbers
+        return float((predict_logits(m, val.images, mean=EMBEDDED_MEAN, std=EMBEDDED_STD, device=device)
+                      .argmax(1).numpy() == val.labels).mean() * 100)
+
     history = train_classifier(model, train.images, train.labels, mean=EMBEDDED_MEAN, std=EMBEDDED_STD,
                                epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
-                               weight_decay=cfg.weight_decay, label_smoothing=cfg.label_smoothing, seed=s, device=device, desc="source_model")
-    val_acc = float((predict_logits(model, val.images, mean=EMBEDDED_MEAN, std=EMBEDDED_STD, device=device)
-                     .argmax(1).numpy() == val.labels).mean() * 100)
+                               weight_decay=cfg.weight_decay, label_smoothing=cfg.label_smoothing, seed=s, device=device,
+                               desc="source_model", validate=val_accuracy, keep_best=False)
+    val_acc = history[-1]["val"]
     log.info("source model: train acc %.1f%%, clean val acc %.1f%%", 100 * history[-1]["acc"], val_acc)
     config = {"arch": cfg.arch, "num_classes": num_classes, "kwargs": kwargs, "mean": list(EMBEDDED_MEAN),
               "std": list(EMBEDDED_STD), "val_acc": val_acc, "history": history, "seed": s}
@@ -61,12 +66,24 @@ def run_pretrained(arch: str, pre: PretrainedClassifier, out: Path) -> dict:
     return config
 
 
+def write_metrics(config: dict) -> None:
+    """metrics/source_model.json (the last epoch, the clean val accuracy) and its per-epoch curve; a
+    pretrained model (no training here) writes ``epochs: 0`` and an empty curve."""
+    history = config.get("history", [])
+    summary = {"epochs": len(history)}
+    if history:
+        summary.update(train_loss=history[-1]["loss"], train_acc=100 * history[-1]["acc"], val_acc=config["val_acc"])
+    write_training_metrics("source_model", summary, ["epoch", "loss", "acc", "val_acc"],
+                           [{"epoch": h["epoch"], "loss": h["loss"], "acc": 100 * h["acc"], "val_acc": h["val"]}
+                            for h in history])
+
+
 def _main(params: Params, args: argparse.Namespace, domain: Domain) -> int | None:
     pretrained = domain.source_classifier(params)
     if pretrained is not None:
-        run_pretrained(params.source_model.arch, pretrained, OUTS["source_model"])
+        write_metrics(run_pretrained(params.source_model.arch, pretrained, OUTS["source_model"]))
         return None
-    run(params.source_model, params.runtime.seed, OUTS["source_data"], OUTS["source_model"], args.device)
+    write_metrics(run(params.source_model, params.runtime.seed, OUTS["source_data"], OUTS["source_model"], args.device))
     return read_manifest(OUTS["source_data"] / "train")["count"] * params.source_model.epochs  # images trained on
 
 

@@ -178,6 +178,7 @@ def fit_classifier(
     device: torch.device | str = "cpu",
     desc: str = "train",
     validate: Callable[[nn.Module], float] | None = None,
+    keep_best: bool = True,
 ) -> list[dict[str, float]]:
     """Train in place (AdamW or SGD with momentum, cosine schedule per step, optional gradient
     clipping); returns per-epoch ``{epoch, loss, acc}`` (``val`` too with ``validate``).
@@ -187,9 +188,10 @@ def fit_classifier(
     they are preprocessed on ``device`` (:func:`to_model_input` with ``resize`` / ``crop``).
     ``steps_per_epoch[e]`` is how many batches epoch ``e`` has (the cosine schedule's length).
 
-    ``validate(model)``: a score (higher is better) of the model in eval mode after each epoch; the
-    model then ends holding the weights of its best epoch (ties: the later one) instead of the last.
-    It draws no random numbers, so the epochs' training is the same with and without it.
+    ``validate(model)``: a score (higher is better) of the model in eval mode after each epoch, recorded
+    as ``val``; with ``keep_best`` the model then ends holding the weights of its best epoch (ties: the
+    later one) instead of the last. It draws no random numbers, so the epochs' training is the same
+    with and without it.
     """
     model.to(device).train()
     if optimizer not in ("adamw", "sgd"):
@@ -224,7 +226,7 @@ def fit_classifier(
         if validate is not None:
             model.eval()
             rec["val"] = float(validate(model))
-            if best is None or rec["val"] >= best[0]:
+            if keep_best and (best is None or rec["val"] >= best[0]):
                 best = (rec["val"], {k: v.detach().clone() for k, v in model.state_dict().items()})
         history.append(rec)
         bar.set_postfix(loss=f"{rec['loss']:.3f}", acc=f"{rec['acc']:.3f}", refresh=False)

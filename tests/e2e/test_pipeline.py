@@ -95,8 +95,9 @@ def test_the_run_measures_its_synthetic_domain_and_says_it_is_weak(repo):
     assert syn["synth_generate"]["images"] == 30 and len(syn["synth_generate"]["per_class"]) == 10
     assert all(0 <= a <= 100 for s in syn.values() for a in [s["accuracy"], *s["per_class"].values()])
     val = alignment["projected_val"]
-    # the paper's last epoch is kept (select_epoch off by default): no per-epoch scores, no selection
-    assert val["images"] == 180 and val["per_epoch"] is None and val["selected_epoch"] is None
+    # the paper's last epoch is kept (select_epoch off by default): scored every epoch, no selection
+    assert val["images"] == 180 and len(val["per_epoch"]) == 1 and val["selected_epoch"] is None
+    assert val["per_epoch"][-1] == val["aligned"]
     weak = [w for w in alignment["warnings"] if w.startswith("synth_generate:")]
     assert weak and "diffusion_finetune.train_steps (now 40)" in weak[0], alignment["warnings"]
     aligned = json.loads((repo / "data" / "classifier_align" / "config.json").read_text())
@@ -111,6 +112,36 @@ def test_the_run_measures_its_synthetic_domain_and_says_it_is_weak(repo):
     assert "Synthetic domain, measured without target labels" in table and "**Warning** synth_generate:" in table
     shown = json.loads(sh(repo, "dvc", "metrics", "show", "--json").stdout)
     assert "metrics/alignment.json" in json.dumps(shown)
+
+
+def test_training_metrics_and_curves_of_the_three_training_stages(repo):
+    """source_model, diffusion_finetune and classifier_align write DVC metrics (dvc metrics show has them)
+    and a curve each (dvc plots show draws them), matching what the models' own records say."""
+    import csv
+
+    shown = json.loads(sh(repo, "dvc", "metrics", "show", "--json").stdout)
+    flat = json.dumps(shown)
+    for stage in ("source_model", "diffusion_finetune", "classifier_align"):
+        assert f"metrics/{stage}.json" in flat, stage
+    source = json.loads((repo / "metrics" / "source_model.json").read_text())
+    config = json.loads((repo / "data" / "source_model" / "config.json").read_text())
+    assert source["epochs"] == 8 and source["val_acc"] == pytest.approx(config["val_acc"], abs=1e-3)
+    rows = list(csv.DictReader((repo / "metrics" / "training" / "source_model.csv").open()))
+    assert [int(r["epoch"]) for r in rows] == list(range(1, 9))
+    assert float(rows[-1]["loss"]) < float(rows[0]["loss"])  # it learned
+    diffusion = json.loads((repo / "metrics" / "diffusion_finetune.json").read_text())
+    rows = list(csv.DictReader((repo / "metrics" / "training" / "diffusion_finetune.csv").open()))
+    assert diffusion["steps"] == 40 and [int(r["step"]) for r in rows] == [40]
+    aligned = json.loads((repo / "metrics" / "classifier_align.json").read_text())
+    alignment = json.loads((repo / "metrics" / "alignment.json").read_text())
+    assert aligned["val_projected_aligned"] == alignment["projected_val"]["aligned"]
+    rows = list(csv.DictReader((repo / "metrics" / "training" / "classifier_align.csv").open()))
+    assert list(rows[0]) == ["epoch", "loss", "acc", "val_projected"] and len(rows) == aligned["epochs"] == 1
+    sh(repo, "dvc", "plots", "show", "-o", str(repo / "plots_training"))
+    html = (repo / "plots_training" / "index.html").read_text()
+    for title in ("Source model, loss per epoch", "Diffusion model, loss (mean of 50 steps)",
+                  "Aligned classifier, top-1 % per epoch (training stream, projected source val)"):
+        assert title in html, title
 
 
 def test_second_repro_runs_nothing(repo):
