@@ -14,7 +14,9 @@ from __future__ import annotations
 import argparse
 import base64
 import collections
+import csv
 import contextlib
+import contextvars
 import json
 import logging
 import os
@@ -29,14 +31,17 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+import psutil
 from filelock import FileLock, Timeout
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import (create_markdown_artifact, create_progress_artifact, create_table_artifact,
+                               update_progress_artifact)
 
 from flows.serve import check_served_root
 from sda.config import ParamsError, load_params
 from sda.domains import domain_for, domain_names, set_profile
-from sda.layout import RUNS
+from sda.io.resumable_jobs import PROGRESS
+from sda.layout import METRIC_FILES, RUNS, WORK
 from tasks import STAGES
 from tasks.launch import choose_wait_policy
 from tasks.stage_server import ENV as STAGE_SERVER_ENV
@@ -56,18 +61,88 @@ class StageFailed(RuntimeError):
     """A stage's command failed under ``dvc repro``; the message ends with its last output lines.
 
     ``user_error``: the stage exited with status 2 (bad params, a missing or unreadable input: the
-    stage's message says what to fix), which a retry cannot mend."""
+    stage's message says what to fix), which a retry cannot mend. ``timeout``: the seconds of
+    ``runtime.stage_timeouts`` after which the flow killed it (not retried either)."""
 
-    def __init__(self, stage: str, exit_status: int | None, tail: str) -> None:
-        self.stage, self.exit_status = stage, exit_status
+    def __init__(self, stage: str, exit_status: int | None, tail: str, timeout: float | None = None) -> None:
+        self.stage, self.exit_status, self.timeout = stage, exit_status, timeout
         self.user_error = exit_status == 2
-        kind = "a user error: fix what it names, then run again" if self.user_error else "retried once"
-        super().__init__(f"stage {stage} failed (exit status {exit_status}; {kind}):\n{tail}")
+        if timeout is not None:
+            what = (f"stopped after {timeout:g} s, the limit of runtime.stage_timeouts.{stage}: raise it, or "
+                    f"remove it for no limit")
+        else:
+            kind = "a user error: fix what it names, then run again" if self.user_error else "retried once"
+            what = f"exit status {exit_status}; {kind}"
+        super().__init__(f"stage {stage} failed ({what}):\n{tail}")
 
 
 def _transient(task, task_run, state) -> bool:
-    """Prefect ``retry_condition_fn``: retry crashes and kills, never a user error."""
-    return not (isinstance(state.data, StageFailed) and state.data.user_error)
+    """Prefect ``retry_condition_fn``: retry crashes and kills, never a user error or a timeout."""
+    err = state.data
+    return not (isinstance(err, StageFailed) and (err.user_error or err.timeout is not None))
+
+
+def _kill_tree(pid: int) -> None:
+    """Kill ``pid`` and every process under it (DVC, the stage command; a warm stage's child goes with
+    its command, tasks/stage_server.py)."""
+    try:
+        parent = psutil.Process(pid)
+        procs = [*parent.children(recursive=True), parent]
+    except psutil.NoSuchProcess:
+        return
+    for p in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+
+
+class _Progress(threading.Thread):
+    """While a stage runs, its resumable shard jobs' progress (``data/.work/<stage>-*/progress.json``:
+    shards done of the plan's) as a Prefect progress artifact, created when the first shard is recorded
+    and updated every ``every`` seconds; stages without shard jobs publish none."""
+
+    def __init__(self, root: Path, stage: str, every: float = 5.0) -> None:
+        super().__init__(daemon=True)
+        self.context = contextvars.copy_context()  # the task run's: the artifact belongs to it
+        self.root, self.stage, self.every = root, stage, every
+        self.done = threading.Event()
+        self.artifact = None
+        self.shown = -1.0
+
+    def read(self) -> float | None:
+        """Percent of the newest plan's shard jobs finished, or None before there is one."""
+        files = sorted((self.root / WORK).glob(f"{self.stage}-*/{PROGRESS}"), key=lambda f: f.stat().st_mtime)
+        try:
+            p = json.loads(files[-1].read_text()) if files else None
+        except (OSError, ValueError):
+            return None
+        return 100.0 * len(p.get("shards", {})) / p["jobs"] if p and p.get("jobs") else None
+
+    def publish(self, pct: float) -> None:
+        if pct == self.shown:
+            return
+        desc = f"{self.stage}: shards written of the plan's (resumable: a re-run continues from here)"
+        if self.artifact is None:
+            self.artifact = create_progress_artifact(pct, key=f"sda-{self.stage.replace('_', '-')}", description=desc)
+        else:
+            update_progress_artifact(self.artifact, pct)
+        self.shown = pct
+
+    def run(self) -> None:
+        self.context.run(self._watch)
+
+    def _watch(self) -> None:
+        with contextlib.suppress(Exception):  # progress is a courtesy: never a reason for the stage to fail
+            while not self.done.wait(self.every):
+                pct = self.read()
+                if pct is not None:
+                    self.publish(pct)
+
+    def finish(self, ok: bool) -> None:
+        self.done.set()
+        self.join(self.every + 5)
+        if ok and self.artifact is not None:
+            with contextlib.suppress(Exception):
+                self.context.run(self.publish, 100.0)
 
 
 @contextlib.contextmanager
@@ -116,13 +191,16 @@ def stage_server(root: Path, enabled: bool = True, env: dict[str, str] | None = 
 
 
 @task(name="dvc-stage", task_run_name="{stage}", retries=1, retry_delay_seconds=5, retry_condition_fn=_transient)
-def run_stage(stage: str, root: str, force: bool = False, server: str | None = None) -> dict:
+def run_stage(stage: str, root: str, force: bool = False, server: str | None = None,
+              timeout: float | None = None) -> dict:
     """``dvc repro --single-item <stage>`` as a subprocess; returns whether it ran and how long it took.
 
-    The stage's own output goes to the run's log line by line (visible in the Prefect UI). DVC's
+    The stage's own output goes to the run's log line by line (visible in the Prefect UI); the
+    progress of its shard jobs, if it has any, to a progress artifact (:class:`_Progress`). DVC's
     repository lock makes a second pipeline started meanwhile wait for each stage
     (``--wait-for-lock``), and it then finds the stage cached. ``server``: the socket of a
-    :func:`stage_server`, which then runs the stage's command warm. Raises :class:`StageFailed`.
+    :func:`stage_server`, which then runs the stage's command warm. ``timeout``: seconds after which
+    its processes are killed. Raises :class:`StageFailed`.
     """
     logger = get_run_logger()
     cmd = [sys.executable, "-m", "dvc", "--wait-for-lock", "repro", "--single-item", stage, *(["--force"] * force)]
@@ -134,18 +212,31 @@ def run_stage(stage: str, root: str, force: bool = False, server: str | None = N
     env = {k: v for k, v in os.environ.items() if k != STAGE_SERVER_ENV}  # cold: no server, not even yours
     if server:
         env[STAGE_SERVER_ENV] = server
+    progress = _Progress(Path(root), stage)
+    progress.start()
+    timed_out = threading.Event()
     with subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           errors="backslashreplace") as proc:
-        for line in proc.stdout:
-            line = line.rstrip()
-            if not line:
-                continue
-            ran |= line.startswith(f"Running stage '{stage}'")
-            tail.append(line)
-            logger.info("%s", line)
+        watchdog = threading.Timer(timeout, lambda: (timed_out.set(), _kill_tree(proc.pid))) if timeout else None
+        if watchdog is not None:
+            watchdog.daemon = True
+            watchdog.start()
+        try:
+            for line in proc.stdout:
+                line = line.rstrip()
+                if not line:
+                    continue
+                ran |= line.startswith(f"Running stage '{stage}'")
+                tail.append(line)
+                logger.info("%s", line)
+        finally:
+            if watchdog is not None:
+                watchdog.cancel()
+    progress.finish(proc.returncode == 0)
     if proc.returncode != 0:
         status = re.search(r"exited with (-?\d+)", "\n".join(tail))
-        err = StageFailed(stage, int(status.group(1)) if status else proc.returncode, "\n".join(tail))
+        err = StageFailed(stage, int(status.group(1)) if status else proc.returncode, "\n".join(tail),
+                          timeout=timeout if timed_out.is_set() else None)
         logger.error("%s", err)
         raise err
     seconds = round(time.perf_counter() - t0, 1)
@@ -194,11 +285,55 @@ def _results_markdown(root: Path, runs: list[dict]) -> str:
         + ", ".join(f"{k} {v:.1f}" for k, v in metrics["mean"].items()),
         "## Stages\n" + time_table(runs),
     ]
-    grid = root / "metrics" / "projection_grid.png"
-    if grid.is_file() and grid.stat().st_size < 2_000_000:
-        b64 = base64.b64encode(grid.read_bytes()).decode()
-        parts.append(f"## Originals vs projections\n![projection grid](data:image/png;base64,{b64})")
+    training = training_markdown(root)
+    if training:
+        parts.append(training)
+    for key, title in (("grid", "Originals vs projections"),
+                       ("synthetic_grid", "The synthetic domain: generated per class, and after synth_align"),
+                       ("confusion", "Confusion per domain: Source and SDA (rows: actual class)")):
+        picture = root / METRIC_FILES[key]
+        if picture.is_file() and picture.stat().st_size < 2_000_000:
+            b64 = base64.b64encode(picture.read_bytes()).decode()
+            parts.append(f"## {title}\n![{key}](data:image/png;base64,{b64})")
     return "\n\n".join(parts)
+
+
+TRAINING = ("source_model", "diffusion_finetune", "classifier_align")
+
+
+def training_markdown(root: Path) -> str:
+    """The training stages' summaries (metrics/<stage>.json) as a markdown table; their curves are DVC
+    plots (``dvc plots show``) and the flow's table artifacts."""
+    rows = []
+    for stage in TRAINING:
+        with contextlib.suppress(OSError, ValueError):
+            summary = json.loads((root / METRIC_FILES[stage]).read_text())
+            rows.append(f"| {stage} | " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                                                   for k, v in summary.items()) + " |")
+    return "## Training\n| stage | summary |\n|---|---|\n" + "\n".join(rows) if rows else ""
+
+
+def publish_tables(root: Path, metrics: dict) -> None:
+    """Table artifacts beside the markdown one: the results per domain, and each training stage's curve."""
+    table = [{"domain": d, **{m: acc[m] for m in ("source", "dda", "dda_ens", "sda")}}
+             for d, acc in metrics["domains"].items()]
+    table.append({"domain": "mean (corruptions)", **{m: metrics["mean"][m] for m in ("source", "dda", "dda_ens", "sda")}})
+    create_table_artifact(table, key="sda-results-table", description="Top-1 % per target domain and method")
+    for stage in TRAINING:
+        curve = root / METRIC_FILES[f"{stage}_curve"]
+        with contextlib.suppress(OSError):
+            rows = list(csv.DictReader(curve.open()))
+            if rows:
+                create_table_artifact(rows, key=f"sda-training-{stage.replace('_', '-')}",
+                                      description=f"{stage}: its training curve (also `dvc plots show`)")
+
+
+def publish_failure(flow, flow_run, state) -> None:
+    """Prefect ``on_failure`` hook: the failed stage's message and last lines as a markdown artifact,
+    where the UI shows it beside the run."""
+    with contextlib.suppress(Exception):
+        create_markdown_artifact(key="sda-failure", description=f"why flow run {flow_run.name} failed",
+                                 markdown=f"# The pipeline run failed\n\n```\n{state.message or state.name}\n```\n")
 
 
 LOCK = Path(".dvc") / "tmp" / "sda-pipeline.lock"  # inside the checkout, git-ignored by DVC
@@ -222,7 +357,7 @@ def checkout_lock(root: Path) -> Iterator[None]:
         lock.release()
 
 
-@flow(name="sda-pipeline", log_prints=True)
+@flow(name="sda-pipeline", log_prints=True, on_failure=[publish_failure])
 def pipeline(root: str = str(ROOT), stages: list[str] | None = None, force: bool = False,
              profile: str | None = None, warm: bool = True) -> dict:
     """Validate ``params.yaml``, reproduce the DVC stages in order, publish the results table.
@@ -248,11 +383,18 @@ def _run_pipeline(root_p: Path, stages: list[str] | None, force: bool, profile: 
     unknown = sorted(set(todo) - set(STAGES))
     if unknown:
         raise ValueError(f"unknown stage(s) {unknown}; stages are {list(STAGES)}")
+    timeouts = params.runtime.stage_timeouts
+    if set(timeouts) - set(STAGES):
+        raise ParamsError(f"params.yaml: runtime.stage_timeouts names {sorted(set(timeouts) - set(STAGES))}, "
+                          f"not stages; stages are {list(STAGES)}")
     runs = []
     with stage_server(root_p, warm) as server:
         for stage in todo:
             t0 = time.perf_counter()
-            r = run_stage(stage, str(root_p), force, server)
+            limit = timeouts.get(stage)
+            # Prefect's own limit is the backstop: the stage's processes are killed at `limit` (run_stage)
+            step = run_stage.with_options(timeout_seconds=limit + 60) if limit else run_stage
+            r = step(stage, str(root_p), force, server, timeout=limit)
             r["wall"] = round(time.perf_counter() - t0, 1)
             r["prefect"] = round(max(0.0, r["wall"] - r["seconds"]), 1)
             runs.append(r)
@@ -264,6 +406,7 @@ def _run_pipeline(root_p: Path, stages: list[str] | None, force: bool, profile: 
         for w in json.loads(metrics_path.read_text()).get("warnings", []):
             get_run_logger().warning("%s", w)  # the synthetic domain is weak: named stage and setting
         create_markdown_artifact(key="sda-results", markdown=md, description="SDA pipeline results")
+        publish_tables(root_p, json.loads(metrics_path.read_text()))
         return {"stages": runs, "metrics": json.loads(metrics_path.read_text())}
     return {"stages": runs}
 
@@ -292,7 +435,14 @@ def main() -> None:
     with stage_server(Path(args.root).resolve(), not args.cold) as server:
         if server:
             os.environ[STAGE_SERVER_ENV] = server
-        pipeline(root=args.root, stages=stages, force=args.force, warm=not args.cold, profile=args.profile)
+        state = pipeline(root=args.root, stages=stages, force=args.force, warm=not args.cold, profile=args.profile,
+                         return_state=True)
+    if state.is_failed():
+        err = state.result(raise_on_failure=False)
+        if isinstance(err, (StageFailed, ParamsError)):  # the stage's (or the params') own words, no traceback
+            print(f"error: {err}", file=sys.stderr)
+            raise SystemExit(2 if isinstance(err, ParamsError) or err.user_error else 1)
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

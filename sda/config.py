@@ -87,6 +87,17 @@ class Runtime(_Section):
         "process); training batches depend on it, so it is fixed rather than taken from the cores. "
         "2-4 where decoding would keep a GPU waiting; each costs memory (~0.3 GiB measured on the CPU)."))
     scheduler: str | None = Field(None, description="dask scheduler address (or env SDA_DASK_SCHEDULER).")
+    stage_timeouts: dict[str, float] = Field(default_factory=dict, description=(
+        "The flow's limit per stage in seconds ({stage: seconds}; a stage left out has none): past it the "
+        "stage's processes are killed and the run fails, without a retry."))
+
+    @field_validator("stage_timeouts")
+    @classmethod
+    def _positive(cls, v: dict[str, float]) -> dict[str, float]:
+        bad = {k: s for k, s in v.items() if not s > 0}
+        if bad:
+            raise ValueError(f"seconds must be > 0, got {bad}")
+        return v
 
 
 class Embedded(_Section):

@@ -59,6 +59,10 @@ METRIC_FILES: dict[str, Path] = {
     "diffusion_finetune_curve": METRICS / "training" / "diffusion_finetune.csv",
     "classifier_align": METRICS / "classifier_align.json",
     "classifier_align_curve": METRICS / "training" / "classifier_align.csv",
+    # pictures: the synthetic images per class (classifier_align), confusion per domain (evaluate)
+    "synthetic_grid": METRICS / "synthetic_grid.png",
+    "confusion": METRICS / "confusion.png",
+    "confusion_rows": METRICS / "confusion",  # <method>/<domain>.csv: actual, predicted per image (DVC's confusion plots)
 }
 
 

@@ -26,10 +26,12 @@ import torch
 
 from sda.config import ClassifierAlign, Params, Projection
 from sda.domains import Domain, domain_for
-from sda.io.atomic import atomic_write_json
+from sda.io.atomic import atomic_write_bytes, atomic_write_json
 from sda.io.shards import iter_shard_file, read_manifest
 from sda.io.streaming import ShardStream
-from sda.method.diagnostics import alignment_warnings, class_accuracy, projected_val_accuracy
+from sda.method.diagnostics import (alignment_warnings, class_accuracy, projected_val_accuracy, synthetic_samples,
+                                    weakest_classes)
+from sda.method.report import synthetic_grid_png
 from sda.method.projector import project_job, projection_jobs
 from sda.method.scoring import fell_back
 from sda.models.diffusion import DiffusionInfo
@@ -211,8 +213,19 @@ def _main(params: Params, args: argparse.Namespace, domain: Domain) -> int:
         log.warning("%s", w)
     METRICS.mkdir(parents=True, exist_ok=True)
     atomic_write_json(METRIC_FILES["alignment"], diagnostics)
+    write_synthetic_grid(diagnostics["synthetic"]["synth_generate"]["per_class"], class_names)
     write_metrics(config)
     return config["trained_images"]
+
+
+def write_synthetic_grid(per_class: dict[str, float], class_names: list[str], k: int = 10, per_row: int = 8) -> None:
+    """metrics/synthetic_grid.png: what the generator drew, per class (all classes up to ``k``, else the ``k``
+    the source model recognises least), above the same images after synth_align's projection."""
+    classes = weakest_classes(per_class, class_names, k)
+    samples = synthetic_samples(OUTS["synth_generate"], OUTS["synth_align"], classes, per_row)
+    rows = {f"{class_names[c]} ({per_class[class_names[c]]:.0f}%)": pair for c, pair in samples.items()}
+    size = next(iter(samples.values()))[0].shape[1] if samples else 16
+    atomic_write_bytes(METRIC_FILES["synthetic_grid"], synthetic_grid_png(rows, size))
 
 
 def write_metrics(config: dict) -> None:

@@ -22,10 +22,10 @@ from pathlib import Path
 
 from sda.config import Params
 from sda.domains import Domain, domain_for
-from sda.io.atomic import atomic_write_bytes, atomic_write_json
+from sda.io.atomic import atomic_dir, atomic_write_bytes, atomic_write_json
 from sda.io.shards import iter_samples
 from sda.io.streaming import ShardStream
-from sda.method.report import grid_png, results_markdown, write_plot_csv
+from sda.method.report import confusion_matrix, confusion_png, grid_png, results_markdown, write_plot_csv
 from sda.method.scoring import DomainScore, score_domain, summarise
 from sda.models.classifiers import load_classifier
 from sda.provenance import code_version, params_hash
@@ -52,7 +52,7 @@ def run(params: Params, domain: Domain, device, data: Path = DATA, metrics_dir: 
     unlabelled = set(index.get("unlabelled", []))
     class_names = json.loads((data / "source_data" / "classes.json").read_text())["names"]
     bs = params.evaluate.batch_size
-    per_domain, grid_rows, predicted, n = {}, {}, {}, 0
+    per_domain, grid_rows, predicted, confusion, n = {}, {}, {}, {}, 0
     for d in domains:
         # originals and projections side by side, streamed: memory is a batch, not a domain
         stream = ShardStream(data / "target_data" / d, bs, workers=params.runtime.loader_workers,
@@ -64,6 +64,7 @@ def run(params: Params, domain: Domain, device, data: Path = DATA, metrics_dir: 
             predicted[d] = score
         else:
             per_domain[d] = score.accuracy
+            confusion[d] = score
             n = stream.count
     metrics = summarise(per_domain, index["corruption_domains"])
     if predicted:
@@ -83,10 +84,31 @@ def run(params: Params, domain: Domain, device, data: Path = DATA, metrics_dir: 
     atomic_write_bytes(metrics_dir / METRIC_FILES["results"].name, (table + "\n").encode())
     atomic_write_bytes(metrics_dir / METRIC_FILES["grid"].name, grid_png(grid_rows, domain.image_size(params)))
     write_predictions(data / "target_data", predicted, class_names, metrics_dir / METRIC_FILES["predictions"].name)
+    write_confusion(confusion, class_names, metrics_dir)
     log.info("results (top-1 %%, %s split):\n%s", params.target_data.split, table)
     for w in metrics.get("warnings", []):
         log.warning("%s", w)
     return metrics
+
+
+def write_confusion(scores: dict[str, DomainScore], class_names: list[str], metrics_dir: Path,
+                    methods: tuple[str, ...] = ("source", "sda")) -> None:
+    """Which classes Source and SDA confuse, per labelled domain: ``confusion/<method>/<domain>.csv``
+    (``actual,predicted`` class names, one row per image: DVC's confusion plots) and ``confusion.png``
+    (the row-normalised matrices side by side, one row per domain)."""
+    with atomic_dir(metrics_dir / METRIC_FILES["confusion_rows"].name) as tmp:
+        for m in methods:
+            (tmp / m).mkdir()
+            for d, score in scores.items():
+                buf = io.StringIO()
+                w = csv.writer(buf, lineterminator="\n")
+                w.writerow(["actual", "predicted"])
+                w.writerows((class_names[a], class_names[p]) for a, p in zip(score.labels.tolist(),
+                                                                            getattr(score, m).tolist()))
+                (tmp / m / f"{d}.csv").write_bytes(buf.getvalue().encode())
+    matrices = {d: {m: confusion_matrix(s.labels, getattr(s, m), len(class_names)) for m in methods}
+                for d, s in scores.items()}
+    atomic_write_bytes(metrics_dir / METRIC_FILES["confusion"].name, confusion_png(matrices))
 
 
 def write_predictions(target_dir: Path, predicted: dict[str, DomainScore], class_names: list[str], path: Path) -> None:

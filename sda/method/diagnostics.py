@@ -19,6 +19,7 @@ change; the caller says which settings those are (``levers``), as ``sda`` never 
 
 from __future__ import annotations
 
+import os
 from types import SimpleNamespace
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -26,10 +27,41 @@ import numpy as np
 import torch
 
 from sda.io.images import to_uint8
+from sda.io.shards import iter_samples
 from sda.models.classifiers import Classifier
 from sda.runtime import derive_seed
 
-__all__ = ["alignment_warnings", "class_accuracy", "probe_plan", "probe_score", "projected_val_accuracy"]
+__all__ = ["alignment_warnings", "class_accuracy", "probe_plan", "probe_score", "projected_val_accuracy",
+           "synthetic_samples", "weakest_classes"]
+
+
+def weakest_classes(per_class: Mapping[str, float], class_names: Sequence[str], k: int = 10) -> list[int]:
+    """The ``k`` classes (indices, in class order) the source model recognises least in a synthetic set
+    (:func:`class_accuracy`'s ``per_class``); all of them when there are at most ``k``."""
+    scored = [(per_class[n], i) for i, n in enumerate(class_names) if n in per_class]
+    return sorted(i for _, i in sorted(scored)[:k])
+
+
+def synthetic_samples(generated: str | os.PathLike[str], aligned: str | os.PathLike[str], classes: Sequence[int],
+                      per_class: int) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """The first ``per_class`` samples of each of ``classes`` in the shard set ``generated`` (in the order
+    written: the same every run) and the same keys in ``aligned``: ``{class: (generated uint8 (K, H, W, 3),
+    aligned uint8 (K, H, W, 3))}``. Reads the shards only as far as it needs."""
+    picked: dict[int, list] = {c: [] for c in classes}
+    for s in iter_samples(generated):
+        if s.label in picked and len(picked[s.label]) < per_class:
+            picked[s.label].append(s)
+            if all(len(v) >= per_class for v in picked.values()):
+                break
+    keys = {s.key for v in picked.values() for s in v}
+    after: dict[str, np.ndarray] = {}
+    for s in iter_samples(aligned):
+        if s.key in keys:
+            after[s.key] = s.image
+            if len(after) == len(keys):
+                break
+    return {c: (np.stack([s.image for s in v]), np.stack([after[s.key] for s in v]))
+            for c, v in picked.items() if v and all(s.key in after for s in v)}
 
 
 def class_accuracy(model: Classifier, batches: Iterable[Any], class_names: Sequence[str],

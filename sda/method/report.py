@@ -16,7 +16,8 @@ from torchvision.utils import make_grid
 from sda.io.atomic import atomic_write_bytes
 from sda.method.scoring import MAIN_METHODS
 
-__all__ = ["alignment_markdown", "grid_png", "projection_grid", "results_markdown", "write_plot_csv"]
+__all__ = ["alignment_markdown", "confusion_matrix", "confusion_png", "grid_png", "projection_grid", "results_markdown",
+           "synthetic_grid_png", "write_plot_csv"]
 
 
 def results_markdown(metrics: Mapping[str, object]) -> str:
@@ -75,11 +76,13 @@ def write_plot_csv(metrics: Mapping[str, object], path: str | Path) -> None:
     atomic_write_bytes(path, buf.getvalue().encode())
 
 
-def projection_grid(rows: Mapping[str, tuple[np.ndarray, np.ndarray]], *, upscale: int = 4) -> Image.Image:
+def projection_grid(rows: Mapping[str, tuple[np.ndarray, np.ndarray]], *, upscale: int = 4,
+                    second: str = "projected") -> Image.Image:
     """Image grid: for each domain a row of originals and a row of their projections.
 
     ``rows[domain] = (original uint8 (K, H, W, 3), projected uint8 (K, H, W, 3))``; the domain name
-    is drawn at the left of each pair of rows. Returns a PIL RGB image.
+    is drawn at the left of each pair of rows, ``second`` at the left of the second row. Returns a PIL
+    RGB image.
     """
     tiles = []
     names = list(rows)
@@ -101,7 +104,7 @@ def projection_grid(rows: Mapping[str, tuple[np.ndarray, np.ndarray]], *, upscal
     row_h = (img.height - 2) / (2 * len(names))
     for i, name in enumerate(names):
         draw.text((4, int((2 * i) * row_h + 4)), name, fill="black")
-        draw.text((4, int((2 * i + 1) * row_h + 4)), "  projected", fill="gray")
+        draw.text((4, int((2 * i + 1) * row_h + 4)), f"  {second}", fill="gray")
     return canvas
 
 
@@ -110,3 +113,61 @@ def grid_png(rows: Mapping[str, tuple[np.ndarray, np.ndarray]], image_size: int)
     buf = io.BytesIO()
     projection_grid(rows, upscale=max(1, 64 // image_size)).save(buf, format="PNG")
     return buf.getvalue()
+
+
+def _png(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _note(text: str) -> bytes:
+    """A PNG of one line of text, where a picture has nothing to show."""
+    img = Image.new("RGB", (8 * len(text) + 12, 30), "white")
+    ImageDraw.Draw(img).text((6, 8), text, fill="black")
+    return _png(img)
+
+
+def synthetic_grid_png(rows: Mapping[str, tuple[np.ndarray, np.ndarray]], image_size: int) -> bytes:
+    """PNG: per class (``rows[name] = (generated, aligned)``, uint8 (K, H, W, 3) each) a row of the
+    generator's samples and below it the same samples after ``synth_align``'s projection."""
+    if not rows:
+        return _note("no synthetic images")
+    return _png(projection_grid(rows, upscale=max(1, 64 // image_size), second="after synth_align"))
+
+
+def confusion_matrix(actual: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:
+    """Counts, int (C, C): row = actual class, column = predicted class."""
+    return np.bincount(actual * num_classes + predicted, minlength=num_classes * num_classes).reshape(
+        num_classes, num_classes)
+
+
+def confusion_png(matrices: Mapping[str, Mapping[str, np.ndarray]], *, max_classes: int = 64, side: int = 160) -> bytes:
+    """PNG: one row per domain, one row-normalised confusion matrix per method (``matrices[domain][method]``,
+    counts (C, C); white 0, dark blue all of the row's images); the diagonal holds each class's hits.
+    Over ``max_classes`` classes the cells would be under 3 px: a note to use ``dvc plots`` instead."""
+    first = next(iter(next(iter(matrices.values())).values()), None) if matrices else None
+    if first is None or len(first) > max_classes:
+        return _note("too many classes to draw here: dvc plots show metrics/confusion")
+    cell = max(2, side // len(first))
+    colour = torch.tensor([0.85, 0.65, 0.25]).view(3, 1, 1)
+    tiles, methods = [], list(next(iter(matrices.values())))
+    for per_method in matrices.values():
+        for m in methods:
+            cm = torch.as_tensor(per_method[m], dtype=torch.float32)
+            share = cm / cm.sum(1, keepdim=True).clamp(min=1)
+            rgb = (255 * (1 - colour * share)).round().to(torch.uint8)
+            tiles.append(rgb.repeat_interleave(cell, 1).repeat_interleave(cell, 2))
+    grid = make_grid(torch.stack(tiles), nrow=len(methods), padding=4, pad_value=255)
+    img = Image.fromarray(grid.permute(1, 2, 0).numpy())
+    label_w, head_h = 130, 16
+    canvas = Image.new("RGB", (img.width + label_w, img.height + head_h), "white")
+    canvas.paste(img, (label_w, head_h))
+    draw = ImageDraw.Draw(canvas)
+    tile_w = (img.width - 4) / len(methods)
+    for j, m in enumerate(methods):
+        draw.text((label_w + int(j * tile_w) + 6, 2), f"{m}: actual (rows) x predicted", fill="black")
+    row_h = (img.height - 4) / len(matrices)
+    for i, name in enumerate(matrices):
+        draw.text((4, head_h + int(i * row_h) + 6), name, fill="black")
+    return _png(canvas)

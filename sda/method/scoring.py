@@ -98,12 +98,14 @@ def accuracy(predictions: np.ndarray, labels: np.ndarray) -> float:
 class DomainScore:
     """One target domain's results: ``accuracy`` per method (percent; meaningless where the labels
     are -1, an unlabelled domain), the ``grid`` pair (originals, projections, uint8 (k, H, W, 3)),
-    and every image's ``keys`` with its ``sda`` prediction (int (N,))."""
+    and every image's ``keys`` with its ``sda`` and ``source`` predictions and its ``labels`` (int (N,))."""
 
     accuracy: dict[str, float]
     grid: tuple[np.ndarray, np.ndarray]
     keys: list[str]
     sda: np.ndarray
+    source: np.ndarray
+    labels: np.ndarray
 
 
 def score_domain(source: Classifier, aligned: Classifier, batches: Iterable[Any], *, batch_size: int, grid_images: int,
@@ -132,4 +134,4 @@ def score_domain(source: Classifier, aligned: Classifier, batches: Iterable[Any]
     predictions = {m: np.concatenate(p) for m, p in preds.items()}
     return DomainScore(accuracy={m: accuracy(p, y) for m, p in predictions.items()},
                        grid=(np.concatenate(grid_o)[:grid_images], np.concatenate(grid_p)[:grid_images]),
-                       keys=keys, sda=predictions["sda"])
+                       keys=keys, sda=predictions["sda"], source=predictions["source"], labels=y)

@@ -1,9 +1,11 @@
 """The pipeline flow over real DVC stages that fail: a user error fails the flow run with the
-stage's own message and is not retried, a crash is retried once, and a second run started while
-DVC's lock is held waits for it instead of failing."""
+stage's own message (an artifact too; the CLI exits 2 with it) and is not retried, a crash is retried
+once, a stage past its runtime.stage_timeouts is killed, shard jobs publish their progress, and a second
+run started while DVC's lock is held waits for it instead of failing."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -22,6 +24,13 @@ USER_ERROR = "error: data/raw/cat.png is not an image: replace or remove it"
 SCRIPTS = {
     "user_error.py": f"open('attempts.txt', 'a').write('x')\nimport sys\nprint({USER_ERROR!r}, file=sys.stderr)\n"
                      "sys.exit(2)\n",
+    "slow.py": "import time\nopen('attempts.txt', 'a').write('x')\nprint('working', flush=True)\ntime.sleep(600)\n",
+    # writes the progress file of resumable shard jobs (sda.io.resumable_jobs) as a stage's plan goes on
+    "shards.py": "import json, os, time\nos.makedirs('data/.work/synth_generate-ab', exist_ok=True)\n"
+                 "for i in range(4):\n"
+                 "    json.dump({'jobs': 4, 'shards': {str(k): {} for k in range(i + 1)}},\n"
+                 "              open('data/.work/synth_generate-ab/progress.json', 'w'))\n"
+                 "    print('shard', i, flush=True)\n    time.sleep(2.5)\n",
     "flaky.py": "import os, sys\nopen('attempts.txt', 'a').write('x')\n"
                 "if not os.path.exists('crashed'):\n    open('crashed', 'w').close()\n    os.abort()\n"
                 "open('model.txt', 'w').write('ok')\n",
@@ -36,7 +45,9 @@ def dvc_repo(tmp_path):
         (repo / name).write_text(code)
     shutil.copy(ROOT / "params.yaml", repo / "params.yaml")
     stages = {"source_data": {"cmd": "python user_error.py"},
-              "source_model": {"cmd": "python flaky.py", "deps": ["flaky.py"], "outs": ["model.txt"]}}
+              "source_model": {"cmd": "python flaky.py", "deps": ["flaky.py"], "outs": ["model.txt"]},
+              "diffusion_finetune": {"cmd": "python slow.py"},
+              "synth_generate": {"cmd": "python shards.py"}}
     (repo / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}))
     for cmd in (["git", "init", "-q"], [sys.executable, "-m", "dvc", "init", "-q"]):
         subprocess.run(cmd, cwd=repo, check=True, capture_output=True, timeout=120)
@@ -105,3 +116,61 @@ def test_one_pipeline_run_per_checkout_and_the_profile_switch_waits_too(dvc_repo
     runner.join(timeout=300)
     assert done and (dvc_repo / "model.txt").read_text() == "ok"
     assert "profile: imagenet" in (dvc_repo / "params.yaml").read_text()
+
+
+def _artifacts(flow_run_id=None, key: str | None = None):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
+
+    flt = ArtifactFilter(key=ArtifactFilterKey(any_=[key]) if key else None,
+                         flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]) if flow_run_id else None)
+    with get_client(sync_client=True) as client:
+        return client.read_artifacts(artifact_filter=flt)
+
+
+def test_a_failed_run_publishes_the_stage_message_as_an_artifact(dvc_repo, prefect_server):
+    from flows.pipeline import pipeline
+
+    state = pipeline(root=str(dvc_repo), stages=["source_data"], return_state=True)
+    assert state.is_failed()
+    published = _artifacts(state.state_details.flow_run_id, "sda-failure")
+    assert published and USER_ERROR in published[0].data and "exit status 2" in published[0].data
+
+
+def test_the_cli_exits_2_with_the_stage_message_on_a_user_error(dvc_repo, prefect_server):
+    from prefect.settings import PREFECT_API_URL
+
+    env = {"PREFECT_API_URL": PREFECT_API_URL.value(), "PYTHONPATH": str(ROOT)}
+    r = subprocess.run([sys.executable, "-m", "flows.pipeline", "--root", str(dvc_repo), "--stages", "source_data",
+                        "--cold"], cwd=ROOT, capture_output=True, text=True, timeout=600, env={**os.environ, **env})
+    assert r.returncode == 2, r.stderr[-3000:]
+    last = r.stderr.strip().splitlines()
+    assert any(line.startswith("error: stage source_data failed (exit status 2") for line in last), r.stderr[-3000:]
+    assert USER_ERROR in r.stderr
+
+
+def test_a_stage_past_its_timeout_is_killed_and_not_retried(dvc_repo, prefect_server):
+    from flows.pipeline import StageFailed, pipeline
+
+    raw = yaml.safe_load((dvc_repo / "params.yaml").read_text())
+    raw["runtime"]["stage_timeouts"] = {"diffusion_finetune": 8}
+    (dvc_repo / "params.yaml").write_text(yaml.safe_dump(raw))
+    t0 = time.time()
+    state = pipeline(root=str(dvc_repo), stages=["diffusion_finetune"], return_state=True)
+    assert state.is_failed() and time.time() - t0 < 120  # not the stage's 600 s
+    err = state.result(raise_on_failure=False)
+    assert isinstance(err, StageFailed) and err.timeout == 8
+    assert "runtime.stage_timeouts.diffusion_finetune" in state.message
+    assert (dvc_repo / "attempts.txt").read_text() == "x"  # killed once, not retried
+    import psutil
+
+    assert not [p for p in psutil.process_iter(["cmdline"]) if "slow.py" in " ".join(p.info["cmdline"] or [])]
+
+
+def test_shard_jobs_publish_their_progress(dvc_repo, prefect_server):
+    from flows.pipeline import pipeline
+
+    state = pipeline(root=str(dvc_repo), stages=["synth_generate"], return_state=True)
+    assert state.is_completed()
+    progress = _artifacts(key="sda-synth-generate")
+    assert progress and progress[0].type == "progress" and progress[0].data == 100.0
