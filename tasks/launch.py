@@ -32,11 +32,14 @@ def _run_with_project_python() -> None:
     """DVC runs ``python -m tasks.<stage>`` through the shell, so ``dvc repro`` from outside the
     activated venv would run the stages with whatever ``python`` is first on PATH. When that one
     lacks the project's packages, re-run the same command with the repository's ``.venv`` python
-    (what ``make install`` creates), or exit 2 with what to do."""
+    (what ``make install`` creates), or exit 2 with what to do. The nearest ``.venv`` above this file
+    counts: a queued DVC experiment runs in a copy under ``<repo>/.dvc/tmp/exps/``, without its own."""
     missing = [m for m in _REQUIRED if importlib.util.find_spec(m) is None]
     if not missing:
         return
-    venv_python = Path(__file__).resolve().parents[1] / ".venv" / "bin" / "python"
+    here = Path(__file__).resolve().parents[1]
+    venv_python = next((p / ".venv" / "bin" / "python" for p in (here, *here.parents)
+                        if (p / ".venv" / "bin" / "python").is_file()), here / ".venv" / "bin" / "python")
     if venv_python.is_file() and not os.environ.get("SDA_REEXEC"):
         os.environ["SDA_REEXEC"] = "1"  # once: a broken venv must not loop
         os.execv(venv_python, [str(venv_python), *sys.orig_argv[1:]])

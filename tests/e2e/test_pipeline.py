@@ -216,6 +216,34 @@ def test_exp_run_reruns_only_dependent_stages(own_repo):
     assert ran == ["classifier_align", "evaluate"], r.stdout[-2000:]
 
 
+def test_queued_experiments_run_and_compare(own_repo):
+    """`dvc exp run --queue` twice, `dvc queue start -j 1`: both run in DVC's temporary copies, and
+    `dvc exp show` / `dvc plots diff` compare them with the training stages' metrics and curves."""
+    repo = own_repo
+    sh(repo, "git", "add", "-A")  # the finished run (dvc.lock, metrics) is the experiments' baseline
+    sh(repo, "git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "run")
+    for n in (4, 6):
+        sh(repo, "dvc", "exp", "run", "--queue", "-n", f"grid-{n}", "-S", f"evaluate.grid_images={n}")
+    sh(repo, "dvc", "queue", "start", "-j", "1")
+    try:
+        deadline = time.time() + 600
+        while time.time() < deadline:
+            status = sh(repo, "dvc", "queue", "status").stdout
+            if "Queued" not in status and "Running" not in status:
+                break
+            time.sleep(3)
+        assert status.count("Success") == 2, status
+    finally:
+        sh(repo, "dvc", "queue", "stop", "--kill", check=False)
+    shown = json.dumps(json.loads(sh(repo, "dvc", "exp", "show", "--json").stdout))
+    for name in ("grid-4", "grid-6", "metrics/source_model.json", "metrics/diffusion_finetune.json",
+                 "metrics/classifier_align.json", "val_projected_aligned", "final_loss"):
+        assert name in shown, name
+    sh(repo, "dvc", "plots", "diff", "grid-4", "grid-6", "-o", str(repo / "diff"))
+    html = (repo / "diff" / "index.html").read_text()
+    assert "grid-4" in html and "grid-6" in html and "Diffusion model, loss (mean of 50 steps)" in html
+
+
 def test_an_unreachable_scheduler_is_a_user_error_that_publishes_nothing(own_repo):
     import socket
 
