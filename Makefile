@@ -31,7 +31,7 @@ install:  ## create .venv and install requirements.lock + the project (again onl
 install-dev:  ## the same with requirements-dev.lock: the pipeline's packages and the tests' and docs' tools
 	@tools/install.sh $(VENV) dev
 
-lock: install  ## rewrite the lock files from pyproject.toml (UPGRADE=1: the newest releases)
+lock:  ## rewrite the lock files from pyproject.toml (UPGRADE=1: the newest releases)
 	@tools/lock.sh $(VENV)
 
 run: install  ## run the whole pipeline (Prefect flow over the DVC stages) and print the results

@@ -29,8 +29,10 @@ def module_for(argv: list[str]) -> tuple[str, list[str]]:
     if argv and argv[0] in ("-h", "--help"):
         print(__doc__)
         raise SystemExit(0)
-    problem = (f"unknown stage {argv[1]!r}; stages: {', '.join(STAGE_ORDER)}" if len(argv) >= 2 and argv[0] == "stage"
-               else f"unknown command {argv[0]!r}" if argv else "a command is needed")
+    if argv and argv[0] == "stage":
+        problem = (f"unknown stage {argv[1]!r}" if len(argv) >= 2 else "which stage?") + f"; stages: {', '.join(STAGE_ORDER)}"
+    else:
+        problem = f"unknown command {argv[0]!r}" if argv else "a command is needed"
     print(f"sda: {problem}\n{__doc__}", file=sys.stderr)
     raise SystemExit(2)
 

@@ -22,6 +22,7 @@ import logging
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -31,7 +32,6 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-import psutil
 from filelock import FileLock, Timeout
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import (create_markdown_artifact, create_progress_artifact, create_table_artifact,
@@ -79,20 +79,16 @@ class StageFailed(RuntimeError):
 def _transient(task, task_run, state) -> bool:
     """Prefect ``retry_condition_fn``: retry crashes and kills, never a user error or a timeout."""
     err = state.data
+    if isinstance(err, TimeoutError):  # Prefect's backstop of runtime.stage_timeouts
+        return False
     return not (isinstance(err, StageFailed) and (err.user_error or err.timeout is not None))
 
 
-def _kill_tree(pid: int) -> None:
-    """Kill ``pid`` and every process under it (DVC, the stage command; a warm stage's child goes with
-    its command, tasks/stage_server.py)."""
-    try:
-        parent = psutil.Process(pid)
-        procs = [*parent.children(recursive=True), parent]
-    except psutil.NoSuchProcess:
-        return
-    for p in procs:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            p.kill()
+def _kill_group(pid: int) -> None:
+    """Kill the process group that ``dvc repro`` leads (DVC, the stage command and what they started;
+    a warm stage's child goes with its command, tasks/stage_server.py)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
 
 
 class _Progress(threading.Thread):
@@ -109,9 +105,10 @@ class _Progress(threading.Thread):
         self.shown = -1.0
 
     def read(self) -> float | None:
-        """Percent of the newest plan's shard jobs finished, or None before there is one."""
-        files = sorted((self.root / WORK).glob(f"{self.stage}-*/{PROGRESS}"), key=lambda f: f.stat().st_mtime)
+        """Percent of the newest plan's shard jobs finished, or None before there is one (or while the
+        stage swaps its work folders)."""
         try:
+            files = sorted((self.root / WORK).glob(f"{self.stage}-*/{PROGRESS}"), key=lambda f: f.stat().st_mtime)
             p = json.loads(files[-1].read_text()) if files else None
         except (OSError, ValueError):
             return None
@@ -131,8 +128,8 @@ class _Progress(threading.Thread):
         self.context.run(self._watch)
 
     def _watch(self) -> None:
-        with contextlib.suppress(Exception):  # progress is a courtesy: never a reason for the stage to fail
-            while not self.done.wait(self.every):
+        while not self.done.wait(self.every):
+            with contextlib.suppress(Exception):  # progress is a courtesy: never a reason to stop the stage
                 pct = self.read()
                 if pct is not None:
                     self.publish(pct)
@@ -215,9 +212,10 @@ def run_stage(stage: str, root: str, force: bool = False, server: str | None = N
     progress = _Progress(Path(root), stage)
     progress.start()
     timed_out = threading.Event()
+    # its own process group, so that a timeout (or this process being stopped) ends all of it
     with subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          errors="backslashreplace") as proc:
-        watchdog = threading.Timer(timeout, lambda: (timed_out.set(), _kill_tree(proc.pid))) if timeout else None
+                          errors="backslashreplace", start_new_session=True) as proc:
+        watchdog = threading.Timer(timeout, lambda: (timed_out.set(), _kill_group(proc.pid))) if timeout else None
         if watchdog is not None:
             watchdog.daemon = True
             watchdog.start()
@@ -229,6 +227,9 @@ def run_stage(stage: str, root: str, force: bool = False, server: str | None = N
                 ran |= line.startswith(f"Running stage '{stage}'")
                 tail.append(line)
                 logger.info("%s", line)
+        except BaseException:  # Ctrl-C or a cancel: the stage's group no longer hears the terminal
+            _kill_group(proc.pid)
+            raise
         finally:
             if watchdog is not None:
                 watchdog.cancel()
@@ -315,14 +316,15 @@ def training_markdown(root: Path) -> str:
 
 def publish_tables(root: Path, metrics: dict) -> None:
     """Table artifacts beside the markdown one: the results per domain, and each training stage's curve."""
-    table = [{"domain": d, **{m: acc[m] for m in ("source", "dda", "dda_ens", "sda")}}
-             for d, acc in metrics["domains"].items()]
-    table.append({"domain": "mean (corruptions)", **{m: metrics["mean"][m] for m in ("source", "dda", "dda_ens", "sda")}})
+    methods = list(metrics["mean"])  # the main methods, in the table's order
+    table = [{"domain": d, **{m: acc[m] for m in methods}} for d, acc in metrics["domains"].items()]
+    table.append({"domain": "mean (corruptions)", **metrics["mean"]})
     create_table_artifact(table, key="sda-results-table", description="Top-1 % per target domain and method")
     for stage in TRAINING:
         curve = root / METRIC_FILES[f"{stage}_curve"]
         with contextlib.suppress(OSError):
-            rows = list(csv.DictReader(curve.open()))
+            with curve.open() as f:
+                rows = list(csv.DictReader(f))
             if rows:
                 create_table_artifact(rows, key=f"sda-training-{stage.replace('_', '-')}",
                                       description=f"{stage}: its training curve (also `dvc plots show`)")
@@ -437,7 +439,7 @@ def main() -> None:
             os.environ[STAGE_SERVER_ENV] = server
         state = pipeline(root=args.root, stages=stages, force=args.force, warm=not args.cold, profile=args.profile,
                          return_state=True)
-    if state.is_failed():
+    if not state.is_completed():  # failed, crashed or cancelled
         err = state.result(raise_on_failure=False)
         if isinstance(err, (StageFailed, ParamsError)):  # the stage's (or the params') own words, no traceback
             print(f"error: {err}", file=sys.stderr)

@@ -5,7 +5,7 @@ stages (``tasks/``), the relabel service, ``make clean`` and the tests; ``tests`
 - ``OUTS[stage]``: each stage's DVC out, ``data/<stage>/``;
 - ``MODELS[role]``: the folders relabelling loads (the source and aligned classifiers, the diffusion
   model) and the class list, with ``MODEL_STAGES[role]``, the stage that writes each;
-- ``METRIC_FILES``: what ``classifier_align`` and ``evaluate`` write under ``metrics/``;
+- ``METRIC_FILES``: what the stages write under ``metrics/`` (DVC metrics, plots and pictures);
 - ``RUNS`` (run records: timings, resumed shards) and ``WORK`` (resumable work in progress): beside
   the outs, never inside one, and not versioned.
 

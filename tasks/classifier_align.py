@@ -9,8 +9,11 @@ epoch best there is kept (else the last, the paper), and with ``classifier_align
 model worse than the source model there by more than ``max_val_drop`` points is not used: the saved
 "aligned" model is then the source model, marked ``fallback: dda``, and SDA's prediction is DDA's.
 
-Writes ``data/classifier_align/`` (same format as ``data/source_model/``) and
-``metrics/alignment.json`` (the measurements and their warnings, a DVC metric).
+Writes ``data/classifier_align/`` (same format as ``data/source_model/``),
+``metrics/alignment.json`` (the measurements and their warnings, a DVC metric),
+``metrics/classifier_align.json`` + ``metrics/training/classifier_align.csv`` (the training's summary
+and per-epoch curve) and ``metrics/synthetic_grid.png`` (the synthetic images per class, and after
+``synth_align``).
 """
 
 from __future__ import annotations
@@ -238,7 +241,8 @@ def write_metrics(config: dict) -> None:
     if "val_aligned" in config:
         summary.update(val_projected_aligned=config["val_aligned"], val_projected_source=config["val_source"],
                        fallback=int(fell_back(config)))
-    columns = ["epoch", "loss", "acc"] + (["val_projected"] if "val" in history[0] else [])
+    # the val column even without a val split (empty cells): the accuracy plot asks for it
+    columns = ["epoch", "loss", "acc", "val_projected"]
     write_training_metrics("classifier_align", summary, columns,
                            [{"epoch": h["epoch"], "loss": h["loss"], "acc": 100 * h["acc"],
                              **({"val_projected": h["val"]} if "val" in h else {})} for h in history])

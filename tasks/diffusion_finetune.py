@@ -10,7 +10,8 @@ otherwise. ``adm+dit`` (folder, with ``folder.adm_checkpoint`` and ``folder.dit`
 pretrained models, always fine-tuned on the folder's images, the DiT with a new class table.
 
 Writes ``data/diffusion_finetune/``: ``unet/`` + ``scheduler/`` (the projector, ``save_pretrained``),
-``dit/`` (``transformer/`` + ``vae/``, when a DiT generates) and ``info.json`` (classes, null label, losses).
+``dit/`` (``transformer/`` + ``vae/``, when a DiT generates) and ``info.json`` (classes, null label, losses);
+``metrics/diffusion_finetune.json`` + ``metrics/training/diffusion_finetune.csv`` (the loss curve).
 """
 
 from __future__ import annotations

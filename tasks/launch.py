@@ -38,8 +38,11 @@ def _run_with_project_python() -> None:
     if not missing:
         return
     here = Path(__file__).resolve().parents[1]
-    venv_python = next((p / ".venv" / "bin" / "python" for p in (here, *here.parents)
-                        if (p / ".venv" / "bin" / "python").is_file()), here / ".venv" / "bin" / "python")
+    # this checkout, or the one whose queued experiment this copy is (<repo>/.dvc/tmp/exps/<copy>)
+    homes = [here, *(p.parents[2] for p in here.parents if p.name == "exps" and p.parent.name == "tmp"
+                     and p.parent.parent.name == ".dvc")]
+    venv_python = next((h / ".venv" / "bin" / "python" for h in homes if (h / ".venv" / "bin" / "python").is_file()),
+                       here / ".venv" / "bin" / "python")
     if venv_python.is_file() and not os.environ.get("SDA_REEXEC"):
         os.environ["SDA_REEXEC"] = "1"  # once: a broken venv must not loop
         os.execv(venv_python, [str(venv_python), *sys.orig_argv[1:]])

@@ -4,7 +4,8 @@ Trained on the source train split (timm ``source_model.arch``; embedded, folder)
 weights the domain names (:class:`sda.domains.PretrainedClassifier`: imagenet's
 ``imagenet.classifier_weights``, evaluated the reference way, resize 256 bicubic, centre crop 224,
 ImageNet mean / std; folder's ``folder.classifier_weights``). Writes ``data/source_model/``
-(``model.safetensors`` + ``config.json`` with preprocessing and log).
+(``model.safetensors`` + ``config.json`` with preprocessing and log), ``metrics/source_model.json`` and
+``metrics/training/source_model.csv`` (per epoch: loss, train and clean val accuracy).
 """
 
 from __future__ import annotations

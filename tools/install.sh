@@ -16,7 +16,7 @@
 # Several indexes may each hold some releases of a package (a partial local mirror beside PyPI), so
 # each pinned version is looked up index by index (unsafe-first-match); that is safe here because a
 # file is installed only if its hash is one the lock names. SDA_INSTALLER=pip installs with pip
-# (--require-hashes) instead.
+# (--require-hashes) instead; pip adds what the lock names but, unlike uv, removes nothing else.
 set -eo pipefail
 venv=${1:-.venv}
 kind=${2:-run}
@@ -29,9 +29,8 @@ cd "$(dirname "$0")/.."
 [ -f "$lock" ] || { echo "tools/install.sh: $lock is missing: run 'make lock'" >&2; exit 2; }
 py=$venv/bin/python
 stamp=$venv/.installed
-UV_VERSION=0.13.9
 
-digest() { cat "$1" pyproject.toml tools/install.sh | sha256sum | cut -c1-16; }
+digest() { cat "$1" pyproject.toml tools/install.sh tools/uv_env.sh | sha256sum | cut -c1-16; }
 want="$kind $(digest "$lock")"
 have=$(cat "$stamp" 2>/dev/null || true)
 if [ "$have" = "$want" ] || { [ "$kind" = run ] && [ "$have" = "dev $(digest requirements-dev.lock)" ]; }; then
@@ -41,41 +40,12 @@ rm -f "$stamp"
 
 quiet_pip() { grep -v "is ignored: it is neither a file nor a directory" || true; }
 [ -x "$py" ] || { echo "creating $venv"; python3 -m venv "$venv"; }
-
-# pip's configured sources as uv options, one per line (CERT=<file> for the certificate bundle)
-pip_sources() {
-    "$py" -m pip config list 2>/dev/null | "$py" -c '
-import shlex, sys
-rank = {":env:": 0, "install": 1, "global": 2}       # pip: environment > install > global
-best = {}
-for line in sys.stdin:
-    key, _, value = line.strip().partition("=")
-    section, _, name = key.rpartition(".")
-    if section in rank and (name not in best or rank[section] < best[name][0]):
-        best[name] = (rank[section], shlex.split(value)[0] if value else "")
-get = lambda name: best.get(name, (0, ""))[1].split()
-for url in get("index-url"):
-    print(f"--default-index={url}")
-for url in get("extra-index-url"):
-    print(f"--index={url}")
-for path in get("find-links"):
-    print(f"--find-links={path}")
-if get("no-index") and get("no-index")[0].lower() in ("1", "true", "yes", "on"):
-    print("--no-index")
-for path in get("cert"):
-    print(f"CERT={path}")
-'
-}
+source tools/uv_env.sh
 
 uv=$venv/.tools/bin/uv
-if [ "${SDA_INSTALLER:-uv}" = uv ] && { [ -x "$uv" ] || "$py" -m pip install -q --disable-pip-version-check \
-        --target "$venv/.tools" "uv==$UV_VERSION" 2>&1 | quiet_pip; } && [ -x "$uv" ]; then
+if [ "${SDA_INSTALLER:-uv}" = uv ] && ensure_uv "$venv"; then
     echo "installing $lock into $venv with uv (~1 min the first time)"
-    mapfile -t args < <(pip_sources)
-    cert=(); uv_args=()
-    for a in "${args[@]}"; do
-        case $a in CERT=*) cert=(SSL_CERT_FILE="${a#CERT=}");; *) uv_args+=("$a");; esac
-    done
+    uv_sources
     # without bytecode compiled at install time the first import of Prefect's server compiles hundreds
     # of modules and its temporary API server misses its start-up timeout
     env "${cert[@]}" "$uv" pip sync --quiet --python "$py" --require-hashes --index-strategy unsafe-first-match \

@@ -13,13 +13,10 @@ venv=${1:-.venv}
 cd "$(dirname "$0")/.."
 py=$venv/bin/python
 uv=$venv/.tools/bin/uv
-[ -x "$uv" ] || { echo "tools/lock.sh: $uv is missing: run 'make install' first" >&2; exit 2; }
-source <(sed -n '/^pip_sources()/,/^}/p' tools/install.sh)
-mapfile -t args < <(pip_sources)
-cert=(); uv_args=()
-for a in "${args[@]}"; do
-    case $a in CERT=*) cert=(SSL_CERT_FILE="${a#CERT=}");; *) uv_args+=("$a");; esac
-done
+[ -x "$py" ] || { echo "creating $venv"; python3 -m venv "$venv"; }
+source tools/uv_env.sh
+ensure_uv "$venv" || { echo "tools/lock.sh: could not install uv into $venv/.tools" >&2; exit 2; }
+uv_sources
 upgrade=(); [ -n "${UPGRADE:-}" ] && upgrade=(--upgrade)
 compile() {
     env "${cert[@]}" "$uv" pip compile --quiet --python "$py" --generate-hashes --index-strategy unsafe-first-match \

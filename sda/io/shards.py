@@ -23,7 +23,7 @@ import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Container, Iterable, Iterator
 
 import numpy as np
 import webdataset as wds
@@ -160,18 +160,22 @@ def verify_shards(shard_dir: str | os.PathLike[str]) -> dict[str, Any]:
     return manifest
 
 
-def iter_samples(shard_dir: str | os.PathLike[str]) -> Iterator[Sample]:
-    """Stream the samples of a finished shard set in key order of writing (deterministic)."""
+def iter_samples(shard_dir: str | os.PathLike[str], labels: Container[int] | None = None) -> Iterator[Sample]:
+    """Stream the samples of a finished shard set in key order of writing (deterministic); with
+    ``labels``, only those of these classes (the others are skipped before their image is decoded)."""
     manifest = read_manifest(shard_dir)
     for e in manifest["shards"]:
-        yield from iter_shard_file(Path(shard_dir) / e["name"])
+        yield from iter_shard_file(Path(shard_dir) / e["name"], labels)
 
 
-def iter_shard_file(path: str | os.PathLike[str]) -> Iterator[Sample]:
-    """Stream the samples of one shard file in order."""
+def iter_shard_file(path: str | os.PathLike[str], labels: Container[int] | None = None) -> Iterator[Sample]:
+    """Stream the samples of one shard file in order (with ``labels``: of these classes only)."""
     # no worker / node splitting: one file is read whole, also inside a DataLoader worker (sda.io.streaming)
     ds = wds.WebDataset([str(path)], shardshuffle=False, empty_check=False, nodesplitter=None,
-                        workersplitter=None).decode("rgb8")
+                        workersplitter=None)
+    if labels is not None:
+        ds = ds.select(lambda rec: int(rec["cls"]) in labels)
+    ds = ds.decode("rgb8")
     for rec in ds:
         yield Sample(key=rec["__key__"], image=rec["png"], label=int(rec["cls"]), meta=rec["json"])
 

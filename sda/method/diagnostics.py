@@ -46,16 +46,17 @@ def synthetic_samples(generated: str | os.PathLike[str], aligned: str | os.PathL
                       per_class: int) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """The first ``per_class`` samples of each of ``classes`` in the shard set ``generated`` (in the order
     written: the same every run) and the same keys in ``aligned``: ``{class: (generated uint8 (K, H, W, 3),
-    aligned uint8 (K, H, W, 3))}``. Reads the shards only as far as it needs."""
+    aligned uint8 (K, H, W, 3))}``. Reads the shards only as far as it needs, decoding only the images
+    of ``classes``."""
     picked: dict[int, list] = {c: [] for c in classes}
-    for s in iter_samples(generated):
+    for s in iter_samples(generated, labels=set(classes)):
         if s.label in picked and len(picked[s.label]) < per_class:
             picked[s.label].append(s)
             if all(len(v) >= per_class for v in picked.values()):
                 break
     keys = {s.key for v in picked.values() for s in v}
     after: dict[str, np.ndarray] = {}
-    for s in iter_samples(aligned):
+    for s in iter_samples(aligned, labels=set(classes)):
         if s.key in keys:
             after[s.key] = s.image
             if len(after) == len(keys):

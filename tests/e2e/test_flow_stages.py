@@ -172,5 +172,5 @@ def test_shard_jobs_publish_their_progress(dvc_repo, prefect_server):
 
     state = pipeline(root=str(dvc_repo), stages=["synth_generate"], return_state=True)
     assert state.is_completed()
-    progress = _artifacts(key="sda-synth-generate")
-    assert progress and progress[0].type == "progress" and progress[0].data == 100.0
+    progress = _artifacts(state.state_details.flow_run_id, "sda-synth-generate")  # this run's, not another's
+    assert len(progress) == 1 and progress[0].type == "progress" and progress[0].data == 100.0
