@@ -177,6 +177,10 @@ class SynthGenerate(_Section):
 class Projection(_Section):
     """The one DDA projection used by synth_align, target_project (and relabel)."""
 
+    method: Literal["dda", "ilvr"] = Field("dda", description=(
+        "dda: low-pass guidance by the input gradient through the UNet (the reference; 3 forward-equivalents a "
+        "step); ilvr: the sample's low-pass content replaced by the noised reference's at each step (Choi et al. "
+        "2021; no backward: 1 a step; scale is not used)."))
     respacing: int = Field(20, ge=2, description="Respaced steps of the training schedule.")
     N: int = Field(4, ge=1, description="Noising depth in respaced steps.")
     D: int = Field(4, ge=1, description="Low-pass down-sampling factor.")
@@ -454,6 +458,7 @@ def require_profile_entry(raw: Mapping[str, Any], source: str = "params.yaml") -
     """A params *file* names every section of :data:`PROFILE_SECTIONS` under ``profiles.<active profile>``
     (``{}``: no override): each stage's DVC params list the active profile's overrides of the sections it
     reads, and DVC refuses to run a stage whose params key is missing."""
+    raw = raw if isinstance(raw, Mapping) else {}
     profile = raw.get("profile", "embedded")
     profiles = raw.get("profiles")
     entry = profiles.get(profile) if isinstance(profiles, Mapping) else None

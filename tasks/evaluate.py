@@ -2,8 +2,11 @@
 
 Writes ``metrics/evaluate.json`` (``{"domains": {d: {source, dda, dda_ens, sda}}, "mean": {...},
 "more": {...}}``, percent), ``metrics/per_domain.csv`` (a DVC plot), ``metrics/results.md`` and
-``metrics/projection_grid.png`` (originals vs projections, per domain) and ``metrics/predictions.csv``
-(SDA's label for every image of the unlabelled domains: a flat target folder). ``classifier_align``'s
+``metrics/projection_grid.png`` (originals vs projections, per domain), ``metrics/predictions.csv``
+(SDA's label for every image of the unlabelled domains: a flat target folder) and the confusion of
+Source and SDA per labelled domain (``metrics/confusion.png``, ``metrics/confusion/<method>/<domain>.csv``).
+The projection's cost per image, counted by ``target_project`` (its ``compute.json``), goes into
+``evaluate.json`` (``compute``) and the table. ``classifier_align``'s
 checks of the synthetic domain (``metrics/alignment.json``) and their warnings are carried into
 ``evaluate.json`` (``alignment``, ``warnings``) and the table. Originals and projections
 are streamed side by side by key (:class:`sda.io.streaming.ShardStream`, ``runtime.loader_workers``
@@ -26,7 +29,7 @@ from sda.io.atomic import atomic_dir, atomic_write_bytes, atomic_write_json
 from sda.io.shards import iter_samples
 from sda.io.streaming import ShardStream
 from sda.method.report import confusion_matrix, confusion_png, grid_png, results_markdown, write_plot_csv
-from sda.method.scoring import DomainScore, score_domain, summarise
+from sda.method.scoring import MAIN_METHODS, DomainScore, score_domain, summarise
 from sda.models.classifiers import load_classifier
 from sda.provenance import code_version, params_hash
 from sda.layout import DATA, METRIC_FILES, METRICS
@@ -74,6 +77,9 @@ def run(params: Params, domain: Domain, device, data: Path = DATA, metrics_dir: 
     if alignment.is_file():
         metrics["alignment"] = json.loads(alignment.read_text())
         metrics["warnings"] = metrics["alignment"].get("warnings", [])
+    compute = data / "target_project" / "compute.json"  # the projection's work, counted by target_project
+    if compute.is_file():
+        metrics["compute"] = compute_per_method(json.loads(compute.read_text()))
     metrics["split"] = params.target_data.split
     metrics["images_per_domain"] = n
     metrics["protocol"] = protocol(params, domain, images_per_domain=n)
@@ -89,6 +95,16 @@ def run(params: Params, domain: Domain, device, data: Path = DATA, metrics_dir: 
     for w in metrics.get("warnings", []):
         log.warning("%s", w)
     return metrics
+
+
+def compute_per_method(projection: dict) -> dict:
+    """Each method's test-time cost per image in UNet forward-equivalents (a forward 1, an input-gradient
+    backward 2; the classifiers' passes are left out, tiny beside the UNet's): the source model needs no
+    projection, every other method one per image (SDA: the same as DDA; its one-off cost, the synthetic
+    set and its re-projection, is not per target image)."""
+    per_image = projection["forward_equivalents_per_image"]
+    return {"unet_forward_equivalents_per_image": {m: (0.0 if m == "source" else per_image) for m in MAIN_METHODS},
+            "projection": projection}
 
 
 def write_confusion(scores: dict[str, DomainScore], class_names: list[str], metrics_dir: Path,

@@ -4,19 +4,37 @@ stages (``synth_align``, ``target_project``); not a stage itself."""
 from __future__ import annotations
 
 import functools
+import json
+import logging
 from pathlib import Path
 
 from sda.config import Params
-from sda.io.atomic import sha256_file
+from sda.io.atomic import atomic_write_json, sha256_file
+from sda.io.resumable_jobs import PROGRESS
+from sda.method.dda import ProjectionCost
 from sda.method.projector import project_job, projection_jobs
 from sda.runtime import derive_seed
 from sda.layout import OUTS
 from tasks.common import run_resumable
 
+COMPUTE = "compute.json"  # in the out: the projection's work, counted (content: no seconds)
+
+
+def write_compute(work: Path, projection_method: str) -> ProjectionCost:
+    """``<work>/compute.json``: the work every shard job counted (:class:`sda.method.dda.ProjectionCost`,
+    from the progress file), in total and per image."""
+    cost = ProjectionCost()
+    for entry in json.loads((work / PROGRESS).read_text())["shards"].values():
+        cost.add(entry.get("stats") or ProjectionCost())
+    atomic_write_json(work / COMPUTE, {"method": projection_method, **cost.as_dict(),
+                                       "forward_equivalents_per_image": round(cost.per_image(), 4)})
+    return cost
+
 
 def run_projection(stage: str, params: Params, device, src_root: Path, subdirs: list[str], out: Path) -> dict:
     """Project the shard sets ``src_root/<sub>`` with the diffusion model of ``data/diffusion_finetune``
-    into ``out/<sub>`` (keys kept), resumably; returns the run summary."""
+    into ``out/<sub>`` (keys kept), resumably; returns the run summary. The out's ``compute.json`` holds
+    the work counted; the closing log line says it per image, with the seconds."""
     model_dir = OUTS["diffusion_finetune"]
     seed = derive_seed(params.runtime.seed, stage)
     jobs = projection_jobs(src_root, subdirs)
@@ -24,4 +42,13 @@ def run_projection(stage: str, params: Params, device, src_root: Path, subdirs: 
                              projection=params.projection, seed=seed, device=str(device))
     model_hash = sha256_file(model_dir / "unet" / "diffusion_pytorch_model.safetensors")
     meta = {"projection": params.projection.model_dump(), "seed": seed, "model": model_hash, "projected_from": str(src_root)}
-    return run_resumable(stage, params, jobs, make, plan=meta, meta=meta, out=out)
+    costs: list[ProjectionCost] = []
+    summary = run_resumable(stage, params, jobs, make, plan=meta, meta=meta, out=out,
+                            extra_files=lambda work: costs.append(write_compute(work, params.projection.method)))
+    cost = costs[0]
+    per_s = summary["seconds"] / summary["new_items"] if summary["new_items"] else None
+    logging.getLogger(f"sda.{stage}").info(
+        "%s: %d images, %.1f UNet forward-equivalents per image (%d forwards + 2 x %d input-gradient backwards)%s",
+        params.projection.method, cost.images, cost.per_image(), cost.forwards, cost.backwards,
+        f", {per_s:.3f} s per image here" if per_s else "")
+    return summary

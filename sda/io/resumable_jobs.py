@@ -86,13 +86,21 @@ def jobs_fingerprint(plan: Any, jobs: list[ShardJob]) -> str:
 
 
 def write_shard(path: Path, samples: Iterable[Sample], max_bytes: float = float("inf")) -> dict[str, Any]:
-    """Write one shard atomically (:func:`sda.io.atomic.atomic_file`); return its progress entry."""
+    """Write one shard atomically (:func:`sda.io.atomic.atomic_file`); return its progress entry. A
+    generator's return value (what the job counted, a dict of numbers) is kept in it as ``stats``."""
     classes: Counter[int] = Counter()
     keys: set[str] = set()
+    stats = None
     t0 = time.perf_counter()
     with atomic_file(path) as tmp:
         with wds.TarWriter(str(tmp), mtime=0.0) as sink:  # fixed mtime: same samples, same bytes
-            for s in samples:
+            it = iter(samples)
+            while True:
+                try:
+                    s = next(it)
+                except StopIteration as end:
+                    stats = end.value
+                    break
                 sink.write(shard_record(s, keys, where=f"shard {path.name}"))
                 classes[int(s.label)] += 1
         size = tmp.stat().st_size
@@ -101,7 +109,7 @@ def write_shard(path: Path, samples: Iterable[Sample], max_bytes: float = float(
                              "lower the shard size")
     return {"count": len(keys), "bytes": size, "sha256": sha256_file(path),
             "classes": {str(k): v for k, v in sorted(classes.items())},
-            "seconds": round(time.perf_counter() - t0, 3)}
+            "seconds": round(time.perf_counter() - t0, 3), **({"stats": stats} if stats else {})}
 
 
 def _do_job(make_samples: Callable[[ShardJob], Iterable[Sample]], work_dir: str, job: ShardJob,
@@ -216,8 +224,12 @@ def run_shard_jobs(
     seconds = time.perf_counter() - t0
     new_items = total_items - resumed
     _write_manifests(work_dir, jobs, done, meta)
+    stats: dict[str, float] = {}
+    for e in done.values():  # every job's, resumed ones included: the work of the whole set
+        for k, v in (e.get("stats") or {}).items():
+            stats[k] = stats.get(k, 0) + v
     summary = {"shards": len(jobs), "resumed_shards": len(jobs) - len(todo), "items": total_items,
-               "new_items": new_items, "seconds": round(seconds, 2),
+               "new_items": new_items, "seconds": round(seconds, 2), **({"stats": stats} if stats else {}),
                "items_per_s": round(new_items / seconds, 2) if seconds > 0 else None,
                "shard_seconds": {j.name: done[j.name].get("seconds") for j in jobs}}
     tqdm.write(f"{desc}: {len(todo)} shard(s) written, {len(jobs) - len(todo)} resumed; {new_items} images "

@@ -14,10 +14,15 @@ Reference behaviour by default (docs/method.md):
 
 Switches: ``per_sample_norm`` (each image guided by its own norm, so results do not depend on the
 batch) and ``fix_off_by_one`` (noise at ts[N-1], where denoising starts).
+
+``method: ilvr`` keeps steps 1 and 3 and replaces 2's guidance by ILVR's (Choi et al., ICCV 2021):
+x_{t-1} = out.sample - LPF_D(out.sample) + LPF_D(q_sample(ref, t-1)), no gradient (at the last step
+the reference itself). Every call counts its work where it happens (:class:`ProjectionCost`).
 """
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -30,7 +35,35 @@ from sda.accel import autocast
 from sda.config import Projection
 from sda.method.sampling import respaced_timesteps
 
-__all__ = ["low_pass", "project"]
+__all__ = ["ProjectionCost", "low_pass", "project"]
+
+
+@dataclass
+class ProjectionCost:
+    """The work of projections, counted where it happens: ``images`` projected, and per image each
+    UNet ``forwards`` pass and each input-gradient ``backwards`` pass through it. A backward costs
+    about two forwards, so the cost in forward-equivalents is ``forwards + 2 * backwards``."""
+
+    images: int = 0
+    forwards: int = 0
+    backwards: int = 0
+
+    @property
+    def forward_equivalents(self) -> int:
+        return self.forwards + 2 * self.backwards
+
+    def per_image(self) -> float:
+        """UNet forward-equivalents per projected image (0 before any)."""
+        return self.forward_equivalents / self.images if self.images else 0.0
+
+    def add(self, other: "ProjectionCost | dict[str, int]") -> "ProjectionCost":
+        o = other if isinstance(other, dict) else asdict(other)
+        self.images, self.forwards, self.backwards = (self.images + o["images"], self.forwards + o["forwards"],
+                                                       self.backwards + o["backwards"])
+        return self
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
 
 
 def low_pass(x: torch.Tensor, D: int) -> torch.Tensor:
@@ -69,6 +102,7 @@ def project(
     class_labels: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     progress: bool = False,
+    cost: ProjectionCost | None = None,
 ) -> torch.Tensor:
     """Project ``images`` (float (B, 3, H, W) in [-1, 1]) and return the projections, same shape
     and range, detached, with the settings of ``projection`` (:class:`sda.config.Projection`, whose
@@ -84,6 +118,9 @@ def project(
     ``precision`` ("fp32" | "bf16" | "fp16") is the UNet's autocast on CUDA (the scheduler step, the
     low-pass and the guidance stay float32); ``unet`` may be a :func:`sda.accel.fast_model`
     (channels_last, ``torch.compile``). fp32 on the CPU whatever ``precision`` says.
+
+    ``projection.method``: ``dda`` (the above) or ``ilvr`` (module docstring). ``cost``, when given,
+    is incremented by what this call did (images, UNet forwards, input-gradient backwards).
     """
     respacing, N, D, scale = projection.respacing, projection.N, projection.D, projection.scale
     per_sample_norm, fix_off_by_one, precision = (projection.per_sample_norm, projection.fix_off_by_one,
@@ -114,6 +151,11 @@ def project(
 
     kwargs: dict[str, Any] = {} if class_labels is None else {"class_labels": class_labels.to(device)}
     amp = autocast(device, precision)
+    b = ref.shape[0]
+    cost = cost if cost is not None else ProjectionCost()
+    cost.images += b
+    if projection.method == "ilvr":
+        return _ilvr(unet, sched, x, ref, ts, N, D, kwargs, amp, generator, cost, progress)
     for i in tqdm(range(N - 1, -1, -1), desc="project", leave=False, disable=not progress):
         t = ts[i]
         tt = torch.full((ref.shape[0],), t, device=device, dtype=torch.long)
@@ -122,6 +164,7 @@ def project(
             # 2. model output at the ORIGINAL timestep t (not the respaced index)
             with amp:
                 model_out = unet(x, tt, **kwargs).sample
+            cost.forwards += b
             # 3. p_sample: pred_x0 (clamped) and x_{t-1} on the respaced schedule
             out = sched.step(model_out.float(), t, x, generator=generator)
             # 4. low-pass guidance towards the reference, gradient through the UNet and the clamp
@@ -131,5 +174,29 @@ def project(
             else:
                 norm = torch.linalg.vector_norm(diff)
             grad = torch.autograd.grad(norm, x)[0]
+            cost.backwards += b
         x = (out.prev_sample - scale * grad).detach()
+    return x
+
+
+def _ilvr(unet: torch.nn.Module, sched: DDPMScheduler, x: torch.Tensor, ref: torch.Tensor, ts: list[int], N: int,
+          D: int, kwargs: dict[str, Any], amp: Any, generator: torch.Generator | None, cost: ProjectionCost,
+          progress: bool) -> torch.Tensor:
+    """ILVR from ``x`` (the reference noised at ts[N] or ts[N-1]) down the respaced steps ts[N-1] .. ts[0]:
+    each step's sample keeps its high frequencies and takes the low ones of the reference noised to
+    the step's target time (one draw each), the last one those of the reference itself. No gradient."""
+    b = x.shape[0]
+    with torch.no_grad():
+        for i in tqdm(range(N - 1, -1, -1), desc="project (ilvr)", leave=False, disable=not progress):
+            tt = torch.full((b,), ts[i], device=x.device, dtype=torch.long)
+            with amp:
+                model_out = unet(x, tt, **kwargs).sample
+            cost.forwards += b
+            sample = sched.step(model_out.float(), ts[i], x, generator=generator).prev_sample
+            if i > 0:
+                noise = randn_tensor(ref.shape, generator=generator, device=ref.device, dtype=ref.dtype)
+                target = sched.add_noise(ref, noise, torch.full((b,), ts[i - 1], device=x.device, dtype=torch.long))
+            else:
+                target = ref
+            x = sample - low_pass(sample, D) + low_pass(target, D)
     return x

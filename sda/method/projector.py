@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Generator
 
 import numpy as np
 import torch
@@ -24,7 +24,7 @@ from sda.config import Projection
 from sda.io.images import to_uint8, to_unit_range
 from sda.io.resumable_jobs import ShardJob
 from sda.io.shards import Sample, batched, iter_shard_file, read_manifest
-from sda.method.dda import project
+from sda.method.dda import ProjectionCost, project
 from sda.models.diffusion import load_diffusion
 from sda.runtime import derive_seed
 
@@ -69,12 +69,12 @@ class Projector:
                                                 self.info.null_label)
         self.projection = projection.model_copy(update={"batch_size": self.batch_size})
 
-    def __call__(self, images: np.ndarray | torch.Tensor, seed: int) -> np.ndarray:
+    def __call__(self, images: np.ndarray | torch.Tensor, seed: int, cost: ProjectionCost | None = None) -> np.ndarray:
         """Projections of uint8 (B, H, W, 3) images, B <= ``batch_size``, as one guidance batch whose
-        noise comes from ``seed``: uint8 (B, H, W, 3)."""
+        noise comes from ``seed``: uint8 (B, H, W, 3). ``cost`` counts the work."""
         gen = torch.Generator(device=self.device).manual_seed(seed)
         return project_uint8(self.unet, self.scheduler, images, self.projection, null_label=self.info.null_label,
-                             generator=gen)
+                             generator=gen, cost=cost)
 
 
 @functools.cache
@@ -92,16 +92,20 @@ def project_job(
     projection: Projection,
     seed: int,
     device: str = "cpu",
-) -> Iterator[Sample]:
+) -> Generator[Sample, None, dict[str, int]]:
     """The projections of input shard ``src_root/job.name``, in guidance batches of the projector's
-    batch size; batch ``b`` draws its noise from ``derive_seed(seed, job.name, b)``."""
+    batch size; batch ``b`` draws its noise from ``derive_seed(seed, job.name, b)``. Returns (as the
+    generator's value, which :func:`sda.io.resumable_jobs.write_shard` records as the job's ``stats``)
+    the work counted (:class:`sda.method.dda.ProjectionCost`)."""
     proj = projector(model_dir, device, projection)
+    cost = ProjectionCost()
     batches = batched(iter_shard_file(Path(src_root) / job.name), proj.batch_size)
     for b, (batch, x) in enumerate(prefetch(batches, lambda batch: torch.from_numpy(np.stack([s.image for s in batch])),
                                             device)):
-        out = proj(x, derive_seed(seed, job.name, b))
+        out = proj(x, derive_seed(seed, job.name, b), cost)
         for s, img in zip(batch, out):
             yield Sample(key=s.key, image=img, label=s.label, meta=s.meta)
+    return cost.as_dict()
 
 
 def project_uint8(
@@ -112,6 +116,7 @@ def project_uint8(
     *,
     null_label: int | None,
     generator: torch.Generator,
+    cost: ProjectionCost | None = None,
 ) -> np.ndarray:
     """DDA projections of uint8 (B, H, W, 3) images (NumPy, or a tensor on any device) as uint8
     (B, H, W, 3), in one guidance batch.
@@ -126,5 +131,5 @@ def project_uint8(
     labels = None if null_label is None else torch.full((len(x),), null_label, dtype=torch.long)
     model = fast_model(unet, channels_last=projection.channels_last, compile=projection.compile)
     with name_oom("projection.batch_size", len(x), "projecting"):
-        y = project(model, scheduler, x, projection, class_labels=labels, generator=generator)
+        y = project(model, scheduler, x, projection, class_labels=labels, generator=generator, cost=cost)
     return to_uint8(y)

@@ -31,6 +31,11 @@ def results_markdown(metrics: Mapping[str, object]) -> str:
     for d, u in metrics.get("unlabelled", {}).items():  # type: ignore[union-attr]
         top = ", ".join(f"{c} {k}" for c, k in sorted(u["sda_counts"].items(), key=lambda kv: -kv[1])[:5])
         lines.append(f"\nUnlabelled `{d}`: {u['images']} images labelled by SDA ({top}; metrics/predictions.csv).")
+    if metrics.get("compute"):
+        p = metrics["compute"]["projection"]  # type: ignore[index]
+        lines.append(f"\nProjection cost ({p['method']}): {p['forward_equivalents_per_image']:g} UNet forward-equivalents "
+                     f"per target image ({p['forwards']} forwards and {p['backwards']} input-gradient backwards "
+                     f"for {p['images']} images; the source model needs none).")
     if metrics.get("alignment"):
         lines.append("\n" + alignment_markdown(metrics["alignment"]))  # type: ignore[arg-type]
     return "\n".join(lines)
@@ -110,9 +115,7 @@ def projection_grid(rows: Mapping[str, tuple[np.ndarray, np.ndarray]], *, upscal
 
 def grid_png(rows: Mapping[str, tuple[np.ndarray, np.ndarray]], image_size: int) -> bytes:
     """:func:`projection_grid` as PNG bytes, upscaled so that tiles are at least 64 px."""
-    buf = io.BytesIO()
-    projection_grid(rows, upscale=max(1, 64 // image_size)).save(buf, format="PNG")
-    return buf.getvalue()
+    return _png(projection_grid(rows, upscale=max(1, 64 // image_size)))
 
 
 def _png(img: Image.Image) -> bytes:
@@ -146,9 +149,11 @@ def confusion_png(matrices: Mapping[str, Mapping[str, np.ndarray]], *, max_class
     """PNG: one row per domain, one row-normalised confusion matrix per method (``matrices[domain][method]``,
     counts (C, C); white 0, dark blue all of the row's images); the diagonal holds each class's hits.
     Over ``max_classes`` classes the cells would be under 3 px: a note to use ``dvc plots`` instead."""
-    first = next(iter(next(iter(matrices.values())).values()), None) if matrices else None
-    if first is None or len(first) > max_classes:
-        return _note("too many classes to draw here: dvc plots show metrics/confusion")
+    if not matrices:
+        return _note("no labelled target domain: nothing to compare")
+    first = next(iter(next(iter(matrices.values())).values()))
+    if len(first) > max_classes:
+        return _note(f"{len(first)} classes: too many to draw here; dvc plots show metrics/confusion")
     cell = max(2, side // len(first))
     colour = torch.tensor([0.85, 0.65, 0.25]).view(3, 1, 1)
     tiles, methods = [], list(next(iter(matrices.values())))

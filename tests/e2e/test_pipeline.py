@@ -57,6 +57,12 @@ def test_every_stage_output(repo):
     assert (aligned.images != synth.images).any()
     assert (data / "synth_generate" / "plan.parquet").is_file()
     assert (data / "classifier_align" / "config.json").is_file()
+    # the projection's work, counted: 3 guided steps (tiny params: N=3) of a forward and a backward
+    compute = json.loads((data / "target_project" / "compute.json").read_text())
+    assert compute["method"] == "dda" and compute["forwards"] == compute["backwards"] == 3 * compute["images"]
+    assert compute["forward_equivalents_per_image"] == 9.0
+    per_method = json.loads((repo / "metrics" / "evaluate.json").read_text())["compute"]["unet_forward_equivalents_per_image"]
+    assert per_method == {"source": 0.0, "dda": 9.0, "dda_ens": 9.0, "sda": 9.0}
 
     domains = json.loads((data / "target_data" / "domains.json").read_text())["domains"]
     assert domains == ["clean", "gaussian_noise", "pixelate"]

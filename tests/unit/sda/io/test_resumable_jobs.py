@@ -84,9 +84,11 @@ def test_projection_shards_are_identical_in_process_and_on_two_workers(model_dir
     make = functools.partial(project_job, model_dir=model_dir, src_root=str(tmp_path / "src"), seed=3,
                              projection=Projection(respacing=10, N=4, D=4, scale=6.0, batch_size=64))
     jobs = projection_jobs(tmp_path / "src", [""])
-    run_shard_jobs(tmp_path / "a", jobs, make, plan={}, workers=0, threads=2, deterministic=True)
-    run_shard_jobs(tmp_path / "b", jobs, make, plan={}, workers=2, deterministic=True)
+    a = run_shard_jobs(tmp_path / "a", jobs, make, plan={}, workers=0, threads=2, deterministic=True)
+    b = run_shard_jobs(tmp_path / "b", jobs, make, plan={}, workers=2, deterministic=True)
     assert _shas(tmp_path / "a") == _shas(tmp_path / "b")
+    # the work each job counted comes back from the workers too: 4 guided steps x (forward + backward)
+    assert a["stats"] == b["stats"] == {"images": 128, "forwards": 512, "backwards": 512}
     assert load_shards(tmp_path / "b").keys == load_shards(tmp_path / "src").keys
     assert (load_shards(tmp_path / "b").images != load_shards(tmp_path / "src").images).any()
 

@@ -3,7 +3,7 @@ import torch
 from resize_right import resize
 
 from sda.config import Projection
-from sda.method.dda import low_pass, project
+from sda.method.dda import ProjectionCost, low_pass, project
 
 KW = dict(respacing=20, N=4, D=4, scale=6.0)
 
@@ -12,10 +12,10 @@ def _images(n, seed=0):
     return torch.rand(n, 3, 16, 16, generator=torch.Generator().manual_seed(seed)) * 2 - 1
 
 
-def _run(unet, sched, x, seed=0, **kw):
+def _run(unet, sched, x, seed=0, cost=None, **kw):
     labels = torch.full((len(x),), 3)
     return project(unet, sched, x, Projection(**{**KW, **kw}), class_labels=labels,
-                   generator=torch.Generator().manual_seed(seed))
+                   generator=torch.Generator().manual_seed(seed), cost=cost)
 
 
 @pytest.mark.slow
@@ -66,6 +66,32 @@ def test_guidance_pulls_towards_reference(tiny_unet, scheduler):
     guided = _run(tiny_unet, scheduler, x, scale=20.0, N=8)
     err = lambda y: (low_pass(y, 4) - low_pass(x, 4)).norm()  # noqa: E731
     assert err(guided) < err(free)
+
+
+def test_the_work_is_counted_where_it_happens(tiny_unet, scheduler):
+    """DDA: a UNet forward and an input-gradient backward per guided step and image (3 forward-
+    equivalents); ILVR: the forward alone. Counts add up over calls."""
+    cost = ProjectionCost()
+    _run(tiny_unet, scheduler, _images(3), cost=cost, N=4)
+    assert cost.as_dict() == {"images": 3, "forwards": 12, "backwards": 12} and cost.per_image() == 12.0
+    _run(tiny_unet, scheduler, _images(2), cost=cost, N=2)
+    assert (cost.images, cost.forward_equivalents) == (5, 3 * 12 + 2 * 6)
+    ilvr = ProjectionCost()
+    _run(tiny_unet, scheduler, _images(3), cost=ilvr, N=4, method="ilvr")
+    assert ilvr.as_dict() == {"images": 3, "forwards": 12, "backwards": 0} and ilvr.per_image() == 4.0
+
+
+def test_ilvr_takes_the_low_frequencies_of_the_reference(tiny_unet, scheduler):
+    """ILVR's last step swaps the sample's low-pass content for the reference's: its projection's low
+    frequencies are far closer to the input's than those of the same denoising without guidance, and
+    it is deterministic from the seed."""
+    x = _images(4)
+    free = _run(tiny_unet, scheduler, x, scale=0.0, N=8)
+    ilvr = _run(tiny_unet, scheduler, x, N=8, method="ilvr")
+    err = lambda y: (low_pass(y, 4) - low_pass(x, 4)).norm()  # noqa: E731
+    assert err(ilvr) < 0.5 * err(free)
+    assert torch.equal(ilvr, _run(tiny_unet, scheduler, x, N=8, method="ilvr"))
+    assert (ilvr - x).abs().mean() > 1e-3  # the high frequencies are the model's
 
 
 @pytest.mark.parametrize("kw, msg", [

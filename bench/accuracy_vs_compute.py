@@ -1,0 +1,134 @@
+"""Accuracy against projection compute: Source / DDA / SDA mean corruption accuracy of the embedded
+pipeline for each projection setting, against the UNet forward-equivalents per target image that
+target_project counted (a forward 1, an input-gradient backward 2: sda.method.dda.ProjectionCost).
+
+One scratch clone of this checkout's HEAD (commit first) per seed; each setting is a `dvc repro` there
+with `projection.*` changed, so only the stages that read the projection re-run (synth_align, then
+classifier_align, target_project, evaluate: Mix of Diffusion uses the projection the targets get),
+and DVC's run cache makes a setting seen before free. `--cache DIR` shares an existing DVC cache (this
+checkout's `.dvc/cache`): the default setting of a seed whose run it holds costs nothing.
+
+    .venv/bin/python bench/accuracy_vs_compute.py --seeds 0 --cache .dvc/cache --out /tmp/avc
+    .venv/bin/python bench/accuracy_vs_compute.py --settings dda:4 ilvr:4 ilvr:1 --seeds 0 1 2
+
+Prints a table per setting (mean over the seeds), writes `accuracy_vs_compute.csv` (a DVC plot:
+`dvc plots show accuracy_vs_compute.csv -x unet_fe_per_image -y sda`) and `accuracy_vs_compute.png`
+(matplotlib, when installed) to --out, and what each setting would cost on ImageNet-C severity 5 on
+one H200, scaled from the measured fast-mode DDA (1.40 images/s at 150 forward-equivalents per image,
+docs/gpu.md): an extrapolation by forward-equivalents, not a measurement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from folder_example import clone_head  # noqa: E402
+
+METHODS = ("source", "dda", "sda")
+DEFAULT = ["dda:4", "dda:2", "dda:1", "ilvr:4", "ilvr:2", "ilvr:1"]
+IMAGENET_C_SEV5 = 15 * 50_000      # images: 15 corruptions of the 50,000 val images
+H200_DDA_IMAGES_PER_S, H200_DDA_FE = 1.40, 150.0   # measured: fast mode, respacing 100, N 50
+
+
+def run(repo: Path, *cmd: str) -> str:
+    r = subprocess.run(list(cmd), cwd=repo, capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} failed in {repo}:\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
+    return r.stdout
+
+
+def setting(spec: str) -> dict:
+    """``method:N`` -> the projection params that change."""
+    method, _, n = spec.partition(":")
+    return {"method": method, "N": int(n)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--settings", nargs="+", default=DEFAULT, help="method:N (default: %(default)s)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--cache", type=Path, default=None, help="a DVC cache to share (e.g. .dvc/cache)")
+    ap.add_argument("--out", type=Path, default=Path("/tmp/sda-accuracy-vs-compute"), help="scratch folder (created)")
+    args = ap.parse_args()
+    if args.out.exists():
+        sys.exit(f"{args.out} exists: remove it or pick another --out")
+    dvc = [sys.executable, "-m", "dvc"]
+    rows = []
+    for seed in args.seeds:
+        repo = args.out / f"seed-{seed}"
+        clone_head(repo)
+        if args.cache:
+            run(repo, *dvc, "cache", "dir", "--local", str(args.cache.resolve()))
+        base = yaml.safe_load((repo / "params.yaml").read_text())
+        base["runtime"]["seed"] = seed
+        for spec in args.settings:
+            params = json.loads(json.dumps(base))
+            params["projection"].update(setting(spec))
+            (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+            t0 = time.perf_counter()
+            out = run(repo, *dvc, "repro")
+            ran = [s for s in ("synth_align", "classifier_align", "target_project", "evaluate")
+                   if f"Running stage '{s}'" in out]
+            m = json.loads((repo / "metrics" / "evaluate.json").read_text())
+            c = m["compute"]["projection"]
+            rows.append({"seed": seed, "setting": spec, **{k: m["mean"][k] for k in METHODS},
+                         "unet_fe_per_image": c["forward_equivalents_per_image"],
+                         "fallback": bool((m.get("alignment") or {}).get("fallback")),
+                         "seconds": round(time.perf_counter() - t0), "ran": ",".join(ran)})
+            print(json.dumps(rows[-1]), flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    table = []
+    for spec in args.settings:
+        rs = [r for r in rows if r["setting"] == spec]
+        mean = {k: statistics.mean(r[k] for r in rs) for k in METHODS}
+        sd = {k: statistics.stdev(r[k] for r in rs) if len(rs) > 1 else 0.0 for k in METHODS}
+        fe = rs[0]["unet_fe_per_image"]
+        hours = IMAGENET_C_SEV5 / (H200_DDA_IMAGES_PER_S * H200_DDA_FE / fe) / 3600 if fe else 0.0
+        table.append({"setting": spec, "unet_fe_per_image": fe, **mean, **{f"{k}_sd": sd[k] for k in METHODS},
+                      "imagenet_c_h200_hours": round(hours, 1), "fallbacks": sum(r["fallback"] for r in rs)})
+    with (args.out / "accuracy_vs_compute.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(table[0]))
+        w.writeheader()
+        w.writerows(table)
+    print(f"\nseeds {args.seeds}; mean corruption top-1 % (test split); UNet forward-equivalents per image")
+    print("| setting | FE / image | source | DDA | SDA | ImageNet-C sev. 5 on one H200 (h, scaled) |")
+    print("|---|---|---|---|---|---|")
+    for t in table:
+        print(f"| {t['setting']} | {t['unet_fe_per_image']:g} | " + " | ".join(
+            f"{t[k]:.2f}" + (f" ± {t[k + '_sd']:.2f}" if len(args.seeds) > 1 else "") for k in METHODS)
+            + f" | {t['imagenet_c_h200_hours']:g} |")
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    for method in ("ilvr", "dda"):
+        pts = sorted((t["unet_fe_per_image"], t["sda"], t["dda"]) for t in table if t["setting"].startswith(method))
+        if pts:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=f"SDA, {method} projection")
+            ax.plot([p[0] for p in pts], [p[2] for p in pts], "s--", label=f"DDA, {method} projection")
+    ax.axhline(table[0]["source"], color="gray", lw=1, label="source model")
+    ax.set_xscale("log")
+    ax.set_xlabel("UNet forward-equivalents per target image")
+    ax.set_ylabel("mean corruption top-1 %")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(args.out / "accuracy_vs_compute.png")
+
+
+if __name__ == "__main__":
+    main()
