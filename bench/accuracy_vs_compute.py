@@ -9,7 +9,7 @@ and DVC's run cache makes a setting seen before free. `--cache DIR` shares an ex
 checkout's `.dvc/cache`): the default setting of a seed whose run it holds costs nothing.
 
     .venv/bin/python bench/accuracy_vs_compute.py --seeds 0 --cache .dvc/cache --out /tmp/avc
-    .venv/bin/python bench/accuracy_vs_compute.py --settings dda:4 ilvr:4 ilvr:1 --seeds 0 1 2
+    .venv/bin/python bench/accuracy_vs_compute.py --settings dda:4 ilvr:4 ilvr:1 dda:2:10 --seeds 0 1 2
 
 Prints a table per setting (mean over the seeds), writes `accuracy_vs_compute.csv` (a DVC plot:
 `dvc plots show accuracy_vs_compute.csv -x unet_fe_per_image -y sda`) and `accuracy_vs_compute.png`
@@ -49,25 +49,32 @@ def run(repo: Path, *cmd: str) -> str:
 
 
 def setting(spec: str) -> dict:
-    """``method:N`` -> the projection params that change."""
-    method, _, n = spec.partition(":")
-    return {"method": method, "N": int(n)}
+    """``method:N[:respacing]`` -> the projection params that change (``dda:2:10``: 2 guided steps of a
+    10-step respacing, from about the noise level of the default's 4 of 20)."""
+    method, n, *respacing = spec.split(":")
+    return {"method": method, "N": int(n), **({"respacing": int(respacing[0])} if respacing else {})}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--settings", nargs="+", default=DEFAULT, help="method:N (default: %(default)s)")
+    ap.add_argument("--settings", nargs="+", default=DEFAULT, help="method:N[:respacing] (default: %(default)s)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--cache", type=Path, default=None, help="a DVC cache to share (e.g. .dvc/cache)")
     ap.add_argument("--out", type=Path, default=Path("/tmp/sda-accuracy-vs-compute"), help="scratch folder (created)")
+    ap.add_argument("--repo", type=Path, action="append", default=[],
+                    help="use this checkout (one per seed, in --seeds order) instead of a new clone: a finished "
+                         "run of that seed whose upstream stages need not run again")
     args = ap.parse_args()
     if args.out.exists():
         sys.exit(f"{args.out} exists: remove it or pick another --out")
+    if args.repo and len(args.repo) != len(args.seeds):
+        sys.exit("--repo: one checkout per seed")
     dvc = [sys.executable, "-m", "dvc"]
     rows = []
-    for seed in args.seeds:
-        repo = args.out / f"seed-{seed}"
-        clone_head(repo)
+    for i, seed in enumerate(args.seeds):
+        repo = args.repo[i].resolve() if args.repo else args.out / f"seed-{seed}"
+        if not args.repo:
+            clone_head(repo)
         if args.cache:
             run(repo, *dvc, "cache", "dir", "--local", str(args.cache.resolve()))
         base = yaml.safe_load((repo / "params.yaml").read_text())
