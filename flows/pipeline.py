@@ -41,7 +41,7 @@ from flows.serve import check_served_root
 from sda.config import ParamsError, load_params
 from sda.domains import domain_for, domain_names, set_profile
 from sda.io.resumable_jobs import PROGRESS
-from sda.layout import METRIC_FILES, RUNS, WORK
+from sda.layout import METRIC_FILES, RUNS, TRAINING_CURVE, TRAINING_STAGES, TRAINING_SUMMARY, WORK
 from tasks import STAGES
 from tasks.launch import choose_wait_policy
 from tasks.stage_server import ENV as STAGE_SERVER_ENV
@@ -276,9 +276,9 @@ def time_table(runs: list[dict]) -> str:
     return "\n".join(rows)
 
 
-def _results_markdown(root: Path, runs: list[dict]) -> str:
-    metrics = json.loads((root / "metrics" / "evaluate.json").read_text())
-    table = (root / "metrics" / "results.md").read_text()
+def _results_markdown(root: Path, runs: list[dict], metrics: dict, table: str) -> str:
+    """The run's markdown artifact: ``table`` (metrics/results.md), the corruption means of ``metrics``
+    (metrics/evaluate.json), where the time went, the training summaries and the pictures."""
     parts = [
         f"# SDA results ({metrics.get('split', 'test')} split, top-1 %)",
         table,
@@ -299,16 +299,13 @@ def _results_markdown(root: Path, runs: list[dict]) -> str:
     return "\n\n".join(parts)
 
 
-TRAINING = ("source_model", "diffusion_finetune", "classifier_align")
-
-
 def training_markdown(root: Path) -> str:
     """The training stages' summaries (metrics/<stage>.json) as a markdown table; their curves are DVC
     plots (``dvc plots show``) and the flow's table artifacts."""
     rows = []
-    for stage in TRAINING:
+    for stage in TRAINING_STAGES:
         with contextlib.suppress(OSError, ValueError):
-            summary = json.loads((root / METRIC_FILES[stage]).read_text())
+            summary = json.loads((root / TRAINING_SUMMARY[stage]).read_text())
             rows.append(f"| {stage} | " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                                                    for k, v in summary.items()) + " |")
     return "## Training\n| stage | summary |\n|---|---|\n" + "\n".join(rows) if rows else ""
@@ -320,8 +317,8 @@ def publish_tables(root: Path, metrics: dict) -> None:
     table = [{"domain": d, **{m: acc[m] for m in methods}} for d, acc in metrics["domains"].items()]
     table.append({"domain": "mean (corruptions)", **metrics["mean"]})
     create_table_artifact(table, key="sda-results-table", description="Top-1 % per target domain and method")
-    for stage in TRAINING:
-        curve = root / METRIC_FILES[f"{stage}_curve"]
+    for stage in TRAINING_STAGES:
+        curve = root / TRAINING_CURVE[stage]
         with contextlib.suppress(OSError):
             with curve.open() as f:
                 rows = list(csv.DictReader(f))
@@ -401,15 +398,17 @@ def _run_pipeline(root_p: Path, stages: list[str] | None, force: bool, profile: 
             r["prefect"] = round(max(0.0, r["wall"] - r["seconds"]), 1)
             runs.append(r)
     print("Where the time went:\n" + time_table(runs))
-    metrics_path = root_p / "metrics" / "evaluate.json"
+    metrics_path = root_p / METRIC_FILES["evaluate"]
     if "evaluate" in todo and metrics_path.is_file():
-        md = _results_markdown(root_p, runs)
-        print((root_p / "metrics" / "results.md").read_text())
-        for w in json.loads(metrics_path.read_text()).get("warnings", []):
+        metrics = json.loads(metrics_path.read_text())
+        table = (root_p / METRIC_FILES["results"]).read_text()
+        print(table)
+        for w in metrics.get("warnings", []):
             get_run_logger().warning("%s", w)  # the synthetic domain is weak: named stage and setting
-        create_markdown_artifact(key="sda-results", markdown=md, description="SDA pipeline results")
-        publish_tables(root_p, json.loads(metrics_path.read_text()))
-        return {"stages": runs, "metrics": json.loads(metrics_path.read_text())}
+        create_markdown_artifact(key="sda-results", markdown=_results_markdown(root_p, runs, metrics, table),
+                                 description="SDA pipeline results")
+        publish_tables(root_p, metrics)
+        return {"stages": runs, "metrics": metrics}
     return {"stages": runs}
 
 

@@ -5,7 +5,8 @@ stages (``tasks/``), the relabel service, ``make clean`` and the tests; ``tests`
 - ``OUTS[stage]``: each stage's DVC out, ``data/<stage>/``;
 - ``MODELS[role]``: the folders relabelling loads (the source and aligned classifiers, the diffusion
   model) and the class list, with ``MODEL_STAGES[role]``, the stage that writes each;
-- ``METRIC_FILES``: what the stages write under ``metrics/`` (DVC metrics, plots and pictures);
+- ``METRIC_FILES``: what the stages write under ``metrics/`` (DVC metrics, plots and pictures), with
+  ``TRAINING_STAGES`` and their ``TRAINING_SUMMARY`` (JSON) and ``TRAINING_CURVE`` (CSV) files;
 - ``RUNS`` (run records: timings, resumed shards) and ``WORK`` (resumable work in progress): beside
   the outs, never inside one, and not versioned.
 
@@ -18,7 +19,8 @@ import argparse
 import shutil
 from pathlib import Path
 
-__all__ = ["DATA", "METRICS", "METRIC_FILES", "MODELS", "MODEL_STAGES", "OUTS", "RUNS", "STAGE_ORDER", "WORK", "clean"]
+__all__ = ["DATA", "METRICS", "METRIC_FILES", "MODELS", "MODEL_STAGES", "OUTS", "RUNS", "STAGE_ORDER",
+           "TRAINING_CURVE", "TRAINING_STAGES", "TRAINING_SUMMARY", "WORK", "clean"]
 
 DATA = Path("data")
 METRICS = Path("metrics")
@@ -45,6 +47,12 @@ MODEL_STAGES: dict[str, str] = {"source": "source_model", "aligned": "classifier
 MODELS: dict[str, Path] = {**{role: OUTS[stage] for role, stage in MODEL_STAGES.items()},
                            "classes": OUTS["source_data"] / "classes.json"}
 
+# the stages that train a model: a summary each (DVC metrics; `dvc exp show` columns) and a curve per
+# epoch or logged step (DVC plots; the flow's table artifacts)
+TRAINING_STAGES: tuple[str, ...] = ("source_model", "diffusion_finetune", "classifier_align")
+TRAINING_SUMMARY: dict[str, Path] = {stage: METRICS / f"{stage}.json" for stage in TRAINING_STAGES}
+TRAINING_CURVE: dict[str, Path] = {stage: METRICS / "training" / f"{stage}.csv" for stage in TRAINING_STAGES}
+
 METRIC_FILES: dict[str, Path] = {
     "alignment": METRICS / "alignment.json",   # classifier_align: the checks of the synthetic domain
     "evaluate": METRICS / "evaluate.json",     # evaluate: every method per domain, the protocol
@@ -52,13 +60,8 @@ METRIC_FILES: dict[str, Path] = {
     "results": METRICS / "results.md",
     "grid": METRICS / "projection_grid.png",
     "predictions": METRICS / "predictions.csv",  # the SDA labels of the unlabelled target folders
-    # the training stages' DVC metrics (a summary each) and plots (the curve per epoch or logged step)
-    "source_model": METRICS / "source_model.json",
-    "source_model_curve": METRICS / "training" / "source_model.csv",
-    "diffusion_finetune": METRICS / "diffusion_finetune.json",
-    "diffusion_finetune_curve": METRICS / "training" / "diffusion_finetune.csv",
-    "classifier_align": METRICS / "classifier_align.json",
-    "classifier_align_curve": METRICS / "training" / "classifier_align.csv",
+    **{f"{stage}_summary": path for stage, path in TRAINING_SUMMARY.items()},
+    **{f"{stage}_curve": path for stage, path in TRAINING_CURVE.items()},
     # pictures: the synthetic images per class (classifier_align), confusion per domain (evaluate)
     "synthetic_grid": METRICS / "synthetic_grid.png",
     "confusion": METRICS / "confusion.png",

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from sda.config import Params, ParamsError, load_params
-from sda.layout import METRIC_FILES, RUNS, WORK
+from sda.layout import RUNS, TRAINING_CURVE, TRAINING_SUMMARY, WORK
 from sda.io.atomic import atomic_write_bytes, atomic_write_json, clean_stale_temps, replace_dir
 from sda.io.cluster import SchedulerUnreachableError
 from sda.io.resumable_jobs import PROGRESS, jobs_fingerprint, run_shard_jobs
@@ -112,14 +112,14 @@ def _record_timing(stage: str, body_start: float, seconds: float) -> None:
 def write_training_metrics(stage: str, summary: dict[str, float | int], columns: list[str],
                            rows: list[dict[str, float | int]]) -> None:
     """A training stage's DVC metrics and plot: ``summary`` (scalars: ``dvc metrics`` / ``dvc exp show``
-    columns) to ``METRIC_FILES[stage]`` (JSON) and its curve, one row per epoch or per logged step, to
-    ``METRIC_FILES[stage + "_curve"]`` (CSV with ``columns``; ``dvc plots``). Floats keep 6 significant
+    columns) to ``TRAINING_SUMMARY[stage]`` (JSON) and its curve, one row per epoch or per logged step, to
+    ``TRAINING_CURVE[stage]`` (CSV with ``columns``; ``dvc plots``). Floats keep 6 significant
     digits: the files are content (the same run writes the same bytes), nothing of time or host."""
     fmt = lambda v: f"{v:.6g}" if isinstance(v, float) else str(v)  # noqa: E731
-    METRIC_FILES[f"{stage}_curve"].parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(METRIC_FILES[stage], {k: float(fmt(v)) if isinstance(v, float) else v for k, v in summary.items()})
+    TRAINING_CURVE[stage].parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(TRAINING_SUMMARY[stage], {k: float(fmt(v)) if isinstance(v, float) else v for k, v in summary.items()})
     lines = [",".join(columns)] + [",".join(fmt(row[c]) if c in row else "" for c in columns) for row in rows]
-    atomic_write_bytes(METRIC_FILES[f"{stage}_curve"], ("\n".join(lines) + "\n").encode())
+    atomic_write_bytes(TRAINING_CURVE[stage], ("\n".join(lines) + "\n").encode())
 
 
 def section_json(params: Params, *sections: str) -> dict:
