@@ -10,6 +10,11 @@ checkout's `.dvc/cache`): the default setting of a seed whose run it holds costs
 
     .venv/bin/python bench/accuracy_vs_compute.py --seeds 0 --cache .dvc/cache --out /tmp/avc
     .venv/bin/python bench/accuracy_vs_compute.py --settings dda:4 ilvr:4 ilvr:1 dda:2:10 --seeds 0 1 2
+    .venv/bin/python bench/accuracy_vs_compute.py --settings distilled:4 distilled+ilvr:4 --repo /tmp/avc/seed-0
+
+`distilled` settings (one evaluation of a student that synth_align trains) also report the one-off work
+of the distillation (the teacher's projections and the student's training), which the per-image figure
+leaves out.
 
 Prints a table per setting (mean over the seeds), writes `accuracy_vs_compute.csv` (a DVC plot:
 `dvc plots show accuracy_vs_compute.csv -x unet_fe_per_image -y sda`) and `accuracy_vs_compute.png`
@@ -50,9 +55,23 @@ def run(repo: Path, *cmd: str) -> str:
 
 def setting(spec: str) -> dict:
     """``method:N[:respacing]`` -> the projection params that change (``dda:2:10``: 2 guided steps of a
-    10-step respacing, from about the noise level of the default's 4 of 20)."""
+    10-step respacing, from about the noise level of the default's 4 of 20; ``distilled:4``: one evaluation
+    of a student of ``dda:4``, ``distilled+ilvr:4`` of ``ilvr:4``)."""
     method, n, *respacing = spec.split(":")
-    return {"method": method, "N": int(n), **({"respacing": int(respacing[0])} if respacing else {})}
+    method, _, teacher = method.partition("+")
+    return {"method": method, "N": int(n), **({"teacher": teacher} if teacher else {}),
+            **({"respacing": int(respacing[0])} if respacing else {})}
+
+
+def distillation_fe(repo: Path) -> float:
+    """The one-off work of a distilled projector (its teacher's projections and the student's training, in
+    UNet forward-equivalents) from ``data/synth_align/projector/projector.json``; 0 for the other methods."""
+    path = repo / "data" / "synth_align" / "projector" / "projector.json"
+    record = json.loads(path.read_text()) if path.is_file() else {"method": None}
+    if record["method"] != "distilled":
+        return 0.0
+    t = record["teacher_cost"]
+    return t["forwards"] + 2 * t["backwards"] + record["student_forward_equivalents"]
 
 
 def main() -> None:
@@ -77,7 +96,9 @@ def main() -> None:
             clone_head(repo)
         if args.cache:
             run(repo, *dvc, "cache", "dir", "--local", str(args.cache.resolve()))
-        base = yaml.safe_load((repo / "params.yaml").read_text())
+        # the committed params, not what the last setting left in the work tree (a --repo checkout's
+        # uncommitted params are dropped too: commit them, or its upstream stages run again)
+        base = yaml.safe_load(run(repo, "git", "show", "HEAD:params.yaml"))
         base["runtime"]["seed"] = seed
         for spec in args.settings:
             params = json.loads(json.dumps(base))
@@ -90,7 +111,7 @@ def main() -> None:
             m = json.loads((repo / "metrics" / "evaluate.json").read_text())
             c = m["compute"]["projection"]
             rows.append({"seed": seed, "setting": spec, **{k: m["mean"][k] for k in METHODS},
-                         "unet_fe_per_image": c["forward_equivalents_per_image"],
+                         "unet_fe_per_image": c["forward_equivalents_per_image"], "one_off_fe": distillation_fe(repo),
                          "fallback": bool((m.get("alignment") or {}).get("fallback")),
                          "seconds": round(time.perf_counter() - t0), "ran": ",".join(ran)})
             print(json.dumps(rows[-1]), flush=True)
@@ -102,17 +123,18 @@ def main() -> None:
         sd = {k: statistics.stdev(r[k] for r in rs) if len(rs) > 1 else 0.0 for k in METHODS}
         fe = rs[0]["unet_fe_per_image"]
         hours = IMAGENET_C_SEV5 / (H200_DDA_IMAGES_PER_S * H200_DDA_FE / fe) / 3600 if fe else 0.0
-        table.append({"setting": spec, "unet_fe_per_image": fe, **mean, **{f"{k}_sd": sd[k] for k in METHODS},
+        table.append({"setting": spec, "unet_fe_per_image": fe, "one_off_fe": rs[0]["one_off_fe"], **mean, **{f"{k}_sd": sd[k] for k in METHODS},
                       "imagenet_c_h200_hours": round(hours, 1), "fallbacks": sum(r["fallback"] for r in rs)})
     with (args.out / "accuracy_vs_compute.csv").open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(table[0]))
         w.writeheader()
         w.writerows(table)
     print(f"\nseeds {args.seeds}; mean corruption top-1 % (test split); UNet forward-equivalents per image")
-    print("| setting | FE / image | source | DDA | SDA | ImageNet-C sev. 5 on one H200 (h, scaled) |")
-    print("|---|---|---|---|---|---|")
+    print("| setting | FE / image | one-off FE (distillation) | source | DDA | SDA | ImageNet-C sev. 5 on one H200 "
+          "(h, scaled) |")
+    print("|---|---|---|---|---|---|---|")
     for t in table:
-        print(f"| {t['setting']} | {t['unet_fe_per_image']:g} | " + " | ".join(
+        print(f"| {t['setting']} | {t['unet_fe_per_image']:g} | {t['one_off_fe']:.3g} | " + " | ".join(
             f"{t[k]:.2f}" + (f" ± {t[k + '_sd']:.2f}" if len(args.seeds) > 1 else "") for k in METHODS)
             + f" | {t['imagenet_c_h200_hours']:g} |")
     try:
@@ -123,8 +145,9 @@ def main() -> None:
     except ImportError:
         return
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    for method in ("ilvr", "dda"):
-        pts = sorted((t["unet_fe_per_image"], t["sda"], t["dda"]) for t in table if t["setting"].startswith(method))
+    for method in ("ilvr", "dda", "distilled"):
+        pts = sorted((t["unet_fe_per_image"], t["sda"], t["dda"]) for t in table
+                     if setting(t["setting"])["method"] == method)
         if pts:
             ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=f"SDA, {method} projection")
             ax.plot([p[0] for p in pts], [p[2] for p in pts], "s--", label=f"DDA, {method} projection")

@@ -297,7 +297,9 @@ def bench_embedded_agreement(t: Table, device: torch.device, modes: list[str], d
     from sda.config import load_params
 
     params = load_params(ROOT / "params.yaml")
-    unet, sched, info = load_diffusion(data / "diffusion_finetune", device)
+    from sda.layout import projector_dir
+
+    unet, sched, info = load_diffusion(ROOT / projector_dir(params.projection.method), device)
     source = load_classifier(data / "source_model", device)
     aligned = load_classifier(data / "classifier_align", device)
     domains = json.loads((data / "target_data" / "domains.json").read_text())["domains"][:max_domains]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import sys
 import time
 
 import numpy as np
@@ -36,6 +37,9 @@ def main() -> None:
     set_threads(params.runtime.threads)
     val = load_shards(DATA / "source_data" / "val")
     src = load_classifier(DATA / "source_model")
+    if params.projection.method == "distilled":
+        sys.exit("projection.method: distilled has nothing to tune here (its student is trained for one setting by "
+                 "synth_align): tune its teacher's settings with method dda or ilvr")
     unet, sched, info = load_diffusion(DATA / "diffusion_finetune")
     images, labels = val.images[: args.limit], val.labels[: args.limit]
     domains = {c: images if c == "clean" else corrupt_images(images, c, 5, derive_seed(99, c)) for c in args.corruptions}

@@ -177,10 +177,17 @@ class SynthGenerate(_Section):
 class Projection(_Section):
     """The one DDA projection used by synth_align, target_project (and relabel)."""
 
-    method: Literal["dda", "ilvr"] = Field("dda", description=(
+    method: Literal["dda", "ilvr", "distilled"] = Field("dda", description=(
         "dda: low-pass guidance by the input gradient through the UNet (the reference; 3 forward-equivalents a "
         "step); ilvr: the sample's low-pass content replaced by the noised reference's at each step (Choi et al. "
-        "2021; no backward: 1 a step; scale is not used)."))
+        "2021; no backward: 1 a step; scale is not used); distilled: one evaluation of a copy of the UNet trained "
+        "by synth_align to give what `teacher` (at respacing, N, D, scale) gives from the same noised image."))
+    teacher: Literal["dda", "ilvr"] = Field("dda", description="method: distilled: the guided projection it learns.")
+    distill_images: int = Field(2000, ge=1, description=(
+        "method: distilled: synthetic images (a seeded draw of data/synth_generate) the teacher projects."))
+    distill_draws: int = Field(2, ge=1, description="method: distilled: teacher projections (noise draws) per image.")
+    distill_steps: int = Field(1000, ge=1, description="method: distilled: training steps of the student (batch_size).")
+    distill_lr: float = Field(1e-4, gt=0, description="method: distilled: the student's AdamW learning rate.")
     respacing: int = Field(20, ge=2, description="Respaced steps of the training schedule.")
     N: int = Field(4, ge=1, description="Noising depth in respaced steps.")
     D: int = Field(4, ge=1, description="Low-pass down-sampling factor.")
@@ -201,6 +208,9 @@ class Projection(_Section):
     def _n_fits(self) -> "Projection":
         if self.N >= self.respacing:
             raise ValueError(f"N={self.N} must be smaller than respacing={self.respacing}")
+        if self.method == "distilled" and self.batch_size == "auto":
+            raise ValueError("method: distilled needs a number for batch_size (the batch its teacher and student "
+                             "train with), not auto")
         return self
 
 

@@ -4,7 +4,8 @@ stages (``tasks/``), the relabel service, ``make clean`` and the tests; ``tests`
 
 - ``OUTS[stage]``: each stage's DVC out, ``data/<stage>/``;
 - ``MODELS[role]``: the folders relabelling loads (the source and aligned classifiers, the diffusion
-  model) and the class list, with ``MODEL_STAGES[role]``, the stage that writes each;
+  model, ``synth_align``'s projector record / distilled student) and the class list, with
+  ``MODEL_STAGES[role]``, the stage that writes each model out;
 - ``METRIC_FILES``: what the stages write under ``metrics/`` (DVC metrics, plots and pictures), with
   ``TRAINING_STAGES`` and their ``TRAINING_SUMMARY`` (JSON) and ``TRAINING_CURVE`` (CSV) files;
 - ``RUNS`` (run records: timings, resumed shards) and ``WORK`` (resumable work in progress): beside
@@ -20,7 +21,7 @@ import shutil
 from pathlib import Path
 
 __all__ = ["DATA", "METRICS", "METRIC_FILES", "MODELS", "MODEL_STAGES", "OUTS", "RUNS", "STAGE_ORDER",
-           "TRAINING_CURVE", "TRAINING_STAGES", "TRAINING_SUMMARY", "WORK", "clean"]
+           "TRAINING_CURVE", "TRAINING_STAGES", "TRAINING_SUMMARY", "WORK", "clean", "projector_dir"]
 
 DATA = Path("data")
 METRICS = Path("metrics")
@@ -45,7 +46,9 @@ OUTS: dict[str, Path] = {stage: DATA / stage for stage in STAGE_ORDER if stage !
 MODEL_STAGES: dict[str, str] = {"source": "source_model", "aligned": "classifier_align",
                                 "diffusion": "diffusion_finetune"}
 MODELS: dict[str, Path] = {**{role: OUTS[stage] for role, stage in MODEL_STAGES.items()},
-                           "classes": OUTS["source_data"] / "classes.json"}
+                           "classes": OUTS["source_data"] / "classes.json",
+                           # what projects: a record of the method, and the student of projection.method: distilled
+                           "projector": OUTS["synth_align"] / "projector"}
 
 # the stages that train a model: a summary each (DVC metrics; `dvc exp show` columns) and a curve per
 # epoch or logged step (DVC plots; the flow's table artifacts)
@@ -67,6 +70,12 @@ METRIC_FILES: dict[str, Path] = {
     "confusion": METRICS / "confusion.png",
     "confusion_rows": METRICS / "confusion",  # <method>/<domain>.csv: actual, predicted per image (DVC's confusion plots)
 }
+
+
+def projector_dir(method: str) -> Path:
+    """The folder whose UNet projects with ``projection.method``: ``synth_align``'s distilled student for
+    ``distilled`` (``MODELS["projector"]``), else the diffusion model (``data/diffusion_finetune``)."""
+    return MODELS["projector"] if method == "distilled" else OUTS["diffusion_finetune"]
 
 
 def clean(root: Path) -> list[Path]:

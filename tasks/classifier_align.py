@@ -40,7 +40,7 @@ from sda.method.scoring import fell_back
 from sda.models.diffusion import DiffusionInfo
 from sda.models.classifiers import Classifier, fit_classifier, input_spec, load_classifier, paper_recipe, save_classifier
 from sda.runtime import derive_seed
-from sda.layout import METRICS, METRIC_FILES, OUTS
+from sda.layout import METRICS, METRIC_FILES, OUTS, projector_dir
 from tasks.common import stage_main, write_training_metrics
 
 log = logging.getLogger("sda.classifier_align")
@@ -172,14 +172,14 @@ def levers(params: Params, domain: Domain) -> dict[str, str]:
 
 def _main(params: Params, args: argparse.Namespace, domain: Domain) -> int:
     cfg, rt = params.classifier_align, params.runtime
-    val_dir, model_dir = OUTS["source_data"] / "val", OUTS["diffusion_finetune"]
+    val_dir, model_dir = OUTS["source_data"] / "val", projector_dir(params.projection.method)
     has_val = (val_dir / "manifest.json").is_file() and read_manifest(val_dir)["count"] > 0
     if cfg.select_epoch and not has_val:
         raise ValueError(f"classifier_align.select_epoch needs the source val split {val_dir}, which this profile "
                          f"({params.profile}) does not write: set classifier_align.select_epoch: false")
     class_names = json.loads((OUTS["source_data"] / "classes.json").read_text())["names"]
     source = load_classifier(OUTS["source_model"], args.device)  # the judge; run() fine-tunes its own copy
-    probe = DiffusionInfo.read(model_dir).probe  # diffusion_finetune's scores of its own samples, if it probed
+    probe = DiffusionInfo.read(OUTS["diffusion_finetune"]).probe  # diffusion_finetune's scores of its own samples, if it probed
     diagnostics: dict = {"diffusion_probe": probe and {k: probe[k] for k in (
         "accuracy", "images", "selected_step", "trained_steps", "target", "reached_target", "history")},
         "synthetic": synthetic_scores(

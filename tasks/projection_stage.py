@@ -1,5 +1,6 @@
-"""The DDA projection of whole shard sets as a resumable stage body, shared by the two projection
-stages (``synth_align``, ``target_project``); not a stage itself."""
+"""The projection of whole shard sets as a resumable stage body, shared by the two projection
+stages (``synth_align``, ``target_project``); not a stage itself. Both project with what
+:func:`sda.layout.projector_dir` names: the method the synthetic set got is the one the targets get."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import functools
 import json
 import logging
 from pathlib import Path
+from typing import Callable
 
 from sda.config import Params
 from sda.io.atomic import atomic_write_json, sha256_file
@@ -14,7 +16,7 @@ from sda.io.resumable_jobs import PROGRESS
 from sda.method.dda import ProjectionCost
 from sda.method.projector import project_job, projection_jobs
 from sda.runtime import derive_seed
-from sda.layout import OUTS
+from sda.layout import projector_dir
 from tasks.common import run_resumable
 
 COMPUTE = "compute.json"  # in the out: the projection's work, counted (content: no seconds)
@@ -31,11 +33,13 @@ def write_compute(work: Path, projection_method: str) -> ProjectionCost:
     return cost
 
 
-def run_projection(stage: str, params: Params, device, src_root: Path, subdirs: list[str], out: Path) -> dict:
-    """Project the shard sets ``src_root/<sub>`` with the diffusion model of ``data/diffusion_finetune``
-    into ``out/<sub>`` (keys kept), resumably; returns the run summary. The out's ``compute.json`` holds
-    the work counted; the closing log line says it per image, with the seconds."""
-    model_dir = OUTS["diffusion_finetune"]
+def run_projection(stage: str, params: Params, device, src_root: Path, subdirs: list[str], out: Path, *,
+                   model_dir: Path | None = None, extra_files: Callable[[Path], None] | None = None) -> dict:
+    """Project the shard sets ``src_root/<sub>`` with the projector of ``model_dir`` (default:
+    :func:`sda.layout.projector_dir`) into ``out/<sub>`` (keys kept), resumably; returns the run summary. The out's
+    ``compute.json`` holds the work counted, ``extra_files(work_dir)`` adds more; the closing log line
+    says the work per image, with the seconds."""
+    model_dir = model_dir or projector_dir(params.projection.method)
     seed = derive_seed(params.runtime.seed, stage)
     jobs = projection_jobs(src_root, subdirs)
     make = functools.partial(project_job, model_dir=str(model_dir), src_root=str(src_root),
@@ -43,8 +47,12 @@ def run_projection(stage: str, params: Params, device, src_root: Path, subdirs: 
     model_hash = sha256_file(model_dir / "unet" / "diffusion_pytorch_model.safetensors")
     meta = {"projection": params.projection.model_dump(), "seed": seed, "model": model_hash, "projected_from": str(src_root)}
     costs: list[ProjectionCost] = []
-    summary = run_resumable(stage, params, jobs, make, plan=meta, meta=meta, out=out,
-                            extra_files=lambda work: costs.append(write_compute(work, params.projection.method)))
+    def files(work: Path) -> None:
+        costs.append(write_compute(work, params.projection.method))
+        if extra_files:
+            extra_files(work)
+
+    summary = run_resumable(stage, params, jobs, make, plan=meta, meta=meta, out=out, extra_files=files)
     cost = costs[0]
     per_s = summary["seconds"] / summary["new_items"] if summary["new_items"] else None
     logging.getLogger(f"sda.{stage}").info(

@@ -17,7 +17,9 @@ batch) and ``fix_off_by_one`` (noise at ts[N-1], where denoising starts).
 
 ``method: ilvr`` keeps steps 1 and 3 and replaces 2's guidance by ILVR's (Choi et al., ICCV 2021):
 x_{t-1} = out.sample - LPF_D(out.sample) + LPF_D(q_sample(ref, t-1)), no gradient (at the last step
-the reference itself). Every call counts its work where it happens (:class:`ProjectionCost`).
+the reference itself). ``method: distilled`` keeps step 1 and replaces 2 by one evaluation of a
+student UNet (:mod:`sda.method.distill`) read as x0 = (x_t - sqrt(1 - a_t) eps) / sqrt(a_t), clamped.
+Every call counts its work where it happens (:class:`ProjectionCost`).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from sda.accel import autocast
 from sda.config import Projection
 from sda.method.sampling import respaced_timesteps
 
-__all__ = ["ProjectionCost", "low_pass", "project"]
+__all__ = ["ProjectionCost", "alpha_bar", "low_pass", "predicted_x0", "project", "start_timestep"]
 
 
 @dataclass
@@ -93,6 +95,13 @@ def _alphas_cumprod_fp64(sched: DDPMScheduler) -> torch.Tensor:
     return torch.cumprod(1.0 - betas, dim=0)
 
 
+def start_timestep(projection: Projection, num_train_timesteps: int) -> int:
+    """The training-schedule timestep the reference is noised to: ``ts[N]``, or ``ts[N-1]`` with
+    ``fix_off_by_one`` (``ts`` the ascending respaced list)."""
+    ts = respaced_timesteps(num_train_timesteps, projection.respacing)
+    return ts[projection.N - 1 if projection.fix_off_by_one else projection.N]
+
+
 def project(
     unet: torch.nn.Module,
     scheduler: DDPMScheduler,
@@ -103,6 +112,7 @@ def project(
     generator: torch.Generator | None = None,
     progress: bool = False,
     cost: ProjectionCost | None = None,
+    noise: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Project ``images`` (float (B, 3, H, W) in [-1, 1]) and return the projections, same shape
     and range, detached, with the settings of ``projection`` (:class:`sda.config.Projection`, whose
@@ -119,8 +129,10 @@ def project(
     low-pass and the guidance stay float32); ``unet`` may be a :func:`sda.accel.fast_model`
     (channels_last, ``torch.compile``). fp32 on the CPU whatever ``precision`` says.
 
-    ``projection.method``: ``dda`` (the above) or ``ilvr`` (module docstring). ``cost``, when given,
-    is incremented by what this call did (images, UNet forwards, input-gradient backwards).
+    ``projection.method``: ``dda`` (the above), ``ilvr`` or ``distilled`` (``unet`` is then the student;
+    module docstring). ``cost``, when given, is incremented by what this call did (images, UNet forwards,
+    input-gradient backwards). ``noise`` (the shape of ``images``) replaces the forward noising's draw
+    (the distillation pairs a student input with its teacher's output).
     """
     respacing, N, D, scale = projection.respacing, projection.N, projection.D, projection.scale
     per_sample_norm, fix_off_by_one, precision = (projection.per_sample_norm, projection.fix_off_by_one,
@@ -145,9 +157,12 @@ def project(
     start = N - 1 if fix_off_by_one else N
 
     # 1. forward noising q(x_t | x_0) at the respaced index `start`, one draw for the whole batch
-    noise = randn_tensor(ref.shape, generator=generator, device=device, dtype=ref.dtype)
+    if noise is None:
+        noise = randn_tensor(ref.shape, generator=generator, device=device, dtype=ref.dtype)
+    elif noise.shape != ref.shape:
+        raise ValueError(f"noise must have the shape of images {tuple(ref.shape)}, got {tuple(noise.shape)}")
     t_start = torch.full((ref.shape[0],), ts[start], device=device, dtype=torch.long)
-    x = sched.add_noise(ref, noise, t_start)
+    x = sched.add_noise(ref, noise.to(device=device, dtype=ref.dtype), t_start)
 
     kwargs: dict[str, Any] = {} if class_labels is None else {"class_labels": class_labels.to(device)}
     amp = autocast(device, precision)
@@ -156,6 +171,11 @@ def project(
     cost.images += b
     if projection.method == "ilvr":
         return _ilvr(unet, sched, x, ref, ts, N, D, kwargs, amp, generator, cost, progress)
+    if projection.method == "distilled":
+        with torch.no_grad(), amp:
+            eps = unet(x, t_start, **kwargs).sample
+        cost.forwards += b
+        return predicted_x0(x, eps.float(), alpha_bar(scheduler, ts[start])).clamp(-1, 1)
     for i in tqdm(range(N - 1, -1, -1), desc="project", leave=False, disable=not progress):
         t = ts[i]
         tt = torch.full((ref.shape[0],), t, device=device, dtype=torch.long)
@@ -177,6 +197,19 @@ def project(
             cost.backwards += b
         x = (out.prev_sample - scale * grad).detach()
     return x
+
+
+def predicted_x0(x: torch.Tensor, model_out: torch.Tensor, alpha_bar: float) -> torch.Tensor:
+    """x0 = (x_t - sqrt(1 - a_t) eps) / sqrt(a_t), unclamped, from the model's output at a timestep whose
+    cumulative alpha is ``alpha_bar`` (:func:`alpha_bar`): its first three channels are epsilon (a
+    learned variance, if any, is not used)."""
+    return (x - (1 - alpha_bar) ** 0.5 * model_out[:, :3]) / alpha_bar ** 0.5
+
+
+def alpha_bar(scheduler: DDPMScheduler, t: int) -> float:
+    """The cumulative alpha of the training schedule at timestep ``t``, computed in float64 as
+    guided-diffusion does."""
+    return float(_alphas_cumprod_fp64(scheduler)[t])
 
 
 def _ilvr(unet: torch.nn.Module, sched: DDPMScheduler, x: torch.Tensor, ref: torch.Tensor, ts: list[int], N: int,

@@ -25,6 +25,7 @@ from sda.io.images import to_uint8, to_unit_range
 from sda.io.resumable_jobs import ShardJob
 from sda.io.shards import Sample, batched, iter_shard_file, read_manifest
 from sda.method.dda import ProjectionCost, project
+from sda.method.distill import read_record, student_mismatch
 from sda.models.diffusion import load_diffusion
 from sda.runtime import derive_seed
 
@@ -60,9 +61,20 @@ def projection_batch_size(unet: torch.nn.Module, scheduler: Any, projection: Pro
 
 class Projector:
     """The DDA projection of a diffusion model folder's projector with the ``projection`` params: the
-    model is loaded and, for ``batch_size: auto``, the batch size measured once."""
+    model is loaded and, for ``batch_size: auto``, the batch size measured once. With
+    ``projection.method: distilled``, ``model_dir`` is the distilled student (``data/synth_align/projector``),
+    which must have been distilled with these params (else a ``ValueError`` says what differs)."""
 
     def __init__(self, model_dir: str | Path, projection: Projection, device: torch.device | str = "cpu"):
+        if projection.method == "distilled":
+            record = read_record(model_dir)
+            if record is None or record.get("method") != "distilled":
+                raise ValueError(f"{model_dir} holds no distilled projector (projection.method: distilled): run "
+                                 "synth_align with these params (dvc repro synth_align), or pick another method")
+            wrong = student_mismatch(record, projection)
+            if wrong:
+                raise ValueError(f"the projector in {model_dir} was distilled with other projection params "
+                                 f"({'; '.join(wrong)}): run synth_align again (dvc repro synth_align)")
         self.device = torch.device(device)
         self.unet, self.scheduler, self.info = load_diffusion(model_dir, self.device)
         self.batch_size = projection_batch_size(self.unet, self.scheduler, projection, self.unet.config.sample_size,

@@ -19,14 +19,16 @@ __all__ = ["SdaPredictor"]
 
 class SdaPredictor:
     """The three models of a pipeline run, loaded once: ``models`` names the folders
-    ``{"source": ..., "aligned": ..., "diffusion": ..., "classes": classes.json}``; ``projection``
-    is the pipeline's (``batch_size: auto`` is measured here, once)."""
+    ``{"source": ..., "aligned": ..., "diffusion": ..., "projector": ..., "classes": classes.json}``
+    (``projector``: synth_align's, read for ``projection.method: distilled``); ``projection`` is the
+    pipeline's (``batch_size: auto`` is measured here, once)."""
 
     def __init__(self, models: dict[str, Path], projection: Projection, device: torch.device | str = "cpu"):
         self.device = torch.device(device)
         self.source = load_classifier(models["source"], self.device)
         self.aligned = load_classifier(models["aligned"], self.device)
-        self.projector = Projector(models["diffusion"], projection, self.device)
+        self.projector = Projector(models["projector"] if projection.method == "distilled" else models["diffusion"],
+                                   projection, self.device)
         self.class_names: list[str] = json.loads(Path(models["classes"]).read_text())["names"]
 
     @torch.no_grad()

@@ -48,7 +48,8 @@ def make_job(root: Path, params: Params, lineage: Lineage, *, inbox: str | None 
     if inbox:
         resolved["inbox"] = str(Path(inbox).resolve())
     settings = settings.model_copy(update=resolved)
-    models = {role: root / rel for role, rel in MODELS.items()}
+    models = {role: root / rel for role, rel in MODELS.items()
+              if role != "projector" or params.projection.method == "distilled"}  # read for distilled only
     for name, path in models.items():
         if not path.exists():
             raise ModelsMissing(f"{path} is missing ({name} model): run the pipeline first (make run, or dvc repro)")

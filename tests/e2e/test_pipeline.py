@@ -222,6 +222,34 @@ def test_exp_run_reruns_only_dependent_stages(own_repo):
     assert ran == ["classifier_align", "evaluate"], r.stdout[-2000:]
 
 
+def test_the_projection_method_reaches_every_stage_that_projects(own_repo):
+    """The targets are projected by what synth_align fixed (data/synth_align/projector): a new synthetic
+    set alone leaves target_project alone; projection.method: distilled trains the student in synth_align
+    (not diffusion_finetune) and every projection after it costs one forward per image."""
+    repo = own_repo
+    r = sh(repo, "dvc", "exp", "run", "-S", "synth_generate.per_class=4")
+    ran = [s for s in STAGES if f"Running stage '{s}'" in r.stdout]
+    assert ran == ["synth_generate", "synth_align", "classifier_align", "evaluate"], r.stdout[-2000:]
+    record = json.loads((repo / "data" / "synth_align" / "projector" / "projector.json").read_text())
+    assert record["method"] == "dda" and record["N"] == 3
+
+    r = sh(repo, "dvc", "exp", "run", "-S", "projection.method=distilled", "-S", "projection.distill_steps=20",
+           "-S", "projection.distill_images=12", "-S", "projection.batch_size=8")
+    ran = [s for s in STAGES if f"Running stage '{s}'" in r.stdout]
+    assert ran == ["synth_align", "classifier_align", "target_project", "evaluate"], r.stdout[-2000:]
+    student = repo / "data" / "synth_align" / "projector"
+    record = json.loads((student / "projector.json").read_text())
+    assert record["method"] == "distilled" and record["teacher"] == "dda" and record["pairs"] == 24
+    assert (student / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+    assert not list((repo / "data" / ".work").glob("distill-*"))  # published, then the work copy removed
+    for stage in ("synth_align", "target_project"):
+        compute = json.loads((repo / "data" / stage / "compute.json").read_text())
+        assert compute["method"] == "distilled" and compute["forwards"] == compute["images"], stage
+        assert compute["backwards"] == 0 and compute["forward_equivalents_per_image"] == 1.0
+    per_method = json.loads((repo / "metrics" / "evaluate.json").read_text())["compute"]["unet_forward_equivalents_per_image"]
+    assert per_method == {"source": 0.0, "dda": 1.0, "dda_ens": 1.0, "sda": 1.0}
+
+
 def test_queued_experiments_run_and_compare(own_repo):
     """`dvc exp run --queue` twice, `dvc queue start -j 1`: both run in DVC's temporary copies, and
     `dvc exp show` / `dvc plots diff` compare them with the training stages' metrics and curves."""
