@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -47,7 +48,9 @@ H200_DDA_IMAGES_PER_S, H200_DDA_FE = 1.40, 150.0   # measured: fast mode, respac
 
 
 def run(repo: Path, *cmd: str) -> str:
-    r = subprocess.run(list(cmd), cwd=repo, capture_output=True, text=True)
+    # the stage commands (`python -m tasks.<stage>`) run with this interpreter: a clone has no .venv of its own
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    r = subprocess.run(list(cmd), cwd=repo, capture_output=True, text=True, env=env)
     if r.returncode != 0:
         sys.exit(f"{' '.join(cmd)} failed in {repo}:\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
     return r.stdout
