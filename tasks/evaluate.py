@@ -8,7 +8,10 @@ Source and SDA per labelled domain (``metrics/confusion.png``, ``metrics/confusi
 The projection's cost per image, counted by ``target_project`` (its ``compute.json``), goes into
 ``evaluate.json`` (``compute``) and the table. ``classifier_align``'s
 checks of the synthetic domain (``metrics/alignment.json``) and their warnings are carried into
-``evaluate.json`` (``alignment``, ``warnings``) and the table. Originals and projections
+``evaluate.json`` (``alignment``, ``warnings``) and the table. Per labelled domain, SDA is compared with
+Source and with DDA on the same images (``paired``: the images each gets right that the other does not,
+the difference's 95 % interval and McNemar's p; :func:`sda.method.scoring.paired_comparison`), so a
+lead of a few images on a small target is not read as a gain. Originals and projections
 are streamed side by side by key (:class:`sda.io.streaming.ShardStream`, ``runtime.loader_workers``
 reading processes): memory holds a batch and the predictions, not a domain.
 """
@@ -70,6 +73,8 @@ def run(params: Params, domain: Domain, device, data: Path = DATA, metrics_dir: 
             confusion[d] = score
             n = stream.count
     metrics = summarise(per_domain, index["corruption_domains"])
+    metrics["paired"] = {"domains": {d: sc.compared() for d, sc in confusion.items()},
+                         "corruptions": [d for d in index.get("corruptions", index["corruption_domains"]) if d in confusion]}
     if predicted:
         metrics["unlabelled"] = {d: {"images": len(sc.keys), "sda_counts": dict(Counter(class_names[i] for i in sc.sda))}
                                  for d, sc in predicted.items()}

@@ -16,8 +16,8 @@ from torchvision.utils import make_grid
 from sda.io.atomic import atomic_write_bytes
 from sda.method.scoring import MAIN_METHODS
 
-__all__ = ["alignment_markdown", "confusion_matrix", "confusion_png", "grid_png", "projection_grid", "results_markdown",
-           "synthetic_grid_png", "write_plot_csv"]
+__all__ = ["alignment_markdown", "confusion_matrix", "confusion_png", "grid_png", "paired_markdown", "projection_grid",
+           "results_markdown", "synthetic_grid_png", "write_plot_csv"]
 
 
 def results_markdown(metrics: Mapping[str, object]) -> str:
@@ -28,6 +28,8 @@ def results_markdown(metrics: Mapping[str, object]) -> str:
         lines.append(f"| {d} | " + " | ".join(f"{acc[m]:.1f}" for m in MAIN_METHODS) + " |")
     mean = metrics["mean"]
     lines.append("| **mean (corruptions)** | " + " | ".join(f"**{mean[m]:.1f}**" for m in MAIN_METHODS) + " |")  # type: ignore[index]
+    if metrics.get("paired"):
+        lines.append("\n" + paired_markdown(metrics["paired"]))  # type: ignore[arg-type]
     for d, u in metrics.get("unlabelled", {}).items():  # type: ignore[union-attr]
         top = ", ".join(f"{c} {k}" for c, k in sorted(u["sda_counts"].items(), key=lambda kv: -kv[1])[:5])
         lines.append(f"\nUnlabelled `{d}`: {u['images']} images labelled by SDA ({top}; metrics/predictions.csv).")
@@ -39,6 +41,29 @@ def results_markdown(metrics: Mapping[str, object]) -> str:
     if metrics.get("alignment"):
         lines.append("\n" + alignment_markdown(metrics["alignment"]))  # type: ignore[arg-type]
     return "\n".join(lines)
+
+
+def paired_markdown(paired: Mapping[str, object], alpha: float = 0.05) -> str:
+    """``evaluate.json``'s ``paired`` (:func:`sda.method.scoring.paired_comparison` of SDA against Source
+    and DDA per labelled domain) as markdown: a row per domain that is not one of the generated
+    corruptions, then how many of those SDA wins or loses at ``alpha``."""
+    domains: Mapping[str, Mapping[str, Mapping[str, float]]] = paired["domains"]  # type: ignore[assignment]
+    corruptions = list(paired.get("corruptions", []))  # type: ignore[call-overload]
+    fmt = lambda c: (f"{c['difference']:+.1f} [{c['low']:+.1f}, {c['high']:+.1f}], "  # noqa: E731
+                     f"+{c['gained']} / -{c['lost']} images, p {c['p']:.2g}")
+    rows = ["SDA against Source and DDA on the same images (points, 95 % interval; images SDA gets right that "
+            "the other does not / the reverse; McNemar's p: under 0.05, more than chance):"]
+    others = [d for d in domains if d not in corruptions]
+    if others:
+        rows += ["", "| domain | SDA - Source | SDA - DDA |", "|---|---|---|"]
+        rows += [f"| {d} | {fmt(domains[d]['sda_vs_source'])} | {fmt(domains[d]['sda_vs_dda'])} |" for d in others]
+    if corruptions:
+        count = lambda key, sign: sum(1 for d in corruptions if domains[d][key]["p"] < alpha  # noqa: E731
+                                      and sign * domains[d][key]["difference"] > 0)
+        rows.append(f"\nOn the {len(corruptions)} corruptions: SDA above Source on {count('sda_vs_source', 1)}, "
+                    f"below on {count('sda_vs_source', -1)}; above DDA on {count('sda_vs_dda', 1)}, below on "
+                    f"{count('sda_vs_dda', -1)} (p < {alpha:g}; the rest within chance).")
+    return "\n".join(rows)
 
 
 def alignment_markdown(diagnostics: Mapping[str, object]) -> str:

@@ -11,10 +11,14 @@ Methods (each a prediction per image):
 
 Extra rows (``more``): DDA's other ensembles (entropy pick, confidence pick, logit sum) and the
 aligned model alone on projected images.
+
+:func:`paired_comparison` says whether one method's lead over another on the same images is more
+than chance: a labelled target of a few hundred images moves by a point per few images.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -23,8 +27,8 @@ import torch
 
 from sda.models.classifiers import Classifier
 
-__all__ = ["MAIN_METHODS", "DomainScore", "accuracy", "fell_back", "method_predictions", "score_domain", "sda_logits",
-           "summarise"]
+__all__ = ["MAIN_METHODS", "DomainScore", "accuracy", "fell_back", "method_predictions", "paired_comparison",
+           "score_domain", "sda_logits", "summarise"]
 
 MAIN_METHODS: tuple[str, ...] = ("source", "dda", "dda_ens", "sda")
 
@@ -94,18 +98,46 @@ def accuracy(predictions: np.ndarray, labels: np.ndarray) -> float:
     return round(float((predictions == labels).mean() * 100), 2)
 
 
+def paired_comparison(a_right: np.ndarray, b_right: np.ndarray) -> dict[str, float | int]:
+    """Method A against method B on the same N images (``a_right``, ``b_right``: bool (N,), whether
+    each method labelled each image right).
+
+    Returns ``gained`` / ``lost`` (images A gets right and B wrong / the reverse), ``difference``
+    (A minus B, points), ``low`` / ``high`` (its 95 % interval, the paired Wald interval) and ``p``
+    (exact two-sided McNemar test: the chance of a split of the ``gained + lost`` discordant images
+    at least this uneven if neither method were better). Percent figures rounded to 2 decimals.
+    """
+    a, b = np.asarray(a_right, bool), np.asarray(b_right, bool)
+    if a.shape != b.shape or a.ndim != 1 or not len(a):
+        raise ValueError(f"paired_comparison needs two equal, non-empty 1-d arrays, got {a.shape} and {b.shape}")
+    n, gained, lost = len(a), int((a & ~b).sum()), int((~a & b).sum())
+    diff = (gained - lost) / n
+    se = math.sqrt(max(gained + lost - (gained - lost) ** 2 / n, 0.0)) / n
+    k, m = min(gained, lost), gained + lost
+    p = min(1.0, 2 * sum(math.comb(m, i) for i in range(k + 1)) / 2 ** m) if m else 1.0
+    return {"gained": gained, "lost": lost, "difference": round(100 * diff, 2),
+            "low": round(100 * (diff - 1.96 * se), 2), "high": round(100 * (diff + 1.96 * se), 2), "p": round(p, 4)}
+
+
 @dataclass
 class DomainScore:
     """One target domain's results: ``accuracy`` per method (percent; meaningless where the labels
     are -1, an unlabelled domain), the ``grid`` pair (originals, projections, uint8 (k, H, W, 3)),
-    and every image's ``keys`` with its ``sda`` and ``source`` predictions and its ``labels`` (int (N,))."""
+    and every image's ``keys`` with its ``sda``, ``source`` and ``dda`` predictions and its ``labels`` (int (N,))."""
 
     accuracy: dict[str, float]
     grid: tuple[np.ndarray, np.ndarray]
     keys: list[str]
     sda: np.ndarray
     source: np.ndarray
+    dda: np.ndarray
     labels: np.ndarray
+
+    def compared(self) -> dict[str, dict[str, float | int]]:
+        """SDA against Source and against DDA on this domain's images (:func:`paired_comparison`)."""
+        right = lambda pred: pred == self.labels  # noqa: E731
+        return {"sda_vs_source": paired_comparison(right(self.sda), right(self.source)),
+                "sda_vs_dda": paired_comparison(right(self.sda), right(self.dda))}
 
 
 def score_domain(source: Classifier, aligned: Classifier, batches: Iterable[Any], *, batch_size: int, grid_images: int,
@@ -134,4 +166,5 @@ def score_domain(source: Classifier, aligned: Classifier, batches: Iterable[Any]
     predictions = {m: np.concatenate(p) for m, p in preds.items()}
     return DomainScore(accuracy={m: accuracy(p, y) for m, p in predictions.items()},
                        grid=(np.concatenate(grid_o)[:grid_images], np.concatenate(grid_p)[:grid_images]),
-                       keys=keys, sda=predictions["sda"], source=predictions["source"], labels=y)
+                       keys=keys, sda=predictions["sda"], source=predictions["source"], dda=predictions["dda"],
+                       labels=y)

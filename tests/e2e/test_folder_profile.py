@@ -37,6 +37,15 @@ def test_folder_profile_end_to_end_through_the_prefect_flow(tmp_path, prefect_se
     train = read_manifest(repo / "data" / "source_data" / "train")["count"]
     assert aligned["trained_images"] == (2 * 4 + train) * aligned["hyperparameters"]["epochs"]  # synthetic + projected source
     assert metrics["more"]["corruptions_in_mean"] == ["site_b", "gaussian_noise", "pixelate"]
+    # SDA against Source and DDA on the same images: the paired difference is the accuracies' difference
+    paired = metrics["paired"]
+    assert paired["corruptions"] == ["gaussian_noise", "pixelate"] and set(paired["domains"]) == set(metrics["domains"])
+    acc, site_b = metrics["domains"]["site_b"], paired["domains"]["site_b"]
+    for other in ("source", "dda"):
+        c = site_b[f"sda_vs_{other}"]
+        assert c["difference"] == pytest.approx(acc["sda"] - acc[other], abs=0.02) and c["low"] <= c["difference"] <= c["high"]
+        assert 0 < c["p"] <= 1 and c["gained"] + c["lost"] <= 12
+    assert "| site_b | " in (repo / "metrics" / "results.md").read_text()
     assert metrics["unlabelled"]["site_c"]["images"] == 5
     rows = list(csv.DictReader((repo / "metrics" / "predictions.csv").open()))
     assert len(rows) == 5 and {r["domain"] for r in rows} == {"site_c"} and all(r["class_name"] in SHAPES for r in rows)

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from sda.method.report import projection_grid, results_markdown
-from sda.method.scoring import MAIN_METHODS, method_predictions, summarise
+from sda.method.report import paired_markdown, projection_grid, results_markdown
+from sda.method.scoring import MAIN_METHODS, method_predictions, paired_comparison, summarise
 
 
 def test_sda_is_raw_logit_sum_not_softmax_sum():
@@ -51,3 +51,38 @@ def test_projection_grid_layout():
     img = projection_grid(rows, upscale=2)
     assert img.mode == "RGB"
     assert img.height == 4 * (32 + 2) + 2  # two domains x (original, projected) rows
+
+
+def test_paired_comparison_counts_the_discordant_images_and_tests_them():
+    a = np.array([True] * 12 + [False] * 2 + [True] * 80 + [False] * 106)   # 200 images
+    b = np.array([False] * 12 + [True] * 2 + [True] * 80 + [False] * 106)
+    c = paired_comparison(a, b)
+    assert (c["gained"], c["lost"]) == (12, 2)
+    assert c["difference"] == 5.0 and c["low"] < 5.0 < c["high"]
+    # exact two-sided McNemar: P(X <= 2 | 14 trials, 1/2) x 2 = 2 x 106 / 16384
+    assert c["p"] == round(2 * 106 / 2 ** 14, 4)
+    assert c["p"] < 0.05 and c["low"] > 0
+    # a lead of 4 images of 200 (the size of the folder examples' targets) is within chance
+    few = paired_comparison(np.array([True] * 6 + [False] * 2 + [False] * 192), np.array([False] * 6 + [True] * 2 + [False] * 192))
+    assert few["difference"] == 2.0 and few["p"] > 0.05 and few["low"] < 0 < few["high"]
+    # the same predictions: nothing gained or lost, no interval around 0
+    same = paired_comparison(a, a)
+    assert same == {"gained": 0, "lost": 0, "difference": 0.0, "low": 0.0, "high": 0.0, "p": 1.0}
+    assert paired_comparison(b, a)["difference"] == -5.0
+    with pytest.raises(ValueError, match="equal, non-empty"):
+        paired_comparison(a, b[:10])
+
+
+def test_paired_markdown_rows_for_target_folders_and_a_count_for_corruptions():
+    win = paired_comparison(np.array([True] * 30 + [False] * 70), np.array([False] * 100))
+    tie = paired_comparison(np.array([True, False] * 50), np.array([False, True] * 50))
+    paired = {"domains": {"scans": {"sda_vs_source": tie, "sda_vs_dda": win},
+                          "fog": {"sda_vs_source": win, "sda_vs_dda": tie},
+                          "snow": {"sda_vs_source": win, "sda_vs_dda": tie}},
+              "corruptions": ["fog", "snow"]}
+    md = paired_markdown(paired)
+    assert "| scans | +0.0 [" in md and "+30.0 [" in md and "fog |" not in md
+    assert "On the 2 corruptions: SDA above Source on 2, below on 0; above DDA on 0, below on 0" in md
+    metrics = {"domains": {"scans": {m: 1.0 for m in MAIN_METHODS}}, "mean": {m: 1.0 for m in MAIN_METHODS},
+               "paired": paired}
+    assert md in results_markdown(metrics)
