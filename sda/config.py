@@ -273,6 +273,13 @@ class TargetData(_Section):
 class Evaluate(_Section):
     grid_images: int = Field(8, ge=1, le=64, description="Images per domain in the projection grid.")
     batch_size: int = Field(512, ge=1)
+    source_collapse_share: float | None = Field(None, gt=0, le=1, description=(
+        "Drop SDA's source term (the source model on the original) on a target domain where that model gives "
+        "at least this share of the domain's images one class: its predictions there carry no class "
+        "information and only pull the sum off the aligned model's (sda.method.scoring.source_collapsed). "
+        "null = always summed, as the paper does."))
+    source_collapse_min_images: int = Field(20, ge=1, description=(
+        "Domains with fewer images keep the source term (too few to tell a collapse from a skewed sample)."))
 
 
 class Relabel(_Section):

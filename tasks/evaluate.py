@@ -11,7 +11,9 @@ checks of the synthetic domain (``metrics/alignment.json``) and their warnings a
 ``evaluate.json`` (``alignment``, ``warnings``) and the table. Per labelled domain, SDA is compared with
 Source and with DDA on the same images (``paired``: the images each gets right that the other does not,
 the difference's 95 % interval and McNemar's p; :func:`sda.method.scoring.paired_comparison`), so a
-lead of a few images on a small target is not read as a gain. Originals and projections
+lead of a few images on a small target is not read as a gain. With ``evaluate.source_collapse_share``
+SDA drops its source term on the domains where the source model's predictions collapsed
+(``sda_source_term``: each domain's top-class share and whether it was dropped). Originals and projections
 are streamed side by side by key (:class:`sda.io.streaming.ShardStream`, ``runtime.loader_workers``
 reading processes): memory holds a batch and the predictions, not a domain.
 """
@@ -58,14 +60,16 @@ def run(params: Params, domain: Domain, device, data: Path = DATA, metrics_dir: 
     unlabelled = set(index.get("unlabelled", []))
     class_names = json.loads((data / "source_data" / "classes.json").read_text())["names"]
     bs = params.evaluate.batch_size
-    per_domain, grid_rows, predicted, confusion, n = {}, {}, {}, {}, 0
+    per_domain, grid_rows, predicted, confusion, source_term, n = {}, {}, {}, {}, {}, 0
     for d in domains:
         # originals and projections side by side, streamed: memory is a batch, not a domain
         stream = ShardStream(data / "target_data" / d, bs, workers=params.runtime.loader_workers,
                              paired_dir=data / "target_project" / d)
-        score = score_domain(source, aligned, stream, batch_size=bs,
-                             grid_images=params.evaluate.grid_images, device=device)
+        score = score_domain(source, aligned, stream, batch_size=bs, grid_images=params.evaluate.grid_images,
+                             device=device, collapse_share=params.evaluate.source_collapse_share,
+                             collapse_min_images=params.evaluate.source_collapse_min_images)
         grid_rows[d] = score.grid
+        source_term[d] = {"top_class_share": score.source_share, "dropped": score.source_dropped}
         if d in unlabelled:
             predicted[d] = score
         else:
@@ -73,6 +77,8 @@ def run(params: Params, domain: Domain, device, data: Path = DATA, metrics_dir: 
             confusion[d] = score
             n = stream.count
     metrics = summarise(per_domain, index["corruption_domains"])
+    # SDA's source term per domain: the source model's top-class share on the originals, whether it was dropped
+    metrics["sda_source_term"] = {"collapse_share": params.evaluate.source_collapse_share, "domains": source_term}
     metrics["paired"] = {"domains": {d: sc.compared() for d, sc in confusion.items()},
                          "corruptions": [d for d in index.get("corruptions", index["corruption_domains"]) if d in confusion]}
     if predicted:

@@ -28,6 +28,12 @@ def results_markdown(metrics: Mapping[str, object]) -> str:
         lines.append(f"| {d} | " + " | ".join(f"{acc[m]:.1f}" for m in MAIN_METHODS) + " |")
     mean = metrics["mean"]
     lines.append("| **mean (corruptions)** | " + " | ".join(f"**{mean[m]:.1f}**" for m in MAIN_METHODS) + " |")  # type: ignore[index]
+    term = metrics.get("sda_source_term") or {}
+    dropped = {d: t["top_class_share"] for d, t in term.get("domains", {}).items() if t["dropped"]}  # type: ignore[union-attr]
+    if dropped:
+        lines.append(f"\nSDA without its source term (evaluate.source_collapse_share: {term['collapse_share']:g}) on "
+                     + ", ".join(f"{d} ({100 * v:.0f}% of the originals in one class)" for d, v in dropped.items())
+                     + ": the aligned model on the projections decides there.")
     if metrics.get("paired"):
         lines.append("\n" + paired_markdown(metrics["paired"]))  # type: ignore[arg-type]
     for d, u in metrics.get("unlabelled", {}).items():  # type: ignore[union-attr]

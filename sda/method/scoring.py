@@ -7,7 +7,9 @@ Methods (each a prediction per image):
 - ``dda_ens``: DDA's ensemble, softmax sum of source(original) and source(projected);
 - ``sda``: argmax of the RAW LOGIT SUM source(original) + aligned(projected) (SDA, docs/method.md);
   DDA's prediction when the alignment fell back (an aligned model that the projected source val
-  split rejected: ``classifier_align``'s config says ``fallback: dda``).
+  split rejected: ``classifier_align``'s config says ``fallback: dda``); the aligned term alone on a
+  domain where the source model's predictions collapsed, when ``evaluate.source_collapse_share`` is
+  set (:func:`source_collapsed`; off by default, as in the paper).
 
 Extra rows (``more``): DDA's other ensembles (entropy pick, confidence pick, logit sum) and the
 aligned model alone on projected images.
@@ -28,7 +30,7 @@ import torch
 from sda.models.classifiers import Classifier
 
 __all__ = ["MAIN_METHODS", "DomainScore", "accuracy", "fell_back", "method_predictions", "paired_comparison",
-           "score_domain", "sda_logits", "summarise"]
+           "score_domain", "sda_logits", "source_collapsed", "summarise", "top_class_share"]
 
 MAIN_METHODS: tuple[str, ...] = ("source", "dda", "dda_ens", "sda")
 
@@ -44,10 +46,26 @@ def fell_back(aligned_config: dict[str, Any]) -> bool:
     return aligned_config.get("fallback") == "dda"
 
 
-def sda_logits(source_orig: torch.Tensor, aligned_proj: torch.Tensor, *, fallback: bool = False) -> torch.Tensor:
+def sda_logits(source_orig: torch.Tensor, aligned_proj: torch.Tensor, *, fallback: bool = False,
+               drop_source: bool = False) -> torch.Tensor:
     """SDA's decision logits (N, C): the raw sum source(original) + aligned(projected) (docs/method.md);
-    with ``fallback`` (:func:`fell_back`) the projected term alone, DDA's decision."""
-    return aligned_proj if fallback else source_orig + aligned_proj
+    with ``fallback`` (:func:`fell_back`) the projected term alone, DDA's decision; with ``drop_source``
+    (:func:`source_collapsed`) the projected term alone too."""
+    return aligned_proj if fallback or drop_source else source_orig + aligned_proj
+
+
+def top_class_share(predictions: np.ndarray) -> float:
+    """The share (0..1) of ``predictions`` (int (N,), N > 0) that go to the most predicted class."""
+    return float(np.bincount(np.asarray(predictions)).max() / len(predictions))
+
+
+def source_collapsed(source_predictions: np.ndarray, share: float | None, min_images: int = 20) -> bool:
+    """Whether the source model's predictions on a domain's originals (int (N,)) have collapsed: at
+    least ``share`` of the images in one class, with ``min_images`` or more images (``share`` None:
+    never). A model that calls nearly everything one class (the digits source model on Gaussian noise
+    calls all of it "8") says nothing about the classes there, and its logits in SDA's sum only pull
+    the decision off the aligned model's (``evaluate.source_collapse_share``)."""
+    return share is not None and len(source_predictions) >= min_images and top_class_share(source_predictions) >= share
 
 
 def method_predictions(
@@ -123,7 +141,9 @@ def paired_comparison(a_right: np.ndarray, b_right: np.ndarray) -> dict[str, flo
 class DomainScore:
     """One target domain's results: ``accuracy`` per method (percent; meaningless where the labels
     are -1, an unlabelled domain), the ``grid`` pair (originals, projections, uint8 (k, H, W, 3)),
-    and every image's ``keys`` with its ``sda``, ``source`` and ``dda`` predictions and its ``labels`` (int (N,))."""
+    and every image's ``keys`` with its ``sda``, ``source`` and ``dda`` predictions and its ``labels`` (int (N,));
+    ``source_share``: the share of the originals the source model gives its most predicted class, and
+    ``source_dropped``: whether SDA's source term was dropped for it (:func:`source_collapsed`)."""
 
     accuracy: dict[str, float]
     grid: tuple[np.ndarray, np.ndarray]
@@ -132,6 +152,8 @@ class DomainScore:
     source: np.ndarray
     dda: np.ndarray
     labels: np.ndarray
+    source_share: float = 0.0
+    source_dropped: bool = False
 
     def compared(self) -> dict[str, dict[str, float | int]]:
         """SDA against Source and against DDA on this domain's images (:func:`paired_comparison`)."""
@@ -141,12 +163,15 @@ class DomainScore:
 
 
 def score_domain(source: Classifier, aligned: Classifier, batches: Iterable[Any], *, batch_size: int, grid_images: int,
-                 device: torch.device | str = "cpu") -> DomainScore:
+                 device: torch.device | str = "cpu", collapse_share: float | None = None,
+                 collapse_min_images: int = 20) -> DomainScore:
     """Every method's predictions (:func:`method_predictions`) on one target domain, scored.
 
     ``batches`` yields objects with ``keys``, ``images`` (originals), ``paired`` (their projections),
     both uint8 (B, H, W, 3), and ``labels`` (B,): :class:`sda.io.streaming.ShardStream` with
-    ``paired_dir``. Memory holds a batch and the predictions, not the domain.
+    ``paired_dir``. Memory holds a batch and the predictions, not the domain. With ``collapse_share``
+    SDA is the aligned term alone where the source model's predictions on the originals collapsed
+    (:func:`source_collapsed`: decided once the whole domain is seen).
     """
     fallback = fell_back(aligned.config)
     preds: dict[str, list[np.ndarray]] = {}
@@ -164,7 +189,10 @@ def score_domain(source: Classifier, aligned: Classifier, batches: Iterable[Any]
             grid_p.append(b.paired[:grid_images])
     y = np.concatenate(labels)
     predictions = {m: np.concatenate(p) for m, p in preds.items()}
+    dropped = source_collapsed(predictions["source"], collapse_share, collapse_min_images)
+    if dropped:  # the aligned model alone (under a fallback the aligned model is the source model: DDA)
+        predictions["sda"] = predictions["aligned_proj"]
     return DomainScore(accuracy={m: accuracy(p, y) for m, p in predictions.items()},
                        grid=(np.concatenate(grid_o)[:grid_images], np.concatenate(grid_p)[:grid_images]),
                        keys=keys, sda=predictions["sda"], source=predictions["source"], dda=predictions["dda"],
-                       labels=y)
+                       labels=y, source_share=round(top_class_share(predictions["source"]), 4) if len(y) else 0.0, source_dropped=dropped)

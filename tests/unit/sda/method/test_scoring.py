@@ -86,3 +86,50 @@ def test_paired_markdown_rows_for_target_folders_and_a_count_for_corruptions():
     metrics = {"domains": {"scans": {m: 1.0 for m in MAIN_METHODS}}, "mean": {m: 1.0 for m in MAIN_METHODS},
                "paired": paired}
     assert md in results_markdown(metrics)
+
+
+def _colour_model(scale: float):
+    """A real (tiny) classifier whose logits are ``scale`` x each channel's mean: class k = channel k."""
+    from torch import nn
+
+    from sda.models.classifiers import Classifier
+
+    linear = nn.Linear(3, 3, bias=False)
+    with torch.no_grad():
+        linear.weight.copy_(scale * torch.eye(3))
+    module = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), linear).eval()
+    return Classifier(module, {"mean": [0.0] * 3, "std": [1.0] * 3})
+
+
+def _domain(n: int = 30):
+    """Originals on which the source model calls everything class 0 (a red cast over the class colour) and
+    projections that show each image's class colour; labels 0, 1, 2 in turn."""
+    from sda.io.streaming import Batch
+
+    labels = np.arange(n) % 3
+    proj = np.zeros((n, 4, 4, 3), np.uint8)
+    proj[np.arange(n), :, :, labels] = 200
+    orig = proj // 4
+    orig[..., 0] = 255
+    return [Batch([f"k{i}" for i in range(n)], orig, labels, proj)], labels
+
+
+def test_sda_drops_the_source_term_where_the_source_model_collapsed():
+    from sda.method.scoring import score_domain, source_collapsed, top_class_share
+
+    source, aligned = _colour_model(10.0), _colour_model(1.0)
+    batches, labels = _domain()
+    paper = score_domain(source, aligned, batches, batch_size=8, grid_images=2)
+    assert paper.source_share == 1.0 and not paper.source_dropped
+    assert paper.accuracy["source"] == pytest.approx(100 / 3, abs=0.01)  # everything called class 0
+    assert paper.accuracy["sda"] == paper.accuracy["source"]              # its big logits decide the sum
+    assert paper.accuracy["aligned_proj"] == 100.0
+    guarded = score_domain(source, aligned, batches, batch_size=8, grid_images=2, collapse_share=0.5)
+    assert guarded.source_dropped and guarded.accuracy["sda"] == 100.0 and (guarded.sda == labels).all()
+    assert guarded.accuracy["source"] == paper.accuracy["source"] and guarded.accuracy["dda"] == paper.accuracy["dda"]
+    # too few images to tell, or a share under the threshold: the paper's sum
+    assert not score_domain(source, aligned, batches, batch_size=8, grid_images=2, collapse_share=0.5,
+                            collapse_min_images=31).source_dropped
+    assert top_class_share(np.array([0, 0, 1, 2])) == 0.5
+    assert source_collapsed(np.array([0, 0, 1, 2] * 5), 0.5) and not source_collapsed(np.array([0, 0, 1, 2] * 5), 0.6)
+    assert not source_collapsed(np.array([0] * 40), None)
