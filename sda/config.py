@@ -275,7 +275,8 @@ class Evaluate(_Section):
     batch_size: int = Field(512, ge=1)
     source_collapse_share: float | None = Field(None, gt=0, le=1, description=(
         "Drop SDA's source term (the source model on the original) on a target domain where that model gives "
-        "at least this share of the domain's images one class: its predictions there carry no class "
+        "at least this share of the domain's images one class (and at least 2 / classes of them: with two "
+        "classes, all of them): its predictions there carry no class "
         "information and only pull the sum off the aligned model's (sda.method.scoring.source_collapsed). "
         "null = always summed, as the paper does."))
     source_collapse_min_images: int = Field(20, ge=1, description=(

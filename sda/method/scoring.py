@@ -59,13 +59,16 @@ def top_class_share(predictions: np.ndarray) -> float:
     return float(np.bincount(np.asarray(predictions)).max() / len(predictions))
 
 
-def source_collapsed(source_predictions: np.ndarray, share: float | None, min_images: int = 20) -> bool:
-    """Whether the source model's predictions on a domain's originals (int (N,)) have collapsed: at
-    least ``share`` of the images in one class, with ``min_images`` or more images (``share`` None:
-    never). A model that calls nearly everything one class (the digits source model on Gaussian noise
-    calls all of it "8") says nothing about the classes there, and its logits in SDA's sum only pull
-    the decision off the aligned model's (``evaluate.source_collapse_share``)."""
-    return share is not None and len(source_predictions) >= min_images and top_class_share(source_predictions) >= share
+def source_collapsed(source_predictions: np.ndarray, share: float | None, num_classes: int,
+                     min_images: int = 20) -> bool:
+    """Whether the source model's predictions on a domain's originals (int (N,), of ``num_classes``
+    classes) have collapsed: at least ``share`` of the images in one class, and at least twice the share
+    of a uniform guess (2 / ``num_classes``: with two classes, all of them), with ``min_images`` or more
+    images (``share`` None: never). A model that calls nearly everything one class (the digits source
+    model on Gaussian noise calls all of it one digit) says nothing about the classes there, and its
+    logits in SDA's sum only pull the decision off the aligned model's (``evaluate.source_collapse_share``)."""
+    return (share is not None and len(source_predictions) >= min_images
+            and top_class_share(source_predictions) >= max(share, 2 / num_classes))
 
 
 def method_predictions(
@@ -178,6 +181,7 @@ def score_domain(source: Classifier, aligned: Classifier, batches: Iterable[Any]
     keys, labels, grid_o, grid_p = [], [], [], []
     for b in batches:
         source_orig = source.logits(b.images, batch_size=batch_size, device=device)
+        num_classes = source_orig.shape[1]
         source_proj = source.logits(b.paired, batch_size=batch_size, device=device)
         aligned_proj = aligned.logits(b.paired, batch_size=batch_size, device=device)
         for m, p in method_predictions(source_orig, source_proj, aligned_proj, fallback=fallback).items():
@@ -189,7 +193,7 @@ def score_domain(source: Classifier, aligned: Classifier, batches: Iterable[Any]
             grid_p.append(b.paired[:grid_images])
     y = np.concatenate(labels)
     predictions = {m: np.concatenate(p) for m, p in preds.items()}
-    dropped = source_collapsed(predictions["source"], collapse_share, collapse_min_images)
+    dropped = source_collapsed(predictions["source"], collapse_share, num_classes, collapse_min_images)
     if dropped:  # the aligned model alone (under a fallback the aligned model is the source model: DDA)
         predictions["sda"] = predictions["aligned_proj"]
     return DomainScore(accuracy={m: accuracy(p, y) for m, p in predictions.items()},

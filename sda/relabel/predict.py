@@ -50,7 +50,8 @@ class SdaPredictor:
                                     for c in range(0, len(images), pbs)])
         source_orig = self.source.logits(images, device=self.device)
         aligned_proj = self.aligned.logits(projected, device=self.device)
-        drop = source_collapsed(source_orig.argmax(1).numpy(), self.collapse_share, self.collapse_min_images)
+        drop = source_collapsed(source_orig.argmax(1).numpy(), self.collapse_share, source_orig.shape[1],
+                                self.collapse_min_images)
         p_sda = sda_logits(source_orig, aligned_proj, fallback=fell_back(self.aligned.config),
                            drop_source=drop).softmax(1)
         p_src = source_orig.softmax(1)

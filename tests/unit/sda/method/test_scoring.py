@@ -131,5 +131,8 @@ def test_sda_drops_the_source_term_where_the_source_model_collapsed():
     assert not score_domain(source, aligned, batches, batch_size=8, grid_images=2, collapse_share=0.5,
                             collapse_min_images=31).source_dropped
     assert top_class_share(np.array([0, 0, 1, 2])) == 0.5
-    assert source_collapsed(np.array([0, 0, 1, 2] * 5), 0.5) and not source_collapsed(np.array([0, 0, 1, 2] * 5), 0.6)
-    assert not source_collapsed(np.array([0] * 40), None)
+    assert source_collapsed(np.array([0, 0, 1, 2] * 5), 0.5, 4) and not source_collapsed(np.array([0, 0, 1, 2] * 5), 0.6, 4)
+    assert not source_collapsed(np.array([0] * 40), None, 4)
+    # at least twice a uniform guess's share: with 3 classes two thirds, with 2 classes every image
+    assert not source_collapsed(np.array([0, 0, 0, 1, 1, 2] * 5), 0.5, 3)
+    assert not source_collapsed(np.array([0] * 39 + [1]), 0.5, 2) and source_collapsed(np.array([0] * 40), 0.5, 2)
