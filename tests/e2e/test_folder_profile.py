@@ -28,7 +28,8 @@ def test_folder_profile_end_to_end_through_the_prefect_flow(tmp_path, prefect_se
     rel = {"source_dir": "images/source", "target_dirs": {"site_b": "images/site_b", "site_c": "images/site_c"}}
     # the tiny budgets of TINY, not params.yaml's profiles.folder (minutes of CPU)
     copy_repo(repo, {"profile": "folder", "folder": rel, "profiles": {"folder": {
-        "synth_generate": {"per_class": 2}, "classifier_align": {"projected_source": True}}}})
+        "synth_generate": {"per_class": 2}, "classifier_align": {"projected_source": True},
+        "evaluate": {"source_collapse_share": 0.5, "source_collapse_min_images": 5}}}})
     result = pipeline(root=str(repo))
     assert [r["stage"] for r in result["stages"]] == list(STAGES) and all(r["ran"] for r in result["stages"])
     metrics = result["metrics"]
@@ -46,6 +47,13 @@ def test_folder_profile_end_to_end_through_the_prefect_flow(tmp_path, prefect_se
         assert c["difference"] == pytest.approx(acc["sda"] - acc[other], abs=0.02) and c["low"] <= c["difference"] <= c["high"]
         assert 0 < c["p"] <= 1 and c["gained"] + c["lost"] <= 12
     assert "| site_b | " in (repo / "metrics" / "results.md").read_text()
+    # SDA without the source term exactly where the source model called half or more of a domain one class
+    term = metrics["sda_source_term"]
+    assert term["collapse_share"] == 0.5 and set(term["domains"]) == set(metrics["domains"]) | {"site_c"}
+    for d, t in term["domains"].items():
+        assert t["dropped"] == (t["top_class_share"] >= 0.5)  # 4 classes: 2 / 4 = 0.5; every domain has >= 5 images
+        if t["dropped"] and d in metrics["domains"]:
+            assert metrics["domains"][d]["sda"] == metrics["more"]["domains"][d]["aligned_proj"]
     assert metrics["unlabelled"]["site_c"]["images"] == 5
     rows = list(csv.DictReader((repo / "metrics" / "predictions.csv").open()))
     assert len(rows) == 5 and {r["domain"] for r in rows} == {"site_c"} and all(r["class_name"] in SHAPES for r in rows)
