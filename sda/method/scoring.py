@@ -196,7 +196,8 @@ def score_domain(source: Classifier, aligned: Classifier, batches: Iterable[Any]
     dropped = source_collapsed(predictions["source"], collapse_share, num_classes, collapse_min_images)
     if dropped:  # the aligned model alone (under a fallback the aligned model is the source model: DDA)
         predictions["sda"] = predictions["aligned_proj"]
+    share = round(top_class_share(predictions["source"]), 4) if len(y) else 0.0
     return DomainScore(accuracy={m: accuracy(p, y) for m, p in predictions.items()},
                        grid=(np.concatenate(grid_o)[:grid_images], np.concatenate(grid_p)[:grid_images]),
                        keys=keys, sda=predictions["sda"], source=predictions["source"], dda=predictions["dda"],
-                       labels=y, source_share=round(top_class_share(predictions["source"]), 4) if len(y) else 0.0, source_dropped=dropped)
+                       labels=y, source_share=share, source_dropped=dropped)

@@ -198,9 +198,9 @@ class RelabelJob:
             images = np.stack([g[1] for g in good])
             pred, proj = self.predictor.predict(images, lambda c: derive_seed(self.seed, "relabel", bid, c))
             if pred["source_term_dropped"].any():
-                log.info("batch %s: the source model gives %d image(s) one class (evaluate.source_collapse_share="
-                         "%g): SDA labels them by the aligned model alone", bid, len(images),
-                         self.evaluate.source_collapse_share)
+                log.info("batch %s (%d images): the source model calls at least %g of them one class "
+                         "(evaluate.source_collapse_share): SDA labels them by the aligned model alone", bid,
+                         len(images), self.evaluate.source_collapse_share)
             self._commit_labels(bid, good, pred)
             names = self.predictor.class_names
             report.labelled = len(good)
