@@ -80,7 +80,7 @@ def run(params: Params, domain: Domain, device, data: Path = DATA, metrics_dir: 
     # SDA's source term per domain: the source model's top-class share on the originals, whether it was dropped
     metrics["sda_source_term"] = {"collapse_share": params.evaluate.source_collapse_share, "domains": source_term}
     metrics["paired"] = {"domains": {d: sc.compared() for d, sc in confusion.items()},
-                         "corruptions": [d for d in index.get("corruptions", index["corruption_domains"]) if d in confusion]}
+                         "corruptions": [d for d in generated_corruptions(index) if d in confusion]}
     if predicted:
         metrics["unlabelled"] = {d: {"images": len(sc.keys), "sda_counts": dict(Counter(class_names[i] for i in sc.sda))}
                                  for d, sc in predicted.items()}
@@ -106,6 +106,16 @@ def run(params: Params, domain: Domain, device, data: Path = DATA, metrics_dir: 
     for w in metrics.get("warnings", []):
         log.warning("%s", w)
     return metrics
+
+
+def generated_corruptions(index: dict) -> list[str]:
+    """The domains of ``domains.json`` made by corrupting images (embedded, ImageNet-C, the folder
+    profile's corruptions of the source test split), not a folder of real target images: with several
+    ImageNet-C severities a domain is named ``<corruption>_s<severity>``."""
+    made = set(index.get("corruptions", []))
+    if not made:
+        return list(index["corruption_domains"])
+    return [d for d in index["corruption_domains"] if d in made or d.rsplit("_s", 1)[0] in made]
 
 
 def compute_per_method(projection: dict) -> dict:

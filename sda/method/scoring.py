@@ -9,7 +9,8 @@ Methods (each a prediction per image):
   DDA's prediction when the alignment fell back (an aligned model that the projected source val
   split rejected: ``classifier_align``'s config says ``fallback: dda``); the aligned term alone on a
   domain where the source model's predictions collapsed, when ``evaluate.source_collapse_share`` is
-  set (:func:`source_collapsed`; off by default, as in the paper).
+  set (:func:`source_collapsed`; off by default, as in the paper). The decision needs a whole domain,
+  so it is made here, per target domain; relabelling, image by image, keeps the sum.
 
 Extra rows (``more``): DDA's other ensembles (entropy pick, confidence pick, logit sum) and the
 aligned model alone on projected images.
@@ -46,12 +47,10 @@ def fell_back(aligned_config: dict[str, Any]) -> bool:
     return aligned_config.get("fallback") == "dda"
 
 
-def sda_logits(source_orig: torch.Tensor, aligned_proj: torch.Tensor, *, fallback: bool = False,
-               drop_source: bool = False) -> torch.Tensor:
+def sda_logits(source_orig: torch.Tensor, aligned_proj: torch.Tensor, *, fallback: bool = False) -> torch.Tensor:
     """SDA's decision logits (N, C): the raw sum source(original) + aligned(projected) (docs/method.md);
-    with ``fallback`` (:func:`fell_back`) the projected term alone, DDA's decision; with ``drop_source``
-    (:func:`source_collapsed`) the projected term alone too."""
-    return aligned_proj if fallback or drop_source else source_orig + aligned_proj
+    with ``fallback`` (:func:`fell_back`) the projected term alone, DDA's decision."""
+    return aligned_proj if fallback else source_orig + aligned_proj
 
 
 def top_class_share(predictions: np.ndarray) -> float:
@@ -124,20 +123,29 @@ def paired_comparison(a_right: np.ndarray, b_right: np.ndarray) -> dict[str, flo
     each method labelled each image right).
 
     Returns ``gained`` / ``lost`` (images A gets right and B wrong / the reverse), ``difference``
-    (A minus B, points), ``low`` / ``high`` (its 95 % interval, the paired Wald interval) and ``p``
-    (exact two-sided McNemar test: the chance of a split of the ``gained + lost`` discordant images
-    at least this uneven if neither method were better). Percent figures rounded to 2 decimals.
+    (A minus B, points), ``low`` / ``high`` (its 95 % interval: the paired Wald interval widened by the
+    continuity correction 1 / N, so that it leaves out 0 only where ``p`` is small too) and ``p`` (exact
+    two-sided McNemar test: the chance of a split of the ``gained + lost`` discordant images at least
+    this uneven if neither method were better; 4 significant digits). Points rounded to 2 decimals.
     """
     a, b = np.asarray(a_right, bool), np.asarray(b_right, bool)
     if a.shape != b.shape or a.ndim != 1 or not len(a):
         raise ValueError(f"paired_comparison needs two equal, non-empty 1-d arrays, got {a.shape} and {b.shape}")
     n, gained, lost = len(a), int((a & ~b).sum()), int((~a & b).sum())
     diff = (gained - lost) / n
-    se = math.sqrt(max(gained + lost - (gained - lost) ** 2 / n, 0.0)) / n
-    k, m = min(gained, lost), gained + lost
-    p = min(1.0, 2 * sum(math.comb(m, i) for i in range(k + 1)) / 2 ** m) if m else 1.0
-    return {"gained": gained, "lost": lost, "difference": round(100 * diff, 2),
-            "low": round(100 * (diff - 1.96 * se), 2), "high": round(100 * (diff + 1.96 * se), 2), "p": round(p, 4)}
+    half = (1.96 * math.sqrt(max(gained + lost - (gained - lost) ** 2 / n, 0.0)) + 1) / n if gained + lost else 0.0
+    return {"gained": gained, "lost": lost, "difference": round(100 * diff, 2), "low": round(100 * (diff - half), 2),
+            "high": round(100 * (diff + half), 2), "p": float(f"{_binomial_two_sided(min(gained, lost), gained + lost):.4g}")}
+
+
+def _binomial_two_sided(k: int, m: int) -> float:
+    """P(X <= k) x 2, capped at 1, for X ~ Binomial(m, 1/2): McNemar's exact test of k of m discordant
+    pairs. Summed in log space (lgamma), so that tens of thousands of pairs take milliseconds."""
+    if m == 0:
+        return 1.0
+    log_norm = math.lgamma(m + 1) - m * math.log(2)
+    tail = sum(math.exp(log_norm - math.lgamma(i + 1) - math.lgamma(m - i + 1)) for i in range(k + 1))
+    return min(1.0, 2 * tail)
 
 
 @dataclass
@@ -193,8 +201,9 @@ def score_domain(source: Classifier, aligned: Classifier, batches: Iterable[Any]
             grid_p.append(b.paired[:grid_images])
     y = np.concatenate(labels)
     predictions = {m: np.concatenate(p) for m, p in preds.items()}
-    dropped = source_collapsed(predictions["source"], collapse_share, num_classes, collapse_min_images)
-    if dropped:  # the aligned model alone (under a fallback the aligned model is the source model: DDA)
+    # under a fallback SDA is DDA's decision already: nothing to drop
+    dropped = not fallback and source_collapsed(predictions["source"], collapse_share, num_classes, collapse_min_images)
+    if dropped:
         predictions["sda"] = predictions["aligned_proj"]
     share = round(top_class_share(predictions["source"]), 4) if len(y) else 0.0
     return DomainScore(accuracy={m: accuracy(p, y) for m, p in predictions.items()},

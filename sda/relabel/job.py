@@ -37,7 +37,7 @@ import pyarrow as pa
 import torch
 from filelock import FileLock, Timeout
 
-from sda.config import Evaluate, Projection, Relabel
+from sda.config import Projection, Relabel
 from sda.io.atomic import atomic_write_bytes, clean_stale_temps
 from sda.io.images import BadImage, center_crop_arr, decode_image
 from sda.io.untrusted_files import unlink_if_same
@@ -73,16 +73,14 @@ class RelabelJob:
     """One relabelling run over an inbox; see the module docstring.
 
     ``settings``: the ``relabel`` params (paths already resolved by the caller); ``projection``: the
-    pipeline's; ``models``: the folders of :class:`sda.relabel.predict.SdaPredictor`; ``evaluate``: the
-    pipeline's (its ``source_collapse_*``, applied per batch as ``evaluate`` applies them per domain).
+    pipeline's; ``models``: the folders of :class:`sda.relabel.predict.SdaPredictor`.
     """
 
     def __init__(self, settings: Relabel, *, projection: Projection, image_size: int,
                  models: dict[str, Path], lineage: Lineage, seed: int, run_id: str,
                  flow_run_id: str | None = None, device: torch.device | str = "cpu",
-                 inbox: Path | None = None, evaluate: Evaluate | None = None) -> None:
+                 inbox: Path | None = None) -> None:
         self.settings = settings
-        self.evaluate = evaluate or Evaluate()
         self.inbox = Path(inbox or settings.inbox)
         self.labels_dir, self.quarantine_dir = Path(settings.labels), Path(settings.quarantine)
         self.reports_dir = self.labels_dir / "_reports"  # "_" keeps it out of Parquet readers' way
@@ -163,9 +161,7 @@ class RelabelJob:
             items = [it for it, _ in sc.broken]
             self._quarantine(items, {it.sha256: r for it, r in sc.broken}, "refused-" + batch_id_of(items))
         if self.batches:  # once per run: with batch_size "auto" this measures a guided step on the GPU
-            self.predictor = SdaPredictor(self.models, self.projection, self.device,
-                                          collapse_share=self.evaluate.source_collapse_share,
-                                          collapse_min_images=self.evaluate.source_collapse_min_images)
+            self.predictor = SdaPredictor(self.models, self.projection, self.device)
 
     # -- work ------------------------------------------------------------------------------------
     def process(self, batch: list[InboxItem]) -> BatchReport:
@@ -197,10 +193,6 @@ class RelabelJob:
             assert self.predictor is not None
             images = np.stack([g[1] for g in good])
             pred, proj = self.predictor.predict(images, lambda c: derive_seed(self.seed, "relabel", bid, c))
-            if pred["source_term_dropped"].any():
-                log.info("batch %s (%d images): the source model calls at least %g of them one class "
-                         "(evaluate.source_collapse_share): SDA labels them by the aligned model alone", bid,
-                         len(images), self.evaluate.source_collapse_share)
             self._commit_labels(bid, good, pred)
             names = self.predictor.class_names
             report.labelled = len(good)

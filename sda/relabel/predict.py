@@ -11,7 +11,7 @@ import torch
 
 from sda.config import Projection
 from sda.method.projector import Projector
-from sda.method.scoring import fell_back, sda_logits, source_collapsed
+from sda.method.scoring import fell_back, sda_logits
 from sda.models.classifiers import load_classifier
 
 __all__ = ["SdaPredictor"]
@@ -21,13 +21,10 @@ class SdaPredictor:
     """The three models of a pipeline run, loaded once: ``models`` names the folders
     ``{"source": ..., "aligned": ..., "diffusion": ..., "projector": ..., "classes": classes.json}``
     (``projector``: synth_align's, read for ``projection.method: distilled``); ``projection`` is the
-    pipeline's (``batch_size: auto`` is measured here, once). ``collapse_share`` / ``collapse_min_images``:
-    ``evaluate.source_collapse_*``, applied to each call's images as ``evaluate`` applies them to a domain."""
+    pipeline's (``batch_size: auto`` is measured here, once)."""
 
-    def __init__(self, models: dict[str, Path], projection: Projection, device: torch.device | str = "cpu", *,
-                 collapse_share: float | None = None, collapse_min_images: int = 20):
+    def __init__(self, models: dict[str, Path], projection: Projection, device: torch.device | str = "cpu"):
         self.device = torch.device(device)
-        self.collapse_share, self.collapse_min_images = collapse_share, collapse_min_images
         self.source = load_classifier(models["source"], self.device)
         self.aligned = load_classifier(models["aligned"], self.device)
         self.projector = Projector(models["projector"] if projection.method == "distilled" else models["diffusion"],
@@ -41,24 +38,18 @@ class SdaPredictor:
         Projected in guidance batches of the projector's batch size; chunk ``c`` (its first index)
         draws its noise from ``seed_of_chunk(c)``. Predictions: ``label``, ``confidence`` (softmax of
         the SDA logit sum), ``top5`` / ``top5_confidence``, ``source_label`` / ``source_confidence``
-        (the source model alone on the original), arrays of N (N x k for top-5), and
-        ``source_term_dropped`` (bool (N,), the same for every image of the call: whether the source
-        model's predictions on these images collapsed and SDA's sum went without them).
+        (the source model alone on the original), arrays of N (N x k for top-5).
         """
         pbs = self.projector.batch_size
         projected = np.concatenate([self.projector(images[c: c + pbs], seed_of_chunk(c))
                                     for c in range(0, len(images), pbs)])
         source_orig = self.source.logits(images, device=self.device)
         aligned_proj = self.aligned.logits(projected, device=self.device)
-        drop = source_collapsed(source_orig.argmax(1).numpy(), self.collapse_share, source_orig.shape[1],
-                                self.collapse_min_images)
-        p_sda = sda_logits(source_orig, aligned_proj, fallback=fell_back(self.aligned.config),
-                           drop_source=drop).softmax(1)
+        p_sda = sda_logits(source_orig, aligned_proj, fallback=fell_back(self.aligned.config)).softmax(1)
         p_src = source_orig.softmax(1)
         top = p_sda.topk(min(5, p_sda.shape[1]), dim=1)
         return {
             "label": p_sda.argmax(1).numpy(), "confidence": p_sda.amax(1).numpy(),
             "top5": top.indices.numpy(), "top5_confidence": top.values.numpy(),
             "source_label": p_src.argmax(1).numpy(), "source_confidence": p_src.amax(1).numpy(),
-            "source_term_dropped": np.full(len(images), drop),
         }, projected

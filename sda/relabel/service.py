@@ -55,7 +55,7 @@ def make_job(root: Path, params: Params, lineage: Lineage, *, inbox: str | None 
             raise ModelsMissing(f"{path} is missing ({name} model): run the pipeline first (make run, or dvc repro)")
     return RelabelJob(settings, projection=params.projection, image_size=stored_image_size(root),
                       models=models, lineage=lineage, seed=params.runtime.seed, run_id=uuid.uuid4().hex,
-                      flow_run_id=flow_run_id, device=pick_device(params.runtime.device), evaluate=params.evaluate)
+                      flow_run_id=flow_run_id, device=pick_device(params.runtime.device))
 
 
 def run_summary(job: RelabelJob, reports: list[BatchReport], seconds: float) -> dict[str, Any]:

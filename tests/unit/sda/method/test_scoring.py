@@ -60,7 +60,7 @@ def test_paired_comparison_counts_the_discordant_images_and_tests_them():
     assert (c["gained"], c["lost"]) == (12, 2)
     assert c["difference"] == 5.0 and c["low"] < 5.0 < c["high"]
     # exact two-sided McNemar: P(X <= 2 | 14 trials, 1/2) x 2 = 2 x 106 / 16384
-    assert c["p"] == round(2 * 106 / 2 ** 14, 4)
+    assert c["p"] == pytest.approx(2 * 106 / 2 ** 14, rel=1e-3)
     assert c["p"] < 0.05 and c["low"] > 0
     # a lead of 4 images of 200 (the size of the folder examples' targets) is within chance
     few = paired_comparison(np.array([True] * 6 + [False] * 2 + [False] * 192), np.array([False] * 6 + [True] * 2 + [False] * 192))
@@ -69,6 +69,12 @@ def test_paired_comparison_counts_the_discordant_images_and_tests_them():
     same = paired_comparison(a, a)
     assert same == {"gained": 0, "lost": 0, "difference": 0.0, "low": 0.0, "high": 0.0, "p": 1.0}
     assert paired_comparison(b, a)["difference"] == -5.0
+    # 5 images gained, none lost: p 0.0625, and the interval, with its continuity correction, keeps 0 too
+    five = paired_comparison(np.array([True] * 5 + [False] * 195), np.array([False] * 200))
+    assert five["p"] == 0.0625 and five["low"] < 0 < five["high"]
+    # tens of thousands of discordant images: the exact test in log space, tiny p kept (not rounded to 0)
+    big = paired_comparison(np.r_[np.ones(30000, bool), np.zeros(20000, bool)], np.r_[np.zeros(25000, bool), np.ones(25000, bool)])
+    assert (big["gained"], big["lost"]) == (25000, 20000) and 0 < big["p"] < 1e-100
     with pytest.raises(ValueError, match="equal, non-empty"):
         paired_comparison(a, b[:10])
 
