@@ -99,6 +99,9 @@ def main() -> None:
             clone_head(repo)
         if args.cache:
             run(repo, *dvc, "cache", "dir", "--local", str(args.cache.resolve()))
+            # a clone has no outs: without them `dvc repro` re-runs every stage whose run is not in the run
+            # cache, so the committed run's outs are checked out first (what the cache lacks stays absent)
+            run(repo, *dvc, "checkout", "--allow-missing")
         # the committed params, not what the last setting left in the work tree (a --repo checkout's
         # uncommitted params are dropped too: commit them, or its upstream stages run again)
         base = yaml.safe_load(run(repo, "git", "show", "HEAD:params.yaml"))
