@@ -77,6 +77,38 @@ def distillation_fe(repo: Path) -> float:
     return t["forwards"] + 2 * t["backwards"] + record["student_forward_equivalents"]
 
 
+def plot(table: list[dict], path: Path) -> None:
+    """SDA (and DDA) against forward-equivalents per image, a line per projection method, each point named by
+    its setting; nothing without matplotlib (not a dependency of the project)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plot")
+        return
+    fig, ax = plt.subplots(figsize=(6.5, 4.2), dpi=120)
+    for method in ("ilvr", "dda", "distilled"):
+        pts = sorted((float(t["unet_fe_per_image"]), float(t["sda"]), float(t["dda"]), t["setting"]) for t in table
+                     if setting(t["setting"])["method"] == method)
+        if not pts:
+            continue
+        line, = ax.plot([p[0] for p in pts], [p[1] for p in pts], "o", label=f"SDA, {method} projection")
+        ax.plot([p[0] for p in pts], [p[2] for p in pts], "s", color=line.get_color(), mfc="none",
+                label=f"DDA, {method} projection")
+        for fe, sda, _, name in pts:
+            ax.annotate(name, (fe, sda), textcoords="offset points", xytext=(4, 4), fontsize=6)
+    ax.axhline(float(table[0]["source"]), color="gray", lw=1, label="source model")
+    ax.set_xscale("log")
+    ax.set_xlabel("UNet forward-equivalents per target image")
+    ax.set_ylabel("mean corruption top-1 %")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    print(f"plot: {path}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--settings", nargs="+", default=DEFAULT, help="method:N[:respacing] (default: %(default)s)")
@@ -86,7 +118,13 @@ def main() -> None:
     ap.add_argument("--repo", type=Path, action="append", default=[],
                     help="use this checkout (one per seed, in --seeds order) instead of a new clone: a finished "
                          "run of that seed whose upstream stages need not run again")
+    ap.add_argument("--replot", type=Path, default=None, metavar="CSV",
+                    help="only draw the plot of a finished run's accuracy_vs_compute.csv (beside it, .png)")
     args = ap.parse_args()
+    if args.replot:
+        with args.replot.open(newline="") as f:
+            plot(list(csv.DictReader(f)), args.replot.with_suffix(".png"))
+        return
     if args.out.exists():
         sys.exit(f"{args.out} exists: remove it or pick another --out")
     if args.repo and len(args.repo) != len(args.seeds):
@@ -143,27 +181,7 @@ def main() -> None:
         print(f"| {t['setting']} | {t['unet_fe_per_image']:g} | {t['one_off_fe']:.3g} | " + " | ".join(
             f"{t[k]:.2f}" + (f" ± {t[k + '_sd']:.2f}" if len(args.seeds) > 1 else "") for k in METHODS)
             + f" | {t['imagenet_c_h200_hours']:g} |")
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    for method in ("ilvr", "dda", "distilled"):
-        pts = sorted((t["unet_fe_per_image"], t["sda"], t["dda"]) for t in table
-                     if setting(t["setting"])["method"] == method)
-        if pts:
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=f"SDA, {method} projection")
-            ax.plot([p[0] for p in pts], [p[2] for p in pts], "s--", label=f"DDA, {method} projection")
-    ax.axhline(table[0]["source"], color="gray", lw=1, label="source model")
-    ax.set_xscale("log")
-    ax.set_xlabel("UNet forward-equivalents per target image")
-    ax.set_ylabel("mean corruption top-1 %")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(args.out / "accuracy_vs_compute.png")
+    plot(table, args.out / "accuracy_vs_compute.png")
 
 
 if __name__ == "__main__":
