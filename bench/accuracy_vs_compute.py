@@ -59,10 +59,13 @@ def run(repo: Path, *cmd: str) -> str:
 def setting(spec: str) -> dict:
     """``method:N[:respacing]`` -> the projection params that change (``dda:2:10``: 2 guided steps of a
     10-step respacing, from about the noise level of the default's 4 of 20; ``distilled:4``: one evaluation
-    of a student of ``dda:4``, ``distilled+ilvr:4`` of ``ilvr:4``)."""
+    of a student of ``dda:4``, ``distilled+ilvr:4`` of ``ilvr:4``; ``+plain``: the student's x0 as it is,
+    without the low frequencies of the reference, ``projection.distill_lowpass: false``)."""
     method, n, *respacing = spec.split(":")
-    method, _, teacher = method.partition("+")
-    return {"method": method, "N": int(n), **({"teacher": teacher} if teacher else {}),
+    method, *extra = method.split("+")
+    teacher = [e for e in extra if e != "plain"]
+    return {"method": method, "N": int(n), **({"teacher": teacher[0]} if teacher else {}),
+            **({"distill_lowpass": False} if "plain" in extra else {}),
             **({"respacing": int(respacing[0])} if respacing else {})}
 
 

@@ -182,12 +182,17 @@ class Projection(_Section):
         "step); ilvr: the sample's low-pass content replaced by the noised reference's at each step (Choi et al. "
         "2021; no backward: 1 a step; scale is not used); distilled: one evaluation of a copy of the UNet trained "
         "by synth_align to give what `teacher` (at respacing, N, D, scale) gives from the same noised image."))
-    teacher: Literal["dda", "ilvr"] = Field("dda", description="method: distilled: the guided projection it learns.")
+    teacher: Literal["dda", "ilvr"] = Field("ilvr", description=(
+        "method: distilled: the guided projection it learns (ilvr: a third of dda's one-off cost, SDA as high)."))
     distill_images: int = Field(2000, ge=1, description=(
         "method: distilled: synthetic images (a seeded draw of data/synth_generate) the teacher projects."))
     distill_draws: int = Field(2, ge=1, description="method: distilled: teacher projections (noise draws) per image.")
     distill_steps: int = Field(1000, ge=1, description="method: distilled: training steps of the student (batch_size).")
     distill_lr: float = Field(1e-4, gt=0, description="method: distilled: the student's AdamW learning rate.")
+    distill_lowpass: bool = Field(True, description=(
+        "method: distilled: the student's output takes the low frequencies (LPF_D) of the image it projects, as "
+        "ILVR's last step does, and the student learns the high ones only (still one evaluation); false: the "
+        "student's x0 as it is (SDA 5 points lower on the embedded domain)."))
     respacing: int = Field(20, ge=2, description="Respaced steps of the training schedule.")
     N: int = Field(4, ge=1, description="Noising depth in respaced steps.")
     D: int = Field(4, ge=1, description="Low-pass down-sampling factor.")

@@ -18,7 +18,8 @@ batch) and ``fix_off_by_one`` (noise at ts[N-1], where denoising starts).
 ``method: ilvr`` keeps steps 1 and 3 and replaces 2's guidance by ILVR's (Choi et al., ICCV 2021):
 x_{t-1} = out.sample - LPF_D(out.sample) + LPF_D(q_sample(ref, t-1)), no gradient (at the last step
 the reference itself). ``method: distilled`` keeps step 1 and replaces 2 by one evaluation of a
-student UNet (:mod:`sda.method.distill`) read as x0 = (x_t - sqrt(1 - a_t) eps) / sqrt(a_t), clamped.
+student UNet (:mod:`sda.method.distill`) read as x0 = (x_t - sqrt(1 - a_t) eps) / sqrt(a_t), then (with
+``distill_lowpass``, the default) x0 - LPF_D(x0) + LPF_D(ref), as ILVR's last step, and clamped.
 Every call counts its work where it happens (:class:`ProjectionCost`).
 """
 
@@ -175,7 +176,10 @@ def project(
         with torch.no_grad(), amp:
             eps = unet(x, t_start, **kwargs).sample
         cost.forwards += b
-        return predicted_x0(x, eps.float(), alpha_bar(scheduler, ts[start])).clamp(-1, 1)
+        x0 = predicted_x0(x, eps.float(), alpha_bar(scheduler, ts[start]))
+        if projection.distill_lowpass:  # the low frequencies of the reference, as ILVR's last step
+            x0 = x0 - low_pass(x0, D) + ref_low
+        return x0.clamp(-1, 1)
     for i in tqdm(range(N - 1, -1, -1), desc="project", leave=False, disable=not progress):
         t = ts[i]
         tt = torch.full((ref.shape[0],), t, device=device, dtype=torch.long)

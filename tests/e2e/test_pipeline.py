@@ -239,7 +239,8 @@ def test_the_projection_method_reaches_every_stage_that_projects(own_repo):
     assert ran == ["synth_align", "classifier_align", "target_project", "evaluate"], r.stdout[-2000:]
     student = repo / "data" / "synth_align" / "projector"
     record = json.loads((student / "projector.json").read_text())
-    assert record["method"] == "distilled" and record["teacher"] == "dda" and record["pairs"] == 24
+    assert record["method"] == "distilled" and record["teacher"] == "ilvr" and record["pairs"] == 24
+    assert record["distill_lowpass"] is True
     assert (student / "unet" / "diffusion_pytorch_model.safetensors").is_file()
     assert not list((repo / "data" / ".work").glob("distill-*"))  # published, then the work copy removed
     for stage in ("synth_align", "target_project"):

@@ -1,6 +1,8 @@
 """The distilled one-evaluation projector (projection.method: distilled): it learns its teacher's
 projection, is deterministic, costs one forward per image, and refuses params it was not distilled with."""
 
+import types
+
 import numpy as np
 import pytest
 import torch
@@ -8,13 +10,14 @@ import torch
 from sda.config import Projection
 from sda.io.images import to_unit_range
 from sda.io.shards import Sample, write_shards
-from sda.method.dda import ProjectionCost, project
-from sda.method.distill import distill, pair_noise, read_record, seeded_subset, train_projector
+from sda.method.dda import ProjectionCost, alpha_bar, low_pass, project, start_timestep
+from sda.method.distill import (distill, pair_noise, projection_record, read_record, seeded_subset, student_mismatch,
+                                 train_projector)
 from sda.method.projector import Projector
 from sda.models.diffusion import DiffusionInfo, save_diffusion
 from sda.runtime import derive_seed
 
-SETTINGS = dict(respacing=20, N=4, D=4, scale=6.0, batch_size=8, distill_draws=1, distill_steps=80, distill_lr=2e-3)
+SETTINGS = dict(teacher="dda", respacing=20, N=4, D=4, scale=6.0, batch_size=8, distill_draws=1, distill_steps=80, distill_lr=2e-3)
 NULL = 3  # the tiny UNet's null class (num_classes=3)
 
 
@@ -94,3 +97,33 @@ def test_a_student_is_used_only_with_the_params_it_was_distilled_with(tiny_unet,
         Projector(tmp_path / "student", proj.model_copy(update={"N": 6}))
     with pytest.raises(ValueError, match="holds no distilled projector"):
         Projector(tmp_path / "diffusion", proj)
+
+
+def test_a_student_distilled_before_the_lowpass_is_not_taken_for_one_with_it():
+    proj = Projection(method="distilled", **SETTINGS)
+    old = {k: v for k, v in projection_record(proj).items() if k != "distill_lowpass"}  # a record from before
+    assert student_mismatch(old, proj) == ["distill_lowpass: False (params: True)"]
+    assert student_mismatch(old, Projection(**{**proj.model_dump(), "distill_lowpass": False})) == []
+
+
+class _ZeroEps(torch.nn.Module):
+    """A student that predicts no noise: its x0 is x_t / sqrt(alpha_bar), known in closed form."""
+
+    def forward(self, x, t, **kwargs):
+        return types.SimpleNamespace(sample=torch.zeros_like(x))
+
+
+def test_a_lowpass_student_takes_the_low_frequencies_of_what_it_projects(scheduler):
+    images = (64 + _images(8) // 2).astype(np.uint8)  # mid-range, and little noise: the clamp does not bite
+    ref = to_unit_range(images)
+    noise = 0.1 * pair_noise(0, np.arange(8), (3, 16, 16))
+    proj = Projection(method="distilled", **SETTINGS, distill_lowpass=False)
+    t = start_timestep(proj, scheduler.config.num_train_timesteps)
+    a = alpha_bar(scheduler, t)
+    x0 = (a ** 0.5 * ref + (1 - a) ** 0.5 * noise) / a ** 0.5
+    off = _project(_ZeroEps(), scheduler, images, proj, noise)
+    on = _project(_ZeroEps(), scheduler, images, Projection(**{**proj.model_dump(), "distill_lowpass": True}), noise)
+    assert x0.abs().max() < 1
+    assert torch.allclose(off, x0, atol=1e-4)
+    assert torch.allclose(on, x0 - low_pass(x0, 4) + low_pass(ref, 4), atol=1e-4)
+    assert (on - off).abs().max() > 0.02
