@@ -11,6 +11,7 @@ checkout's `.dvc/cache`): the default setting of a seed whose run it holds costs
     .venv/bin/python bench/accuracy_vs_compute.py --seeds 0 --cache .dvc/cache --out /tmp/avc
     .venv/bin/python bench/accuracy_vs_compute.py --settings dda:4 ilvr:4 ilvr:1 dda:2:10 --seeds 0 1 2
     .venv/bin/python bench/accuracy_vs_compute.py --settings distilled:4 distilled+ilvr:4 --repo /tmp/avc/seed-0
+    .venv/bin/python bench/accuracy_vs_compute.py --rows /tmp/a.log /tmp/b.log --settings dda:4 ilvr:4 --out /tmp/ab
 
 `distilled` settings (one evaluation of a student that synth_align trains) also report the one-off work
 of the distillation (the teacher's projections and the student's training), which the per-image figure
@@ -121,12 +122,24 @@ def main() -> None:
     ap.add_argument("--repo", type=Path, action="append", default=[],
                     help="use this checkout (one per seed, in --seeds order) instead of a new clone: a finished "
                          "run of that seed whose upstream stages need not run again")
-    ap.add_argument("--replot", type=Path, default=None, metavar="CSV",
-                    help="only draw the plot of a finished run's accuracy_vs_compute.csv (beside it, .png)")
+    ap.add_argument("--rows", type=Path, nargs="+", default=None, metavar="LOG",
+                    help="run nothing: summarise the rows (JSON lines) that earlier runs printed, e.g. a sweep split "
+                         "over several invocations, into --out (table, CSV, plot); --settings picks and orders them")
     args = ap.parse_args()
-    if args.replot:
-        with args.replot.open(newline="") as f:
-            plot(list(csv.DictReader(f)), args.replot.with_suffix(".png"))
+    if args.rows:
+        rows, seen = [], {}
+        for line in (line for log in args.rows for line in log.read_text().splitlines() if line.startswith("{")):
+            r = json.loads(line)
+            key = (r["seed"], r["setting"])
+            if key in seen and any(seen[key][k] != r[k] for k in METHODS):
+                sys.exit(f"seed {key[0]}, {key[1]}: two runs disagree ({seen[key]} and {r})")
+            if key not in seen:  # a setting run again (same code, same seed) counts once
+                seen[key] = r
+                rows.append(r)
+        settings = [s for s in args.settings if any(r["setting"] == s for r in rows)]
+        if not settings:
+            sys.exit(f"no rows of {args.settings} in {[str(p) for p in args.rows]}")
+        summarize(rows, settings, args.out)
         return
     if args.out.exists():
         sys.exit(f"{args.out} exists: remove it or pick another --out")
@@ -162,29 +175,36 @@ def main() -> None:
                          "fallback": bool((m.get("alignment") or {}).get("fallback")),
                          "seconds": round(time.perf_counter() - t0), "ran": ",".join(ran)})
             print(json.dumps(rows[-1]), flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
+    summarize(rows, args.settings, args.out)
+
+
+def summarize(rows: list[dict], settings: list[str], out: Path) -> None:
+    """The mean (and sd) over seeds of each setting's rows: ``out/accuracy_vs_compute.csv``, a table on stdout,
+    ``out/accuracy_vs_compute.png``."""
+    out.mkdir(parents=True, exist_ok=True)
+    seeds = sorted({r["seed"] for r in rows if r["setting"] in settings})
     table = []
-    for spec in args.settings:
+    for spec in settings:
         rs = [r for r in rows if r["setting"] == spec]
         mean = {k: statistics.mean(r[k] for r in rs) for k in METHODS}
         sd = {k: statistics.stdev(r[k] for r in rs) if len(rs) > 1 else 0.0 for k in METHODS}
         fe = rs[0]["unet_fe_per_image"]
         hours = IMAGENET_C_SEV5 / (H200_DDA_IMAGES_PER_S * H200_DDA_FE / fe) / 3600 if fe else 0.0
-        table.append({"setting": spec, "unet_fe_per_image": fe, "one_off_fe": rs[0]["one_off_fe"], **mean, **{f"{k}_sd": sd[k] for k in METHODS},
+        table.append({"setting": spec, "seeds": len(rs), "unet_fe_per_image": fe, "one_off_fe": rs[0]["one_off_fe"], **mean, **{f"{k}_sd": sd[k] for k in METHODS},
                       "imagenet_c_h200_hours": round(hours, 1), "fallbacks": sum(r["fallback"] for r in rs)})
-    with (args.out / "accuracy_vs_compute.csv").open("w", newline="") as f:
+    with (out / "accuracy_vs_compute.csv").open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(table[0]))
         w.writeheader()
         w.writerows(table)
-    print(f"\nseeds {args.seeds}; mean corruption top-1 % (test split); UNet forward-equivalents per image")
-    print("| setting | FE / image | one-off FE (distillation) | source | DDA | SDA | ImageNet-C sev. 5 on one H200 "
-          "(h, scaled) |")
-    print("|---|---|---|---|---|---|---|")
+    print(f"\nseeds {seeds}; mean corruption top-1 % (test split); UNet forward-equivalents per image")
+    print("| setting | seeds | FE / image | one-off FE (distillation) | source | DDA | SDA | ImageNet-C sev. 5 on one "
+          "H200 (h, scaled) |")
+    print("|---|---|---|---|---|---|---|---|")
     for t in table:
-        print(f"| {t['setting']} | {t['unet_fe_per_image']:g} | {t['one_off_fe']:.3g} | " + " | ".join(
-            f"{t[k]:.2f}" + (f" ± {t[k + '_sd']:.2f}" if len(args.seeds) > 1 else "") for k in METHODS)
+        print(f"| {t['setting']} | {t['seeds']} | {t['unet_fe_per_image']:g} | {t['one_off_fe']:.3g} | " + " | ".join(
+            f"{t[k]:.2f}" + (f" ± {t[k + '_sd']:.2f}" if t["seeds"] > 1 else "") for k in METHODS)
             + f" | {t['imagenet_c_h200_hours']:g} |")
-    plot(table, args.out / "accuracy_vs_compute.png")
+    plot(table, out / "accuracy_vs_compute.png")
 
 
 if __name__ == "__main__":
