@@ -10,7 +10,7 @@ checkout's `.dvc/cache`): the default setting of a seed whose run it holds costs
 
     .venv/bin/python bench/accuracy_vs_compute.py --seeds 0 --cache .dvc/cache --out /tmp/avc
     .venv/bin/python bench/accuracy_vs_compute.py --settings dda:4 ilvr:4 ilvr:1 dda:2:10 --seeds 0 1 2
-    .venv/bin/python bench/accuracy_vs_compute.py --settings distilled:4 distilled+ilvr:4 --repo /tmp/avc/seed-0
+    .venv/bin/python bench/accuracy_vs_compute.py --settings distilled+ilvr:4 distilled+dda:4 --repo /tmp/avc/seed-0
     .venv/bin/python bench/accuracy_vs_compute.py --rows /tmp/a.log /tmp/b.log --settings dda:4 ilvr:4 --out /tmp/ab
 
 `distilled` settings (one evaluation of a student that synth_align trains) also report the one-off work
@@ -59,8 +59,9 @@ def run(repo: Path, *cmd: str) -> str:
 
 def setting(spec: str) -> dict:
     """``method:N[:respacing]`` -> the projection params that change (``dda:2:10``: 2 guided steps of a
-    10-step respacing, from about the noise level of the default's 4 of 20; ``distilled:4``: one evaluation
-    of a student of ``dda:4``, ``distilled+ilvr:4`` of ``ilvr:4``; ``+plain``: the student's x0 as it is,
+    10-step respacing, from about the noise level of the default's 4 of 20; ``distilled+ilvr:4``: one
+    evaluation of a student of ``ilvr:4``, ``distilled+dda:4`` of ``dda:4``, ``distilled:4`` of the committed
+    params' ``projection.teacher``; ``+plain``: the student's x0 as it is,
     without the low frequencies of the reference, ``projection.distill_lowpass: false``)."""
     method, n, *respacing = spec.split(":")
     method, *extra = method.split("+")
