@@ -12,9 +12,9 @@ the same noised image:
 
 With ``distill_lowpass`` (the default) the student's output takes the low frequencies of the image it
 projects, as ILVR's last step does, so the student learns the high ones only; ``false``: y = x0. On the
-embedded domain this is the difference between a student 5 points under its teacher and one within
-half a point: from one noisy evaluation a small UNet cannot recover the digit's shape, which the
-teacher's walk keeps from the reference (docs/compute.md).
+embedded domain this is the difference between SDA 5 points under the default projection's and
+within half a point of it: from one noisy evaluation a small UNet cannot recover the digit's shape,
+which the teacher's walk keeps from the reference (docs/compute.md).
 
 This is the knowledge distillation of a sampler (Luhman & Luhman, 2021) at one noise level: the
 projection always starts at the same t, so one target per input suffices (no consistency
