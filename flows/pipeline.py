@@ -278,7 +278,8 @@ def time_table(runs: list[dict]) -> str:
 
 def _results_markdown(root: Path, runs: list[dict], metrics: dict, table: str) -> str:
     """The run's markdown artifact: ``table`` (metrics/results.md), the corruption means of ``metrics``
-    (metrics/evaluate.json), where the time went, the training summaries and the pictures."""
+    (metrics/evaluate.json), where the time went, the training summaries, the methods x streams table
+    (metrics/streams.md) and the pictures."""
     parts = [
         f"# SDA results ({metrics.get('split', 'test')} split, top-1 %)",
         table,
@@ -289,7 +290,11 @@ def _results_markdown(root: Path, runs: list[dict], metrics: dict, table: str) -
     training = training_markdown(root)
     if training:
         parts.append(training)
+    streams = root / METRIC_FILES["streams_table"]
+    if streams.is_file():  # every method on every target stream (stage streams)
+        parts.append("## Methods x target streams (top-1 %; docs/streams.md)\n" + streams.read_text())
     for key, title in (("grid", "Originals vs projections"),
+                       ("streams_heatmap", "Methods x target streams"),
                        ("synthetic_grid", "The synthetic domain: generated per class, and after synth_align"),
                        ("confusion", "Confusion per domain: Source and SDA (rows: actual class)")):
         picture = root / METRIC_FILES[key]
@@ -403,6 +408,8 @@ def _run_pipeline(root_p: Path, stages: list[str] | None, force: bool, profile: 
         metrics = json.loads(metrics_path.read_text())
         table = (root_p / METRIC_FILES["results"]).read_text()
         print(table)
+        if "streams" in todo and (root_p / METRIC_FILES["streams_table"]).is_file():
+            print("Methods x target streams (top-1 %, docs/streams.md):\n" + (root_p / METRIC_FILES["streams_table"]).read_text())
         for w in metrics.get("warnings", []):
             get_run_logger().warning("%s", w)  # the synthetic domain is weak: named stage and setting
         create_markdown_artifact(key="sda-results", markdown=_results_markdown(root_p, runs, metrics, table),

@@ -31,6 +31,7 @@ __all__ = [
     "load_params",
     "parse_params",
     "PROFILE_SECTIONS",
+    "STREAM_METHODS",
     "require_profile_entry",
 ]
 
@@ -288,6 +289,106 @@ class Evaluate(_Section):
         "Domains with fewer images keep the source term (too few to tell a collapse from a skewed sample)."))
 
 
+StreamOrder = Literal["iid", "continual", "mixed", "correlated"]
+STREAM_METHODS: tuple[str, ...] = ("source", "dda", "dda_ens", "sda", "diffpure", "memo", "bn", "tent", "sar",
+                                   "sda+bn", "sda+tent")
+
+
+class StreamSpec(_Section):
+    """One target stream of the ``streams`` stage (sda.method.streams)."""
+
+    order: StreamOrder = Field(..., description=(
+        "iid: each domain shuffled, reset at each domain; continual: the same order, never reset; mixed: all "
+        "domains shuffled together; correlated: labels in a Dirichlet order per domain (delta), reset at each."))
+    batch_size: int = Field(64, ge=1, description="Images per batch (1: below `window`, a sliding window).")
+    delta: float | None = Field(None, ge=0, description="correlated: Dirichlet concentration (0 = class-sorted).")
+    images_per_domain: int | None = Field(None, ge=1, description=(
+        "This stream on a seeded subset of each domain (the first of the same per-domain draw as "
+        "streams.images_per_domain); null: the stage's set."))
+
+    @model_validator(mode="after")
+    def _delta(self) -> "StreamSpec":
+        if (self.order == "correlated") != (self.delta is not None):
+            raise ValueError("delta is set for a correlated stream, and only for it (0 = class-sorted)")
+        return self
+
+
+def _default_streams() -> dict[str, StreamSpec]:
+    return {"iid": StreamSpec(order="iid"), "continual": StreamSpec(order="continual"),
+            "mixed": StreamSpec(order="mixed"), "correlated": StreamSpec(order="correlated", delta=0.1),
+            "class_sorted": StreamSpec(order="correlated", delta=0.0),
+            "batch4": StreamSpec(order="iid", batch_size=4, images_per_domain=270),
+            "batch1": StreamSpec(order="iid", batch_size=1, images_per_domain=32)}
+
+
+class Optimiser(_Section):
+    lr: float = Field(0.00025, gt=0, description="SGD learning rate (the papers' ImageNet value at batch 64).")
+    momentum: float = Field(0.9, ge=0, lt=1)
+
+
+class Sar(Optimiser):
+    rho: float = Field(0.05, gt=0, description="SAM radius.")
+    margin: float = Field(0.4, gt=0, description="Reliable entropy: below margin * ln(classes).")
+    reset_below: float = Field(0.2, ge=0, description="Model recovery: reset when the loss's moving average is under.")
+
+
+class Memo(_Section):
+    lr: float = Field(0.00025, gt=0, description="SGD learning rate of the one step per image (paper, ResNet-50).")
+    views: int = Field(16, ge=2, description="AugMix views per image (paper: 16-64).")
+    images_per_domain: int | None = Field(32, ge=1, description=(
+        "MEMO on a seeded subset of each domain (its cost: views + 1 forwards and views backwards an image); "
+        "null: every image. The table then says on how many."))
+
+
+class GuardParams(_Section):
+    min_images: int = Field(16, ge=1, description="Frozen SDA until this many images were seen since a reset.")
+    min_class_fraction: float = Field(0.5, ge=0, le=1, description=(
+        "Frozen SDA (and no adaptation) when the last `window` frozen predictions hold fewer effective classes "
+        "(exp entropy of their histogram) than this fraction of min(classes, images)."))
+    max_entropy_rise: float = Field(0.0, description=(
+        "Frozen SDA for a batch whose adapted sum is less sure (mean entropy, nats) than the frozen sum by more."))
+
+
+class Streams(_Section):
+    """The ``streams`` stage: every method on every target stream (docs/streams.md)."""
+
+    streams: dict[str, StreamSpec] = Field(default_factory=_default_streams, description="name: stream.")
+    methods: tuple[str, ...] = Field(STREAM_METHODS, description="The methods compared (a subset of the default).")
+    images_per_domain: int | None = Field(None, ge=1, description=(
+        "A seeded subset of each evaluated domain (null: all): the stage's cost is linear in it."))
+    image_ids: str | None = Field(None, description=(
+        "A file of image ids, one per line (RobustBench's helper_files/imagenet_test_image_ids.txt: the 5,000 "
+        "ImageNet-C images of the test-time-adaptation benchmarks); only images whose key is a listed file's "
+        "stem are used. null: all."))
+    window: int = Field(64, ge=0, description=(
+        "Model adaptation at a batch smaller than this sees the batch with the images before it (a sliding "
+        "window of this many); 0: never."))
+    sliding_below: int = Field(2, ge=1, description="The window is used for batches smaller than this (2: batch 1 only).")
+    tent: Optimiser = Optimiser()
+    sar: Sar = Sar()
+    memo: Memo = Memo()
+    diffpure_t: float = Field(0.15, gt=0, lt=1, description="DiffPure's depth t* (ImageNet: 0.15 of the schedule).")
+    guard: GuardParams = GuardParams()
+    coupling_images: int = Field(128, ge=0, description=(
+        "Images projected again, in two batch compositions, to measure how much the reference's batch-wide "
+        "guidance norm moves SDA's labels (0: skip)."))
+
+    @field_validator("methods")
+    @classmethod
+    def _known(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = sorted(set(v) - set(STREAM_METHODS))
+        if unknown:
+            raise ValueError(f"unknown methods {unknown}; choose from {', '.join(STREAM_METHODS)}")
+        return v
+
+    @field_validator("streams")
+    @classmethod
+    def _names(cls, v: dict[str, StreamSpec]) -> dict[str, StreamSpec]:
+        if not v:
+            raise ValueError("name at least one stream")
+        return v
+
+
 class Relabel(_Section):
     """Batch relabelling of new target images (``flows/relabel.py``); paths are relative to the repo."""
 
@@ -425,6 +526,7 @@ class Params(_Section):
     classifier_align: ClassifierAlign = ClassifierAlign()
     target_data: TargetData = TargetData()
     evaluate: Evaluate = Evaluate()
+    streams: Streams = Streams()
     relabel: Relabel = Relabel()
 
 

@@ -39,9 +39,10 @@ STAGE_ORDER: tuple[str, ...] = (
     "target_data",
     "target_project",
     "evaluate",
+    "streams",
 )
-# evaluate's outputs are metrics files, not a data folder
-OUTS: dict[str, Path] = {stage: DATA / stage for stage in STAGE_ORDER if stage != "evaluate"}
+# evaluate's and streams' outputs are metrics files, not a data folder
+OUTS: dict[str, Path] = {stage: DATA / stage for stage in STAGE_ORDER if stage not in ("evaluate", "streams")}
 
 MODEL_STAGES: dict[str, str] = {"source": "source_model", "aligned": "classifier_align",
                                 "diffusion": "diffusion_finetune"}
@@ -69,6 +70,10 @@ METRIC_FILES: dict[str, Path] = {
     "synthetic_grid": METRICS / "synthetic_grid.png",
     "confusion": METRICS / "confusion.png",
     "confusion_rows": METRICS / "confusion",  # <method>/<domain>.csv: actual, predicted per image (DVC's confusion plots)
+    # streams: every method on every target stream (the JSON, its table, the heatmap)
+    "streams": METRICS / "streams.json",
+    "streams_table": METRICS / "streams.md",
+    "streams_heatmap": METRICS / "streams.png",
 }
 
 

@@ -110,7 +110,7 @@ def project(
     projection: Projection = Projection(),
     *,
     class_labels: torch.Tensor | None = None,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | list[torch.Generator] | None = None,
     progress: bool = False,
     cost: ProjectionCost | None = None,
     noise: torch.Tensor | None = None,
@@ -124,7 +124,8 @@ def project(
     learned-range variance) channels; ``class_labels`` is passed through (the embedded model's null
     label; ``None`` for ADM). ``scheduler`` is the model's training schedule (``clip_sample=True``);
     it is copied, never mutated. Noise comes from ``generator`` (``torch.randn`` semantics): one draw
-    for the forward noising of the batch, then one per denoising step except the last.
+    for the forward noising of the batch, then one per denoising step except the last; a list of B
+    generators draws each image's noise from its own (diffusers' ``randn_tensor``).
 
     ``precision`` ("fp32" | "bf16" | "fp16") is the UNet's autocast on CUDA (the scheduler step, the
     low-pass and the guidance stay float32); ``unet`` may be a :func:`sda.accel.fast_model`
@@ -217,7 +218,8 @@ def alpha_bar(scheduler: DDPMScheduler, t: int) -> float:
 
 
 def _ilvr(unet: torch.nn.Module, sched: DDPMScheduler, x: torch.Tensor, ref: torch.Tensor, ts: list[int], N: int,
-          D: int, kwargs: dict[str, Any], amp: Any, generator: torch.Generator | None, cost: ProjectionCost,
+          D: int, kwargs: dict[str, Any], amp: Any, generator: torch.Generator | list[torch.Generator] | None,
+          cost: ProjectionCost,
           progress: bool) -> torch.Tensor:
     """ILVR from ``x`` (the reference noised at ts[N] or ts[N-1]) down the respaced steps ts[N-1] .. ts[0]:
     each step's sample keeps its high frequencies and takes the low ones of the reference noised to

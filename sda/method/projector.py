@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Any, Generator
+from typing import Any, Generator, Sequence
 
 import numpy as np
 import torch
@@ -81,10 +81,16 @@ class Projector:
                                                 self.info.null_label)
         self.projection = projection.model_copy(update={"batch_size": self.batch_size})
 
-    def __call__(self, images: np.ndarray | torch.Tensor, seed: int, cost: ProjectionCost | None = None) -> np.ndarray:
+    def __call__(self, images: np.ndarray | torch.Tensor, seed: int | Sequence[int],
+                 cost: ProjectionCost | None = None) -> np.ndarray:
         """Projections of uint8 (B, H, W, 3) images, B <= ``batch_size``, as one guidance batch whose
-        noise comes from ``seed``: uint8 (B, H, W, 3). ``cost`` counts the work."""
-        gen = torch.Generator(device=self.device).manual_seed(seed)
+        noise comes from ``seed`` (B seeds: each image's from its own): uint8 (B, H, W, 3). ``cost``
+        counts the work."""
+        gen: torch.Generator | list[torch.Generator]
+        if isinstance(seed, (int, np.integer)):
+            gen = torch.Generator(device=self.device).manual_seed(int(seed))
+        else:
+            gen = [torch.Generator(device=self.device).manual_seed(int(s)) for s in seed]
         return project_uint8(self.unet, self.scheduler, images, self.projection, null_label=self.info.null_label,
                              generator=gen, cost=cost)
 
@@ -127,7 +133,7 @@ def project_uint8(
     projection: Projection,
     *,
     null_label: int | None,
-    generator: torch.Generator,
+    generator: torch.Generator | list[torch.Generator],
     cost: ProjectionCost | None = None,
 ) -> np.ndarray:
     """DDA projections of uint8 (B, H, W, 3) images (NumPy, or a tensor on any device) as uint8
@@ -135,7 +141,8 @@ def project_uint8(
 
     ``projection``'s fast-mode fields (``channels_last``, ``compile``) apply here too; the
     unconditional model is the diffusion model with ``null_label`` (``None``: an unconditional model
-    such as ADM); ``generator`` lives on the model's device. A CUDA out-of-memory error becomes a
+    such as ADM); ``generator`` lives on the model's device (a list of B: each image's noise from its own,
+so with ``per_sample_norm`` an image's projection does not depend on its batch mates). A CUDA out-of-memory error becomes a
     ``ValueError`` that names ``projection.batch_size``.
     """
     dev = next(unet.parameters()).device

@@ -16,8 +16,8 @@ OS even on ``kill -9``) from the scan to the last commit; a second job waits for
 images done.
 
 Prediction per image: :class:`sda.relabel.predict.SdaPredictor`. The projection uses the pipeline's ``projection``
-params in guidance batches of ``projection.batch_size`` (with the reference's batch-wide norm a label
-can depend on the batch mates, exactly as in ``target_project``; ``per_sample_norm`` removes that).
+params in guidance batches of ``projection.batch_size``, but each image with its own guidance norm and its
+own noise (seeded by its sha256): a label never depends on which other files arrived in the same run.
 """
 
 from __future__ import annotations
@@ -192,7 +192,7 @@ class RelabelJob:
         if good:
             assert self.predictor is not None
             images = np.stack([g[1] for g in good])
-            pred, proj = self.predictor.predict(images, lambda c: derive_seed(self.seed, "relabel", bid, c))
+            pred, proj = self.predictor.predict(images, [derive_seed(self.seed, "relabel", g[0].sha256) for g in good])
             self._commit_labels(bid, good, pred)
             names = self.predictor.class_names
             report.labelled = len(good)

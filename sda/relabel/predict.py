@@ -1,10 +1,13 @@
 """SDA's prediction for new images (docs/method.md): the source model on the original, the aligned
-model on its DDA projection, SDA = argmax of the raw logit sum; with confidences and top-5."""
+model on its DDA projection, SDA = argmax of the raw logit sum; with confidences and top-5. Each image
+is projected on its own (per-image guidance norm and noise), so relabelling is a stream-independent map:
+an image gets the same label alone or among any others (docs/streams.md)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -27,21 +30,27 @@ class SdaPredictor:
         self.device = torch.device(device)
         self.source = load_classifier(models["source"], self.device)
         self.aligned = load_classifier(models["aligned"], self.device)
+        # each image on its own: its norm and its noise (a label never depends on what else arrived)
+        projection = projection.model_copy(update={"per_sample_norm": True})
         self.projector = Projector(models["projector"] if projection.method == "distilled" else models["diffusion"],
                                    projection, self.device)
         self.class_names: list[str] = json.loads(Path(models["classes"]).read_text())["names"]
 
     @torch.no_grad()
-    def predict(self, images: np.ndarray, seed_of_chunk) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    def predict(self, images: np.ndarray, seeds: Sequence[int]) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """uint8 (N, H, W, 3) images -> (predictions, projections uint8 (N, H, W, 3)).
 
-        Projected in guidance batches of the projector's batch size; chunk ``c`` (its first index)
-        draws its noise from ``seed_of_chunk(c)``. Predictions: ``label``, ``confidence`` (softmax of
+        Projected in guidance batches of the projector's batch size, each image with its own guidance
+        norm (``per_sample_norm``, whatever the pipeline's projection params say) and its own noise, drawn
+        from ``seeds[i]``: an image's label and confidence do not depend on the other images of the call
+        (the relabel job seeds an image by its content). Predictions: ``label``, ``confidence`` (softmax of
         the SDA logit sum), ``top5`` / ``top5_confidence``, ``source_label`` / ``source_confidence``
         (the source model alone on the original), arrays of N (N x k for top-5).
         """
         pbs = self.projector.batch_size
-        projected = np.concatenate([self.projector(images[c: c + pbs], seed_of_chunk(c))
+        if len(seeds) != len(images):
+            raise ValueError(f"{len(seeds)} seeds for {len(images)} images: one each")
+        projected = np.concatenate([self.projector(images[c: c + pbs], seeds[c: c + pbs])
                                     for c in range(0, len(images), pbs)])
         source_orig = self.source.logits(images, device=self.device)
         aligned_proj = self.aligned.logits(projected, device=self.device)

@@ -179,7 +179,7 @@ def test_only_the_active_profiles_params_make_a_stage_stale(own_repo):
         assert "up to date" in status_after(edit).lower()
     out = status_after(lambda p: p["profiles"]["embedded"].update(projection={"N": 2}))
     stale = [s for s in STAGES if re.search(rf"^{s}:", out, re.M)]  # DVC names the stages whose params changed
-    assert stale == ["synth_align", "classifier_align", "target_project", "evaluate"], out
+    assert stale == ["synth_align", "classifier_align", "target_project", "evaluate", "streams"], out
     out = status_after(lambda p: p["embedded"].update(max_shift=2))
     assert re.search(r"^source_data:", out, re.M), out
 
@@ -219,7 +219,7 @@ def test_exp_run_reruns_only_dependent_stages(own_repo):
     assert ran == ["evaluate"], r.stdout[-2000:]
     r = sh(repo, "dvc", "exp", "run", "-S", "classifier_align.epochs=2")
     ran = [s for s in STAGES if f"Running stage '{s}'" in r.stdout]
-    assert ran == ["classifier_align", "evaluate"], r.stdout[-2000:]
+    assert ran == ["classifier_align", "evaluate", "streams"], r.stdout[-2000:]
 
 
 def test_the_projection_method_reaches_every_stage_that_projects(own_repo):
@@ -229,14 +229,14 @@ def test_the_projection_method_reaches_every_stage_that_projects(own_repo):
     repo = own_repo
     r = sh(repo, "dvc", "exp", "run", "-S", "synth_generate.per_class=4")
     ran = [s for s in STAGES if f"Running stage '{s}'" in r.stdout]
-    assert ran == ["synth_generate", "synth_align", "classifier_align", "evaluate"], r.stdout[-2000:]
+    assert ran == ["synth_generate", "synth_align", "classifier_align", "evaluate", "streams"], r.stdout[-2000:]
     record = json.loads((repo / "data" / "synth_align" / "projector" / "projector.json").read_text())
     assert record["method"] == "dda" and record["N"] == 3
 
     r = sh(repo, "dvc", "exp", "run", "-S", "projection.method=distilled", "-S", "projection.distill_steps=20",
            "-S", "projection.distill_images=12", "-S", "projection.batch_size=8")
     ran = [s for s in STAGES if f"Running stage '{s}'" in r.stdout]
-    assert ran == ["synth_align", "classifier_align", "target_project", "evaluate"], r.stdout[-2000:]
+    assert ran == ["synth_align", "classifier_align", "target_project", "evaluate", "streams"], r.stdout[-2000:]
     student = repo / "data" / "synth_align" / "projector"
     record = json.loads((student / "projector.json").read_text())
     assert record["method"] == "distilled" and record["teacher"] == "ilvr" and record["pairs"] == 24

@@ -175,6 +175,27 @@ def test_cli_labels_each_image_once_and_quarantines_bad_files(tiny_repo, tmp_pat
     assert len(read_table(store / "labels")) == 34
 
 
+def test_a_label_does_not_depend_on_the_other_files_of_the_run(tiny_repo, tmp_path):
+    """Relabelling is a stream-independent map: an image labelled alone and among 31 others (a
+    corrupted domain, where the projection decides) gets the same label, confidence and projection-based
+    top-5, since each image is projected with its own guidance norm and its own noise."""
+    images = [img for img, _ in _target_images(tiny_repo, 32, "gaussian_noise")]
+    alone, crowd = tmp_path / "alone", tmp_path / "crowd"
+    alone.mkdir()
+    crowd.mkdir()
+    (alone / "x.png").write_bytes(png_bytes(images[5]))
+    for i, img in enumerate(images):
+        (crowd / f"i{i:02d}.png").write_bytes(png_bytes(img))
+    relabel_cli(tiny_repo, alone, tmp_path / "s1", "--batch-size", "32")
+    relabel_cli(tiny_repo, crowd, tmp_path / "s2", "--batch-size", "32")
+    (a,) = read_table(tmp_path / "s1" / "labels").to_pylist()
+    rows = {r["sha256"]: r for r in read_table(tmp_path / "s2" / "labels").to_pylist()}
+    assert len(rows) == 32
+    c = rows[a["sha256"]]
+    assert a["label"] == c["label"] and a["top5"] == c["top5"]
+    assert a["confidence"] == pytest.approx(c["confidence"], abs=1e-5)
+
+
 def test_kill_9_at_random_points_then_rerun_labels_each_file_exactly_once(tiny_repo, tmp_path):
     inbox, store = tmp_path / "inbox", tmp_path / "store"
     inbox.mkdir()

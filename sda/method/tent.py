@@ -1,0 +1,55 @@
+"""Tent (Wang, Shelhamer, Liu, Olshausen, Darrell, "Tent: Fully Test-Time Adaptation by Entropy
+Minimization", ICLR 2021): BatchNorm on the test batch's statistics, and one gradient step per batch on
+the norm layers' affine parameters, minimising the mean softmax entropy of the batch's predictions.
+The prediction is the forward pass the step is taken on (the paper's online setting). Below ``window``
+images a batch is seen with the images before it (:class:`sda.method.norm_layers.Window`).
+
+Paper settings for ImageNet (ResNet-50): SGD, lr 0.00025, momentum 0.9, batch 64, one step.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+
+from sda.models.classifiers import Classifier, to_model_input
+from sda.method.norm_layers import ClassifierCost, Window, entropy, norm_affine_parameters, use_test_batch_statistics
+
+__all__ = ["Tent"]
+
+
+class Tent:
+    """``tent(images uint8 (B, H, W, 3)) -> logits float32 (B, C)`` (CPU), updating the model after the
+    forward pass. :meth:`reset` restores the source weights and the optimiser's state."""
+
+    def __init__(self, classifier: Classifier, *, lr: float, momentum: float, window: int,
+                 device: torch.device | str = "cpu"):
+        self.device = torch.device(device)
+        self.model = copy.deepcopy(classifier.module).to(self.device)
+        use_test_batch_statistics(self.model)
+        self.params = norm_affine_parameters(self.model)
+        self.optimizer = torch.optim.SGD(self.params, lr=lr, momentum=momentum)
+        self._initial = (copy.deepcopy(self.model.state_dict()), copy.deepcopy(self.optimizer.state_dict()))
+        self.preprocessing = classifier.preprocessing
+        self.window = Window(window)
+        self.cost = ClassifierCost()
+
+    def reset(self) -> None:
+        self.model.load_state_dict(self._initial[0])
+        self.optimizer.load_state_dict(self._initial[1])
+        self.window.reset()
+
+    def __call__(self, images: np.ndarray) -> torch.Tensor:
+        x, rows = self.window(to_model_input(images, **self.preprocessing, device=self.device))
+        # 1. forward on test-batch statistics; 2. entropy of the batch's predictions (Tent eq. 1)
+        logits = self.model(x)
+        loss = entropy(logits).mean()
+        # 3. one step on the norm layers' affine parameters
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.cost.forwards += len(x)
+        self.cost.backwards += len(x)
+        return logits[rows].detach().float().cpu()

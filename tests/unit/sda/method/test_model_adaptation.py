@@ -1,0 +1,142 @@
+"""The model-adaptation baselines (BN, Tent, SAR, MEMO), DiffPure and the guard, on a tiny random CNN."""
+
+import numpy as np
+import pytest
+import torch
+
+from sda.method.bn import BatchNormAdapter
+from sda.method.diffpure import diffpure_depth, purify
+from sda.method.guarded import Guard, GuardedSda, effective_classes
+from sda.method.memo import Memo
+from sda.method.sar import Sar
+from sda.method.tent import Tent
+from sda.models.classifiers import Classifier, create_classifier
+
+
+@pytest.fixture
+def clf():
+    torch.manual_seed(0)
+    model = create_classifier("sda_cnn3", 10, width=8).eval()
+    with torch.no_grad():  # source statistics unlike any test batch's, so using the batch's shows
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-1, 1)
+                m.running_var.uniform_(0.5, 2)
+    return Classifier(model, {"num_classes": 10, "mean": [0.5] * 3, "std": [0.25] * 3})
+
+
+def _images(n, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (n, 16, 16, 3), dtype=np.uint8)
+
+
+def _norm_state(model):
+    return {k: v.clone() for k, v in model.state_dict().items() if "bn" in k or k.count(".") >= 2}
+
+
+def test_bn_uses_the_batch_statistics(clf):
+    x = _images(32)
+    bn = BatchNormAdapter(clf, window=0)
+    adapted = bn(x)
+    frozen = clf.logits(x)
+    assert not torch.allclose(adapted, frozen, atol=1e-3)
+    # the batch's statistics: an image's logits depend on its batch mates
+    assert not torch.allclose(bn(x[:16])[:1], adapted[:1], atol=1e-4)
+    assert bn.batch_norm_layers == 6 and bn.cost.forwards == 48
+
+
+def test_a_sliding_window_at_batch_one(clf):
+    x = _images(12)
+    bn = BatchNormAdapter(clf, window=8)
+    out = torch.cat([bn(x[i: i + 1]) for i in range(12)])
+    full = BatchNormAdapter(clf, window=0)
+    # the 12th image was seen with the 7 before it: the same as a batch of those 8
+    assert torch.allclose(out[11], full(x[4:12])[-1], atol=1e-5)
+    assert torch.allclose(out[0], full(x[:1])[0], atol=1e-5)  # the first one alone
+    bn.reset()
+    assert torch.allclose(bn(x[11:12])[0], full(x[11:12])[0], atol=1e-5)  # reset empties the window
+
+
+def test_tent_updates_only_the_norm_affine_parameters_and_resets(clf):
+    tent = Tent(clf, lr=0.1, momentum=0.9, window=0)
+    before = {k: v.clone() for k, v in tent.model.named_parameters()}
+    x = _images(32)
+    first = tent(x)
+    second = tent(x)
+    assert not torch.allclose(first, second)  # it learnt from the first batch
+    changed = {k for k, v in tent.model.named_parameters() if not torch.equal(v, before[k])}
+    bn_names = {f"{n}.{p}" for n, m in tent.model.named_modules() if isinstance(m, torch.nn.BatchNorm2d)
+                for p in ("weight", "bias")}
+    assert changed and changed <= bn_names
+    tent.reset()
+    assert torch.allclose(tent(x), first)
+    assert tent.cost.backwards == 96
+
+
+def test_sar_updates_on_reliable_images_only_and_recovers(clf):
+    x = _images(32)
+    none_reliable = Sar(clf, lr=0.1, momentum=0.9, window=0, margin_fraction=0.0)
+    before = {k: v.clone() for k, v in none_reliable.model.state_dict().items()}
+    none_reliable(x)
+    assert all(torch.equal(v, before[k]) for k, v in none_reliable.model.state_dict().items())
+    assert none_reliable.cost.backwards == 0
+    sar = Sar(clf, lr=0.1, momentum=0.9, window=0, margin_fraction=1.0, reset_below=100.0)
+    first = sar(x)
+    assert sar.resets == 1  # the moving average is under reset_below: back to the source weights
+    assert torch.allclose(sar(x), first, atol=1e-6)
+
+
+def test_memo_depends_on_the_image_alone_and_restores_the_model(clf):
+    memo = Memo(clf, lr=0.01, views=4, seed=0)
+    x = _images(6)
+    keys = [f"k{i}" for i in range(6)]
+    together = memo(x, keys)
+    alone = memo(x[3:4], keys[3:4])
+    assert torch.allclose(together[3], alone[0], atol=1e-5)
+    assert not torch.allclose(alone[0], clf.logits(x[3:4])[0], atol=1e-4)  # the step changed the prediction
+    assert all(torch.equal(a, b) for a, b in zip(memo.model.state_dict().values(), clf.module.state_dict().values()))
+    assert memo.cost.forwards == 7 * 5 and memo.cost.backwards == 4 * 7
+
+
+def test_guard_keeps_frozen_sda_on_concentrated_or_short_streams():
+    guard = Guard(num_classes=10, window=64, min_images=16, min_class_fraction=0.5, max_entropy_rise=0.0)
+    assert guard.check(np.arange(8) % 10) == "too_few"
+    assert guard.check(np.arange(56) % 10) is None  # 64 images over 10 classes
+    guard.reset()
+    assert guard.check(np.full(64, 3)) == "concentrated"
+    assert effective_classes(np.array([1, 1, 2, 2])) == pytest.approx(2)
+
+
+def test_guarded_sda_does_not_feed_the_adapters_an_unsafe_batch(clf):
+    calls = []
+
+    class Recording:
+        def __init__(self):
+            self.cost = None
+
+        def reset(self):
+            calls.append("reset")
+
+        def __call__(self, images):
+            calls.append(len(images))
+            return torch.zeros(len(images), 10)
+
+    combo = GuardedSda(Recording(), Recording(), Guard(num_classes=10, window=64, min_images=16,
+                                                       min_class_fraction=0.5, max_entropy_rise=0.0))
+    one_class = torch.zeros(32, 10)
+    one_class[:, 2] = 5.0
+    out = combo(_images(32), _images(32), one_class, one_class)
+    assert torch.equal(out, 2 * one_class) and calls == []  # frozen SDA's sum; the adapters never saw it
+    assert combo.decisions == {"concentrated": 32}
+
+
+def test_diffpure_depth_and_per_image_noise(tiny_unet, scheduler):
+    assert diffpure_depth(0.15, 1000, 20) == 3  # ts[3] = 158, the nearest to 150
+    x = torch.rand(6, 3, 16, 16) * 2 - 1
+    keys = [f"k{i}" for i in range(6)]
+    labels = torch.full((6,), 3)
+    together = purify(tiny_unet, scheduler, x, keys, N=3, respacing=20, seed=1, class_labels=labels)
+    alone = purify(tiny_unet, scheduler, x[2:3], keys[2:3], N=3, respacing=20, seed=1, class_labels=labels[:1])
+    assert torch.allclose(together[2], alone[0], atol=1e-5)  # its batch mates do not matter
+    other = purify(tiny_unet, scheduler, x[2:3], ["other"], N=3, respacing=20, seed=1, class_labels=labels[:1])
+    assert not torch.allclose(other, alone, atol=1e-3)  # the noise is the image's own
+    assert together.abs().max() <= 1
