@@ -1,7 +1,7 @@
 """The "Your own data" examples of docs/own-data.md, measured: a generated folder set of someone's labelled
 images run with ``profile: folder`` and the repository's params, through the Prefect flow over the
 DVC stages, in a scratch clone of this checkout's HEAD (commit first). Prints the wall time, the
-results table with the checks of the synthetic domain, and copies ``metrics/projection_grid.png``
+results table with the checks of the synthetic domain, the methods x target streams table, and copies ``metrics/projection_grid.png``
 next to the clone.
 
 - ``--set shapes``: 4 shapes, mixed formats and sizes; a darker blurred labelled target, a flat one;
@@ -91,6 +91,9 @@ def main() -> None:
     seconds = run_pipeline(repo)
     print(f"\nwall time of the pipeline: {seconds:.0f} s")
     print((repo / "metrics" / "results.md").read_text())
+    streams = repo / "metrics" / "streams.md"
+    if streams.is_file():  # every method on every target stream (docs/streams.md)
+        print("\nmethods x target streams (top-1 %):\n" + streams.read_text())
     grid = args.out / "projection_grid.png"
     grid.write_bytes((repo / "metrics" / "projection_grid.png").read_bytes())
     print(f"originals vs projections: {grid}")

@@ -125,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--labels", help="label dataset folder (default: relabel.labels)")
     parser.add_argument("--quarantine", help="quarantine folder (default: relabel.quarantine)")
     parser.add_argument("--batch-size", type=int, help="images per batch (default: relabel.batch_size)")
+    parser.add_argument("--adapt", choices=["frozen", "sda+bn"],
+                        help="frozen: a label depends on its image alone; sda+bn: guarded adaptation to each batch "
+                             "(default: relabel.adapt; docs/streams.md)")
     parser.add_argument("--min-age", type=float, help="skip files modified less than this many seconds ago")
     parser.add_argument("--upload-grace", type=float,
                         help="leave truncated files modified less than this many seconds ago for a later run")
@@ -134,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(args.root).resolve()
     overrides = {k: v for k, v in {"labels": args.labels, "quarantine": args.quarantine,
                                    "batch_size": args.batch_size, "min_age_seconds": args.min_age,
-                                   "upload_grace_seconds": args.upload_grace}.items()
+                                   "upload_grace_seconds": args.upload_grace, "adapt": args.adapt}.items()
                  if v is not None}
     try:
         params = load_params(root / "params.yaml")

@@ -410,6 +410,10 @@ class Relabel(_Section):
     move_quarantined: bool = Field(True, description="Remove quarantined files from the inbox (after the copy).")
     lock_timeout_seconds: float = Field(3600.0, ge=0, description="How long a run waits for a running one.")
     grid_images: int = Field(8, ge=1, le=64, description="Images per predicted class in the batch grid.")
+    adapt: Literal["frozen", "sda+bn"] = Field("frozen", description=(
+        "frozen: SDA with both classifiers frozen, each image projected on its own: a label never depends on the "
+        "other files of the run; sda+bn: SDA's classifiers on each batch's statistics where streams.guard allows "
+        "it (docs/streams.md: better on a large i.i.d. batch, and a label then depends on its batch)."))
 
 
 class ImageNet(_Section):

@@ -7,12 +7,13 @@ Mechanisms only; each method's update rule lives in its own module (``bn``, ``te
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
-__all__ = ["ClassifierCost", "Window", "entropy", "norm_affine_parameters", "use_test_batch_statistics"]
+__all__ = ["ClassifierCost", "NormUpdater", "Window", "entropy", "norm_affine_parameters", "use_test_batch_statistics"]
 
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 _NORMS = (*_BN, nn.LayerNorm, nn.GroupNorm)  # timm's LayerNorm2d is a LayerNorm
@@ -65,6 +66,23 @@ def norm_affine_parameters(model: nn.Module) -> list[nn.Parameter]:
     if not params:
         raise ValueError("the classifier has no norm layer with affine parameters: tent / sar have nothing to adapt")
     return params
+
+
+class NormUpdater:
+    """A copy of a classifier's ``module`` on ``device`` for Tent-like methods: norm layers on test-batch
+    statistics, their affine parameters (``params``) updated by SGD (``optimizer``); :meth:`restore` puts
+    back the source weights and the optimiser's empty state."""
+
+    def __init__(self, module: nn.Module, *, lr: float, momentum: float, device: torch.device):
+        self.model = copy.deepcopy(module).to(device)
+        use_test_batch_statistics(self.model)
+        self.params = norm_affine_parameters(self.model)
+        self.optimizer = torch.optim.SGD(self.params, lr=lr, momentum=momentum)
+        self._initial = (copy.deepcopy(self.model.state_dict()), copy.deepcopy(self.optimizer.state_dict()))
+
+    def restore(self) -> None:
+        self.model.load_state_dict(self._initial[0])
+        self.optimizer.load_state_dict(self._initial[1])
 
 
 class Window:

@@ -14,14 +14,13 @@ lr 0.00025, momentum 0.9, batch 64). Below ``window`` images a batch is seen wit
 
 from __future__ import annotations
 
-import copy
 import math
 
 import numpy as np
 import torch
 
 from sda.models.classifiers import Classifier, to_model_input
-from sda.method.norm_layers import ClassifierCost, Window, entropy, norm_affine_parameters, use_test_batch_statistics
+from sda.method.norm_layers import ClassifierCost, NormUpdater, Window, entropy
 
 __all__ = ["Sar"]
 
@@ -33,22 +32,17 @@ class Sar:
     def __init__(self, classifier: Classifier, *, lr: float, momentum: float, window: int, rho: float = 0.05,
                  margin_fraction: float = 0.4, reset_below: float = 0.2, device: torch.device | str = "cpu"):
         self.device = torch.device(device)
-        self.model = copy.deepcopy(classifier.module).to(self.device)
-        use_test_batch_statistics(self.model)
-        self.params = norm_affine_parameters(self.model)
-        self.optimizer = torch.optim.SGD(self.params, lr=lr, momentum=momentum)
-        self._initial = (copy.deepcopy(self.model.state_dict()), copy.deepcopy(self.optimizer.state_dict()))
+        self.updater = NormUpdater(classifier.module, lr=lr, momentum=momentum, device=self.device)
+        self.model, self.params, self.optimizer = self.updater.model, self.updater.params, self.updater.optimizer
         self.preprocessing = classifier.preprocessing
         self.window = Window(window)
-        self.num_classes = int(classifier.config.get("num_classes") or 0)
         self.margin_fraction, self.rho, self.reset_below = margin_fraction, rho, reset_below
         self.ema: float | None = None
         self.resets = 0
         self.cost = ClassifierCost()
 
     def reset(self) -> None:
-        self.model.load_state_dict(self._initial[0])
-        self.optimizer.load_state_dict(self._initial[1])
+        self.updater.restore()
         self.window.reset()
         self.ema = None
 
@@ -89,8 +83,7 @@ class Sar:
             self.optimizer.zero_grad(set_to_none=True)
         # 3. model recovery
         if self.ema is not None and self.ema < self.reset_below:
-            self.model.load_state_dict(self._initial[0])
-            self.optimizer.load_state_dict(self._initial[1])
+            self.updater.restore()
             self.ema = None
             self.resets += 1
         return logits[rows].detach().float().cpu()

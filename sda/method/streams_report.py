@@ -30,8 +30,8 @@ def streams_markdown(metrics: Mapping[str, Any]) -> str:
         first = next(iter(metrics["streams"][s].values()))
         return f"{s} (b{specs[s]['batch_size']}, {first['images_per_domain']}/domain)" if s in specs else s
 
-    lines = ["| method | " + " | ".join(head(s) for s in streams) + " | worst | spread | UNet FE / image | "
-             "classifier fwd / bwd |",
+    lines = ["| method | " + " | ".join(head(s) for s in streams) + " | worst (same images) | spread | "
+             "UNet FE / image | classifier fwd / bwd |",
              "|---|" + "---|" * (len(streams) + 4)]
     best = {s: max(row["mean"] for row in metrics["streams"][s].values()) for s in streams}
     for m in methods:
@@ -43,7 +43,7 @@ def streams_markdown(metrics: Mapping[str, Any]) -> str:
         c = summ["cost_per_image"]
         lines.append(f"| {m} | " + " | ".join(cells) + f" | {summ['worst']:.1f} ({summ['worst_stream']}) | "
                      f"{summ['spread']:.1f} | {c['unet_forward_equivalents']:g} | "
-                     f"{c['classifier_forwards']:g} / {c['classifier_backwards']:g} |")
+                     f"{c['classifier_forwards']:.3g} / {c['classifier_backwards']:.3g} |")
     notes = []
     for s in streams:
         for m, e in metrics["streams"][s].items():
@@ -54,8 +54,9 @@ def streams_markdown(metrics: Mapping[str, Any]) -> str:
     text = "\n".join(lines)
     k = metrics.get("common_images_per_domain")
     if k:
-        text += (f"\n\nEach column on its stream's images; worst and spread on the {k} images per domain every "
-                 "stream evaluated (a subset would otherwise differ by its draw, not by its order).")
+        text += (f"\n\nEach column on its stream's images; worst and spread over the streams on the {k} images per "
+                 "domain every stream evaluated (a subset would otherwise differ by its draw, not by its order). "
+                 "Costs per image: the most any stream needed.")
     if memo is not None and "source_same_images" in memo:
         text += (f" memo: on {memo['images_per_domain']} images per domain (streams.memo.images_per_domain), "
                  f"where the source model gets {memo['source_same_images']:.1f}.")

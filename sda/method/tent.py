@@ -9,13 +9,11 @@ Paper settings for ImageNet (ResNet-50): SGD, lr 0.00025, momentum 0.9, batch 64
 
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 import torch
 
 from sda.models.classifiers import Classifier, to_model_input
-from sda.method.norm_layers import ClassifierCost, Window, entropy, norm_affine_parameters, use_test_batch_statistics
+from sda.method.norm_layers import ClassifierCost, NormUpdater, Window, entropy
 
 __all__ = ["Tent"]
 
@@ -27,18 +25,14 @@ class Tent:
     def __init__(self, classifier: Classifier, *, lr: float, momentum: float, window: int,
                  device: torch.device | str = "cpu"):
         self.device = torch.device(device)
-        self.model = copy.deepcopy(classifier.module).to(self.device)
-        use_test_batch_statistics(self.model)
-        self.params = norm_affine_parameters(self.model)
-        self.optimizer = torch.optim.SGD(self.params, lr=lr, momentum=momentum)
-        self._initial = (copy.deepcopy(self.model.state_dict()), copy.deepcopy(self.optimizer.state_dict()))
+        self.updater = NormUpdater(classifier.module, lr=lr, momentum=momentum, device=self.device)
+        self.model, self.optimizer = self.updater.model, self.updater.optimizer
         self.preprocessing = classifier.preprocessing
         self.window = Window(window)
         self.cost = ClassifierCost()
 
     def reset(self) -> None:
-        self.model.load_state_dict(self._initial[0])
-        self.optimizer.load_state_dict(self._initial[1])
+        self.updater.restore()
         self.window.reset()
 
     def __call__(self, images: np.ndarray) -> torch.Tensor:

@@ -37,7 +37,7 @@ import pyarrow as pa
 import torch
 from filelock import FileLock, Timeout
 
-from sda.config import Projection, Relabel
+from sda.config import GuardParams, Projection, Relabel
 from sda.io.atomic import atomic_write_bytes, clean_stale_temps
 from sda.io.images import BadImage, center_crop_arr, decode_image
 from sda.io.untrusted_files import unlink_if_same
@@ -79,8 +79,9 @@ class RelabelJob:
     def __init__(self, settings: Relabel, *, projection: Projection, image_size: int,
                  models: dict[str, Path], lineage: Lineage, seed: int, run_id: str,
                  flow_run_id: str | None = None, device: torch.device | str = "cpu",
-                 inbox: Path | None = None) -> None:
+                 inbox: Path | None = None, guard: GuardParams | None = None) -> None:
         self.settings = settings
+        self.guard = guard if settings.adapt == "sda+bn" else None
         self.inbox = Path(inbox or settings.inbox)
         self.labels_dir, self.quarantine_dir = Path(settings.labels), Path(settings.quarantine)
         self.reports_dir = self.labels_dir / "_reports"  # "_" keeps it out of Parquet readers' way
@@ -161,7 +162,7 @@ class RelabelJob:
             items = [it for it, _ in sc.broken]
             self._quarantine(items, {it.sha256: r for it, r in sc.broken}, "refused-" + batch_id_of(items))
         if self.batches:  # once per run: with batch_size "auto" this measures a guided step on the GPU
-            self.predictor = SdaPredictor(self.models, self.projection, self.device)
+            self.predictor = SdaPredictor(self.models, self.projection, self.device, guard=self.guard)
 
     # -- work ------------------------------------------------------------------------------------
     def process(self, batch: list[InboxItem]) -> BatchReport:

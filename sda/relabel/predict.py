@@ -12,7 +12,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from sda.config import Projection
+from sda.config import GuardParams, Projection
+from sda.method.bn import BatchNormAdapter
+from sda.method.guarded import Guard, GuardedSda
 from sda.method.projector import Projector
 from sda.method.scoring import fell_back, sda_logits
 from sda.models.classifiers import load_classifier
@@ -24,10 +26,15 @@ class SdaPredictor:
     """The three models of a pipeline run, loaded once: ``models`` names the folders
     ``{"source": ..., "aligned": ..., "diffusion": ..., "projector": ..., "classes": classes.json}``
     (``projector``: synth_align's, read for ``projection.method: distilled``); ``projection`` is the
-    pipeline's (``batch_size: auto`` is measured here, once)."""
+    pipeline's (``batch_size: auto`` is measured here, once). ``guard`` (``relabel.adapt: sda+bn``): each
+    :meth:`predict` call is a batch on whose statistics SDA's two classifiers are adapted where the guard
+    allows it (:mod:`sda.method.guarded`); None: frozen, an image's label its own."""
 
-    def __init__(self, models: dict[str, Path], projection: Projection, device: torch.device | str = "cpu"):
+    def __init__(self, models: dict[str, Path], projection: Projection, device: torch.device | str = "cpu",
+                 guard: GuardParams | None = None):
         self.device = torch.device(device)
+        self.guard = guard
+        self.adapted = 0  # images labelled by the adapted classifiers (relabel.adapt: sda+bn)
         self.source = load_classifier(models["source"], self.device)
         self.aligned = load_classifier(models["aligned"], self.device)
         # each image on its own: its norm and its noise (a label never depends on what else arrived)
@@ -54,7 +61,17 @@ class SdaPredictor:
                                     for c in range(0, len(images), pbs)])
         source_orig = self.source.logits(images, device=self.device)
         aligned_proj = self.aligned.logits(projected, device=self.device)
-        p_sda = sda_logits(source_orig, aligned_proj, fallback=fell_back(self.aligned.config)).softmax(1)
+        fallback = fell_back(self.aligned.config)
+        logits = sda_logits(source_orig, aligned_proj, fallback=fallback)
+        if self.guard is not None and not fallback:
+            g = self.guard
+            combo = GuardedSda(BatchNormAdapter(self.source, window=0, device=self.device),
+                               BatchNormAdapter(self.aligned, window=0, device=self.device),
+                               Guard(num_classes=logits.shape[1], window=len(images), min_images=g.min_images,
+                                     min_class_fraction=g.min_class_fraction, max_entropy_rise=g.max_entropy_rise))
+            logits = combo(images, projected, source_orig, aligned_proj)
+            self.adapted += combo.decisions["adapted"]
+        p_sda = logits.softmax(1)
         p_src = source_orig.softmax(1)
         top = p_sda.topk(min(5, p_sda.shape[1]), dim=1)
         return {

@@ -55,7 +55,7 @@ def make_job(root: Path, params: Params, lineage: Lineage, *, inbox: str | None 
             raise ModelsMissing(f"{path} is missing ({name} model): run the pipeline first (make run, or dvc repro)")
     return RelabelJob(settings, projection=params.projection, image_size=stored_image_size(root),
                       models=models, lineage=lineage, seed=params.runtime.seed, run_id=uuid.uuid4().hex,
-                      flow_run_id=flow_run_id, device=pick_device(params.runtime.device))
+                      flow_run_id=flow_run_id, device=pick_device(params.runtime.device), guard=params.streams.guard)
 
 
 def run_summary(job: RelabelJob, reports: list[BatchReport], seconds: float) -> dict[str, Any]:
@@ -76,6 +76,8 @@ def run_summary(job: RelabelJob, reports: list[BatchReport], seconds: float) -> 
         "part_files_set_aside": job.set_aside,  # unreadable part files moved to <store>/_corrupt/
         "seconds": round(seconds, 2),
         "images_per_second": round(labelled / seconds, 2) if seconds > 0 else 0.0,
+        "adapt": job.settings.adapt,  # sda+bn: how many labels came from the adapted classifiers
+        "adapted": job.predictor.adapted if job.predictor else 0,
         "labels": str(job.labels_dir),
         "run_id": job.run_id,
     }

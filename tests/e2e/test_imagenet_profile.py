@@ -79,6 +79,38 @@ def test_imagenet_profile_stage_outputs(repo):
     assert metrics["more"]["corruptions_in_mean"] == IMAGENET_CORRUPTIONS
     assert set(metrics["mean"]) == set(MAIN_METHODS)
 
+    # the streams stage with the paper's classifier (a BN ResNet) and ADM's learned-range projector
+    streams = json.loads((repo / "metrics" / "streams.json").read_text())
+    assert streams["protocol"]["domains"] == IMAGENET_CORRUPTIONS and streams["protocol"]["images"] == 12
+    iid = streams["streams"]["iid"]
+    assert {"bn", "tent", "sar", "memo", "diffpure", "sda+bn", "sda+tent"} <= set(iid)
+    assert iid["tent"]["classifier_backwards"] > 0 and iid["diffpure"]["unet_forward_equivalents"] > 0
+
+
+@pytest.mark.slow
+def test_streams_on_a_list_of_image_ids(repo, tmp_path):
+    """streams.image_ids (RobustBench's helper_files/imagenet_test_image_ids.txt on real ImageNet): only the
+    listed images are evaluated, whatever their folder in the list; a missing list is a one-line error."""
+    keys = load_shards(repo / "data" / "target_data" / "gaussian_noise").keys
+    ids = tmp_path / "imagenet_test_image_ids.txt"
+    ids.write_text("".join(f"{WNIDS[0]}/{k}.JPEG\n" for k in keys[:4]))
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["streams"].update(image_ids=str(ids), methods=["source", "sda", "bn"], coupling_images=0)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    outs = [repo / "metrics" / f for f in ("streams.json", "streams.md", "streams.png")]
+    kept = {p: p.read_bytes() for p in outs}
+    try:
+        sh(repo, sys.executable, "-m", "tasks.streams", "--params", str(tmp_path / "params.yaml"))
+        m = json.loads(outs[0].read_text())
+        assert m["protocol"]["images"] == 8 and set(m["streams"]["iid"]) == {"source", "sda", "bn"}
+        params["streams"]["image_ids"] = str(tmp_path / "missing.txt")
+        (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+        r = sh(repo, sys.executable, "-m", "tasks.streams", "--params", str(tmp_path / "params.yaml"), check=False)
+        assert r.returncode == 2 and "streams.image_ids" in r.stderr and "Traceback" not in r.stderr
+    finally:
+        for p, b in kept.items():
+            p.write_bytes(b)
+
 
 @pytest.mark.slow
 def test_imagenet_profile_is_cached_and_errors_name_the_file(repo):

@@ -19,6 +19,7 @@ import yaml
 
 from sda.io.atomic import sha256_file
 from sda.io.shards import load_shards, read_manifest
+from sda.config import STREAM_METHODS
 from sda.method.scoring import MAIN_METHODS
 from tests.support import subprocess_env, sh
 from tasks import STAGES
@@ -89,6 +90,40 @@ def test_every_stage_output(repo):
     assert not list((repo / "data").glob("*/run.json")) and not list((repo / "data").rglob("progress.json"))
     assert not any("seconds" in s for s in read_manifest(data / "synth_generate")["shards"])
     assert json.loads((data / ".runs" / "synth_generate.json").read_text())["summary"]["shards"] == 4
+
+
+def test_streams_compare_input_and_model_adaptation(repo):
+    """The streams stage: every method on every stream of TINY, the frozen methods the same on every stream,
+    BN misled by class-sorted batches, the guard's decisions counted, the costs counted."""
+    m = json.loads((repo / "metrics" / "streams.json").read_text())
+    assert list(m["streams"]) == ["iid", "mixed", "class_sorted", "batch1"]
+    for name, row in m["streams"].items():
+        assert set(row) == set(STREAM_METHODS), name
+        for e in row.values():
+            assert set(e["domains"]) == {"gaussian_noise", "pixelate"} and 0 <= e["mean"] <= 100
+    assert m["streams"]["batch1"]["sda"]["images_per_domain"] == 12 and m["common_images_per_domain"] == 12
+    # input adaptation and MEMO: a function of the image, the same on every stream's shared images
+    for method in ("source", "dda", "dda_ens", "sda", "diffpure", "memo"):
+        assert m["methods"][method]["spread"] == 0, method
+    assert m["streams"]["iid"]["memo"]["images_adapted"] == 16 and m["streams"]["iid"]["memo"]["classifier_forwards"] == 5
+    # BN on a batch of two or three classes normalises the classes away
+    assert m["streams"]["class_sorted"]["bn"]["mean"] < m["streams"]["iid"]["bn"]["mean"] - 5
+    for name, row in m["streams"].items():
+        guard = row["sda+bn"]["guard"]
+        assert sum(guard.values()) == 2 * row["sda"]["images_per_domain"], name
+    assert m["streams"]["class_sorted"]["sda+bn"]["guard"].get("concentrated", 0) > 0
+    # 12 images a domain, one at a time: never the 16 the guard needs, so frozen SDA throughout
+    assert m["streams"]["batch1"]["sda+bn"]["guard"] == {"too_few": 24}
+    assert m["streams"]["batch1"]["sda+bn"]["mean"] == m["streams"]["batch1"]["sda"]["mean"]
+    iid = m["streams"]["iid"]
+    assert iid["sda"]["unet_forward_equivalents"] == 9.0 and iid["diffpure"]["unet_forward_equivalents"] == 1.0
+    assert iid["bn"]["classifier_backwards"] == 0 < iid["tent"]["classifier_backwards"]
+    assert m["streams"]["batch1"]["bn"]["classifier_forwards"] > 1  # the sliding window's forwards
+    # what the reference's batch-wide norm changes; the per-image norm changes nothing
+    assert m["batch_coupling"]["per_sample_norm"]["labels_changed_pct"] == 0
+    table = (repo / "metrics" / "streams.md").read_text()
+    assert table.startswith("| method | iid (b16, 60/domain) |") and "| sda+tent |" in table
+    assert (repo / "metrics" / "streams.png").stat().st_size > 1000
 
 
 def test_the_run_measures_its_synthetic_domain_and_says_it_is_weak(repo):

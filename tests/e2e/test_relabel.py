@@ -196,6 +196,25 @@ def test_a_label_does_not_depend_on_the_other_files_of_the_run(tiny_repo, tmp_pa
     assert a["confidence"] == pytest.approx(c["confidence"], abs=1e-5)
 
 
+def test_guarded_adaptation_keeps_the_frozen_labels_of_a_one_class_batch(tiny_repo, tmp_path):
+    """relabel.adapt: sda+bn adapts SDA's classifiers to a batch only where the guard allows it: a batch
+    of one class (the class-sorted stream, where batch statistics mislead) keeps the frozen labels."""
+    one_class = [img for img, y in _target_images(tiny_repo, 180, "clean") if y == 3][:16]
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    for i, img in enumerate(one_class):
+        (inbox / f"i{i:02d}.png").write_bytes(png_bytes(img))
+    shutil.copytree(inbox, tmp_path / "inbox2")
+    frozen = _summary(relabel_cli(tiny_repo, inbox, tmp_path / "s1", "--batch-size", "16"))
+    guarded = _summary(relabel_cli(tiny_repo, tmp_path / "inbox2", tmp_path / "s2", "--batch-size", "16",
+                                   "--adapt", "sda+bn"))
+    assert frozen["adapt"] == "frozen" and guarded["adapt"] == "sda+bn"
+    assert guarded["labelled"] == 16 and guarded["adapted"] == 0
+    labels = [{r["sha256"]: (r["label"], round(r["confidence"], 5)) for r in read_table(tmp_path / s / "labels").to_pylist()}
+              for s in ("s1", "s2")]
+    assert labels[0] == labels[1]
+
+
 def test_kill_9_at_random_points_then_rerun_labels_each_file_exactly_once(tiny_repo, tmp_path):
     inbox, store = tmp_path / "inbox", tmp_path / "store"
     inbox.mkdir()
