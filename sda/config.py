@@ -40,7 +40,7 @@ __all__ = [
 # profile's overrides of the sections it reads (dvc.yaml: profiles.${profile}.<section>), and DVC refuses a
 # missing key. The domains' sections (embedded, imagenet, folder), runtime and relabel are set directly.
 PROFILE_SECTIONS: tuple[str, ...] = ("source_model", "diffusion_finetune", "synth_generate", "projection",
-                                     "classifier_align", "target_data", "evaluate")
+                                     "classifier_align", "target_data", "evaluate", "streams")
 
 # The 15 ImageNet-C corruptions that the paper reports (severity 5), in the usual order.
 CORRUPTIONS: tuple[str, ...] = (
