@@ -13,7 +13,13 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-__all__ = ["ClassifierCost", "NormUpdater", "Window", "entropy", "norm_affine_parameters", "use_test_batch_statistics"]
+__all__ = ["ClassifierCost", "NormUpdater", "Window", "entropy", "lone", "norm_affine_parameters",
+           "use_test_batch_statistics"]
+
+
+def lone(x: torch.Tensor) -> bool:
+    """Whether a model input (B, ...) is a single image: no batch statistics (:class:`Window`)."""
+    return len(x) < 2
 
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 _NORMS = (*_BN, nn.LayerNorm, nn.GroupNorm)  # timm's LayerNorm2d is a LayerNorm
@@ -89,7 +95,11 @@ class Window:
     """Batches smaller than ``size`` are seen together with the images before them: the model's
     input is the last ``size`` images of the stream since the last :meth:`reset` (the sliding window
     the test-time-adaptation library uses at batch size 1), and the current batch's rows are the
-    last ones. ``size`` 0 or a batch at least ``size`` long: the batch alone."""
+    last ones. ``size`` 0 or a batch at least ``size`` long: the batch alone.
+
+    A model input of one image has no batch to take statistics from (a BatchNorm after global pooling
+    cannot even normalise it): the adapters then give the source model's prediction and learn nothing
+    (:func:`lone`)."""
 
     def __init__(self, size: int):
         self.size = size

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from sda.models.classifiers import Classifier, to_model_input
-from sda.method.norm_layers import ClassifierCost, NormUpdater, Window, entropy
+from sda.method.norm_layers import ClassifierCost, NormUpdater, Window, entropy, lone
 
 __all__ = ["Sar"]
 
@@ -35,6 +35,7 @@ class Sar:
         self.updater = NormUpdater(classifier.module, lr=lr, momentum=momentum, device=self.device)
         self.model, self.params, self.optimizer = self.updater.model, self.updater.params, self.updater.optimizer
         self.preprocessing = classifier.preprocessing
+        self.source = classifier  # a lone image: the source model's prediction, no step
         self.window = Window(window)
         self.margin_fraction, self.rho, self.reset_below = margin_fraction, rho, reset_below
         self.ema: float | None = None
@@ -48,6 +49,9 @@ class Sar:
 
     def __call__(self, images: np.ndarray) -> torch.Tensor:
         x, rows = self.window(to_model_input(images, **self.preprocessing, device=self.device))
+        if lone(x):
+            self.cost.forwards += 1
+            return self.source.logits(images, device=self.device)
         logits = self.model(x)
         margin = self.margin_fraction * math.log(logits.shape[1])
         self.cost.forwards += len(x)

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from sda.models.classifiers import Classifier, to_model_input
-from sda.method.norm_layers import ClassifierCost, NormUpdater, Window, entropy
+from sda.method.norm_layers import ClassifierCost, NormUpdater, Window, entropy, lone
 
 __all__ = ["Tent"]
 
@@ -28,6 +28,7 @@ class Tent:
         self.updater = NormUpdater(classifier.module, lr=lr, momentum=momentum, device=self.device)
         self.model, self.optimizer = self.updater.model, self.updater.optimizer
         self.preprocessing = classifier.preprocessing
+        self.source = classifier  # a lone image: the source model's prediction, no step
         self.window = Window(window)
         self.cost = ClassifierCost()
 
@@ -37,6 +38,9 @@ class Tent:
 
     def __call__(self, images: np.ndarray) -> torch.Tensor:
         x, rows = self.window(to_model_input(images, **self.preprocessing, device=self.device))
+        if lone(x):
+            self.cost.forwards += 1
+            return self.source.logits(images, device=self.device)
         # 1. forward on test-batch statistics; 2. entropy of the batch's predictions (Tent eq. 1)
         logits = self.model(x)
         loss = entropy(logits).mean()

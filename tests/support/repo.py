@@ -30,12 +30,12 @@ TINY = {
     # work; shards of 60 keep several shard jobs per domain for the kill / resume tests
     "target_data": {"split": "val", "corruptions": ["gaussian_noise", "pixelate"], "shard_maxcount": 60},
     "relabel": {"min_age_seconds": 0, "upload_grace_seconds": 0, "batch_size": 8},
-    # 60 images per domain in batches of 16 (a class-sorted batch then holds 2-3 of the 10 classes); MEMO
-    # on 8 images, batch 1 (a sliding window of 16) on 12
-    "streams": {"images_per_domain": 60, "window": 16, "coupling_images": 16,
-                "memo": {"views": 4, "images_per_domain": 8},
-                "streams": {"iid": {"order": "iid", "batch_size": 16}, "mixed": {"order": "mixed", "batch_size": 16},
-                            "class_sorted": {"order": "correlated", "batch_size": 16, "delta": 0.0},
+    # 40 images per domain in batches of 10 (a class-sorted batch then holds 1-2 of the 10 classes); MEMO
+    # on 4 images, batch 1 (a sliding window of 16) on 12
+    "streams": {"images_per_domain": 40, "window": 16, "coupling_images": 8,
+                "memo": {"views": 2, "images_per_domain": 4},
+                "streams": {"iid": {"order": "iid", "batch_size": 10}, "mixed": {"order": "mixed", "batch_size": 10},
+                            "class_sorted": {"order": "correlated", "batch_size": 10, "delta": 0.0},
                             "batch1": {"order": "iid", "batch_size": 1, "images_per_domain": 12}}},
 }
 

@@ -51,9 +51,27 @@ def test_a_sliding_window_at_batch_one(clf):
     full = BatchNormAdapter(clf, window=0)
     # the 12th image was seen with the 7 before it: the same as a batch of those 8
     assert torch.allclose(out[11], full(x[4:12])[-1], atol=1e-5)
-    assert torch.allclose(out[0], full(x[:1])[0], atol=1e-5)  # the first one alone
+    # the first one alone has no batch statistics: the source model's prediction
+    assert torch.allclose(out[0], clf.logits(x[:1])[0], atol=1e-5)
+    assert torch.allclose(out[1], full(x[:2])[-1], atol=1e-5)
     bn.reset()
-    assert torch.allclose(bn(x[11:12])[0], full(x[11:12])[0], atol=1e-5)  # reset empties the window
+    assert torch.allclose(bn(x[11:12])[0], clf.logits(x[11:12])[0], atol=1e-5)  # reset empties the window
+
+
+@pytest.mark.parametrize("method", ["bn", "tent", "sar"])
+def test_a_lone_image_through_a_batchnorm_after_global_pooling(method):
+    """A BatchNorm on (1, C) features cannot normalise one image: the source model's prediction, no step."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                                torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 10)).eval()
+    clf = Classifier(model, {"num_classes": 10, "mean": [0.5] * 3, "std": [0.25] * 3})
+    make = {"bn": lambda: BatchNormAdapter(clf, window=8),
+            "tent": lambda: Tent(clf, lr=0.1, momentum=0.9, window=8),
+            "sar": lambda: Sar(clf, lr=0.1, momentum=0.9, window=8)}[method]
+    adapter = make()
+    x = _images(3)
+    assert torch.allclose(adapter(x[:1])[0], clf.logits(x[:1])[0], atol=1e-6)
+    assert adapter(x[1:2]).shape == (1, 10)  # two images in the window: batch statistics again
 
 
 def test_tent_updates_only_the_norm_affine_parameters_and_resets(clf):
