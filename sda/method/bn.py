@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from sda.models.classifiers import Classifier, to_model_input
-from sda.method.norm_layers import ClassifierCost, Window, lone, use_test_batch_statistics
+from sda.method.norm_layers import ClassifierCost, Window, source_logits_if_lone, use_test_batch_statistics
 
 __all__ = ["BatchNormAdapter"]
 
@@ -27,7 +27,7 @@ class BatchNormAdapter:
         self.model = copy.deepcopy(classifier.module).to(self.device)
         self.batch_norm_layers = use_test_batch_statistics(self.model)
         self.preprocessing = classifier.preprocessing
-        self.source = copy.deepcopy(classifier.module).to(self.device).eval()  # for a lone image
+        self.source = classifier  # a lone image: the source model's prediction
         self.window = Window(window)
         self.cost = ClassifierCost()
 
@@ -37,6 +37,7 @@ class BatchNormAdapter:
     @torch.no_grad()
     def __call__(self, images: np.ndarray) -> torch.Tensor:
         x, rows = self.window(to_model_input(images, **self.preprocessing, device=self.device))
-        logits = self.source(x) if lone(x) else self.model(x)
+        if (alone := source_logits_if_lone(x, images, self.source, self.cost, self.device)) is not None:
+            return alone
         self.cost.forwards += len(x)
-        return logits[rows].float().cpu()
+        return self.model(x)[rows].float().cpu()

@@ -14,12 +14,22 @@ import torch
 import torch.nn as nn
 
 __all__ = ["ClassifierCost", "NormUpdater", "Window", "entropy", "lone", "norm_affine_parameters",
-           "use_test_batch_statistics"]
+           "source_logits_if_lone", "use_test_batch_statistics"]
 
 
 def lone(x: torch.Tensor) -> bool:
     """Whether a model input (B, ...) is a single image: no batch statistics (:class:`Window`)."""
     return len(x) < 2
+
+
+def source_logits_if_lone(x: torch.Tensor, images, classifier, cost: "ClassifierCost",
+                          device: torch.device) -> torch.Tensor | None:
+    """The source ``classifier``'s logits of ``images`` (one forward, counted in ``cost``) when the model
+    input ``x`` is a single image (:func:`lone`); None otherwise, the adapter then uses its batch."""
+    if not lone(x):
+        return None
+    cost.forwards += 1
+    return classifier.logits(images, device=device)
 
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 _NORMS = (*_BN, nn.LayerNorm, nn.GroupNorm)  # timm's LayerNorm2d is a LayerNorm

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from sda.models.classifiers import Classifier, to_model_input
-from sda.method.norm_layers import ClassifierCost, NormUpdater, Window, entropy, lone
+from sda.method.norm_layers import ClassifierCost, NormUpdater, Window, entropy, source_logits_if_lone
 
 __all__ = ["Sar"]
 
@@ -49,9 +49,8 @@ class Sar:
 
     def __call__(self, images: np.ndarray) -> torch.Tensor:
         x, rows = self.window(to_model_input(images, **self.preprocessing, device=self.device))
-        if lone(x):
-            self.cost.forwards += 1
-            return self.source.logits(images, device=self.device)
+        if (alone := source_logits_if_lone(x, images, self.source, self.cost, self.device)) is not None:
+            return alone
         logits = self.model(x)
         margin = self.margin_fraction * math.log(logits.shape[1])
         self.cost.forwards += len(x)

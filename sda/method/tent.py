@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from sda.models.classifiers import Classifier, to_model_input
-from sda.method.norm_layers import ClassifierCost, NormUpdater, Window, entropy, lone
+from sda.method.norm_layers import ClassifierCost, NormUpdater, Window, entropy, source_logits_if_lone
 
 __all__ = ["Tent"]
 
@@ -38,9 +38,8 @@ class Tent:
 
     def __call__(self, images: np.ndarray) -> torch.Tensor:
         x, rows = self.window(to_model_input(images, **self.preprocessing, device=self.device))
-        if lone(x):
-            self.cost.forwards += 1
-            return self.source.logits(images, device=self.device)
+        if (alone := source_logits_if_lone(x, images, self.source, self.cost, self.device)) is not None:
+            return alone
         # 1. forward on test-batch statistics; 2. entropy of the batch's predictions (Tent eq. 1)
         logits = self.model(x)
         loss = entropy(logits).mean()
