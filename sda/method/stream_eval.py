@@ -198,7 +198,7 @@ def compare_streams(ts: TargetSet, source: Classifier, aligned: Classifier, cfg:
     domains, images_per_domain, unet_forward_equivalents, classifier_forwards, classifier_backwards, ...}}}}``.
     ``diffusion``: (unet, scheduler, null label, respacing) for ``diffpure`` (None: not run);
     ``projection_fe``: ``target_project``'s UNet forward-equivalents per image."""
-    methods = [m for m in cfg.methods]
+    methods = list(cfg.methods)
     num_classes = int(source.config.get("num_classes") or 0)
     frozen = {"source_orig": _logits(source, ts.originals, device),
               "source_proj": _logits(source, ts.projections, device),
@@ -231,7 +231,6 @@ def compare_streams(ts: TargetSet, source: Classifier, aligned: Classifier, cfg:
             part = idx[c: c + 32]
             pred[part] = memo(ts.originals[part], [ts.keys[i] for i in part]).argmax(1).numpy()
         run = MethodRun(pred, memo.cost)
-        run.cost = ClassifierCost(memo.cost.forwards, memo.cost.backwards)
         run.extra["images_adapted"] = int(len(idx))
         independent["memo"] = run
 
