@@ -347,6 +347,10 @@ class GuardParams(_Section):
         "(exp entropy of their histogram) than this fraction of min(classes, images)."))
     max_entropy_rise: float = Field(0.0, description=(
         "Frozen SDA for a batch whose adapted sum is less sure (mean entropy, nats) than the frozen sum by more."))
+    max_spread_gap: float | None = Field(0.18, description=(
+        "Frozen SDA (and no adaptation) when, over the last `window` images, the originals' per-image feature "
+        "statistics (log channel variance at each BatchNorm input of the source model) spread more than their "
+        "projections' by more than this (mean standard deviation): the stream mixes domains. null: no such check."))
 
 
 class Streams(_Section):

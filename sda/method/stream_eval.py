@@ -31,7 +31,7 @@ from sda.io.images import to_uint8, to_unit_range
 from sda.io.shards import iter_samples
 from sda.method.bn import BatchNormAdapter
 from sda.method.diffpure import diffpure_depth, purify
-from sda.method.guarded import Guard, GuardedSda
+from sda.method.guarded import Guard, GuardedSda, NormInputProfile
 from sda.method.memo import Memo
 from sda.method.norm_layers import ClassifierCost
 from sda.method.sar import Sar
@@ -134,7 +134,9 @@ def run_adaptive(method: str, ts: TargetSet, batches: list[StreamBatch], make: C
         pred[idx] = logits.argmax(1).numpy()
     run = MethodRun(pred)
     if isinstance(adapter, GuardedSda):
-        for a in (adapter.source, adapter.aligned):
+        for a in (adapter.source, adapter.aligned, adapter.profile):
+            if a is None:
+                continue
             run.cost.forwards += a.cost.forwards
             run.cost.backwards += a.cost.backwards
         run.extra["guard"] = {k: int(v) for k, v in sorted(adapter.decisions.items())}
@@ -248,7 +250,9 @@ def compare_streams(ts: TargetSet, source: Classifier, aligned: Classifier, cfg:
         return lambda: GuardedSda(inner(source, window=window, device=device, **kw),
                                   inner(aligned, window=window, device=device, **kw),
                                   Guard(num_classes=num_classes, window=cfg.window or 64, min_images=g.min_images,
-                                        min_class_fraction=g.min_class_fraction, max_entropy_rise=g.max_entropy_rise))
+                                        min_class_fraction=g.min_class_fraction, max_entropy_rise=g.max_entropy_rise,
+                                        max_spread_gap=g.max_spread_gap),
+                                  None if g.max_spread_gap is None else NormInputProfile(source, device))
 
     # the images every stream evaluated (the per-domain draws are nested: the smallest one)
     k_common = min((spec.images_per_domain or max(ts.sizes.values())) for spec in cfg.streams.values())

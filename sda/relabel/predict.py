@@ -14,7 +14,7 @@ import torch
 
 from sda.config import GuardParams, Projection
 from sda.method.bn import BatchNormAdapter
-from sda.method.guarded import Guard, GuardedSda
+from sda.method.guarded import Guard, GuardedSda, NormInputProfile
 from sda.method.projector import Projector
 from sda.method.scoring import fell_back, sda_logits
 from sda.models.classifiers import load_classifier
@@ -68,7 +68,9 @@ class SdaPredictor:
             combo = GuardedSda(BatchNormAdapter(self.source, window=0, device=self.device),
                                BatchNormAdapter(self.aligned, window=0, device=self.device),
                                Guard(num_classes=logits.shape[1], window=len(images), min_images=g.min_images,
-                                     min_class_fraction=g.min_class_fraction, max_entropy_rise=g.max_entropy_rise))
+                                     min_class_fraction=g.min_class_fraction, max_entropy_rise=g.max_entropy_rise,
+                                     max_spread_gap=g.max_spread_gap),
+                               None if g.max_spread_gap is None else NormInputProfile(self.source, self.device))
             logits = combo(images, projected, source_orig, aligned_proj)
             self.adapted += combo.decisions["adapted"]
         p_sda = logits.softmax(1)

@@ -6,7 +6,7 @@ import torch
 
 from sda.method.bn import BatchNormAdapter
 from sda.method.diffpure import diffpure_depth, purify
-from sda.method.guarded import Guard, GuardedSda, effective_classes
+from sda.method.guarded import Guard, GuardedSda, NormInputProfile, effective_classes, spread_gap
 from sda.method.memo import Memo
 from sda.method.sar import Sar
 from sda.method.tent import Tent
@@ -122,6 +122,35 @@ def test_guard_keeps_frozen_sda_on_concentrated_or_short_streams():
     guard.reset()
     assert guard.check(np.full(64, 3)) == "concentrated"
     assert effective_classes(np.array([1, 1, 2, 2])) == pytest.approx(2)
+
+
+def _two_domains(n, seed=0):
+    """Smooth images (a low-variance domain) and the same images with strong noise (a high-variance one)."""
+    rng = np.random.default_rng(seed)
+    smooth = np.repeat(np.repeat(rng.integers(60, 200, (n, 4, 4, 3)), 4, 1), 4, 2)
+    noisy = np.clip(smooth + rng.normal(0, 60, smooth.shape), 0, 255)
+    return smooth.astype(np.uint8), noisy.astype(np.uint8)
+
+
+def test_norm_input_profile_is_per_image_and_sees_a_domain_mix(clf):
+    profile = NormInputProfile(clf)
+    smooth, noisy = _two_domains(32)
+    rows = profile(noisy)
+    assert rows.shape == (32, len(profile.weights)) and profile.weights.sum() == pytest.approx(1)
+    assert np.allclose(profile(noisy[5:6])[0], rows[5], atol=1e-4)  # its batch mates do not matter
+    assert profile.cost.forwards == 33 and not clf.module.training
+    # one domain: the originals spread no more than their "projections" (here: the smooth images);
+    # half smooth, half noisy: far more
+    one = spread_gap(profile(noisy), profile(smooth), profile.weights)
+    mix = np.concatenate([smooth[:16], noisy[16:]])
+    mixed = spread_gap(profile(mix), profile(smooth), profile.weights)
+    assert mixed > one + 0.1, (one, mixed)
+    guard = Guard(num_classes=10, window=64, min_images=16, min_class_fraction=0.5, max_entropy_rise=0.0,
+                  max_spread_gap=(one + mixed) / 2)
+    spread = np.arange(32) % 10
+    assert guard.check(spread, (profile(noisy), profile(smooth)), profile.weights) is None
+    guard.reset()
+    assert guard.check(spread, (profile(mix), profile(smooth)), profile.weights) == "mixed"
 
 
 def test_guarded_sda_does_not_feed_the_adapters_an_unsafe_batch(clf):
