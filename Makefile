@@ -20,7 +20,7 @@ export PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW ?= ignore
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 PORT ?= 4200
 
-.PHONY: help install install-dev lock run test test-fast repro serve relabel docs clean
+.PHONY: help install install-dev lock check run test test-fast repro serve relabel docs clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -34,10 +34,15 @@ install-dev:  ## the same with requirements-dev.lock: the pipeline's packages an
 lock:  ## rewrite the lock files from pyproject.toml (UPGRADE=1: the newest releases)
 	@tools/lock.sh $(VENV)
 
-run: install  ## run the whole pipeline (Prefect flow over the DVC stages) and print the results
+check: install  ## validate params.yaml and your folders in seconds; print what a run will use (sda check)
+	$(PY) -m sda.check
+
+run: install  ## the checks, then the whole pipeline (Prefect flow over the DVC stages) and the results
+	$(PY) -m sda.check
 	$(PY) -m flows.pipeline
 
 repro: install  ## the same work with DVC alone
+	$(PY) -m sda.check
 	$(VENV)/bin/dvc repro
 
 serve: install  ## Prefect server on 127.0.0.1:$(PORT) + the deployments, served (Ctrl-C stops)

@@ -596,10 +596,14 @@ def require_profile_entry(raw: Mapping[str, Any], source: str = "params.yaml") -
     profiles = raw.get("profiles")
     entry = profiles.get(profile) if isinstance(profiles, Mapping) else None
     missing = [s for s in PROFILE_SECTIONS if not (isinstance(entry, Mapping) and s in entry)]
+    add = f"add {', '.join(f'{s}: {{}}' for s in missing)} under profiles.{profile}"
+    if entry is None and isinstance(profiles, Mapping) and profiles:  # most often a typo: say so first
+        raise ParamsError(f"{source}: profile: unknown profile {profile!r} (the profiles of {source}: "
+                          f"{', '.join(map(str, profiles))}); for a new domain, profiles.{profile} must name each "
+                          f"section a profile may override ({{}}: none): {add}")
     if missing:
         raise ParamsError(f"{source}: profiles.{profile} must name each section a profile may override ({{}}: "
-                          f"none), for DVC to track them: add {', '.join(f'{s}: {{}}' for s in missing)} "
-                          f"under profiles.{profile}")
+                          f"none), for DVC to track them: {add}")
 
 
 def load_params(path: str | os.PathLike[str] = "params.yaml") -> Params:

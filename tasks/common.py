@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import fcntl
 import json
 import logging
 import os
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from sda.config import Params, ParamsError, load_params
-from sda.layout import RUNS, TRAINING_CURVE, TRAINING_SUMMARY, WORK
+from sda.layout import DATA, RUNS, STAGE_ORDER, TRAINING_CURVE, TRAINING_SUMMARY, WORK
 from sda.io.atomic import atomic_write_bytes, atomic_write_json, clean_stale_temps, replace_dir
 from sda.io.cluster import SchedulerUnreachableError
 from sda.io.resumable_jobs import PROGRESS, jobs_fingerprint, run_shard_jobs
@@ -35,6 +36,32 @@ def setup_logging() -> None:
         datefmt="%H:%M:%S",
         stream=sys.stderr,
     )
+
+
+def missing_upstream(err: FileNotFoundError, stage: str) -> str | None:
+    """For a missing file under ``data/<stage>/`` that another stage writes: which stage to run first."""
+    if not err.filename:
+        return None
+    parts = Path(os.path.relpath(os.path.abspath(err.filename))).parts
+    if len(parts) >= 2 and parts[0] == DATA.name and parts[1] in STAGE_ORDER and parts[1] != stage:
+        return (f"{err.filename} is missing: stage {parts[1]} has not run in this checkout; run "
+                f"`dvc repro {stage}` (it runs what {stage} needs first) or `make run`")
+    return None
+
+
+def hold_stage_lock(stage: str) -> Any:
+    """An exclusive lock on ``data/.<stage>.lock`` for this process's life: a second run of the same
+    stage in this checkout exits 2 at once, saying so, instead of racing the first for its outputs."""
+    DATA.mkdir(exist_ok=True)
+    f = open(DATA / f".{stage}.lock", "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        print(f"error in stage {stage}: another run of stage {stage} is running in this checkout (it holds "
+              f"{DATA / f'.{stage}.lock'}); wait for it to finish, then run again", file=sys.stderr)
+        raise SystemExit(2) from None
+    return f
 
 
 def stage_main(stage: str, doc: str, body: Callable[..., int | None],
@@ -76,9 +103,13 @@ def stage_main(stage: str, doc: str, body: Callable[..., int | None],
     log.info("stage %s: device=%s threads=%d seed=%d", stage, args.device, threads, params.runtime.seed)
     body_start = time.time()
     t0 = time.perf_counter()
+    lock = hold_stage_lock(stage)
     try:
         images = body(params, args, *domain)
-    except (FileNotFoundError, ValueError, SchedulerUnreachableError) as err:
+    except FileNotFoundError as err:
+        print(f"error in stage {stage}: {missing_upstream(err, stage) or err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except (ValueError, SchedulerUnreachableError) as err:
         print(f"error in stage {stage}: {err}", file=sys.stderr)
         raise SystemExit(2) from None
     except OSError as err:
@@ -88,6 +119,7 @@ def stage_main(stage: str, doc: str, body: Callable[..., int | None],
               "space (or raise the file size limit) and run again; the previous outputs are intact and finished "
               "shards are kept for the resume", file=sys.stderr)
         raise SystemExit(2) from None
+    lock.close()
     seconds = time.perf_counter() - t0
     _record_timing(stage, body_start, seconds)
     rate = f", {images} images ({images / seconds:.3g} img/s)" if images and seconds > 0 else ""

@@ -1,15 +1,20 @@
 """The ``folder`` domain: SDA on your own labelled images (params section ``folder``).
 
 Source (``folder.source_dir``): one folder per class, ``<class name>/<image files>`` (sub-folders
-inside a class folder are read too; hidden files and folders are not); the sorted class names are
-the labels. Every file is decoded as the relabel inbox decodes it (:func:`sda.io.images.decode_image`:
-size and pixel limits of ``relabel``, full decode, EXIF orientation, any mode to RGB), then brought
-to ``folder.image_size`` by guided-diffusion's loader (shorter side resized, aspect kept, centre
-crop). The images are split into train / val / test per class by ``runtime.seed``. A file that
-cannot be read is skipped and listed with its reason (the log, and ``skipped.json`` in the output).
+inside a class folder are read too); the sorted class names are the labels. The folders are read as
+hostile input (:mod:`sda.io.user_folder`: no link followed, regular files only, bounded reads) and every
+file is decoded as the relabel inbox decodes it (:func:`sda.io.images.decode_image`: size and pixel
+limits of ``relabel``, full decode, EXIF orientation, any mode to RGB) before anything is counted, then
+brought to ``folder.image_size`` by guided-diffusion's loader (shorter side resized, aspect kept, centre
+crop). The images are split into train / val / test per class by ``runtime.seed``. Every file not used
+(a link, a special or hidden file, an unsupported format, a file beside the class folders, an
+undecodable image, a duplicate) is listed with its reason (the log, and ``skipped.json`` in the
+output). Layouts that would mislabel are refused: split folders (``train/``, ``val/``) taken for
+classes, the same image under two class names.
 
 Targets (``folder.target_dirs``, ``name: folder``): a folder with class sub-folders is a labelled
-domain (its class names must be source classes; they get the source's labels); a flat folder of
+domain (its class names must be source classes; they get the source's labels; it may not be the source
+folder, lie inside it or share image content with it); a flat folder of
 images is an unlabelled domain (label -1): the pipeline predicts it, without an accuracy. With
 ``folder.corruptions`` (default) the ``target_data.corruptions`` of the source test split at
 ``target_data.severity`` are added (and ``clean``, the test split itself, with
@@ -21,44 +26,38 @@ from __future__ import annotations
 
 import json
 import logging
-import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from sda.config import Params
 from sda.domains.corruptions import write_shifted_domains
 from sda.domains.registry import Domain, PretrainedClassifier, register_domain
 from sda.io.atomic import atomic_dir, atomic_write_json
-from sda.io.images import IMAGE_SUFFIXES, BadImage, center_crop_arr, check_file_size, decode_image
+from sda.io.images import FOLDER_SUFFIXES, BadImage, center_crop_arr
+from sda.io.user_folder import SPLIT_NAMES, list_folder, read_files
 from sda.io.shards import Sample, load_shards, write_shards
 from sda.runtime import derive_seed
 
-__all__ = ["class_folders", "image_files", "split_files", "write_source", "write_targets"]
+__all__ = ["Inventory", "check_targets", "class_folders", "image_files", "inventory", "reserved_domain_names",
+           "source_inventory", "split_files", "target_inventories", "write_source", "write_targets"]
 
 log = logging.getLogger("sda.domains.folder")
 
 
-def _need_folder(path: Path, key: str) -> None:
-    if not path.is_dir():
-        what = "does not exist" if not path.exists() else "is not a folder"
-        raise FileNotFoundError(f"{key}: {path} {what}; point it at a folder of images (paths are relative to "
-                                "the repository root)")
-
-
 def class_folders(root: Path) -> list[str]:
-    """The sorted names of the visible sub-folders of ``root``."""
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    """The sorted names of the visible sub-folders of ``root`` (links not followed)."""
+    return sorted(list_folder(root, str(root)).classes)
 
 
 def image_files(folder: Path, recursive: bool = True) -> list[Path]:
-    """Image files (by suffix) under ``folder``, hidden files and folders skipped, sorted by path."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")) if recursive else []
-        found += [Path(dirpath) / n for n in filenames
-                  if not n.startswith(".") and Path(n).suffix.lower() in IMAGE_SUFFIXES]
-    return sorted(found, key=lambda p: p.relative_to(folder).as_posix())
+    """The image files :func:`sda.io.user_folder.list_folder` would read under ``folder`` (class folders
+    and their sub-folders when ``recursive``, else the top level only), sorted by path."""
+    listing = list_folder(folder, str(folder))
+    files = [f for fs in listing.classes.values() for f in fs] if recursive else listing.flat
+    return [folder / f for f in sorted(files)]
 
 
 def split_files(files: dict[str, list[Path]], val_fraction: float, test_fraction: float,
@@ -77,28 +76,97 @@ def split_files(files: dict[str, list[Path]], val_fraction: float, test_fraction
     return out
 
 
-def _load(path: Path, params: Params) -> np.ndarray:
+@dataclass
+class Inventory:
+    """A user folder read and decoded once: per class (``""`` for a flat folder) the usable files
+    (relative paths, sorted) and their content hashes, and every file not used with its reason
+    (``skipped``: ``{"file", "reason"}``, the listing's and the decoding's, and duplicates)."""
+
+    root: Path
+    labelled: bool
+    files: dict[str, list[str]]
+    sha256: dict[str, str]
+    skipped: list[dict[str, str]]
+    sizes: list[tuple[int, int]]
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return {c: len(fs) for c, fs in self.files.items()}
+
+
+def inventory(root: Path, key: str, params: Params, *, progress: bool = True) -> Inventory:
+    """List ``root`` (:func:`sda.io.user_folder.list_folder`), read and decode every image file once
+    (``relabel``'s size and pixel limits), and drop a second copy of the same content in one class (a
+    *duplicate*, listed). The same content under two class names is refused: its label is unknowable."""
+    listing = list_folder(root, key)
+    labelled = bool(listing.classes)
+    _refuse_split_folders(list(listing.classes), root, key)
+    wanted = listing.classes if labelled else {"": listing.flat}
+    r = params.relabel
+    skipped = list(listing.skipped)
+    files: dict[str, list[str]] = {c: [] for c in wanted}
+    sha: dict[str, str] = {}
+    sizes: list[tuple[int, int]] = []
+    owner: dict[str, tuple[str, str]] = {}
+    todo = [(c, f) for c, fs in wanted.items() for f in fs]
+    read = read_files(root, [f for _, f in todo], max_bytes=r.max_file_bytes, max_pixels=r.max_pixels, min_side=r.min_side)
+    for (cls, _), got in tqdm(zip(todo, read), total=len(todo), desc=f"reading {root}", disable=not progress,
+                              leave=False, mininterval=2):
+        if got.reason is not None:
+            log.warning("skipped %s: %s", root / got.rel, got.reason)
+            skipped.append({"file": str(root / got.rel), "reason": got.reason})
+            continue
+        if got.sha256 in owner:
+            other_cls, other = owner[got.sha256]
+            if other_cls != cls:
+                raise ValueError(f"{key}: the same image is in class folders {other_cls!r} and {cls!r} of {root} "
+                                 f"({other}, {got.rel}): its label is unknowable; remove one of them")
+            skipped.append({"file": str(root / got.rel), "reason": f"duplicate of {other}: not read twice"})
+            continue
+        owner[got.sha256] = (cls, got.rel)
+        files[cls].append(got.rel)
+        sha[got.rel] = got.sha256
+        sizes.append(got.image.size)
+    return Inventory(root, labelled, files, sha, skipped, sizes)
+
+
+def _inside(a: Path, b: Path) -> bool:
+    """Whether folder ``a`` is ``b`` or lies inside it (both resolved)."""
+    a, b = a.resolve(), b.resolve()
+    return a == b or b in a.parents
+
+
+def _refuse_split_folders(classes: list[str], root: Path, key: str) -> None:
+    """Class folders named like a data set's splits (``train``, ``val``, ...): the folder is one level too high."""
+    splits = sorted(c for c in classes if c.lower() in SPLIT_NAMES)
+    if len(splits) >= 2 or (splits and len(splits) == len(classes)):
+        guess = root / ("train" if "train" in splits else splits[0])
+        raise ValueError(f"{key}: the class folders of {root} are split folders ({', '.join(splits)}), not "
+                         f"classes; did you mean {key.split('.')[-1]}: {guess}?")
+
+
+def _load(root: Path, rel: str, params: Params) -> np.ndarray:
     """uint8 (S, S, 3) at ``folder.image_size``; raises :class:`BadImage` (or OSError) with the reason."""
     r = params.relabel
-    check_file_size(path.stat().st_size, r.max_file_bytes)
-    img, _ = decode_image(path.read_bytes(), max_pixels=r.max_pixels, min_side=r.min_side)
-    return center_crop_arr(img, params.folder.image_size, max_pixels=r.max_pixels)
+    got = next(read_files(root, [rel], max_bytes=r.max_file_bytes, max_pixels=r.max_pixels, min_side=r.min_side))
+    if got.image is None:
+        raise BadImage(got.reason)
+    return center_crop_arr(got.image, params.folder.image_size, max_pixels=r.max_pixels)
 
 
 def _write_set(items: list[tuple[Path, int]], root: Path, out: Path, prefix: str, params: Params,
                meta: dict, skipped: list[dict[str, str]]) -> int:
-    """Decode ``items`` into the shard set ``out`` (keys ``<prefix>-00000``, ...); unreadable files go
-    to ``skipped``. Returns the number of images written."""
+    """Decode ``items`` into the shard set ``out`` (keys ``<prefix>-00000``, ...); a file that changed
+    into an unusable one since the inventory goes to ``skipped``. Returns the number of images written."""
 
     def samples():
         for i, (path, label) in enumerate(items):
             rel = path.relative_to(root).as_posix()
             try:
-                image = _load(path, params)
+                image = _load(root, rel, params)
             except (BadImage, OSError) as err:
-                reason = str(err) if isinstance(err, BadImage) else f"unreadable: {err}"
-                log.warning("skipped %s: %s", path, reason)
-                skipped.append({"file": str(root / rel), "reason": reason})
+                log.warning("skipped %s: %s", path, err)
+                skipped.append({"file": str(root / rel), "reason": str(err)})
                 continue
             yield Sample(key=f"{prefix}-{i:05d}", image=image, label=label, meta={"file": rel})
 
@@ -106,23 +174,35 @@ def _write_set(items: list[tuple[Path, int]], root: Path, out: Path, prefix: str
     return write_shards(samples(), out, prefix=prefix, maxcount=params.folder.shard_maxcount, meta=meta)["count"]
 
 
-def write_source(params: Params, out: Path) -> dict[str, int]:
-    """``out/{train,val,test}`` shard sets, ``classes.json`` and ``skipped.json``; returns the counts."""
+def source_inventory(params: Params, *, progress: bool = True) -> Inventory:
+    """``folder.source_dir`` read and checked (classes, split-named folders, images per class after
+    decoding); raises ValueError / FileNotFoundError naming the key, the folder and what to do."""
     cfg = params.folder
     root = Path(cfg.source_dir)
-    _need_folder(root, "folder.source_dir")
-    names = class_folders(root)
-    if not names:
+    inv = inventory(root, "folder.source_dir", params, progress=progress)
+    names = sorted(inv.files)
+    if not inv.labelled:
         raise ValueError(f"folder.source_dir: {root} has no class folders; expected <class name>/<image files>")
     if len(names) < 2:
         raise ValueError(f"folder.source_dir: {root} has one class folder ({names[0]}); a classifier needs two or more")
-    files = {n: image_files(root / n) for n in names}
-    small = {n: len(f) for n, f in files.items() if len(f) < cfg.min_images_per_class}
+    small = {n: k for n, k in inv.counts.items() if k < cfg.min_images_per_class}
     if small:
         raise ValueError(f"folder.source_dir: class folder(s) with fewer than folder.min_images_per_class="
-                         f"{cfg.min_images_per_class} images: " + ", ".join(f"{root / n} ({k})" for n, k in small.items()))
-    splits = split_files(files, cfg.val_fraction, cfg.test_fraction, params.runtime.seed)
-    skipped: list[dict[str, str]] = []
+                         f"{cfg.min_images_per_class} readable images: "
+                         + ", ".join(f"{root / n} ({k})" for n, k in small.items())
+                         + (f" ({len(inv.skipped)} file(s) not used: `sda check` lists them)" if inv.skipped else ""))
+    return inv
+
+
+def write_source(params: Params, out: Path) -> dict[str, int]:
+    """``out/{train,val,test}`` shard sets, ``classes.json``, ``content.json`` (the sha256 of each
+    split's files, sorted: what a labelled target may not share) and ``skipped.json``; returns the counts."""
+    cfg = params.folder
+    inv = source_inventory(params)
+    root, names = inv.root, sorted(inv.files)
+    splits = split_files({n: [root / f for f in fs] for n, fs in inv.files.items()}, cfg.val_fraction,
+                         cfg.test_fraction, params.runtime.seed)
+    skipped = list(inv.skipped)
     counts = {}
     with atomic_dir(out) as tmp:
         for split, items in splits.items():
@@ -131,9 +211,56 @@ def write_source(params: Params, out: Path) -> dict[str, int]:
             if counts[split] == 0:
                 raise ValueError(f"folder.source_dir: no readable image in the {split} split of {root} (see the log)")
         atomic_write_json(tmp / "classes.json", {"names": names})
+        atomic_write_json(tmp / "content.json", {split: sorted(inv.sha256[p.relative_to(root).as_posix()] for p, _ in items)
+                                                 for split, items in splits.items()})
         atomic_write_json(tmp / "skipped.json", skipped)
-    log.info("source %s: %d classes, %s images, %d file(s) skipped", root, len(names), counts, len(skipped))
+    log.info("source %s: %d classes, %s images, %d file(s) skipped%s", root, len(names), counts, len(skipped),
+             " (listed in skipped.json)" if skipped else "")
     return counts
+
+
+def reserved_domain_names() -> frozenset[str]:
+    """Target names a folder may not take: the domains the pipeline writes itself (``clean`` and every
+    corruption ``corrupt-tta`` knows)."""
+    from sda.domains.corruptions import available_corruptions
+
+    return frozenset({"clean", *available_corruptions()})
+
+
+def target_inventories(params: Params, *, progress: bool = True) -> dict[str, Inventory]:
+    """Each ``folder.target_dirs`` folder read and checked against the source folder (not the source
+    folder nor inside it, nor holding it; class names the source's; no image content shared with the
+    source's files when labelled)."""
+    cfg = params.folder
+    source_root = Path(cfg.source_dir)
+    out: dict[str, Inventory] = {}
+    for name, folder in cfg.target_dirs.items():
+        key, root = f"folder.target_dirs.{name}", Path(folder)
+        if root.is_dir() and source_root.is_dir() and (_inside(root, source_root) or _inside(source_root, root)):
+            raise ValueError(f"{key}: {root} is the source folder, inside it or holds it ({source_root}): the target "
+                             "would be the training images; point it at images the source does not hold")
+        out[name] = inventory(root, key, params, progress=progress)
+    return out
+
+
+def check_targets(params: Params, targets: dict[str, Inventory], names: list[str],
+                  source_content: set[str]) -> None:
+    """Refuse a labelled target whose classes are not ``names`` or which shares image content with
+    ``source_content`` (sha256s of the source's files); one with no usable image."""
+    for name, inv in targets.items():
+        key, root = f"folder.target_dirs.{name}", inv.root
+        if inv.labelled:
+            unknown = sorted(set(inv.files) - set(names))
+            if unknown:
+                raise ValueError(f"{key}: class folder(s) {unknown} of {root} are not source classes {names}; "
+                                 "rename them, or remove them to label the images without accuracy")
+            shared = sorted(rel for rel, h in inv.sha256.items() if h in source_content)
+            if shared:
+                raise ValueError(f"{key}: {len(shared)} image(s) of {root} are also in folder.source_dir (e.g. "
+                                 f"{shared[0]}): the accuracy would be measured on training images; remove them")
+        if not sum(inv.counts.values()):
+            raise ValueError(f"{key}: no readable image file ({', '.join(sorted(FOLDER_SUFFIXES))}) in {root}"
+                             + (f" ({len(inv.skipped)} file(s) not used: `sda check` lists them)" if inv.skipped else ""))
 
 
 def write_targets(params: Params, source_dir: Path, out: Path) -> list[str]:
@@ -142,29 +269,20 @@ def write_targets(params: Params, source_dir: Path, out: Path) -> list[str]:
     domain names."""
     cfg, td = params.folder, params.target_data
     names = json.loads((source_dir / "classes.json").read_text())["names"]
-    plan: list[tuple[str, Path, list[tuple[Path, int]]]] = []
-    for name, folder in cfg.target_dirs.items():
-        root = Path(folder)
-        _need_folder(root, f"folder.target_dirs.{name}")
-        classes = class_folders(root)
-        if classes:
-            unknown = sorted(set(classes) - set(names))
-            if unknown:
-                raise ValueError(f"folder.target_dirs.{name}: class folder(s) {unknown} of {root} are not source "
-                                 f"classes {names}; rename them, or remove them to label the images without accuracy")
-            items = [(f, names.index(c)) for c in classes for f in image_files(root / c)]
-        else:
-            items = [(f, -1) for f in image_files(root, recursive=False)]
-        if not items:
-            raise ValueError(f"folder.target_dirs.{name}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) in {root}")
-        plan.append((name, root, items))
+    content_file = source_dir / "content.json"
+    source_content = ({h for hs in json.loads(content_file.read_text()).values() for h in hs}
+                      if content_file.exists() else set())
+    targets = target_inventories(params)
+    check_targets(params, targets, names, source_content)
+    plan = [(name, inv.root, [(inv.root / f, names.index(c) if inv.labelled else -1)
+                              for c, fs in inv.files.items() for f in fs]) for name, inv in targets.items()]
     corruptions = list(td.corruptions) if cfg.corruptions else []
     shifted = (["clean"] if td.include_clean and cfg.corruptions else []) + corruptions
-    labelled = [n for n, _, items in plan if items[0][1] >= 0]
+    labelled = [n for n, inv in targets.items() if inv.labelled]
     if not labelled and not corruptions:
         raise ValueError("folder: nothing to measure: add a target folder with class sub-folders to "
                          "folder.target_dirs, or set folder.corruptions: true")
-    skipped: list[dict[str, str]] = []
+    skipped: list[dict[str, str]] = [s for inv in targets.values() for s in inv.skipped]
     with atomic_dir(out) as tmp:
         for name, root, items in plan:
             n = _write_set(items, root, tmp / name, name, params, skipped=skipped,
@@ -178,11 +296,12 @@ def write_targets(params: Params, source_dir: Path, out: Path) -> list[str]:
         domains = [n for n, _, _ in plan] + shifted
         atomic_write_json(tmp / "domains.json", {
             "domains": domains, "corruptions": corruptions, "corruption_domains": labelled + corruptions,
-            "unlabelled": [n for n, _, items in plan if items[0][1] < 0],
+            "unlabelled": [n for n, inv in targets.items() if not inv.labelled],
             "split": "test", "severity": td.severity})
         atomic_write_json(tmp / "skipped.json", skipped)
     log.info("%d target domains (%d labelled folders, %d unlabelled, %d from the source test split), %d file(s) "
-             "skipped", len(domains), len(labelled), len(plan) - len(labelled), len(shifted), len(skipped))
+             "skipped%s", len(domains), len(labelled), len(plan) - len(labelled), len(shifted), len(skipped),
+             " (listed in skipped.json)" if skipped else "")
     return domains
 
 
@@ -202,6 +321,10 @@ def _classifier(params: Params) -> PretrainedClassifier | None:
 def _check(params: Params) -> None:
     if params.folder.source_dir is None:
         raise ValueError("folder.source_dir is not set: name your labelled images (<class>/<files>) in params.yaml")
+    taken = sorted(set(params.folder.target_dirs) & reserved_domain_names())
+    if taken:
+        raise ValueError(f"folder.target_dirs: {', '.join(taken)} name(s) a domain the pipeline writes itself "
+                         "(clean and the corruptions); rename the target, e.g. my_" + taken[0])
 
 
 register_domain(Domain(

@@ -17,13 +17,16 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-__all__ = ["DECODED_FORMATS", "IMAGE_SUFFIXES", "BadImage", "center_crop_arr", "check_file_size", "decode_image", "read_image",
+__all__ = ["DECODED_FORMATS", "FOLDER_FORMATS", "FOLDER_SUFFIXES", "IMAGE_SUFFIXES", "BadImage", "center_crop_arr", "check_file_size", "decode_image", "read_image",
            "to_uint8", "to_unit_range"]
 
-# the image files the project reads: source / target folders and the relabel inbox
+# the image files the relabel inbox reads, and the Pillow decoders its bytes may reach (anyone may write
+# to an inbox: the three web formats only)
 IMAGE_SUFFIXES: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".webp"})
-# the Pillow decoders untrusted bytes may reach (the formats of IMAGE_SUFFIXES)
 DECODED_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "WEBP")
+# a user's own source / target folders (folder profile) also hold the common data-set formats BMP and TIFF
+FOLDER_SUFFIXES: frozenset[str] = IMAGE_SUFFIXES | {".bmp", ".tif", ".tiff"}
+FOLDER_FORMATS: tuple[str, ...] = (*DECODED_FORMATS, "BMP", "TIFF")
 
 
 class BadImage(ValueError):
@@ -49,16 +52,17 @@ def check_file_size(nbytes: int, max_bytes: int) -> None:
         raise BadImage(f"file too large: {nbytes} bytes > relabel.max_file_bytes={max_bytes}")
 
 
-def decode_image(data: bytes, *, max_pixels: int, min_side: int = 1) -> tuple[Image.Image, str]:
+def decode_image(data: bytes, *, max_pixels: int, min_side: int = 1,
+                 formats: tuple[str, ...] = DECODED_FORMATS) -> tuple[Image.Image, str]:
     """Decode ``data`` fully: ``(RGB PIL image with EXIF orientation applied, original PIL mode)``;
-    raise :class:`BadImage` with the reason otherwise. Only :data:`DECODED_FORMATS` are tried,
-    whatever the file's name: no other decoder Pillow has (or hands to Ghostscript) sees the bytes."""
+    raise :class:`BadImage` with the reason otherwise. Only ``formats`` (Pillow format names) are
+    tried, whatever the file's name: no other decoder Pillow has (or hands to Ghostscript) sees the bytes."""
     if not data:
         raise BadImage("empty file (0 bytes)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data), formats=DECODED_FORMATS)
+            img = Image.open(io.BytesIO(data), formats=formats)
             w, h = img.size
             if w * h > max_pixels:
                 raise BadImage(f"too many pixels: header says {w}x{h} > relabel.max_pixels={max_pixels}")
@@ -70,7 +74,7 @@ def decode_image(data: bytes, *, max_pixels: int, min_side: int = 1) -> tuple[Im
     except BadImage:
         raise
     except UnidentifiedImageError:
-        raise BadImage(f"not an image (or not one of {', '.join(DECODED_FORMATS)})") from None
+        raise BadImage(f"not an image (or not one of {', '.join(formats)})") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise BadImage(f"too many pixels: {err}"[:300]) from None
     except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as err:

@@ -119,7 +119,7 @@ def _bad(tmp_path: Path, images: tuple[Path, dict], case: str) -> tuple[dict, st
         shutil.copytree(good["source_dir"], src)
         for f in sorted((src / SHAPES[1]).rglob("*.*"))[3:]:
             f.unlink()
-        return {"source_dir": str(src)}, r"fewer than folder.min_images_per_class=10 images: .*square \(3\)"
+        return {"source_dir": str(src)}, r"fewer than folder.min_images_per_class=10 readable images: .*square \(3\)"
     if case == "unknown target class":
         tgt = tmp_path / "tgt"
         shutil.copytree(good["target_dirs"]["site_b"], tgt)

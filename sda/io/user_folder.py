@@ -1,0 +1,148 @@
+"""A user's image folder (``folder.source_dir``, ``folder.target_dirs``) read as hostile input, through
+the same walls as the relabel inbox (:mod:`sda.io.untrusted_files`): no link followed at any depth,
+regular files only (a FIFO or a device is never opened for reading, so nothing blocks), bounded reads,
+Pillow with an explicit list of decoders (:data:`sda.io.images.FOLDER_FORMATS`: the inbox's PNG, JPEG and
+WebP, and BMP and TIFF).
+
+:func:`list_folder` sorts every entry under the folder into what will be read and what will not, each
+of the latter with its reason; nothing under the folder is dropped without a word. :func:`read_files`
+then reads and decodes, yielding each file's content hash (sha256 of its bytes) and image, or the
+reason it cannot be used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Iterator
+
+from PIL import Image
+
+from sda.io.images import FOLDER_FORMATS, FOLDER_SUFFIXES, BadImage, decode_image
+from sda.io.untrusted_files import NotReadable, iter_tree, read_beneath
+
+__all__ = ["SPLIT_NAMES", "Listing", "ReadFile", "list_folder", "read_files", "skipped_reason"]
+
+# class folder names that are really the splits of a data set one level down
+SPLIT_NAMES = frozenset({"train", "training", "val", "valid", "validation", "test", "testing", "dev", "eval"})
+
+_KINDS = {stat.S_IFIFO: "a FIFO (named pipe)", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a character device",
+          stat.S_IFBLK: "a block device", stat.S_IFLNK: "a symlink"}
+
+
+def _readable() -> str:
+    return ", ".join(sorted(FOLDER_SUFFIXES))
+
+
+@dataclass
+class Listing:
+    """What is under ``root``: ``classes`` (class folder name -> its image files, relative posix paths,
+    nested folders included, sorted) when ``root`` holds class folders, else ``flat`` (the image files at
+    its top); ``skipped``: ``{"file", "reason"}`` for every entry that will not be read (a link, a
+    special file, a hidden file, an unsupported format, a file beside the class folders, a folder that
+    cannot be listed)."""
+
+    root: Path
+    classes: dict[str, list[str]] = field(default_factory=dict)
+    flat: list[str] = field(default_factory=list)
+    skipped: list[dict[str, str]] = field(default_factory=list)
+
+    def skip(self, rel: str, reason: str) -> None:
+        self.skipped.append({"file": str(self.root / rel), "reason": reason})
+
+
+def skipped_reason(rel: str, st: os.stat_result) -> str | None:
+    """Why the entry ``rel`` (with its lstat ``st``) is not read as an image, or None: it may be."""
+    name = PurePosixPath(rel).name
+    if stat.S_ISLNK(st.st_mode):
+        return "a symlink: not followed (copy the file in instead)"
+    if not stat.S_ISREG(st.st_mode):
+        return f"{_KINDS.get(stat.S_IFMT(st.st_mode), 'a special file')}, not a regular file: not read"
+    if name.startswith("."):
+        return "a hidden file: not read"
+    suffix = PurePosixPath(name).suffix.lower()
+    if suffix not in FOLDER_SUFFIXES:
+        return f"unsupported format ({suffix or 'no suffix'}): the readable ones are {_readable()}"
+    return None
+
+
+def list_folder(root: str | os.PathLike[str], key: str) -> Listing:
+    """Every entry under the folder ``root`` (the parameter ``key`` names it in errors), sorted into a
+    :class:`Listing`. ``root`` itself may be a link (the user named it); nothing under it is followed.
+    Raises FileNotFoundError naming ``key`` when ``root`` is not a folder."""
+    root = Path(root)
+    if not root.is_dir():
+        what = "does not exist" if not root.exists() else "is not a folder"
+        raise FileNotFoundError(f"{key}: {root} {what}; point it at a folder of images (paths are relative to "
+                                "the repository root)")
+    listing = Listing(root)
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        with os.scandir(fd) as it:
+            top = sorted((e.name, e.is_dir(follow_symlinks=False)) for e in it)
+        entries, unlisted = iter_tree(fd)
+    finally:
+        os.close(fd)
+    classes = [name for name, is_dir in top if is_dir and not name.startswith(".")]
+    listing.classes = {c: [] for c in classes}
+    for rel, reason in unlisted:
+        listing.skip(rel, f"a folder that cannot be listed: {reason}")
+    for name, is_dir in top:
+        if is_dir and name.startswith("."):
+            listing.skip(name, "a hidden folder: not read")
+    for rel, st in entries:
+        parts = PurePosixPath(rel).parts
+        if any(p.startswith(".") for p in parts[:-1]):
+            continue  # inside a hidden folder, reported above
+        reason = skipped_reason(rel, st)
+        if reason is None and classes and len(parts) == 1:
+            reason = "beside the class folders, in no class: move it into its class folder"
+        if reason is None and not classes and len(parts) > 1:
+            reason = "in a sub-folder of a flat folder: not read"
+        if reason is not None:
+            listing.skip(rel, reason)
+        elif classes:
+            listing.classes[parts[0]].append(rel)
+        else:
+            listing.flat.append(rel)
+    return listing
+
+
+@dataclass(frozen=True)
+class ReadFile:
+    """One file of a :class:`Listing` read: ``sha256`` of its bytes and the decoded RGB ``image``, or
+    ``reason`` (and no image) when it cannot be used."""
+
+    rel: str
+    sha256: str | None = None
+    image: Image.Image | None = None
+    reason: str | None = None
+
+
+def read_files(root: Path, files: list[str], *, max_bytes: int, max_pixels: int, min_side: int = 1) -> Iterator[ReadFile]:
+    """Read and decode ``files`` (relative to ``root``) in order, each at most ``max_bytes`` bytes, no
+    link followed on its way (a file swapped for a link after the listing is refused), decoded by
+    :func:`sda.io.images.decode_image`. One bad file never stops the rest."""
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for rel in files:
+            try:
+                data, _ = read_beneath(fd, rel, max_bytes)
+            except NotReadable as err:
+                yield ReadFile(rel, reason=str(err))
+                continue
+            except OSError as err:
+                yield ReadFile(rel, reason=f"unreadable: {err.strerror or err}")
+                continue
+            sha = hashlib.sha256(data).hexdigest()
+            try:
+                image, _ = decode_image(data, max_pixels=max_pixels, min_side=min_side, formats=FOLDER_FORMATS)
+            except BadImage as err:
+                yield ReadFile(rel, sha, reason=str(err))
+                continue
+            yield ReadFile(rel, sha, image)
+    finally:
+        os.close(fd)
