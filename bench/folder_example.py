@@ -1,6 +1,7 @@
 """The "Your own data" examples of docs/own-data.md, measured: a generated folder set of someone's labelled
 images run with ``profile: folder`` and the repository's params, through the Prefect flow over the
-DVC stages, in a scratch clone of this checkout's HEAD (commit first). Prints the wall time, the
+DVC stages, in a scratch clone of this checkout's HEAD (commit first). Prints ``sda check``'s report and
+time, the pipeline's wall time, the
 results table with the checks of the synthetic domain, the methods x target streams table, and copies ``metrics/projection_grid.png``
 next to the clone.
 
@@ -88,6 +89,9 @@ def main() -> None:
     print(f"{n} image files under {repo / 'images'} ({args.set}); running the pipeline (profile folder, "
           f"{args.image_size} px, seed {args.seed})",
           flush=True)
+    t0 = time.perf_counter()  # what `make check` prints before the run, and how long it takes
+    subprocess.run([sys.executable, "-m", "sda.check"], cwd=repo, check=True)
+    print(f"sda check: {time.perf_counter() - t0:.1f} s (the process included)\n", flush=True)
     seconds = run_pipeline(repo)
     print(f"\nwall time of the pipeline: {seconds:.0f} s")
     print((repo / "metrics" / "results.md").read_text())

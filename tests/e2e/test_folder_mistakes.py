@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
 from tests.support import SHAPES, copy_repo, make_folder_set, sh
@@ -123,8 +124,23 @@ def _metas(shard_dir: Path):
         yield json.dumps(s.meta)
 
 
+@pytest.fixture(scope="module")
+def source_done(shapes, tmp_path_factory) -> Path:
+    """A repository whose source_data ran on the shapes source."""
+    repo = _repo(tmp_path_factory.mktemp("src_done"), {"source_dir": str(shapes / "source"), "target_dirs": {}})
+    rc, _, err = _run(repo, "tasks.source_data")
+    assert rc == 0, err
+    return repo
+
+
+def _set_targets(repo: Path, targets: dict[str, str]) -> None:
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["folder"]["target_dirs"] = targets
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
 @pytest.mark.parametrize("case", ["is the source", "inside the source", "shares content"])
-def test_a_labelled_target_that_would_measure_on_training_images_is_refused(shapes, tmp_path, case):
+def test_a_labelled_target_that_would_measure_on_training_images_is_refused(shapes, source_done, tmp_path, case):
     src = shapes / "source"
     if case == "is the source":
         target = src
@@ -134,10 +150,12 @@ def test_a_labelled_target_that_would_measure_on_training_images_is_refused(shap
         target = tmp_path / "tgt"
         shutil.copytree(shapes / "site_b", target)
         shutil.copy(sorted((src / SHAPES[1]).rglob("*.png"))[0], target / SHAPES[1] / "from_source.png")
-    repo = _repo(tmp_path, {"source_dir": str(src), "target_dirs": {"site_x": str(target)}})
+    _set_targets(source_done, {"site_x": str(target)})
     message = ("also in folder.source_dir (e.g. " if case == "shares content"
                else "is the source folder, inside it or holds it")
-    _refused(repo, "sda.check", message)
+    for module in ("sda.check", "tasks.target_data"):
+        _refused(source_done, module, message)
+    assert not (source_done / "data" / "target_data").exists()
 
 
 def test_a_target_named_like_a_built_in_domain_and_an_unknown_profile(shapes, tmp_path):
