@@ -2,6 +2,7 @@
 
     sda run [--profile imagenet] [--stages ...]    the pipeline: Prefect flow over the DVC stages (python -m flows.pipeline)
     sda relabel [--inbox DIR]                      label new target images now (python -m flows.relabel)
+    sda relabel status [-n RUNS]                   the last runs as the monitor saw them: images, estimated accuracy, drift
     sda serve [--port 4200]                        a Prefect server and the deployments (python -m flows.serve)
     sda stage <name> [--params FILE]               one stage's command, as dvc repro runs it (python -m tasks.<name>)
     sda check [--params FILE]                      validate params and your folders, train nothing (python -m sda.check)

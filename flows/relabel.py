@@ -6,6 +6,7 @@ and predicts the good ones in batches, and appends the labels to the Parquet dat
 once are serialised by a lock. See :mod:`sda.relabel.job` for the guarantees.
 
     python -m flows.relabel --inbox incoming/      # the same job without Prefect (no server needed)
+    python -m flows.relabel status                 # the last runs: images, estimated accuracy, drift (sda relabel status)
     prefect deployment run relabel/on-demand       # through the Prefect server (make serve)
 
 The Prefect flow runs one task per batch and publishes a markdown artifact per batch (counts, label
@@ -117,7 +118,38 @@ def relabel(inbox: str | None = None, batch_size: int | None = None, root: str =
 
 
 # -- CLI ----------------------------------------------------------------------------------------
+def status(argv: list[str]) -> int:
+    """``sda relabel status``: the last runs' monitor rows (images, estimated accuracy, drift flags)."""
+    from sda.relabel.monitor import history
+
+    parser = argparse.ArgumentParser(prog="python -m flows.relabel status",
+                                     description="The last relabel runs, as their monitor saw them (no label used).")
+    parser.add_argument("--root", default=str(ROOT), help="repository root (default: this checkout)")
+    parser.add_argument("--labels", help="label dataset folder (default: relabel.labels)")
+    parser.add_argument("-n", "--runs", type=int, help="how many runs (default: relabel.monitor.history)")
+    args = parser.parse_args(argv)
+    root = Path(args.root).resolve()
+    try:
+        params = load_params(root / "params.yaml")
+    except ParamsError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    labels = root / (args.labels or params.relabel.labels)
+    rows = history(labels / "_monitor", args.runs or params.relabel.monitor.history)
+    if not rows:
+        print(f"no monitored run in {labels}/_monitor yet (run sda relabel first)")
+        return 0
+    print(f"{'finished (UTC)':<26}{'run':<10}{'batches':>8}{'images':>8}{'est. acc %':>11}{'drift':>7}{'too few':>9}")
+    for h in rows:
+        print(f"{h['finished']:<26}{h['run_id'][:8]:<10}{h['batches']:>8}{h['images']:>8}"
+              f"{h['estimated_accuracy']:>11.1f}{h['drifted']:>7}{h['too_few']:>9}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["status"]:
+        return status(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m flows.relabel", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--inbox", help="folder of new images (default: relabel.inbox)")

@@ -393,6 +393,20 @@ class Streams(_Section):
         return v
 
 
+class Monitor(_Section):
+    """``relabel.monitor``: the label-free estimates and drift tests of each batch (:mod:`sda.relabel.monitor`)."""
+
+    enabled: bool = Field(True, description="Monitor each batch against the pipeline's evaluated targets.")
+    min_images: int = Field(30, ge=1, description="Fewer labelled images: 'too_few', nothing flagged.")
+    alpha: float = Field(0.001, gt=0, lt=1, description=(
+        "A test (labels: chi-square, confidence: Kolmogorov-Smirnov) with a p-value under this flags drift."))
+    max_accuracy_drop: float = Field(10.0, ge=0, description=(
+        "Drift when the ATC accuracy estimate is this many points under the reference's accuracy."))
+    reference_images: int = Field(512, ge=10, description=(
+        "Images of the pipeline's evaluated targets the service labels once per set of models: the reference."))
+    history: int = Field(20, ge=1, description="Runs `sda relabel status` prints.")
+
+
 class Relabel(_Section):
     """Batch relabelling of new target images (``flows/relabel.py``); paths are relative to the repo."""
 
@@ -418,6 +432,7 @@ class Relabel(_Section):
         "frozen: SDA with both classifiers frozen, each image projected on its own: a label never depends on the "
         "other files of the run; sda+bn: SDA's classifiers on each batch's statistics where streams.guard allows "
         "it (docs/streams.md: better on a large i.i.d. batch, and a label then depends on its batch)."))
+    monitor: Monitor = Monitor()
 
 
 class ImageNet(_Section):

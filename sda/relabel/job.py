@@ -42,9 +42,11 @@ from sda.io.atomic import atomic_write_bytes, clean_stale_temps
 from sda.io.images import BadImage, center_crop_arr, decode_image
 from sda.io.untrusted_files import unlink_if_same
 from sda.relabel.inbox import InboxItem, Scan, open_inbox, safe_file_name, scan_inbox
+from sda.relabel.monitor import Reference, monitor, pipeline_reference
 from sda.relabel.predict import SdaPredictor
 from sda.relabel.report import BatchReport, class_grid, write_report
-from sda.relabel.store import LABEL_SCHEMA, QUARANTINE_SCHEMA, commit_batch, committed_hashes, remove_stale_temps
+from sda.relabel.store import (LABEL_SCHEMA, MONITOR_SCHEMA, QUARANTINE_SCHEMA, commit_batch, committed_hashes,
+                               remove_stale_temps)
 from sda.runtime import derive_seed
 
 __all__ = ["Lineage", "RelabelJob", "batch_id_of"]
@@ -79,8 +81,14 @@ class RelabelJob:
     def __init__(self, settings: Relabel, *, projection: Projection, image_size: int,
                  models: dict[str, Path], lineage: Lineage, seed: int, run_id: str,
                  flow_run_id: str | None = None, device: torch.device | str = "cpu",
-                 inbox: Path | None = None, guard: GuardParams | None = None) -> None:
+                 inbox: Path | None = None, guard: GuardParams | None = None,
+                 reference_dir: Path | None = None) -> None:
         self.settings = settings
+        # the pipeline's target_data: what each batch is monitored against (relabel.monitor)
+        self.reference_dir = reference_dir if settings.monitor.enabled else None
+        self.reference: Reference | None = None
+        self.monitor_dir = Path(settings.labels) / "_monitor"
+        self.run_predictions: list[tuple[np.ndarray, np.ndarray]] = []  # (labels, confidences) per batch
         self.guard = guard if settings.adapt == "sda+bn" else None
         self.inbox = Path(inbox or settings.inbox)
         self.labels_dir, self.quarantine_dir = Path(settings.labels), Path(settings.quarantine)
@@ -163,6 +171,37 @@ class RelabelJob:
             self._quarantine(items, {it.sha256: r for it, r in sc.broken}, "refused-" + batch_id_of(items))
         if self.batches:  # once per run: with batch_size "auto" this measures a guided step on the GPU
             self.predictor = SdaPredictor(self.models, self.projection, self.device, guard=self.guard)
+            if self.reference_dir is not None:
+                self.reference = self._reference()
+
+    def _reference(self) -> Reference:
+        """The monitor's reference for these models: read from ``<labels>/_monitor/reference.json``, or
+        computed from the pipeline's evaluated targets (:func:`sda.relabel.monitor.pipeline_reference`) and
+        saved there."""
+        lin = self.lineage
+        key = (f"{lin.source_model_hash}:{lin.aligned_model_hash}:{lin.diffusion_model_hash}:"
+               f"{self.settings.monitor.reference_images}:{self.seed}:{self.settings.adapt}")
+        path = self.monitor_dir / "reference.json"
+        ref = Reference.load(path)
+        if ref is None or ref.key != key:
+            t0 = time.perf_counter()
+            adapted = self.predictor.adapted
+            ref = pipeline_reference(self.reference_dir, self.predictor, images=self.settings.monitor.reference_images,
+                                     seed=self.seed, key=key)
+            self.predictor.adapted = adapted  # the reference's images are not the run's
+            ref.save(path)
+            log.info("monitor reference: %d images of %d evaluated domain(s), SDA %.1f %% there, ATC threshold %.3f "
+                     "(%.1f s)", len(ref.confidences), len(ref.domains), ref.accuracy, ref.threshold,
+                     time.perf_counter() - t0)
+        return ref
+
+    def monitor_row(self, labels: np.ndarray, confidences: np.ndarray) -> dict | None:
+        """:func:`sda.relabel.monitor.monitor` of these predictions with ``relabel.monitor``'s settings."""
+        if self.reference is None:
+            return None
+        m = self.settings.monitor
+        return monitor(labels, confidences, self.reference, self.predictor.class_names, min_images=m.min_images,
+                       alpha=m.alpha, max_accuracy_drop=m.max_accuracy_drop)
 
     # -- work ------------------------------------------------------------------------------------
     def process(self, batch: list[InboxItem]) -> BatchReport:
@@ -200,6 +239,14 @@ class RelabelJob:
             report.label_counts = dict(Counter(names[i] for i in pred["label"]))
             report.grid_png = class_grid(images, proj, pred["label"], names, self.settings.grid_images,
                                          self.image_size)
+            self.run_predictions.append((pred["label"], pred["confidence"]))
+            if (row := self.monitor_row(pred["label"], pred["confidence"])) is not None:
+                report.monitor = row
+                self._commit_monitor(bid, row)
+                if row["drift"]:
+                    log.warning("batch %s: drift (estimated accuracy %.1f %% against %.1f %%; %s)", bid,
+                                row["estimated_accuracy"], row["reference_accuracy"],
+                                ", ".join(f"{k} p={t['p']:.2g}" for k, t in row["tests"].items()))
         report.seconds = time.perf_counter() - t0
         write_report(self.reports_dir, report)
         return report
@@ -259,6 +306,19 @@ class RelabelJob:
             "labelled_at": [now] * n,
         }
         commit_batch(self.labels_dir, pa.table(cols, schema=LABEL_SCHEMA), bid, now)
+
+    def _commit_monitor(self, bid: str, row: dict) -> None:
+        t = row["tests"]
+        table = pa.table({
+            "batch_id": [bid], "run_id": [self.run_id], "flow_run_id": [self.flow_run_id],
+            "images": [row["images"]], "too_few": [row["too_few"]], "drift": [row["drift"]],
+            **{k: [row[k]] for k in ("estimated_accuracy", "reference_accuracy", "accuracy_drop", "low_confidence",
+                                     "mean_confidence")},
+            "p_labels": [t["labels"]["p"] if "labels" in t else None],
+            "p_confidence": [t["confidence"]["p"] if "confidence" in t else None],
+            "label_shares": [json.dumps(row["label_shares"])], "monitored_at": [dt.datetime.now(dt.timezone.utc)],
+        }, schema=MONITOR_SCHEMA)
+        commit_batch(self.monitor_dir, table, bid)
 
     def _quarantine(self, items: list[InboxItem], reasons: dict[str, str], bid: str) -> None:
         """Copy the files into ``<quarantine>/files/``, commit their rows, then (optionally) remove

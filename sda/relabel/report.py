@@ -31,6 +31,7 @@ class BatchReport:
     reasons: dict[str, int] = field(default_factory=dict)
     quarantined_files: list[tuple[str, str]] = field(default_factory=list)
     grid_png: bytes | None = None
+    monitor: dict | None = None  # sda.relabel.monitor.monitor's row (None: not monitored)
 
     @property
     def images_per_second(self) -> float:
@@ -45,6 +46,13 @@ class BatchReport:
         if self.label_counts:
             lines += ["## Labels (SDA)", "| class | images |", "|---|---|"]
             lines += [f"| {k} | {v} |" for k, v in sorted(self.label_counts.items(), key=lambda kv: -kv[1])]
+        if m := self.monitor:
+            state = ("too few images to tell" if m["too_few"] else "**drift**" if m["drift"] else "no drift")
+            lines += ["## Monitor (no labels used)",
+                      f"{state}: estimated accuracy {m['estimated_accuracy']:.1f} % (ATC; "
+                      f"{m['reference_accuracy']:.1f} % on the pipeline's evaluated targets), "
+                      f"{m['low_confidence']:.1f} % low-confidence", ""]
+            lines += [f"- {name}: statistic {t['statistic']}, p = {t['p']:.3g}" for name, t in m["tests"].items()]
         if self.reasons:
             lines += ["## Quarantine reasons", "| reason | files |", "|---|---|"]
             lines += [f"| {k} | {v} |" for k, v in sorted(self.reasons.items(), key=lambda kv: -kv[1])]

@@ -10,6 +10,8 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
+
 from sda.config import Params
 from sda.io.shards import iter_samples
 from sda.layout import MODELS, OUTS
@@ -55,13 +57,19 @@ def make_job(root: Path, params: Params, lineage: Lineage, *, inbox: str | None 
             raise ModelsMissing(f"{path} is missing ({name} model): run the pipeline first (make run, or dvc repro)")
     return RelabelJob(settings, projection=params.projection, image_size=stored_image_size(root),
                       models=models, lineage=lineage, seed=params.runtime.seed, run_id=uuid.uuid4().hex,
-                      flow_run_id=flow_run_id, device=pick_device(params.runtime.device), guard=params.streams.guard)
+                      flow_run_id=flow_run_id, device=pick_device(params.runtime.device), guard=params.streams.guard,
+                      reference_dir=root / OUTS["target_data"])
 
 
 def run_summary(job: RelabelJob, reports: list[BatchReport], seconds: float) -> dict[str, Any]:
     """The run's counts (labelled, quarantined, skipped by kind), time and images/s."""
     sc = job.scan
     labelled = sum(r.labelled for r in reports)
+    run_monitor = None
+    if job.run_predictions:  # the run's images together (a run of one batch: that batch's row)
+        run_monitor = job.monitor_row(*(np.concatenate(a) for a in zip(*job.run_predictions)))
+        if run_monitor is not None:
+            run_monitor["batches_drifted"] = sum(bool(r.monitor and r.monitor["drift"]) for r in reports)
     return {
         "labelled": labelled,
         "quarantined": sum(r.quarantined for r in reports) + (len(sc.broken) if sc else 0),
@@ -80,6 +88,7 @@ def run_summary(job: RelabelJob, reports: list[BatchReport], seconds: float) -> 
         "adapted": job.predictor.adapted if job.predictor else 0,
         "labels": str(job.labels_dir),
         "run_id": job.run_id,
+        "monitor": run_monitor,  # sda.relabel.monitor: estimates and drift tests, no label used (None: nothing labelled)
     }
 
 

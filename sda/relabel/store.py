@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 
 from sda.io.atomic import atomic_file, clean_stale_temps
 
-__all__ = ["LABEL_SCHEMA", "QUARANTINE_SCHEMA", "commit_batch", "committed_hashes", "part_files",
+__all__ = ["LABEL_SCHEMA", "MONITOR_SCHEMA", "QUARANTINE_SCHEMA", "commit_batch", "committed_hashes", "part_files",
            "read_table", "remove_stale_temps"]
 
 _TS = pa.timestamp("us", tz="UTC")
@@ -64,6 +64,25 @@ QUARANTINE_SCHEMA = pa.schema([
     ("run_id", pa.string()),
     ("flow_run_id", pa.string()),
     ("quarantined_at", _TS),
+])
+
+
+MONITOR_SCHEMA = pa.schema([       # <labels>/_monitor/: one row per committed batch (sda.relabel.monitor)
+    ("batch_id", pa.string()),
+    ("run_id", pa.string()),
+    ("flow_run_id", pa.string()),
+    ("images", pa.int32()),
+    ("too_few", pa.bool_()),
+    ("drift", pa.bool_()),
+    ("estimated_accuracy", pa.float32()),  # ATC, %
+    ("reference_accuracy", pa.float32()),  # SDA on the pipeline's evaluated targets, %
+    ("accuracy_drop", pa.float32()),       # points
+    ("low_confidence", pa.float32()),      # % at or under the ATC threshold
+    ("mean_confidence", pa.float32()),
+    ("p_labels", pa.float64()),            # chi-square test of the label counts (null: too few)
+    ("p_confidence", pa.float64()),        # Kolmogorov-Smirnov test of the confidences
+    ("label_shares", pa.string()),         # JSON {class: share}
+    ("monitored_at", _TS),
 ])
 
 

@@ -196,6 +196,34 @@ def test_a_label_does_not_depend_on_the_other_files_of_the_run(tiny_repo, tmp_pa
     assert a["confidence"] == pytest.approx(c["confidence"], abs=1e-5)
 
 
+def test_the_monitor_flags_a_skewed_batch_not_an_evaluated_one_and_says_too_few(tiny_repo, tmp_path):
+    """relabel.monitor: each run's summary carries the label-free estimates and drift tests against the
+    pipeline's evaluated targets, each batch's row goes to <labels>/_monitor/, `status` prints the runs."""
+    store = tmp_path / "s"
+    pool = [(img, y) for d in ("clean", "gaussian_noise", "pixelate") for img, y in _target_images(tiny_repo, 180, d)]
+    batches = {"evaluated": pool[::9][:60], "skewed": [p for p in pool if p[1] == 3], "few": pool[1:4]}  # 60, 54, 3
+    monitors = {}
+    for name, items in batches.items():
+        inbox = tmp_path / name
+        inbox.mkdir()
+        for i, (img, _) in enumerate(items):
+            (inbox / f"{name}-{i:03d}.png").write_bytes(png_bytes(img))
+        monitors[name] = _summary(relabel_cli(tiny_repo, inbox, store, "--batch-size", "64"))["monitor"]
+    evaluated, skewed, few = monitors["evaluated"], monitors["skewed"], monitors["few"]
+    assert evaluated["images"] == 60 and not evaluated["too_few"] and not evaluated["drift"], json.dumps(monitors)
+    assert skewed["drift"] and skewed["tests"]["labels"]["p"] < 1e-3, skewed
+    assert few["too_few"] and not few["drift"] and few["tests"] == {}, few
+    for m in monitors.values():
+        assert 0 <= m["estimated_accuracy"] <= 100 and m["reference_accuracy"] > 0
+    rows = read_table(store / "labels" / "_monitor").to_pylist()
+    assert sorted((r["images"], r["drift"]) for r in rows) == [(3, False), (54, True), (60, False)]
+    assert len(read_table(store / "labels")) == 117  # the monitor's rows are not label rows
+    r = sh(tiny_repo, sys.executable, "-m", "flows.relabel", "status", "--labels", str(store / "labels"))
+    lines = r.stdout.strip().splitlines()
+    assert len(lines) == 4 and "est. acc %" in lines[0], r.stdout
+    assert [line.split()[-2:] for line in lines[1:]] == [["0", "0"], ["1", "0"], ["0", "1"]], r.stdout
+
+
 def test_guarded_adaptation_keeps_the_frozen_labels_of_a_one_class_batch(tiny_repo, tmp_path):
     """relabel.adapt: sda+bn adapts SDA's classifiers to a batch only where the guard allows it: a batch
     of one class (the class-sorted stream, where batch statistics mislead) keeps the frozen labels."""
