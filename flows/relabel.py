@@ -160,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--adapt", choices=["frozen", "sda+bn"],
                         help="frozen: a label depends on its image alone; sda+bn: guarded adaptation to each batch "
                              "(default: relabel.adapt; docs/streams.md)")
+    parser.add_argument("--no-monitor", action="store_true",
+                        help="no estimates or drift tests for this run (default: relabel.monitor.enabled)")
     parser.add_argument("--min-age", type=float, help="skip files modified less than this many seconds ago")
     parser.add_argument("--upload-grace", type=float,
                         help="leave truncated files modified less than this many seconds ago for a later run")
@@ -173,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
                  if v is not None}
     try:
         params = load_params(root / "params.yaml")
+        if args.no_monitor:
+            overrides["monitor"] = params.relabel.monitor.model_copy(update={"enabled": False})
         set_threads(params.runtime.threads)
         set_deterministic(params.runtime.deterministic)
         job = make_job(root, params, model_lineage(root), inbox=args.inbox, overrides=overrides)

@@ -41,23 +41,10 @@ from sda.io.user_folder import SPLIT_NAMES, list_folder, read_files
 from sda.io.shards import Sample, load_shards, write_shards
 from sda.runtime import derive_seed
 
-__all__ = ["Inventory", "check_targets", "class_folders", "image_files", "inventory", "reserved_domain_names",
+__all__ = ["Inventory", "check_targets", "inventory", "reserved_domain_names",
            "source_inventory", "split_files", "target_inventories", "write_source", "write_targets"]
 
 log = logging.getLogger("sda.domains.folder")
-
-
-def class_folders(root: Path) -> list[str]:
-    """The sorted names of the visible sub-folders of ``root`` (links not followed)."""
-    return sorted(list_folder(root, str(root)).classes)
-
-
-def image_files(folder: Path, recursive: bool = True) -> list[Path]:
-    """The image files :func:`sda.io.user_folder.list_folder` would read under ``folder`` (class folders
-    and their sub-folders when ``recursive``, else the top level only), sorted by path."""
-    listing = list_folder(folder, str(folder))
-    files = [f for fs in listing.classes.values() for f in fs] if recursive else listing.flat
-    return [folder / f for f in sorted(files)]
 
 
 def split_files(files: dict[str, list[Path]], val_fraction: float, test_fraction: float,

@@ -1,0 +1,128 @@
+"""The relabel monitor on a scripted stream, through the real CLI and label store, with this checkout's
+models (run the pipeline first). One CLI run per batch of ``--batch`` images:
+
+1. ``--evaluated`` batches drawn from the target domains the pipeline evaluated (nothing should be flagged);
+2. ``--shifted`` batches of a corruption the pipeline did not evaluate (``--corruption``, on the source
+   test split at the pipeline's severity): the first should be flagged;
+3. ``--skewed`` batches of evaluated images whose classes are two of the ten: the first should be flagged.
+
+Prints a row per batch (the monitor's verdict and p-values, its ATC estimate against the true accuracy,
+which this script knows and the service does not), whether the aims of docs/service.md hold, and the time
+the monitor adds to a batch (the same batch labelled with ``relabel.monitor.enabled`` on and off).
+
+    .venv/bin/python bench/relabel_monitor.py
+    .venv/bin/python bench/relabel_monitor.py --corruption spatter --batch 200
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from sda.domains.corruptions import corrupt_images  # noqa: E402
+from sda.io.shards import iter_samples  # noqa: E402
+from sda.relabel.store import read_table  # noqa: E402
+
+
+def _png(img: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _run(inbox: Path, store: Path, *extra: str) -> tuple[dict, float]:
+    t0 = time.perf_counter()
+    r = subprocess.run([sys.executable, "-m", "flows.relabel", "--inbox", str(inbox), "--labels", str(store / "labels"),
+                        "--quarantine", str(store / "quarantine"), "--min-age", "0", *extra],
+                       cwd=ROOT, capture_output=True, text=True, check=True)
+    return json.loads(r.stdout[r.stdout.index("{"):]), time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--batch", type=int, default=120, help="images per CLI run (default %(default)s)")
+    ap.add_argument("--evaluated", type=int, default=10)
+    ap.add_argument("--shifted", type=int, default=3)
+    ap.add_argument("--skewed", type=int, default=3)
+    ap.add_argument("--corruption", default="speckle_noise", help="one the pipeline did not evaluate")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    rng = np.random.default_rng(args.seed)
+    index = json.loads((ROOT / "data/target_data/domains.json").read_text())
+    if args.corruption in index["domains"]:
+        sys.exit(f"--corruption {args.corruption}: the pipeline evaluated it; pick one it did not")
+    labelled = [d for d in index["domains"] if d not in set(index.get("unlabelled", []))]
+    pool = [(s.image, s.label) for d in labelled for s in iter_samples(ROOT / "data/target_data" / d)]
+    test = [(s.image, s.label) for s in iter_samples(ROOT / "data/source_data/test")]
+    severity = int(index.get("severity") or 5)
+
+    def draw(items, n):
+        return [items[i] for i in rng.choice(len(items), size=min(n, len(items)), replace=False)]
+
+    plan = [("evaluated", draw(pool, args.batch)) for _ in range(args.evaluated)]
+    for _ in range(args.shifted):
+        part = draw(test, args.batch)
+        imgs = corrupt_images(np.stack([x for x, _ in part]), args.corruption, severity, int(rng.integers(1 << 30)))
+        plan.append((args.corruption, list(zip(imgs, [y for _, y in part]))))
+    classes = rng.choice(sorted({y for _, y in pool}), size=2, replace=False)
+    few = [p for p in pool if p[1] in classes]
+    plan += [(f"classes {classes[0]},{classes[1]}", draw(few, args.batch)) for _ in range(args.skewed)]
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        store = Path(tmp) / "store"
+        for i, (kind, items) in enumerate(plan):
+            inbox = Path(tmp) / f"inbox{i}"
+            inbox.mkdir()
+            truth = {}
+            for j, (img, y) in enumerate(items):
+                data = _png(img)
+                (inbox / f"{j:04d}.png").write_bytes(data)
+                truth[hashlib.sha256(data).hexdigest()] = y
+            summary, seconds = _run(inbox, store, "--batch-size", str(len(items)))
+            m = summary["monitor"]
+            labels = {r["sha256"]: r["label"] for r in read_table(store / "labels").to_pylist() if r["sha256"] in truth}
+            true_acc = 100 * np.mean([labels[h] == y for h, y in truth.items() if h in labels])
+            rows.append((kind, m, true_acc))
+            t = m["tests"]
+            print(f"{i:2d} {kind:<20} {m['images']:4d} img  drift {str(m['drift']):<5}  est {m['estimated_accuracy']:5.1f} "
+                  f"true {true_acc:5.1f}  p(labels) {t.get('labels', {}).get('p', float('nan')):.2g}  "
+                  f"p(conf) {t.get('confidence', {}).get('p', float('nan')):.2g}  ({seconds:.0f} s)", flush=True)
+        # what the monitor adds: two more batches of evaluated images, monitored and not (reference cached)
+        times = {}
+        for flag in ("monitored", "not"):
+            inbox = Path(tmp) / f"time-{flag}"
+            inbox.mkdir()
+            for j, (img, _) in enumerate(draw(pool, args.batch)):
+                (inbox / f"{j:04d}.png").write_bytes(_png(img))
+            extra = ("--no-monitor",) if flag == "not" else ()
+            times[flag] = _run(inbox, store, "--batch-size", str(args.batch), *extra)[0]["seconds"]
+    ev = [r for r in rows if r[0] == "evaluated"]
+    big = [r for r in rows if r[1]["images"] >= 100]
+    err = np.array([abs(r[1]["estimated_accuracy"] - r[2]) for r in big])
+    first = {}
+    for kind, m, _ in rows:
+        first.setdefault(kind, m["drift"])
+    print(f"\nevaluated batches flagged: {sum(r[1]['drift'] for r in ev)} of {len(ev)}")
+    print("first batch of each shift flagged: " + ", ".join(f"{k}: {v}" for k, v in first.items() if k != "evaluated"))
+    print(f"ATC estimate vs true accuracy over {len(big)} batches of >= 100 images: mean |error| {err.mean():.1f} "
+          f"points, max {err.max():.1f}")
+    print(f"labelling time of a batch of {args.batch} (the run summary's seconds): {times['monitored']:.2f} s "
+          f"monitored, {times['not']:.2f} s not: x{times['monitored'] / times['not']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
