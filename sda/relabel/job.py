@@ -175,11 +175,12 @@ class RelabelJob:
                 self.reference = self._reference()
 
     def _reference(self) -> Reference:
-        """The monitor's reference for these models: read from ``<labels>/_monitor/reference.json``, or
+        """The monitor's reference for these models and target domains: read from ``<labels>/_monitor/reference.json``, or
         computed from the pipeline's evaluated targets (:func:`sda.relabel.monitor.pipeline_reference`) and
         saved there."""
         lin = self.lineage
-        key = (f"{lin.source_model_hash}:{lin.aligned_model_hash}:{lin.diffusion_model_hash}:"
+        targets = hashlib.sha256((self.reference_dir / "domains.json").read_bytes()).hexdigest()[:16]
+        key = (f"{lin.source_model_hash}:{lin.aligned_model_hash}:{lin.diffusion_model_hash}:{targets}:"
                f"{self.settings.monitor.reference_images}:{self.seed}:{self.settings.adapt}")
         path = self.monitor_dir / "reference.json"
         ref = Reference.load(path)
