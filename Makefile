@@ -35,14 +35,14 @@ lock:  ## rewrite the lock files from pyproject.toml (UPGRADE=1: the newest rele
 	@tools/lock.sh $(VENV)
 
 check: install  ## validate params.yaml and your folders in seconds; print what a run will use (sda check)
-	$(PY) -m sda.check
+	$(PY) -m sda.domains.check
 
 run: install  ## the checks, then the whole pipeline (Prefect flow over the DVC stages) and the results
-	$(PY) -m sda.check
+	$(PY) -m sda.domains.check
 	$(PY) -m flows.pipeline
 
 repro: install  ## the same work with DVC alone
-	$(PY) -m sda.check
+	$(PY) -m sda.domains.check
 	$(VENV)/bin/dvc repro
 
 serve: install  ## Prefect server on 127.0.0.1:$(PORT) + the deployments, served (Ctrl-C stops)

@@ -90,7 +90,7 @@ def main() -> None:
           f"{args.image_size} px, seed {args.seed})",
           flush=True)
     t0 = time.perf_counter()  # what `make check` prints before the run, and how long it takes
-    subprocess.run([sys.executable, "-m", "sda.check"], cwd=repo, check=True)
+    subprocess.run([sys.executable, "-m", "sda.domains.check"], cwd=repo, check=True)
     print(f"sda check: {time.perf_counter() - t0:.1f} s (the process included)\n", flush=True)
     seconds = run_pipeline(repo)
     print(f"\nwall time of the pipeline: {seconds:.0f} s")

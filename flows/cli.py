@@ -5,7 +5,7 @@
     sda relabel status [-n RUNS]                   the last runs as the monitor saw them: images, estimated accuracy, drift
     sda serve [--port 4200]                        a Prefect server and the deployments (python -m flows.serve)
     sda stage <name> [--params FILE]               one stage's command, as dvc repro runs it (python -m tasks.<name>)
-    sda check [--params FILE]                      validate params and your folders, train nothing (python -m sda.check)
+    sda check [--params FILE]                      validate params and your folders, train nothing (python -m sda.domains.check)
 
 Each replaces itself with ``python -m <module>`` of this interpreter, so exit status, signals and
 ``--help`` are the module's own.
@@ -18,7 +18,7 @@ import sys
 
 from sda.layout import STAGE_ORDER
 
-COMMANDS = {"run": "flows.pipeline", "relabel": "flows.relabel", "serve": "flows.serve", "check": "sda.check"}
+COMMANDS = {"run": "flows.pipeline", "relabel": "flows.relabel", "serve": "flows.serve", "check": "sda.domains.check"}
 
 
 def module_for(argv: list[str]) -> tuple[str, list[str]]:

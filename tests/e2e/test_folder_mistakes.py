@@ -62,7 +62,7 @@ def test_split_folders_taken_for_classes_are_refused(shapes, tmp_path):
     _copy_source(shapes, data / "train")
     _copy_source(shapes, data / "val")
     repo = _repo(tmp_path, {"source_dir": str(data), "target_dirs": {}})
-    for module in ("tasks.source_data", "sda.check"):
+    for module in ("tasks.source_data", "sda.domains.check"):
         line = _refused(repo, module, "are split folders (train, val), not classes")
         assert f"did you mean source_dir: {data / 'train'}?" in line
 
@@ -82,7 +82,7 @@ def test_the_same_image_under_two_class_names_is_refused(shapes, tmp_path):
     one = sorted((src / SHAPES[0]).rglob("*.png"))[0]
     shutil.copy(one, src / SHAPES[1] / "copy.png")
     repo = _repo(tmp_path, {"source_dir": str(src), "target_dirs": {}})
-    _refused(repo, "sda.check", f"the same image is in class folders '{SHAPES[0]}' and '{SHAPES[1]}'")
+    _refused(repo, "sda.domains.check", f"the same image is in class folders '{SHAPES[0]}' and '{SHAPES[1]}'")
 
 
 def test_hostile_entries_are_reported_not_followed_and_nothing_is_dropped_silently(shapes, tmp_path):
@@ -99,7 +99,7 @@ def test_hostile_entries_are_reported_not_followed_and_nothing_is_dropped_silent
     Image.fromarray(rng.integers(0, 256, (48, 48, 3), np.uint8)).save(src / "loose.png")
     (cls / "notes.txt").write_text("hello")
     repo = _repo(tmp_path, {"source_dir": str(src), "target_dirs": {}})
-    rc, out, err = _run(repo, "sda.check")
+    rc, out, err = _run(repo, "sda.domains.check")
     assert rc == 0, err
     for name in ("fifo.png: a FIFO (named pipe), not a regular file", "zero.png: a symlink: not followed",
                  "loop: a symlink: not followed", "outside.png: a symlink: not followed",
@@ -153,7 +153,7 @@ def test_a_labelled_target_that_would_measure_on_training_images_is_refused(shap
     _set_targets(source_done, {"site_x": str(target)})
     message = ("also in folder.source_dir (e.g. " if case == "shares content"
                else "is the source folder, inside it or holds it")
-    for module in ("sda.check", "tasks.target_data"):
+    for module in ("sda.domains.check", "tasks.target_data"):
         _refused(source_done, module, message)
     assert not (source_done / "data" / "target_data").exists()
 
@@ -164,7 +164,7 @@ def test_a_target_named_like_a_built_in_domain_and_an_unknown_profile(shapes, tm
     _refused(repo, "tasks.target_data", "folder.target_dirs: gaussian_noise name(s) a domain the pipeline writes itself")
     text = (repo / "params.yaml").read_text().replace("profile: folder", "profile: foldr")
     (repo / "params.yaml").write_text(text)
-    _refused(repo, "sda.check", "profile: unknown profile 'foldr' (the profiles of params.yaml: embedded, imagenet, folder)")
+    _refused(repo, "sda.domains.check", "profile: unknown profile 'foldr' (the profiles of params.yaml: embedded, imagenet, folder)")
 
 
 def test_a_stage_before_its_upstream_and_a_second_run_at_once_say_what_to_do(shapes, tmp_path):

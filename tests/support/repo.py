@@ -29,7 +29,8 @@ TINY = {
     # the val split (180 images per domain): a third of the test split's projection and evaluation
     # work; shards of 60 keep several shard jobs per domain for the kill / resume tests
     "target_data": {"split": "val", "corruptions": ["gaussian_noise", "pixelate"], "shard_maxcount": 60},
-    "relabel": {"min_age_seconds": 0, "upload_grace_seconds": 0, "batch_size": 8},
+    "relabel": {"min_age_seconds": 0, "upload_grace_seconds": 0, "batch_size": 8,
+                "monitor": {"reference_images": 128}},  # each new label store labels its reference once
     # 40 images per domain in batches of 10 (a class-sorted batch then holds 1-2 of the 10 classes); MEMO
     # on 4 images, batch 1 (a sliding window of 16) on 12
     "streams": {"images_per_domain": 40, "window": 16, "coupling_images": 8,

@@ -7,7 +7,7 @@ used and why, and warnings (class imbalance, tiny classes, images far from ``fol
 Exit status 0 when the run can start, 2 with a one-line ``error:`` when it cannot. ``make run`` runs it
 first.
 
-    python -m sda.check [--params params.yaml] [--all-skipped]
+    python -m sda.domains.check [--params params.yaml] [--all-skipped]
 """
 
 from __future__ import annotations
