@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import errno
-import fcntl
 import json
 import logging
 import os
@@ -14,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
+
+from filelock import FileLock, Timeout
 
 from sda.config import Params, ParamsError, load_params
 from sda.layout import DATA, RUNS, STAGE_ORDER, TRAINING_CURVE, TRAINING_SUMMARY, WORK
@@ -49,19 +50,19 @@ def missing_upstream(err: FileNotFoundError, stage: str) -> str | None:
     return None
 
 
-def hold_stage_lock(stage: str) -> Any:
-    """An exclusive lock on ``data/.<stage>.lock`` for this process's life: a second run of the same
-    stage in this checkout exits 2 at once, saying so, instead of racing the first for its outputs."""
+def hold_stage_lock(stage: str) -> FileLock:
+    """An exclusive lock on ``data/.<stage>.lock`` (filelock, as the checkout's and the relabel stores'
+    locks) for the stage's run: a second run of the same stage in this checkout exits 2 at once, saying
+    so, instead of racing the first for its outputs."""
     DATA.mkdir(exist_ok=True)
-    f = open(DATA / f".{stage}.lock", "a+")
+    lock = FileLock(str(DATA / f".{stage}.lock"))
     try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        f.close()
+        lock.acquire(timeout=0)
+    except Timeout:
         print(f"error in stage {stage}: another run of stage {stage} is running in this checkout (it holds "
-              f"{DATA / f'.{stage}.lock'}); wait for it to finish, then run again", file=sys.stderr)
+              f"{lock.lock_file}); wait for it to finish, then run again", file=sys.stderr)
         raise SystemExit(2) from None
-    return f
+    return lock
 
 
 def stage_main(stage: str, doc: str, body: Callable[..., int | None],
@@ -119,7 +120,7 @@ def stage_main(stage: str, doc: str, body: Callable[..., int | None],
               "space (or raise the file size limit) and run again; the previous outputs are intact and finished "
               "shards are kept for the resume", file=sys.stderr)
         raise SystemExit(2) from None
-    lock.close()
+    lock.release()
     seconds = time.perf_counter() - t0
     _record_timing(stage, body_start, seconds)
     rate = f", {images} images ({images / seconds:.3g} img/s)" if images and seconds > 0 else ""

@@ -16,12 +16,12 @@ import stat
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
-__all__ = ["FileId", "NotReadable", "iter_tree", "open_beneath", "read_beneath", "read_fd", "readlink_beneath",
+__all__ = ["FILE_KINDS", "FileId", "NotReadable", "iter_tree", "open_beneath", "read_beneath", "read_fd", "readlink_beneath",
            "unlink_if_same"]
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | getattr(os, "O_NOCTTY", 0)
-_KINDS = {stat.S_IFIFO: "a FIFO (named pipe)", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a character device",
+FILE_KINDS = {stat.S_IFIFO: "a FIFO (named pipe)", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a character device",
           stat.S_IFBLK: "a block device", stat.S_IFDIR: "a folder", stat.S_IFLNK: "a symlink"}
 
 
@@ -91,7 +91,7 @@ def open_beneath(root_fd: int, rel: str | os.PathLike[str]) -> tuple[int, os.sta
                 st = os.stat(parts[-1], dir_fd=parent, follow_symlinks=False)
             except OSError:
                 raise NotReadable(f"cannot open: {err.strerror}") from None
-            kind = _KINDS.get(stat.S_IFMT(st.st_mode))
+            kind = FILE_KINDS.get(stat.S_IFMT(st.st_mode))
             raise NotReadable(f"{kind}, not a regular file: not read" if kind else f"cannot open: {err.strerror}") \
                 from None
     finally:
@@ -99,7 +99,7 @@ def open_beneath(root_fd: int, rel: str | os.PathLike[str]) -> tuple[int, os.sta
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):
         os.close(fd)
-        raise NotReadable(f"{_KINDS.get(stat.S_IFMT(st.st_mode), 'a special file')}, not a regular file: not read")
+        raise NotReadable(f"{FILE_KINDS.get(stat.S_IFMT(st.st_mode), 'a special file')}, not a regular file: not read")
     return fd, st
 
 

@@ -22,15 +22,13 @@ from typing import Iterator
 from PIL import Image
 
 from sda.io.images import FOLDER_FORMATS, FOLDER_SUFFIXES, BadImage, decode_image
-from sda.io.untrusted_files import NotReadable, iter_tree, read_beneath
+from sda.io.untrusted_files import FILE_KINDS, NotReadable, iter_tree, read_beneath
 
 __all__ = ["SPLIT_NAMES", "Listing", "ReadFile", "list_folder", "read_files", "skipped_reason"]
 
 # class folder names that are really the splits of a data set one level down
 SPLIT_NAMES = frozenset({"train", "training", "val", "valid", "validation", "test", "testing", "dev", "eval"})
 
-_KINDS = {stat.S_IFIFO: "a FIFO (named pipe)", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a character device",
-          stat.S_IFBLK: "a block device", stat.S_IFLNK: "a symlink"}
 
 
 def _readable() -> str:
@@ -60,7 +58,7 @@ def skipped_reason(rel: str, st: os.stat_result) -> str | None:
     if stat.S_ISLNK(st.st_mode):
         return "a symlink: not followed (copy the file in instead)"
     if not stat.S_ISREG(st.st_mode):
-        return f"{_KINDS.get(stat.S_IFMT(st.st_mode), 'a special file')}, not a regular file: not read"
+        return f"{FILE_KINDS.get(stat.S_IFMT(st.st_mode), 'a special file')}, not a regular file: not read"
     if name.startswith("."):
         return "a hidden file: not read"
     suffix = PurePosixPath(name).suffix.lower()
