@@ -121,7 +121,7 @@ def deployments(params: Params, root: Path) -> list:
     from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 
     from flows.pipeline import pipeline
-    from flows.relabel import relabel
+    from flows.relabel import drift_alert, relabel
 
     one = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE)
     common = dict(concurrency_limit=one, parameters={"root": str(root)})
@@ -143,7 +143,44 @@ def deployments(params: Params, root: Path) -> list:
             "on-demand", **common,
             description="Label an inbox now; parameters inbox (folder) and batch_size override params.yaml.",
             tags=["sda", "relabel"]),
+        drift_alert.to_deployment(
+            "on-drift", concurrency_limit=one,
+            description="Started by the automation 'sda relabel drift' with the event's payload: the alert "
+                        "artifact of a drifted relabel batch.",
+            tags=["sda", "relabel", "alert"]),
     ]
+
+
+DRIFT_AUTOMATION = "sda relabel drift"
+
+
+def register_drift_automation(params: Params, root: Path, ids: dict[str, object]) -> object:
+    """The automation that answers a drifted relabel batch of the checkout at ``root`` (the event
+    ``sda.relabel.drift``): a run of ``relabel-drift-alert/on-drift`` with the event's payload and, with
+    ``relabel.monitor.pause_on_drift``, ``relabel/scheduled`` paused. ``ids``: deployment (flow/name) -> id
+    (``Runner.add_deployment``). Replaces the one an earlier ``make serve`` registered; returns its id."""
+    from prefect.client.orchestration import get_client
+    from prefect.events.actions import PauseDeployment, RunDeployment
+    from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
+
+    from flows.relabel import DRIFT_EVENT, checkout_resource
+
+    payload = {"__prefect_kind": "json", "value": {"__prefect_kind": "jinja", "template": "{{ event.payload | tojson }}"}}
+    actions = [RunDeployment(source="selected", deployment_id=ids["relabel-drift-alert/on-drift"],
+                             parameters={"alert": payload, "root": str(root)})]
+    if params.relabel.monitor.pause_on_drift:
+        actions.append(PauseDeployment(source="selected", deployment_id=ids["relabel/scheduled"]))
+    automation = AutomationCore(
+        name=DRIFT_AUTOMATION, description=f"A relabel batch of {root} drifted (relabel.monitor): the alert artifact"
+                                           + (", relabel/scheduled paused" if len(actions) > 1 else ""),
+        trigger=EventTrigger(expect={DRIFT_EVENT}, match={"prefect.resource.id": checkout_resource(root)},
+                             posture=Posture.Reactive, threshold=1),
+        actions=actions)
+    with get_client(sync_client=True) as client:
+        for old in client.read_automations_by_name(DRIFT_AUTOMATION):
+            if old.trigger.match == automation.trigger.match:  # this checkout's, from an earlier start
+                client.delete_automation(old.id)
+        return client.create_automation(automation)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -190,8 +227,8 @@ def main(argv: list[str] | None = None) -> int:
 
             runner = Runner(pause_on_shutdown=True)
             served = deployments(params, root)
-            for d in served:
-                runner.add_deployment(d)
+            ids = {f"{d.flow_name}/{d.name}": runner.add_deployment(d) for d in served}
+            register_drift_automation(params, root, ids)
             print(f"""
 ready. UI: http://{args.host}:{args.port}   serving {len(served)} deployments (runs start in this process)
 in another shell:
@@ -200,7 +237,8 @@ in another shell:
     {root / '.venv/bin/prefect'} deployment run sda-pipeline/embedded --watch
     {root / '.venv/bin/prefect'} deployment run sda-pipeline/imagenet --watch   # GPU; paths: params.yaml imagenet
     {root / '.venv/bin/prefect'} deployment run relabel/on-demand -p inbox=data/inbox/camera-7 --watch   # relabel.inbox or served_inboxes
-new images dropped into {inbox} are labelled every {params.relabel.interval_minutes:g} min (data/labels/).
+new images dropped into {inbox} are labelled every {params.relabel.interval_minutes:g} min (data/labels/);
+a drifted batch raises the artifact relabel-drift{' and pauses relabel/scheduled' if params.relabel.monitor.pause_on_drift else ''} (automation '{DRIFT_AUTOMATION}').
 Ctrl-C stops serving and the server.""", flush=True)
             asyncio.run(runner.start())
             return 0

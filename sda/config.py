@@ -404,7 +404,10 @@ class Monitor(_Section):
         "Drift when the ATC accuracy estimate is this many points under the reference's accuracy."))
     reference_images: int = Field(512, ge=10, description=(
         "Images of the pipeline's evaluated targets the service labels once per set of models: the reference."))
-    history: int = Field(20, ge=1, description="Runs `sda relabel status` prints.")
+    history: int = Field(20, ge=1, description="Runs `sda relabel status` prints and the run artifact's picture shows.")
+    pause_on_drift: bool = Field(False, description=(
+        "Under `make serve`: a drifted batch also pauses relabel/scheduled (the alert is raised either way); "
+        "resume it in the UI or with `prefect deployment resume` (docs/service.md)."))
 
 
 class Relabel(_Section):

@@ -131,6 +131,7 @@ def pipeline_reference(target_dir: Path, predictor: Any, *, images: int, seed: i
 def history(monitor_dir: Path, runs: int) -> list[dict[str, Any]]:
     """The last ``runs`` relabel runs of the monitor dataset ``monitor_dir`` (``<labels>/_monitor``), oldest
     first: ``{"run_id", "finished" (UTC ISO), "batches", "images", "estimated_accuracy" (image-weighted %),
+    "mean_confidence" (image-weighted, 0-1), "label_shares" {class: share of the run's images},
     "drifted" (batches), "too_few" (batches)}``."""
     from sda.relabel.store import read_table
 
@@ -140,14 +141,20 @@ def history(monitor_dir: Path, runs: int) -> list[dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for r in sorted(table.to_pylist(), key=lambda r: r["monitored_at"]):
         h = out.setdefault(r["run_id"], {"run_id": r["run_id"], "batches": 0, "images": 0, "correct": 0.0,
-                                         "drifted": 0, "too_few": 0})
+                                         "confidence": 0.0, "counts": {}, "drifted": 0, "too_few": 0})
         h["finished"] = r["monitored_at"].isoformat(timespec="seconds")
         h["batches"] += 1
         h["images"] += r["images"]
         h["correct"] += r["estimated_accuracy"] * r["images"]
+        h["confidence"] += r["mean_confidence"] * r["images"]
+        for c, share in json.loads(r["label_shares"] or "{}").items():
+            h["counts"][c] = h["counts"].get(c, 0.0) + share * r["images"]
         h["drifted"] += int(r["drift"])
         h["too_few"] += int(r["too_few"])
     rows = list(out.values())[-runs:]
     for h in rows:
-        h["estimated_accuracy"] = round(h.pop("correct") / max(h["images"], 1), 1)
+        n = max(h["images"], 1)
+        h["estimated_accuracy"] = round(h.pop("correct") / n, 1)
+        h["mean_confidence"] = round(h.pop("confidence") / n, 4)
+        h["label_shares"] = {c: round(k / n, 4) for c, k in h.pop("counts").items()}
     return rows

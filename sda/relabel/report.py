@@ -1,21 +1,25 @@
 """What one relabel batch did, for people: counts, label distribution, quarantine reasons and a grid
 of originals vs projections by predicted class, as markdown (a Prefect artifact) and files under
-``<labels>/_reports/<date>/``."""
+``<labels>/_reports/<date>/``; the alert of a drifted batch; the picture of the last runs' monitor."""
 
 from __future__ import annotations
 
 import base64
 import datetime as dt
+import io
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Mapping, Sequence
 
 import numpy as np
+from PIL import Image, ImageDraw
 
 from sda.io.atomic import atomic_write_bytes
 from sda.method.report import grid_png
 
-__all__ = ["BatchReport", "class_grid", "write_report"]
+__all__ = ["BatchReport", "class_grid", "drift_alert_markdown", "find_grid", "history_png", "write_report"]
 
 
 @dataclass
@@ -84,3 +88,96 @@ def write_report(reports_dir: Path, report: BatchReport) -> None:
     atomic_write_bytes(day / f"{report.batch_id}.md", report.markdown().encode())
     if report.grid_png:
         atomic_write_bytes(day / f"{report.batch_id}.png", report.grid_png)
+
+
+_BATCH_ID = re.compile(r"[0-9a-f]{16}")
+
+
+def find_grid(reports_dir: Path, batch_id: str, max_bytes: int = 16 << 20) -> bytes | None:
+    """The grid PNG :func:`write_report` wrote for ``batch_id`` (16 hex digits; anything else: None, so
+    that an id from an event cannot name another file), newest day first; a link or an oversized file
+    is not read."""
+    if not _BATCH_ID.fullmatch(batch_id) or not reports_dir.is_dir():
+        return None
+    for day in sorted(reports_dir.iterdir(), reverse=True):
+        path = day / f"{batch_id}.png"
+        if day.is_symlink() or path.is_symlink() or not path.is_file() or path.stat().st_size > max_bytes:
+            continue
+        return path.read_bytes()
+    return None
+
+
+def drift_alert_markdown(alert: Mapping[str, Any], grid: bytes | None = None) -> str:
+    """The alert of a drifted batch for people: ``alert`` is the monitor row
+    (:func:`sda.relabel.monitor.monitor`) with ``batch_id``, ``checkout``, ``inbox`` and
+    ``reference_label_shares``; ``grid`` the batch's originals-vs-projections PNG."""
+    shares, ref = alert.get("label_shares") or {}, alert.get("reference_label_shares") or {}
+    lines = [f"# Drift in relabel batch `{alert.get('batch_id', '?')}`",
+             f"{alert.get('images', 0)} images from `{alert.get('inbox', '?')}` (checkout `{alert.get('checkout', '?')}`) "
+             f"do not look like the target data the pipeline evaluated. Estimated accuracy "
+             f"**{alert.get('estimated_accuracy', 0):.1f} %** (ATC, no label used) against "
+             f"{alert.get('reference_accuracy', 0):.1f} % there ({alert.get('accuracy_drop', 0):.1f} points lower); "
+             f"{alert.get('low_confidence', 0):.1f} % of the images under the confidence threshold.",
+             "## Tests", "| test | statistic | p |", "|---|---|---|"]
+    lines += [f"| {name} | {t['statistic']} | {t['p']:.3g} |" for name, t in (alert.get("tests") or {}).items()]
+    lines += ["## Predicted classes", "| class | this batch | reference |", "|---|---|---|"]
+    for c in sorted(set(shares) | set(ref), key=lambda c: -max(shares.get(c, 0), ref.get(c, 0)))[:20]:
+        lines.append(f"| {c} | {100 * shares.get(c, 0):.1f} % | {100 * ref.get(c, 0):.1f} % |")
+    lines += ["## What to do", "Look at the images below. A new kind of data that should be labelled: add the folder "
+              "as a target domain and re-run the pipeline (docs/service.md, after a drift). If "
+              "relabel.monitor.pause_on_drift is set, relabel/scheduled is paused until you resume it."]
+    if grid:
+        lines += ["## Originals vs projections, by predicted class",
+                  f"![grid](data:image/png;base64,{base64.b64encode(grid).decode()})"]
+    return "\n\n".join(lines[:2]) + "\n\n" + "\n".join(lines[2:]) + "\n"
+
+
+# tab10: the class colours of :func:`history_png`
+_COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
+            (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
+
+
+def history_png(runs: Sequence[Mapping[str, Any]], *, height: int = 180, column: int = 26) -> bytes:
+    """PNG of the last runs (:func:`sda.relabel.monitor.history`, oldest left): per run a bar of its label
+    shares (the 9 most frequent classes over the runs in colour, the rest grey), the estimated accuracy
+    (black line) and the mean confidence (white line) on a 0-100 scale, a red mark over a run with a
+    drifted batch."""
+    totals: Counter[str] = Counter()
+    for r in runs:
+        totals.update({c: s * r["images"] for c, s in r["label_shares"].items()})
+    colour = {c: _COLOURS[i] for i, (c, _) in enumerate(totals.most_common(9))}
+    left, top, bottom = 34, 34, 18
+    width = max(500, left + column * max(len(runs), 1) + 8)
+    per_row = width // 120
+    legend = 14 * ((len(colour) + per_row - 1) // per_row)
+    img = Image.new("RGB", (width, top + height + bottom + legend), "white")
+    draw = ImageDraw.Draw(img)
+    draw.text((4, 4), "estimated accuracy % (black), mean confidence % (white), label shares (bars)", fill="black")
+    y = lambda v: top + height - v / 100 * height  # noqa: E731
+    for v in (0, 50, 100):
+        draw.text((4, y(v) - 5), f"{v:3d}", fill="black")
+    acc, conf = [], []
+    for i, r in enumerate(runs):
+        x0, x1 = left + i * column, left + (i + 1) * column - 4
+        base = 0.0
+        for c, s in sorted(r["label_shares"].items(), key=lambda kv: (kv[0] not in colour, -kv[1])):
+            draw.rectangle([x0, y(100 * (base + s)), x1, y(100 * base)], fill=colour.get(c, (200, 200, 200)))
+            base += s
+        centre = (x0 + x1) / 2
+        acc.append((centre, y(r["estimated_accuracy"])))
+        conf.append((centre, y(100 * r["mean_confidence"])))
+        if r["drifted"]:
+            draw.polygon([(centre - 5, top - 12), (centre + 5, top - 12), (centre, top - 3)], fill=(220, 0, 0))
+        draw.text((x0 + 2, top + height + 4), str(i + 1 - len(runs)) if i + 1 < len(runs) else "last", fill="black")
+    for points, fill in ((conf, "white"), (acc, "black")):
+        if len(points) > 1:
+            draw.line(points, fill=fill, width=2)
+        for px, py in points:
+            draw.ellipse([px - 2, py - 2, px + 2, py + 2], fill=fill, outline="black")
+    for j, (c, rgb) in enumerate(colour.items()):
+        x, yy = 4 + (j % per_row) * 120, top + height + bottom + 2 + 14 * (j // per_row)
+        draw.rectangle([x, yy, x + 9, yy + 9], fill=rgb)
+        draw.text((x + 13, yy), str(c)[:16], fill="black")
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()

@@ -437,6 +437,7 @@ async def main():
         arts = await c.read_artifacts()
         print(json.dumps(dict(runs=[dict(state=r.state_type.value, params=r.parameters) for r in runs],
                               schedules=[s.schedule.model_dump(mode="json") for s in dep.schedules],
+                              paused=dep.paused,
                               artifacts=sorted({{a.key for a in arts if a.key}}))))
 asyncio.run(main())
 """
@@ -447,13 +448,15 @@ asyncio.run(main())
 def test_service_deployments_on_a_real_local_server(tiny_repo, tmp_path):
     """make serve's script on a random port: serve the deployments, run relabel/on-demand and
     sda-pipeline/embedded through it, and let relabel/scheduled fire on its own (its interval from
-    params.yaml alone)."""
+    params.yaml alone); then a drifted batch: its event reaches the server, whose automation runs the
+    alert (artifact relabel-drift) and pauses relabel/scheduled (relabel.monitor.pause_on_drift)."""
     repo = tmp_path / "repo"  # a private copy: the params edit and the inbox / labels stay in this test
     shutil.copytree(tiny_repo, repo)
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["relabel"]["interval_minutes"] = 0.1  # the scheduled deployment fires every 6 s
     ondemand = tmp_path / "ondemand"  # a folder besides relabel.inbox that the service may be aimed at
     params["relabel"]["served_inboxes"] = [str(ondemand)]
+    params["relabel"]["monitor"]["pause_on_drift"] = True
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     port = free_port()
     env = subprocess_env()
@@ -515,6 +518,29 @@ def test_service_deployments_on_a_real_local_server(tiny_repo, tmp_path):
         rows = read_table(repo / "data" / "labels").to_pylist()
         assert len(rows) == len({r["sha256"] for r in rows}) == 16
         assert all(r["flow_run_id"] for r in rows)  # run through Prefect
+
+        # drift: so far every batch was too small to tell; now one class only, from three domains
+        assert "relabel-drift" not in sched["artifacts"] and not sched["paused"]
+        skewed = [img for d in ("clean", "gaussian_noise", "pixelate") for img, y in _target_images(repo, 180, d) if y == 3]
+        for i, img in enumerate(skewed):
+            (ondemand / f"skewed-{i:03d}.png").write_bytes(png_bytes(img))
+        r = subprocess.run([prefect, "deployment", "run", "relabel/on-demand", "-p", f"inbox={ondemand}", "-p",
+                            "batch_size=64", "--watch", "--watch-timeout", "300"], env=env, capture_output=True,
+                           text=True, timeout=420)  # one batch: the monitor tests each batch
+        assert r.returncode == 0 and "Completed" in r.stdout, r.stdout[-3000:] + r.stderr[-3000:]
+        deadline = time.time() + 120
+        while time.time() < deadline:  # the server's triggers and actions services act within seconds
+            sched = _flow_runs(env, "relabel/scheduled")
+            alert = _flow_runs(env, "relabel-drift-alert/on-drift")
+            if sched["paused"] and any(x["state"] == "COMPLETED" for x in alert["runs"]):
+                break
+            time.sleep(2)
+        assert sched["paused"], "relabel/scheduled was not paused after the drift"
+        assert [x["state"] for x in alert["runs"]] == ["COMPLETED"], alert["runs"]
+        payload = alert["runs"][0]["params"]["alert"]  # (images seen in the earlier runs are not labelled again)
+        assert payload["drift"] and 30 <= payload["images"] <= len(skewed)
+        assert Path(payload["checkout"]) == repo.resolve()
+        assert "relabel-drift" in alert["artifacts"]
     finally:
         os.killpg(serve.pid, signal.SIGINT)
         try:
