@@ -37,7 +37,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import (create_markdown_artifact, create_progress_artifact, create_table_artifact,
                                update_progress_artifact)
 
-from flows.serve import check_served_root
+from flows.served import check_served_root
 from sda.config import ParamsError, load_params
 from sda.domains import domain_for, domain_names, set_profile
 from sda.io.resumable_jobs import PROGRESS

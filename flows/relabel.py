@@ -34,7 +34,7 @@ from prefect.events import emit_event
 from prefect.runtime import deployment, flow_run
 from tqdm.auto import tqdm
 
-from flows.serve import check_served_inbox, check_served_root
+from flows.served import check_served_inbox, check_served_root
 import yaml
 
 from sda.config import ParamsError, load_params

@@ -32,7 +32,8 @@ from pathlib import Path
 
 import httpx
 
-from sda.config import Params, ParamsError, Relabel, load_params
+from flows.served import SERVED_ROOT_ENV
+from sda.config import Params, ParamsError, load_params
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,8 +44,6 @@ def _prefect(*args: str) -> list[str]:
 
 # the API's basic-auth credential ("user:password"), created once under PREFECT_HOME, owner-only
 AUTH_FILE = "api-auth"
-# set in the serving process (and so in the flow runs it starts): deployments run on this checkout
-SERVED_ROOT_ENV = "SDA_SERVED_ROOT"
 
 
 def api_credential(home: Path) -> str:
@@ -61,29 +60,6 @@ def api_credential(home: Path) -> str:
     if path.is_symlink() or path.stat().st_mode & 0o077:
         raise RuntimeError(f"{path} must be a file readable by its owner alone (chmod 600 {path})")
     return path.read_text().strip()
-
-
-def check_served_root(root: str | os.PathLike[str]) -> None:
-    """In a flow run started by ``make serve``: ``root`` must be the checkout that serves it (a
-    deployment parameter cannot aim the service at another folder)."""
-    served = os.environ.get(SERVED_ROOT_ENV)
-    if served and Path(root).resolve() != Path(served).resolve():
-        raise ValueError(f"this service runs on {served}; root={root} is not allowed (start `make serve` there)")
-
-
-def check_served_inbox(inbox: str, root: Path, relabel: Relabel) -> Path:
-    """In a flow run started by ``make serve``: ``inbox`` (resolved) must be ``relabel.inbox`` or one
-    of ``relabel.served_inboxes``, or a folder beneath one, because relabelling deletes what it labels
-    and quarantines; anyone who may start a run could otherwise aim it at any folder of this user.
-    Returns the resolved folder; outside a served run, any folder."""
-    path = (root / inbox).resolve()
-    if not os.environ.get(SERVED_ROOT_ENV):
-        return path
-    allowed = [(root / p).resolve() for p in (relabel.inbox, *relabel.served_inboxes)]
-    if not any(path.is_relative_to(a) for a in allowed):
-        raise ValueError(f"inbox={inbox} is not relabel.inbox or beneath relabel.served_inboxes "
-                         f"({', '.join(map(str, allowed))}); add it to served_inboxes in params.yaml")
-    return path
 
 
 def wait_healthy(api_url: str, proc: subprocess.Popen, timeout: float = 180.0, auth: str | None = None) -> None:
