@@ -141,7 +141,8 @@ def register_drift_automation(params: Params, root: Path, ids: dict[str, object]
 
     from flows.relabel import DRIFT_EVENT, checkout_resource
 
-    payload = {"__prefect_kind": "json", "value": {"__prefect_kind": "jinja", "template": "{{ event.payload | tojson }}"}}
+    payload = {"__prefect_kind": "json",  # the event's payload, rendered by the server, as the flow's `alert`
+               "value": {"__prefect_kind": "jinja", "template": "{{ event.payload | tojson }}"}}
     actions = [RunDeployment(source="selected", deployment_id=ids["relabel-drift-alert/on-drift"],
                              parameters={"alert": payload, "root": str(root)})]
     if params.relabel.monitor.pause_on_drift:

@@ -30,7 +30,13 @@ FOLDER_FORMATS: tuple[str, ...] = (*DECODED_FORMATS, "BMP", "TIFF")
 
 
 class BadImage(ValueError):
-    """The bytes are not a usable image; ``str(err)`` is the reason recorded in quarantine."""
+    """The bytes are not a usable image; ``str(err)`` is the reason recorded in quarantine. ``cut_short``:
+    the bytes end early (empty, or a decoder ran out of data), which is also what an unfinished upload
+    looks like."""
+
+    def __init__(self, reason: str, *, cut_short: bool = False):
+        super().__init__(reason)
+        self.cut_short = cut_short
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -58,7 +64,7 @@ def decode_image(data: bytes, *, max_pixels: int, min_side: int = 1,
     raise :class:`BadImage` with the reason otherwise. Only ``formats`` (Pillow format names) are
     tried, whatever the file's name: no other decoder Pillow has (or hands to Ghostscript) sees the bytes."""
     if not data:
-        raise BadImage("empty file (0 bytes)")
+        raise BadImage("empty file (0 bytes)", cut_short=True)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -78,7 +84,7 @@ def decode_image(data: bytes, *, max_pixels: int, min_side: int = 1,
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise BadImage(f"too many pixels: {err}"[:300]) from None
     except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as err:
-        raise BadImage(f"truncated or corrupt image: {type(err).__name__}: {err}"[:300]) from None
+        raise BadImage(f"truncated or corrupt image: {type(err).__name__}: {err}"[:300], cut_short=True) from None
 
 
 def center_crop_arr(img: Image.Image, size: int, *, max_pixels: int | None = None) -> np.ndarray:

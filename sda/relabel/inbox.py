@@ -21,6 +21,7 @@ import stat
 import tarfile
 import time
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path, PurePosixPath
 from typing import Iterator
 
@@ -43,6 +44,35 @@ TAR_SUFFIXES: frozenset[str] = frozenset({".tar"})
 SYMLINK_REASON = "symlink, not followed: copy the file into the inbox instead of linking it"
 # what scan_inbox reads of one file or tar member at most, unless told
 DEFAULT_MAX_BYTES = 50_000_000
+
+
+class Readiness(str, Enum):
+    """What becomes of an inbox file now (:func:`readiness`)."""
+
+    READY = "ready"          # labelled (or quarantined, when it does not decode)
+    HIDDEN = "hidden"        # ignored: a name starting with "." is an upload in progress by convention
+    TOO_NEW = "too_new"      # left for a later scan: modified under relabel.min_age_seconds ago
+    UPLOADING = "uploading"  # left for a later run: cut short, modified under relabel.upload_grace_seconds ago
+    BAD = "bad"              # quarantined with its reason
+
+
+def readiness(name: str, *, age_s: float, min_age_s: float, upload_grace_s: float, member: bool = False,
+              decoded: BadImage | None = None, read: bool = False) -> Readiness:
+    """When an inbox file is labelled: the one rule. ``name``: its file name; ``age_s``: seconds since it was
+    last modified; ``member``: a tar member (its tar is what was uploaded); ``read``: whether its bytes were
+    read and decoded, and ``decoded`` the :class:`BadImage` that decoding raised (None: a usable image).
+    Before it is read (the scan), only the name and the age decide. A cut-short file (:attr:`BadImage.cut_short`)
+    is waited for while it is younger than ``upload_grace_s``: an upload that stalled for longer than
+    ``min_age_s`` may still be going on; after that it is bad like any other."""
+    if name.startswith("."):
+        return Readiness.HIDDEN
+    if age_s < min_age_s:
+        return Readiness.TOO_NEW
+    if not read or decoded is None:
+        return Readiness.READY
+    if decoded.cut_short and not member and age_s < upload_grace_s:
+        return Readiness.UPLOADING
+    return Readiness.BAD
 
 
 @dataclass(frozen=True)
@@ -246,8 +276,8 @@ def _scan(root: Path, root_fd: int, skip, min_age_s: float, now: float, max_byte
         src = display_path(rel)
         name = rel.rsplit("/", 1)[-1]
         suffix = PurePosixPath(name).suffix.lower()
-        # hidden names are uploads in progress by convention (rsync's .name.XXXXXX, .x.jpg.part)
-        if name.startswith("."):
+        ready = readiness(name, age_s=now - st.st_mtime, min_age_s=min_age_s, upload_grace_s=0.0)
+        if ready is Readiness.HIDDEN:  # rsync's .name.XXXXXX, .x.jpg.part
             sc.ignored.append(src)
             continue
         try:
@@ -263,7 +293,7 @@ def _scan(root: Path, root_fd: int, skip, min_age_s: float, now: float, max_byte
             if not stat.S_ISREG(st.st_mode):
                 refuse(_unread(root, rel, st, "special"), "not a regular file (a FIFO, socket or device): not read")
                 continue
-            if now - st.st_mtime < min_age_s:
+            if ready is Readiness.TOO_NEW:
                 sc.too_new.append(src)
                 continue
             ident = [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns]

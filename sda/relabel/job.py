@@ -26,11 +26,12 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import math
 import os
 import time
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pyarrow as pa
@@ -41,7 +42,7 @@ from sda.config import GuardParams, Projection, Relabel
 from sda.io.atomic import atomic_write_bytes, clean_stale_temps
 from sda.io.images import BadImage, center_crop_arr, decode_image
 from sda.io.untrusted_files import unlink_if_same
-from sda.relabel.inbox import InboxItem, Scan, open_inbox, safe_file_name, scan_inbox
+from sda.relabel.inbox import InboxItem, Readiness, Scan, open_inbox, readiness, safe_file_name, scan_inbox
 from sda.relabel.monitor import Reference, monitor, pipeline_reference
 from sda.relabel.predict import SdaPredictor
 from sda.relabel.report import BatchReport, class_grid, write_report
@@ -209,13 +210,15 @@ class RelabelJob:
         """Validate, quarantine the bad, label the good, commit; returns the batch's report."""
         t0 = time.perf_counter()
         bid = batch_id_of(batch)
-        good, bad = self._decode(batch)
+        good, errors = self._decode(batch)
         report = BatchReport(batch_id=bid)
-        later = [it for it in batch if it.sha256 in bad and self._maybe_uploading(it, bad[it.sha256])]
+        later = [it for it in batch
+                 if it.sha256 in errors and self._readiness(it, errors[it.sha256]) is Readiness.UPLOADING]
         for it in later:
             log.info("left %s for a later run: %s, modified %.0f s ago (relabel.upload_grace_seconds=%g)", it.source,
-                     bad.pop(it.sha256), time.time() - it.file_id.mtime_ns / 1e9, self.settings.upload_grace_seconds)
+                     errors.pop(it.sha256), time.time() - it.file_id.mtime_ns / 1e9, self.settings.upload_grace_seconds)
         report.deferred = len(later)
+        bad = {sha: str(err) for sha, err in errors.items()}
         # exactly once does not rest on the lock alone: what was committed since the scan (a part file
         # written by anything else) is read again, under the lock, right before this batch commits
         self._done |= committed_hashes(self.labels_dir, skip_parts=set(self._parts_read), parts_read=self._parts_read,
@@ -253,8 +256,8 @@ class RelabelJob:
         return report
 
     def _decode(self, batch: list[InboxItem]) -> tuple[list[tuple[InboxItem, np.ndarray, tuple[int, int], str]],
-                                                        dict[str, str]]:
-        """(good: (item, uint8 model-size image, original (w, h), original PIL mode), bad: sha256 -> reason)."""
+                                                        dict[str, BadImage]]:
+        """(good: (item, uint8 model-size image, original (w, h), original PIL mode), bad: sha256 -> why)."""
         s = self.settings
         good, bad = [], {}
         for it in batch:
@@ -264,17 +267,17 @@ class RelabelJob:
                 # guided-diffusion's loader, as the target_data stage reads its images
                 good.append((it, center_crop_arr(img, self.image_size, max_pixels=s.max_pixels), img.size, mode))
             except BadImage as err:
-                bad[it.sha256] = str(err)
+                bad[it.sha256] = err
             except Exception as err:  # one file never stops the batch: it is quarantined with the error
-                bad[it.sha256] = f"unreadable: {type(err).__name__}: {err}"[:300]
+                bad[it.sha256] = BadImage(f"unreadable: {type(err).__name__}: {err}"[:300])
         return good, bad
 
-    def _maybe_uploading(self, it: InboxItem, reason: str) -> bool:
-        """A plain file that decodes as cut short and changed within ``upload_grace_seconds``: an
-        upload that stalled (longer than min_age_seconds) may still be going on."""
-        cut_short = reason.startswith(("truncated or corrupt", "empty file"))
-        return (cut_short and it.member is None and it.file_id is not None
-                and time.time() - it.file_id.mtime_ns / 1e9 < self.settings.upload_grace_seconds)
+    def _readiness(self, it: InboxItem, error: BadImage) -> Readiness:
+        """:func:`sda.relabel.inbox.readiness` of an item that did not decode (``error``)."""
+        age = math.inf if it.file_id is None else time.time() - it.file_id.mtime_ns / 1e9
+        return readiness(PurePosixPath(it.rel).name, age_s=age, min_age_s=self.settings.min_age_seconds,
+                         upload_grace_s=self.settings.upload_grace_seconds, member=it.member is not None,
+                         decoded=error, read=True)
 
     def _commit_labels(self, bid: str, good: list, pred: dict[str, np.ndarray]) -> None:
         now = dt.datetime.now(dt.timezone.utc)

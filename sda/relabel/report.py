@@ -113,7 +113,8 @@ def drift_alert_markdown(alert: Mapping[str, Any], grid: bytes | None = None) ->
     ``reference_label_shares``; ``grid`` the batch's originals-vs-projections PNG."""
     shares, ref = alert.get("label_shares") or {}, alert.get("reference_label_shares") or {}
     lines = [f"# Drift in relabel batch `{alert.get('batch_id', '?')}`",
-             f"{alert.get('images', 0)} images from `{alert.get('inbox', '?')}` (checkout `{alert.get('checkout', '?')}`) "
+             f"{alert.get('images', 0)} images from `{alert.get('inbox', '?')}` "
+             f"(checkout `{alert.get('checkout', '?')}`) "
              f"do not look like the target data the pipeline evaluated. Estimated accuracy "
              f"**{alert.get('estimated_accuracy', 0):.1f} %** (ATC, no label used) against "
              f"{alert.get('reference_accuracy', 0):.1f} % there ({alert.get('accuracy_drop', 0):.1f} points lower); "

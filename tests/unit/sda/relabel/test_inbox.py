@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from sda.io.images import BadImage, center_crop_arr, decode_image
-from sda.relabel.inbox import SYMLINK_REASON, display_path, safe_file_name, scan_inbox
+from sda.relabel.inbox import SYMLINK_REASON, Readiness, display_path, readiness, safe_file_name, scan_inbox
 
 LIMIT = 40_000_000
 
@@ -40,17 +40,42 @@ def huge_header_png(w: int = 50_000, h: int = 50_000) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", idat) + _chunk(b"IEND", b"")
 
 
-@pytest.mark.parametrize("data, reason", [
-    (b"", "empty file"),
-    (b"hello, I am a text file", "not an image"),
-    (png_bytes(rgb())[:-40], "truncated or corrupt"),
-    (png_bytes(rgb())[:60], "truncated or corrupt"),
-    (huge_header_png(), "too many pixels: .*2500000000 pixels"),
-    (png_bytes(rgb(size=4)), "too small"),
+@pytest.mark.parametrize("data, reason, cut_short", [
+    (b"", "empty file", True),
+    (b"hello, I am a text file", "not an image", False),
+    (png_bytes(rgb())[:-40], "truncated or corrupt", True),
+    (png_bytes(rgb())[:60], "truncated or corrupt", True),
+    (huge_header_png(), "too many pixels: .*2500000000 pixels", False),
+    (png_bytes(rgb(size=4)), "too small", False),
 ])
-def test_bad_bytes_raise_with_a_reason(data, reason):
-    with pytest.raises(BadImage, match=reason):
+def test_bad_bytes_raise_with_a_reason(data, reason, cut_short):
+    with pytest.raises(BadImage, match=reason) as err:
         decode_image(data, max_pixels=LIMIT, min_side=8)
+    assert err.value.cut_short is cut_short
+
+
+CUT = BadImage("truncated or corrupt image: ...", cut_short=True)
+NOT_IMAGE = BadImage("not an image")
+
+
+@pytest.mark.parametrize("name, age, member, read, decoded, expected", [
+    # before the bytes are read (the scan): the name and the age
+    (".x.jpg.part", 1e6, False, False, None, Readiness.HIDDEN),
+    (".cat.png", 1e6, False, True, None, Readiness.HIDDEN),
+    ("cat.png", 1.0, False, False, None, Readiness.TOO_NEW),
+    ("cat.png", 5.0, False, False, None, Readiness.READY),
+    # after decoding
+    ("cat.png", 5.0, False, True, None, Readiness.READY),
+    ("cat.png", 5.0, False, True, CUT, Readiness.UPLOADING),        # cut short, recent: wait for the upload
+    ("cat.png", 100.0, False, True, CUT, Readiness.BAD),            # cut short, stalled for good
+    ("cat.png", 5.0, True, True, CUT, Readiness.BAD),               # a tar member: its tar was complete
+    ("cat.png", 5.0, False, True, NOT_IMAGE, Readiness.BAD),        # not an image is not an upload
+    ("cat.png", 1.0, False, True, CUT, Readiness.TOO_NEW),          # too new wins over everything decoded
+])
+def test_the_readiness_rule(name, age, member, read, decoded, expected):
+    """relabel.min_age_seconds = 3, relabel.upload_grace_seconds = 60."""
+    assert readiness(name, age_s=age, min_age_s=3.0, upload_grace_s=60.0, member=member, read=read,
+                     decoded=decoded) is expected
 
 
 def test_truncated_jpeg_is_rejected():
