@@ -136,72 +136,111 @@ def project(
     input-gradient backwards). ``noise`` (the shape of ``images``) replaces the forward noising's draw
     (the distillation pairs a student input with its teacher's output).
     """
-    respacing, N, D, scale = projection.respacing, projection.N, projection.D, projection.scale
-    per_sample_norm, fix_off_by_one, precision = (projection.per_sample_norm, projection.fix_off_by_one,
-                                                  projection.precision)
+    _check_inputs(images, projection)
+    ts = respaced_timesteps(scheduler.config.num_train_timesteps, projection.respacing)  # ascending: 0, 10, ..., 999
+    ref = images.float()
+    b = ref.shape[0]
+    run = _Run(unet=unet, training=scheduler, sched=_respaced(scheduler, ts), ts=ts, ref=ref,
+               ref_low=low_pass(ref, projection.D), D=projection.D, N=projection.N,
+               start=projection.N - 1 if projection.fix_off_by_one else projection.N,
+               kwargs={} if class_labels is None else {"class_labels": class_labels.to(ref.device)},
+               amp=autocast(ref.device, projection.precision), generator=generator,
+               cost=cost if cost is not None else ProjectionCost(), progress=progress)
+    run.cost.images += b
+    x = _noised(run, noise)
+    return _METHODS[projection.method](run, x, projection)
+
+
+def _check_inputs(images: torch.Tensor, projection: Projection) -> None:
+    N, D, respacing = projection.N, projection.D, projection.respacing
     if not 1 <= N < respacing:
         raise ValueError(f"N must be in [1, respacing - 1] = [1, {respacing - 1}], got {N}")
     if D < 1 or images.shape[-1] // D < 1:
         raise ValueError(f"D must be >= 1 and at most the image side {images.shape[-1]}, got {D}")
-    if scale < 0:
-        raise ValueError(f"scale must be >= 0, got {scale}")
+    if projection.scale < 0:
+        raise ValueError(f"scale must be >= 0, got {projection.scale}")
     if images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"images must be (B, 3, H, W), got {tuple(images.shape)}")
 
-    T = scheduler.config.num_train_timesteps
-    ts = respaced_timesteps(T, respacing)  # ascending, e.g. 0, 10, ..., 50, 61, ..., 999
-    sched = DDPMScheduler.from_config(scheduler.config)
-    sched.set_timesteps(timesteps=ts[::-1])  # custom timesteps: step() walks ts[i] -> ts[i-1]
-    sched.alphas_cumprod = _alphas_cumprod_fp64(sched)
-    device = images.device
-    ref = images.float()
-    ref_low = low_pass(ref, D)
-    start = N - 1 if fix_off_by_one else N
 
-    # 1. forward noising q(x_t | x_0) at the respaced index `start`, one draw for the whole batch
+def _respaced(scheduler: DDPMScheduler, ts: list[int]) -> DDPMScheduler:
+    """A copy of the training ``scheduler`` that steps down the respaced timesteps ``ts`` (ascending):
+    ``step`` walks ts[i] -> ts[i-1], with guided-diffusion's float64 cumulative alphas."""
+    sched = DDPMScheduler.from_config(scheduler.config)
+    sched.set_timesteps(timesteps=ts[::-1])
+    sched.alphas_cumprod = _alphas_cumprod_fp64(sched)
+    return sched
+
+
+@dataclass
+class _Run:
+    """What every projection method reads: the models and schedules, the reference (``ref``, float (B, 3, H, W))
+    and its low frequencies, the respaced timesteps ``ts``, where denoising starts and where the forward
+    noising put the images (``start``), the UNet's extra arguments and autocast, the noise and the count."""
+
+    unet: torch.nn.Module
+    training: DDPMScheduler
+    sched: DDPMScheduler
+    ts: list[int]
+    ref: torch.Tensor
+    ref_low: torch.Tensor
+    D: int
+    N: int
+    start: int
+    kwargs: dict[str, Any]
+    amp: Any
+    generator: torch.Generator | list[torch.Generator] | None
+    cost: ProjectionCost
+    progress: bool
+
+    def timestep(self, t: int) -> torch.Tensor:
+        return torch.full((self.ref.shape[0],), t, device=self.ref.device, dtype=torch.long)
+
+
+def _noised(run: _Run, noise: torch.Tensor | None) -> torch.Tensor:
+    """Step 1: q(x_t | x_0) at the respaced index ``run.start``, one draw for the whole batch (or ``noise``)."""
+    ref = run.ref
     if noise is None:
-        noise = randn_tensor(ref.shape, generator=generator, device=device, dtype=ref.dtype)
+        noise = randn_tensor(ref.shape, generator=run.generator, device=ref.device, dtype=ref.dtype)
     elif noise.shape != ref.shape:
         raise ValueError(f"noise must have the shape of images {tuple(ref.shape)}, got {tuple(noise.shape)}")
-    t_start = torch.full((ref.shape[0],), ts[start], device=device, dtype=torch.long)
-    x = sched.add_noise(ref, noise.to(device=device, dtype=ref.dtype), t_start)
+    return run.sched.add_noise(ref, noise.to(device=ref.device, dtype=ref.dtype), run.timestep(run.ts[run.start]))
 
-    kwargs: dict[str, Any] = {} if class_labels is None else {"class_labels": class_labels.to(device)}
-    amp = autocast(device, precision)
-    b = ref.shape[0]
-    cost = cost if cost is not None else ProjectionCost()
-    cost.images += b
-    if projection.method == "ilvr":
-        return _ilvr(unet, sched, x, ref, ts, N, D, kwargs, amp, generator, cost, progress)
-    if projection.method == "distilled":
-        with torch.no_grad(), amp:
-            eps = unet(x, t_start, **kwargs).sample
-        cost.forwards += b
-        x0 = predicted_x0(x, eps.float(), alpha_bar(scheduler, ts[start]))
-        if projection.distill_lowpass:  # the low frequencies of the reference, as ILVR's last step
-            x0 = x0 - low_pass(x0, D) + ref_low
-        return x0.clamp(-1, 1)
-    for i in tqdm(range(N - 1, -1, -1), desc="project", leave=False, disable=not progress):
-        t = ts[i]
-        tt = torch.full((ref.shape[0],), t, device=device, dtype=torch.long)
+
+def _dda(run: _Run, x: torch.Tensor, projection: Projection) -> torch.Tensor:
+    """Step 2, DDA's guided denoising from ts[N-1] to ts[0] (module docstring)."""
+    b = x.shape[0]
+    for i in tqdm(range(run.N - 1, -1, -1), desc="project", leave=False, disable=not run.progress):
+        t = run.ts[i]
         with torch.enable_grad():
             x = x.detach().requires_grad_(True)
-            # 2. model output at the ORIGINAL timestep t (not the respaced index)
-            with amp:
-                model_out = unet(x, tt, **kwargs).sample
-            cost.forwards += b
-            # 3. p_sample: pred_x0 (clamped) and x_{t-1} on the respaced schedule
-            out = sched.step(model_out.float(), t, x, generator=generator)
-            # 4. low-pass guidance towards the reference, gradient through the UNet and the clamp
-            diff = ref_low - low_pass(out.pred_original_sample, D)
-            if per_sample_norm:
+            # the model output at the ORIGINAL timestep t (not the respaced index)
+            with run.amp:
+                model_out = run.unet(x, run.timestep(t), **run.kwargs).sample
+            run.cost.forwards += b
+            # p_sample: pred_x0 (clamped) and x_{t-1} on the respaced schedule
+            out = run.sched.step(model_out.float(), t, x, generator=run.generator)
+            # low-pass guidance towards the reference, gradient through the UNet and the clamp
+            diff = run.ref_low - low_pass(out.pred_original_sample, run.D)
+            if projection.per_sample_norm:
                 norm = torch.linalg.vector_norm(diff.flatten(1), dim=1).sum()
             else:
                 norm = torch.linalg.vector_norm(diff)
             grad = torch.autograd.grad(norm, x)[0]
-            cost.backwards += b
-        x = (out.prev_sample - scale * grad).detach()
+            run.cost.backwards += b
+        x = (out.prev_sample - projection.scale * grad).detach()
     return x
+
+
+def _distilled(run: _Run, x: torch.Tensor, projection: Projection) -> torch.Tensor:
+    """Step 2 replaced by one evaluation of the student UNet (``run.unet``), read as x0 (module docstring)."""
+    with torch.no_grad(), run.amp:
+        eps = run.unet(x, run.timestep(run.ts[run.start]), **run.kwargs).sample
+    run.cost.forwards += x.shape[0]
+    x0 = predicted_x0(x, eps.float(), alpha_bar(run.training, run.ts[run.start]))
+    if projection.distill_lowpass:  # the low frequencies of the reference, as ILVR's last step
+        x0 = x0 - low_pass(x0, run.D) + run.ref_low
+    return x0.clamp(-1, 1)
 
 
 def predicted_x0(x: torch.Tensor, model_out: torch.Tensor, alpha_bar: float) -> torch.Tensor:
@@ -217,25 +256,24 @@ def alpha_bar(scheduler: DDPMScheduler, t: int) -> float:
     return float(_alphas_cumprod_fp64(scheduler)[t])
 
 
-def _ilvr(unet: torch.nn.Module, sched: DDPMScheduler, x: torch.Tensor, ref: torch.Tensor, ts: list[int], N: int,
-          D: int, kwargs: dict[str, Any], amp: Any, generator: torch.Generator | list[torch.Generator] | None,
-          cost: ProjectionCost,
-          progress: bool) -> torch.Tensor:
+def _ilvr(run: _Run, x: torch.Tensor, projection: Projection) -> torch.Tensor:
     """ILVR from ``x`` (the reference noised at ts[N] or ts[N-1]) down the respaced steps ts[N-1] .. ts[0]:
     each step's sample keeps its high frequencies and takes the low ones of the reference noised to
     the step's target time (one draw each), the last one those of the reference itself. No gradient."""
-    b = x.shape[0]
+    b, ref, D = x.shape[0], run.ref, run.D
     with torch.no_grad():
-        for i in tqdm(range(N - 1, -1, -1), desc="project (ilvr)", leave=False, disable=not progress):
-            tt = torch.full((b,), ts[i], device=x.device, dtype=torch.long)
-            with amp:
-                model_out = unet(x, tt, **kwargs).sample
-            cost.forwards += b
-            sample = sched.step(model_out.float(), ts[i], x, generator=generator).prev_sample
+        for i in tqdm(range(run.N - 1, -1, -1), desc="project (ilvr)", leave=False, disable=not run.progress):
+            with run.amp:
+                model_out = run.unet(x, run.timestep(run.ts[i]), **run.kwargs).sample
+            run.cost.forwards += b
+            sample = run.sched.step(model_out.float(), run.ts[i], x, generator=run.generator).prev_sample
             if i > 0:
-                noise = randn_tensor(ref.shape, generator=generator, device=ref.device, dtype=ref.dtype)
-                target = sched.add_noise(ref, noise, torch.full((b,), ts[i - 1], device=x.device, dtype=torch.long))
+                noise = randn_tensor(ref.shape, generator=run.generator, device=ref.device, dtype=ref.dtype)
+                target = run.sched.add_noise(ref, noise, run.timestep(run.ts[i - 1]))
             else:
                 target = ref
             x = sample - low_pass(sample, D) + low_pass(target, D)
     return x
+
+
+_METHODS = {"dda": _dda, "ilvr": _ilvr, "distilled": _distilled}
