@@ -106,7 +106,7 @@ def copy_repo(dst: Path, overrides: dict | None = None, git: bool = True) -> Non
 
 
 def repro_every_stage(root: Path) -> Path:
-    from flows.pipeline import stage_server
+    from flows.stage_process import stage_server
     from tasks.stage_server import ENV
 
     # warm (tasks/stage_server.py): each stage skips its imports, ~5 s a stage of a 2-core machine

@@ -1,0 +1,245 @@
+"""How the pipeline flow runs one DVC stage: ``dvc repro --single-item`` in its own process group, its
+lines to the run's log, a timeout that kills the group, exit codes read as :class:`StageFailed` (a user
+error, a timeout, or a crash worth one retry), the shard jobs' progress as a Prefect artifact, and the
+warm stage server's lifecycle."""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import contextvars
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Iterator
+
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+
+from sda.io.resumable_jobs import PROGRESS
+from sda.layout import RUNS, WORK
+from tasks.launch import choose_wait_policy
+from tasks.stage_server import ENV as STAGE_SERVER_ENV
+
+__all__ = ["StageFailed", "is_transient", "reproduce", "stage_server", "use_this_python"]
+
+
+def use_this_python() -> None:
+    """Stage commands run ``python -m tasks.<stage>`` through the shell: make that the python of
+    this interpreter (the project's venv) and keep the repo importable."""
+    bindir = str(Path(sys.executable).parent)
+    if not os.environ.get("PATH", "").startswith(bindir + os.pathsep):
+        os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
+
+
+class StageFailed(RuntimeError):
+    """A stage's command failed under ``dvc repro``; the message ends with its last output lines.
+
+    ``user_error``: the stage exited with status 2 (bad params, a missing or unreadable input: the
+    stage's message says what to fix), which a retry cannot mend. ``timeout``: the seconds of
+    ``runtime.stage_timeouts`` after which the flow killed it (not retried either)."""
+
+    def __init__(self, stage: str, exit_status: int | None, tail: str, timeout: float | None = None) -> None:
+        self.stage, self.exit_status, self.timeout = stage, exit_status, timeout
+        self.user_error = exit_status == 2
+        if timeout is not None:
+            what = (f"stopped after {timeout:g} s, the limit of runtime.stage_timeouts.{stage}: raise it, or "
+                    f"remove it for no limit")
+        else:
+            kind = "a user error: fix what it names, then run again" if self.user_error else "retried once"
+            what = f"exit status {exit_status}; {kind}"
+        super().__init__(f"stage {stage} failed ({what}):\n{tail}")
+
+
+def is_transient(task, task_run, state) -> bool:
+    """Prefect ``retry_condition_fn``: retry crashes and kills, never a user error or a timeout."""
+    err = state.data
+    if isinstance(err, TimeoutError):  # Prefect's backstop of runtime.stage_timeouts
+        return False
+    return not (isinstance(err, StageFailed) and (err.user_error or err.timeout is not None))
+
+
+def _kill_group(pid: int) -> None:
+    """Kill the process group that ``dvc repro`` leads (DVC, the stage command and what they started;
+    a warm stage's child goes with its command, tasks/stage_server.py)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+class _Progress(threading.Thread):
+    """While a stage runs, its resumable shard jobs' progress (``data/.work/<stage>-*/progress.json``:
+    shards done of the plan's) as a Prefect progress artifact, created when the first shard is recorded
+    and updated every ``every`` seconds; stages without shard jobs publish none."""
+
+    def __init__(self, root: Path, stage: str, every: float = 5.0) -> None:
+        super().__init__(daemon=True)
+        self.context = contextvars.copy_context()  # the task run's: the artifact belongs to it
+        self.root, self.stage, self.every = root, stage, every
+        self.done = threading.Event()
+        self.artifact = None
+        self.shown = -1.0
+
+    def read(self) -> float | None:
+        """Percent of the newest plan's shard jobs finished, or None before there is one (or while the
+        stage swaps its work folders)."""
+        try:
+            files = sorted((self.root / WORK).glob(f"{self.stage}-*/{PROGRESS}"), key=lambda f: f.stat().st_mtime)
+            p = json.loads(files[-1].read_text()) if files else None
+        except (OSError, ValueError):
+            return None
+        return 100.0 * len(p.get("shards", {})) / p["jobs"] if p and p.get("jobs") else None
+
+    def publish(self, pct: float) -> None:
+        if pct == self.shown:
+            return
+        desc = f"{self.stage}: shards written of the plan's (resumable: a re-run continues from here)"
+        if self.artifact is None:
+            self.artifact = create_progress_artifact(pct, key=f"sda-{self.stage.replace('_', '-')}", description=desc)
+        else:
+            update_progress_artifact(self.artifact, pct)
+        self.shown = pct
+
+    def run(self) -> None:
+        self.context.run(self._watch)
+
+    def _watch(self) -> None:
+        while not self.done.wait(self.every):
+            with contextlib.suppress(Exception):  # progress is a courtesy: never a reason to stop the stage
+                pct = self.read()
+                if pct is not None:
+                    self.publish(pct)
+
+    def finish(self, ok: bool) -> None:
+        self.done.set()
+        self.join(self.every + 5)
+        if ok and self.artifact is not None:
+            with contextlib.suppress(Exception):
+                self.context.run(self.publish, 100.0)
+
+
+@contextlib.contextmanager
+def stage_server(root: Path, enabled: bool = True, env: dict[str, str] | None = None) -> Iterator[str | None]:
+    """A warm stage server (:mod:`tasks.stage_server`) for the stages of one run: its socket path,
+    or ``None`` when ``enabled`` is false or this platform has no ``fork`` / fd passing.
+
+    Not waited for: it imports the stages' libraries (~10 s) while the first stages run, and a stage
+    command that finds it not ready yet runs in its own process. Its lines go to the ``sda`` log;
+    it is stopped (and its socket removed) when the block ends, and stops by itself if this process
+    dies. A server already named by ``SDA_STAGE_SERVER`` (one started by ``main`` while Prefect
+    starts, or by you) is used as it is. ``env``: the server's environment (default: this process's);
+    it serves only commands whose import-time variables match it."""
+    if not (enabled and hasattr(os, "fork") and hasattr(socket, "send_fds")):
+        yield None
+        return
+    if os.environ.get(STAGE_SERVER_ENV):
+        yield os.environ[STAGE_SERVER_ENV]
+        return
+    choose_wait_policy(os.environ if env is None else env)  # the server's and its commands' (DVC inherits it)
+    tmp = Path(tempfile.mkdtemp(prefix="sda-stages-"))
+    address = str(tmp / "stage.sock")
+    log = logging.getLogger("sda.stage_server")
+    log.setLevel(logging.INFO)  # one line per stage command, and anything the server says
+    cmd = [sys.executable, "-m", "tasks.stage_server", "--socket", address, "--parent", str(os.getpid())]
+    proc = subprocess.Popen(cmd, cwd=root, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, errors="backslashreplace")
+
+    def relay() -> None:
+        for line in proc.stdout:
+            log.info("%s", line.rstrip())
+
+    drain = threading.Thread(target=relay, daemon=True)
+    drain.start()
+    try:
+        yield address
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        drain.join(5)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def reproduce(stage: str, root: str, force: bool = False, server: str | None = None,
+              timeout: float | None = None, logger: logging.Logger | logging.LoggerAdapter | None = None) -> dict:
+    """``dvc repro --single-item <stage>`` as a subprocess in its own process group; returns whether it ran
+    and how long it took (``seconds``; with ``work`` / ``start_up`` / ``dvc`` when it ran).
+
+    The stage's own output goes to ``logger`` line by line; the progress of its shard jobs, if it has any,
+    to a progress artifact (:class:`_Progress`). DVC's repository lock makes a second pipeline started
+    meanwhile wait for each stage (``--wait-for-lock``), and it then finds the stage cached. ``server``: the
+    socket of a :func:`stage_server`, which then runs the stage's command warm. ``timeout``: seconds after
+    which its processes are killed. Raises :class:`StageFailed`.
+    """
+    logger = logger or logging.getLogger("sda.pipeline")
+    cmd = [sys.executable, "-m", "dvc", "--wait-for-lock", "repro", "--single-item", stage, *(["--force"] * force)]
+    started = time.time()
+    t0 = time.perf_counter()
+    tail: collections.deque[str] = collections.deque(maxlen=30)
+    ran = False
+    # text mode reads tqdm's carriage-return redraws as lines: one log line per redraw (every 10 s)
+    env = {k: v for k, v in os.environ.items() if k != STAGE_SERVER_ENV}  # cold: no server, not even yours
+    if server:
+        env[STAGE_SERVER_ENV] = server
+    progress = _Progress(Path(root), stage)
+    progress.start()
+    timed_out = threading.Event()
+    # its own process group, so that a timeout (or this process being stopped) ends all of it
+    with subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          errors="backslashreplace", start_new_session=True) as proc:
+        watchdog = threading.Timer(timeout, lambda: (timed_out.set(), _kill_group(proc.pid))) if timeout else None
+        if watchdog is not None:
+            watchdog.daemon = True
+            watchdog.start()
+        try:
+            for line in proc.stdout:
+                line = line.rstrip()
+                if not line:
+                    continue
+                ran |= line.startswith(f"Running stage '{stage}'")
+                tail.append(line)
+                logger.info("%s", line)
+        except BaseException:  # Ctrl-C or a cancel: the stage's group no longer hears the terminal
+            _kill_group(proc.pid)
+            raise
+        finally:
+            if watchdog is not None:
+                watchdog.cancel()
+    progress.finish(proc.returncode == 0)
+    if proc.returncode != 0:
+        status = re.search(r"exited with (-?\d+)", "\n".join(tail))
+        err = StageFailed(stage, int(status.group(1)) if status else proc.returncode, "\n".join(tail),
+                          timeout=timeout if timed_out.is_set() else None)
+        logger.error("%s", err)
+        raise err
+    seconds = round(time.perf_counter() - t0, 1)
+    state = "ran" if ran else "cached (unchanged)"
+    logger.info("stage %-18s %s in %.1f s", stage, state, seconds)
+    return {"stage": stage, "ran": ran, "seconds": seconds, **_split_time(Path(root), stage, started, seconds)}
+
+
+
+
+def _split_time(root: Path, stage: str, started: float, seconds: float) -> dict:
+    """The stage's ``work`` (its own record, tasks.common), the ``start_up`` of its process (imports,
+    params) and the ``dvc`` rest of ``seconds``, when the stage ran in this call."""
+    try:
+        t = json.loads((root / RUNS / f"{stage}.timing.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    if t["process_start"] < started:  # an older run's record: the stage was cached
+        return {}
+    start_up = t["work_start"] - t["process_start"]
+    return {"work": round(t["work_seconds"], 1), "start_up": round(start_up, 1),
+            "dvc": round(max(0.0, seconds - start_up - t["work_seconds"]), 1)}
