@@ -154,7 +154,7 @@ def synthetic_scores(model: Classifier, sets: dict[str, Path], class_names: list
     return out
 
 
-def levers(params: Params, domain: Domain) -> dict[str, str]:
+def suggested_settings(params: Params, domain: Domain) -> dict[str, str]:
     """The settings that :func:`sda.method.diagnostics.alignment_warnings` names, with their values."""
     df, p, ca, sg = params.diffusion_finetune, params.projection, params.classifier_align, params.synth_generate
     section = domain.pretrained_diffusion(params)
@@ -211,7 +211,8 @@ def _main(params: Params, args: argparse.Namespace, domain: Domain) -> int:
                                  "select_epoch": cfg.select_epoch, "fallback": cfg.fallback,
                                  "projected_source": cfg.projected_source}
     diagnostics["warnings"] = alignment_warnings(diagnostics, min_synthetic_accuracy=cfg.min_synthetic_accuracy,
-                                                 max_val_drop=cfg.max_val_drop, levers=levers(params, domain))
+                                                 max_val_drop=cfg.max_val_drop,
+                                                 settings=suggested_settings(params, domain))
     for w in diagnostics["warnings"]:
         log.warning("%s", w)
     METRICS.mkdir(parents=True, exist_ok=True)

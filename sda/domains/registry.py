@@ -33,11 +33,11 @@ class PretrainedClassifier:
     crop: int | None = None
 
 
-def _train_on_source(params: Params) -> PretrainedClassifier | None:
+def _no_pretrained_classifier(params: Params) -> PretrainedClassifier | None:
     return None
 
 
-def _unet(params: Params) -> str | None:
+def _no_pretrained_diffusion(params: Params) -> str | None:
     return None
 
 
@@ -56,8 +56,8 @@ class Domain:
     write_source: Callable[[Params, Path], dict[str, int]]
     write_targets: Callable[[Params, Path, Path], list[str]]
     severities: Callable[[Params], list[int]]
-    source_classifier: Callable[[Params], PretrainedClassifier | None] = _train_on_source
-    pretrained_diffusion: Callable[[Params], str | None] = _unet
+    source_classifier: Callable[[Params], PretrainedClassifier | None] = _no_pretrained_classifier
+    pretrained_diffusion: Callable[[Params], str | None] = _no_pretrained_diffusion
     check: Callable[[Params], None] = _no_check
 
 

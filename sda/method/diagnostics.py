@@ -14,7 +14,7 @@ classifier knew. Both can be measured before any target label is looked at:
   better than the source model does.
 
 :func:`alignment_warnings` turns them into messages that name the weak stage and the setting to
-change; the caller says which settings those are (``levers``), as ``sda`` never reads params.
+change; the caller says which settings those are (``settings``), as ``sda`` never reads params.
 """
 
 from __future__ import annotations
@@ -119,15 +119,15 @@ def projected_val_accuracy(model: Classifier, projected: np.ndarray, labels: np.
 
 
 def alignment_warnings(diagnostics: Mapping[str, Any], *, min_synthetic_accuracy: float, max_val_drop: float,
-                       levers: Mapping[str, str]) -> list[str]:
+                       settings: Mapping[str, str]) -> list[str]:
     """Messages for what ``diagnostics`` shows to be weak, each naming its stage and what to change.
 
     ``diagnostics``: ``{"diffusion_probe": {"accuracy", "target", "reached_target", "trained_steps",
     "selected_step"} or None, "synthetic": {"synth_generate": class_accuracy, "synth_align": class_accuracy},
     "projected_val": {"source_original": %, "source": %, "aligned": %} or None, "fallback": bool}``
-    (the source model on the val originals and projections, the aligned model on the projections). ``levers``: the
-    settings to name, by key ``generator`` (what makes the class-conditional samples better),
-    ``projector`` (what makes the unconditional model better), ``projection`` (what keeps a
+    (the source model on the val originals and projections, the aligned model on the projections).
+    ``settings``: the params settings (with their values) to name, by key ``generator`` (what makes the
+    class-conditional samples better), ``projector`` (what makes the unconditional model better), ``projection`` (what keeps a
     projection's class) and ``alignment`` (what makes fine-tuning gentler).
     A synthetic set scored below ``min_synthetic_accuracy`` percent is weak; an aligned model more
     than ``max_val_drop`` points below the source model on the projected source val split is worse.
@@ -139,7 +139,7 @@ def alignment_warnings(diagnostics: Mapping[str, Any], *, min_synthetic_accuracy
             f"diffusion_finetune: after {probe['trained_steps']} steps the source model recognises only "
             f"{probe['accuracy']:.1f}% of the diffusion model's probe samples as their class (target "
             f"{probe['target']:g}%, best at step {probe['selected_step']}): it has not learnt the classes yet. "
-            f"Raise {levers['projector']}")
+            f"Raise {settings['projector']}")
     syn = diagnostics.get("synthetic", {})
     gen, ali = syn.get("synth_generate"), syn.get("synth_align")
     if gen is not None and gen["accuracy"] < min_synthetic_accuracy:
@@ -148,18 +148,18 @@ def alignment_warnings(diagnostics: Mapping[str, Any], *, min_synthetic_accuracy
             f"synth_generate: the source model recognises only {gen['accuracy']:.1f}% of the synthetic images as "
             f"the class they were generated for (under {min_synthetic_accuracy:g}%; weakest: "
             + ", ".join(f"{c}: {a:.0f}%" for c, a in worst)
-            + f"): the class-conditional generator is too weak. Raise {levers['generator']}")
+            + f"): the class-conditional generator is too weak. Raise {settings['generator']}")
     elif ali is not None and ali["accuracy"] < min_synthetic_accuracy:
         out.append(
             f"synth_align: after the projection the source model recognises only {ali['accuracy']:.1f}% of the "
             f"synthetic images (before: {gen['accuracy'] if gen else float('nan'):.1f}%): the projection "
-            f"removes the class. Change {levers['projection']}")
+            f"removes the class. Change {settings['projection']}")
     val = diagnostics.get("projected_val")
     if val is not None and val["source"] < min_synthetic_accuracy:
         out.append(
             f"projection: the source model recognises only {val['source']:.1f}% of the projected source val images "
             f"({val['source_original']:.1f}% of the originals): the projector removes the class, and DDA and SDA "
-            f"cannot recover it. Raise {levers['projector']}, or change {levers['projection']}")
+            f"cannot recover it. Raise {settings['projector']}, or change {settings['projection']}")
     if val is not None and val["aligned"] < val["source"] - max_val_drop:
         then = ("SDA falls back to DDA (the source model on the projections)" if diagnostics.get("fallback")
                 else "SDA will likely lose to DDA (classifier_align.fallback is off)")
@@ -167,5 +167,5 @@ def alignment_warnings(diagnostics: Mapping[str, Any], *, min_synthetic_accuracy
             f"classifier_align: on the projected source val split the aligned model is right on "
             f"{val['aligned']:.1f}% against the source model's {val['source']:.1f}% (more than {max_val_drop:g} "
             f"points worse): fine-tuning on the synthetic domain makes the classifier worse; {then}. "
-            f"Raise {levers['generator']}, or lower {levers['alignment']}")
+            f"Raise {settings['generator']}, or lower {settings['alignment']}")
     return out

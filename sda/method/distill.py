@@ -64,7 +64,7 @@ RECORD = "projector.json"  # in a projector folder: what projects (the method an
 STUDENT_FIELDS = ("teacher", "respacing", "N", "D", "scale", "per_sample_norm", "fix_off_by_one", "batch_size",
                   "distill_images", "distill_draws", "distill_steps", "distill_lr", "distill_lowpass")
 # what a student distilled before a field existed was distilled with
-PREDATES: dict[str, Any] = {"distill_lowpass": False}
+OLD_RECORD_DEFAULTS: dict[str, Any] = {"distill_lowpass": False}
 # the fields that say what a projection with a given method computes (the guided methods)
 GUIDED_FIELDS = ("respacing", "N", "D", "scale", "per_sample_norm", "fix_off_by_one")
 
@@ -85,7 +85,7 @@ def student_mismatch(record: dict[str, Any], projection: Projection) -> list[str
     """The settings in which ``projection`` differs from what the student of ``record`` was distilled with
     (``batch_size`` aside: one evaluation per image does not depend on its batch)."""
     want = projection_record(projection)
-    had = {k: record.get(k, PREDATES.get(k)) for k in want}
+    had = {k: record.get(k, OLD_RECORD_DEFAULTS.get(k)) for k in want}
     return [f"{k}: {had[k]!r} (params: {v!r})" for k, v in want.items() if k != "batch_size" and had[k] != v]
 
 

@@ -20,7 +20,7 @@ from sda.models.classifiers import create_classifier, load_classifier, save_clas
 from tasks.classifier_align import mixed_batches, run
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
-LEVERS = {"generator": "diffusion_finetune.train_steps (now 100) or synth_generate.per_class (now 3)",
+SUGGESTED_SETTINGS = {"generator": "diffusion_finetune.train_steps (now 100) or synth_generate.per_class (now 3)",
           "projector": "diffusion_finetune.train_steps (now 100)", "projection": "projection.N (now 4)",
           "alignment": "classifier_align.lr (now 0.0005)"}
 
@@ -64,7 +64,7 @@ def test_warnings_name_the_weak_stage_and_the_setting():
     weak = {"accuracy": 12.0, "images": 30, "per_class": {"a": 5.0, "b": 19.0}}
     ok = {"synthetic": {"synth_generate": good, "synth_align": good},
           "projected_val": {"source_original": 95.0, "source": 80.0, "aligned": 79.0}, "fallback": False}
-    kw = dict(min_synthetic_accuracy=50.0, max_val_drop=2.0, levers=LEVERS)
+    kw = dict(min_synthetic_accuracy=50.0, max_val_drop=2.0, settings=SUGGESTED_SETTINGS)
     assert alignment_warnings(ok, **kw) == []
     gen = alignment_warnings({**ok, "synthetic": {"synth_generate": weak, "synth_align": weak}}, **kw)
     assert len(gen) == 1 and gen[0].startswith("synth_generate:") and "diffusion_finetune.train_steps" in gen[0]

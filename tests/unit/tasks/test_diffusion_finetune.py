@@ -140,11 +140,11 @@ def test_a_budget_below_train_steps_is_a_params_error():
 def test_an_unlearnt_generator_is_a_warning_naming_the_budget():
     probe = {"accuracy": 31.0, "images": 24, "target": 80.0, "reached_target": False, "trained_steps": 1600,
              "selected_step": 1400}
-    levers = {"generator": "g", "projector": "diffusion_finetune.max_train_steps (now 1600)", "projection": "p",
-              "alignment": "a"}
-    (w,) = alignment_warnings({"diffusion_probe": probe}, min_synthetic_accuracy=50, max_val_drop=10, levers=levers)
+    settings = {"generator": "g", "projector": "diffusion_finetune.max_train_steps (now 1600)", "projection": "p",
+                "alignment": "a"}
+    (w,) = alignment_warnings({"diffusion_probe": probe}, min_synthetic_accuracy=50, max_val_drop=10, settings=settings)
     assert w.startswith("diffusion_finetune: after 1600 steps") and "31.0%" in w
     assert w.endswith("Raise diffusion_finetune.max_train_steps (now 1600)")
     assert alignment_warnings({"diffusion_probe": {**probe, "reached_target": True}}, min_synthetic_accuracy=50,
-                              max_val_drop=10, levers=levers) == []
+                              max_val_drop=10, settings=settings) == []
     assert np.isfinite(probe["accuracy"])
