@@ -103,23 +103,6 @@ def test_profile_override_errors_are_named():
         parse_params({"imagenet": {"severities": [7]}})
 
 
-@pytest.mark.slow
-def test_pipeline_profile_switch_keeps_comments(tmp_path):
-    from sda.domains import set_profile
-
-    f = tmp_path / "params.yaml"
-    text = (ROOT / "params.yaml").read_text()
-    f.write_text(text)
-    assert set_profile(f, "imagenet") is True
-    new = f.read_text()
-    assert load_params(f).profile == "imagenet"
-    assert new.replace("profile: imagenet", "profile: embedded", 1) == text  # only that word changed
-    assert set_profile(f, "imagenet") is False
-    with pytest.raises(ParamsError, match="profile"):
-        set_profile(f, "cifar")
-    assert f.read_text() == new  # a bad switch loses nothing
-
-
 def test_a_params_file_names_the_active_profile_under_profiles(tmp_path):
     """dvc.yaml lists profiles.${profile} for every stage: a file without that entry is refused with
     what to add, by load_params and by a profile switch, before DVC fails on a missing key."""
