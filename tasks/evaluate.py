@@ -33,6 +33,7 @@ from sda.domains import Domain, domain_for
 from sda.io.atomic import atomic_dir, atomic_write_bytes, atomic_write_json
 from sda.io.shards import iter_samples
 from sda.io.streaming import ShardStream
+from sda.io.target_index import TargetIndex
 from sda.method.report import confusion_matrix, confusion_png, grid_png, results_markdown, write_plot_csv
 from sda.method.scoring import MAIN_METHODS, DomainScore, score_domain, summarise
 from sda.models.classifiers import load_classifier
@@ -53,15 +54,14 @@ def protocol(params: Params, domain: Domain, images_per_domain: int) -> dict:
 
 
 def run(params: Params, domain: Domain, device, data: Path = DATA, metrics_dir: Path = METRICS) -> dict:
-    index = json.loads((data / "target_data" / "domains.json").read_text())
-    domains = index["domains"]
+    index = TargetIndex.read(data / "target_data")
     source = load_classifier(data / "source_model", device)
     aligned = load_classifier(data / "classifier_align", device)
-    unlabelled = set(index.get("unlabelled", []))
+    unlabelled = set(index.unlabelled or ())
     class_names = json.loads((data / "source_data" / "classes.json").read_text())["names"]
     bs = params.evaluate.batch_size
     per_domain, grid_rows, predicted, confusion, source_term, n = {}, {}, {}, {}, {}, 0
-    for d in domains:
+    for d in index.domains:
         # originals and projections side by side, streamed: memory is a batch, not a domain
         stream = ShardStream(data / "target_data" / d, bs, workers=params.runtime.loader_workers,
                              paired_dir=data / "target_project" / d)
@@ -76,11 +76,11 @@ def run(params: Params, domain: Domain, device, data: Path = DATA, metrics_dir: 
             per_domain[d] = score.accuracy
             confusion[d] = score
             n = stream.count
-    metrics = summarise(per_domain, index["corruption_domains"])
+    metrics = summarise(per_domain, list(index.in_mean))
     # SDA's source term per domain: the source model's top-class share on the originals, whether it was dropped
     metrics["sda_source_term"] = {"collapse_share": params.evaluate.source_collapse_share, "domains": source_term}
     metrics["paired"] = {"domains": {d: sc.compared() for d, sc in confusion.items()},
-                         "corruptions": [d for d in generated_corruptions(index) if d in confusion]}
+                         "corruptions": [d for d in index.generated if d in confusion]}
     if predicted:
         metrics["unlabelled"] = {d: {"images": len(sc.keys), "sda_counts": dict(Counter(class_names[i] for i in sc.sda))}
                                  for d, sc in predicted.items()}
@@ -106,16 +106,6 @@ def run(params: Params, domain: Domain, device, data: Path = DATA, metrics_dir: 
     for w in metrics.get("warnings", []):
         log.warning("%s", w)
     return metrics
-
-
-def generated_corruptions(index: dict) -> list[str]:
-    """The domains of ``domains.json`` made by corrupting images (embedded, ImageNet-C, the folder
-    profile's corruptions of the source test split), not a folder of real target images: with several
-    ImageNet-C severities a domain is named ``<corruption>_s<severity>``."""
-    made = set(index.get("corruptions", []))
-    if not made:
-        return list(index["corruption_domains"])
-    return [d for d in index["corruption_domains"] if d in made or d.rsplit("_s", 1)[0] in made]
 
 
 def compute_per_method(projection: dict) -> dict:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from sda.config import Params
 from sda.io.atomic import atomic_write_bytes, atomic_write_json
+from sda.io.target_index import TargetIndex
 from sda.layout import DATA, METRIC_FILES, METRICS, projector_dir
 from sda.method.projector import project_uint8
 from sda.method.scoring import fell_back
@@ -54,9 +55,7 @@ def read_image_ids(path: str | Path) -> set[str]:
 
 def run(params: Params, device, data: Path = DATA, metrics_dir: Path = METRICS) -> dict:
     cfg, seed = params.streams, derive_seed(params.runtime.seed, "streams")
-    index = json.loads((data / "target_data" / "domains.json").read_text())
-    unlabelled = set(index.get("unlabelled", []))
-    domains = [d for d in index["corruption_domains"] if d not in unlabelled]
+    domains = TargetIndex.read(data / "target_data").labelled_in_mean
     if not domains:
         raise ValueError("streams: no labelled corruption domain in data/target_data (the streams compare accuracy)")
     ids = read_image_ids(cfg.image_ids) if cfg.image_ids else None

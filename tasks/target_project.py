@@ -7,10 +7,10 @@ Resumable shard jobs over all domains; writes ``data/target_project/<domain>/`` 
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 
 from sda.config import Params
+from sda.io.target_index import INDEX, TargetIndex
 from sda.layout import OUTS
 from tasks.common import stage_main
 from tasks.projection_stage import run_projection
@@ -18,9 +18,9 @@ from tasks.projection_stage import run_projection
 
 def _main(params: Params, args: argparse.Namespace) -> int:
     src = OUTS["target_data"]
-    domains = json.loads((src / "domains.json").read_text())["domains"]
+    domains = list(TargetIndex.read(src).domains)
     summary = run_projection("target_project", params, args.device, src, domains, OUTS["target_project"])
-    shutil.copy2(src / "domains.json", OUTS["target_project"] / "domains.json")
+    shutil.copy2(src / INDEX, OUTS["target_project"] / INDEX)
     return summary["new_items"]
 
 

@@ -12,6 +12,7 @@ from sda.domains.corruptions import write_shifted_domains
 from sda.domains.registry import Domain, register_domain
 from sda.io.atomic import atomic_dir, atomic_write_json
 from sda.io.shards import Sample, load_shards, write_shards
+from sda.io.target_index import TargetIndex
 from sda.runtime import derive_seed
 
 __all__ = ["write_source", "write_targets"]
@@ -54,9 +55,8 @@ def write_targets(params: Params, source_dir: Path, out: Path) -> list[str]:
     with atomic_dir(out) as tmp:
         write_shifted_domains(split, tmp, domains, severity=cfg.severity, seed=seed, maxcount=cfg.shard_maxcount,
                               meta={"severity": cfg.severity, "split": cfg.split, "seed": seed})
-        atomic_write_json(tmp / "domains.json", {"domains": domains, "corruptions": list(cfg.corruptions),
-                                                 "corruption_domains": list(cfg.corruptions),
-                                                 "split": cfg.split, "severity": cfg.severity})
+        TargetIndex(domains=tuple(domains), corruptions=tuple(cfg.corruptions), in_mean=tuple(cfg.corruptions),
+                    split=cfg.split, severity=cfg.severity).write(tmp)
     logging.getLogger("sda.target_data").info("%d domains x %d images from the %s split", len(domains),
                                               len(split.keys), cfg.split)
     return domains

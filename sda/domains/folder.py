@@ -39,6 +39,7 @@ from sda.io.atomic import atomic_dir, atomic_write_json
 from sda.io.images import FOLDER_SUFFIXES, BadImage, center_crop_arr
 from sda.io.user_folder import SPLIT_NAMES, list_folder, read_files
 from sda.io.shards import Sample, load_shards, write_shards
+from sda.io.target_index import TargetIndex
 from sda.runtime import derive_seed
 
 __all__ = ["Inventory", "check_targets", "inventory", "reserved_domain_names",
@@ -281,10 +282,9 @@ def write_targets(params: Params, source_dir: Path, out: Path) -> list[str]:
                                   seed=params.runtime.seed, maxcount=td.shard_maxcount,
                                   meta={"severity": td.severity, "split": "test", "seed": params.runtime.seed})
         domains = [n for n, _, _ in plan] + shifted
-        atomic_write_json(tmp / "domains.json", {
-            "domains": domains, "corruptions": corruptions, "corruption_domains": labelled + corruptions,
-            "unlabelled": [n for n, inv in targets.items() if not inv.labelled],
-            "split": "test", "severity": td.severity})
+        TargetIndex(domains=tuple(domains), corruptions=tuple(corruptions), in_mean=tuple(labelled + corruptions),
+                    unlabelled=tuple(n for n, inv in targets.items() if not inv.labelled), split="test",
+                    severity=td.severity).write(tmp)
         atomic_write_json(tmp / "skipped.json", skipped)
     log.info("%d target domains (%d labelled folders, %d unlabelled, %d from the source test split), %d file(s) "
              "skipped%s", len(domains), len(labelled), len(plan) - len(labelled), len(shifted), len(skipped),

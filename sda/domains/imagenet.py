@@ -30,6 +30,7 @@ from sda.config import Params
 from sda.domains.registry import Domain, PretrainedClassifier, register_domain
 from sda.io.atomic import atomic_dir, atomic_write_json
 from sda.io.shards import Sample, write_shards
+from sda.io.target_index import TargetIndex
 
 from sda.io.images import IMAGE_SUFFIXES, center_crop_arr, read_image
 
@@ -211,16 +212,16 @@ def write_targets(params: Params, source_dir: Path, out: Path) -> list[str]:
     val = list_images(inet.val_dir, names, label_file=inet.val_labels, classes=inet.classes,
                       per_class=inet.images_per_class)
     plan: list[tuple[str, list]] = [("clean", val)] if cfg.include_clean else []
-    corruption_domains = []
+    corrupted = []
     if inet.imagenet_c_dir is not None:
         for sev in inet.severities:
             for c in cfg.corruptions:
                 d = c if len(inet.severities) == 1 else f"{c}_s{sev}"
                 plan.append((d, imagenet_c_refs(inet.imagenet_c_dir, c, sev, val, names)))  # checks every file first
-                corruption_domains.append(d)
+                corrupted.append(d)
     if inet.imagenet_w:
         plan.append(("imagenet_w", val))
-    if not corruption_domains:
+    if not corrupted:
         raise ValueError("no corruption domain: set imagenet.imagenet_c_dir (and target_data.corruptions)")
     with atomic_dir(out) as tmp:
         for d, refs in tqdm(plan, desc="target_data", unit="domain"):
@@ -230,9 +231,8 @@ def write_targets(params: Params, source_dir: Path, out: Path) -> list[str]:
                                                             eval_crop=inet.crop_size))
             write_shards(samples, tmp / d, prefix=d, maxcount=cfg.shard_maxcount,
                          meta={"domain": d, "image_size": inet.image_size})
-        atomic_write_json(tmp / "domains.json", {"domains": [d for d, _ in plan], "corruptions": list(cfg.corruptions),
-                                                 "corruption_domains": corruption_domains,
-                                                 "severities": list(inet.severities), "split": "imagenet-val"})
+        TargetIndex(domains=tuple(d for d, _ in plan), corruptions=tuple(cfg.corruptions),
+                    in_mean=tuple(corrupted), severities=tuple(inet.severities), split="imagenet-val").write(tmp)
     logging.getLogger("sda.target_data").info("%d domains x %d images (%d classes)", len(plan), len(val), len({r.label for r in val}))
     return [d for d, _ in plan]
 

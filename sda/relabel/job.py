@@ -41,6 +41,7 @@ from filelock import FileLock, Timeout
 from sda.config import GuardParams, Projection, Relabel
 from sda.io.atomic import atomic_write_bytes, clean_stale_temps
 from sda.io.images import BadImage, center_crop_arr, decode_image
+from sda.io.target_index import INDEX
 from sda.io.untrusted_files import unlink_if_same
 from sda.relabel.inbox import InboxItem, Readiness, Scan, open_inbox, readiness, safe_file_name, scan_inbox
 from sda.relabel.monitor import Reference, monitor, pipeline_reference
@@ -180,7 +181,7 @@ class RelabelJob:
         computed from the pipeline's evaluated targets (:func:`sda.relabel.monitor.pipeline_reference`) and
         saved there."""
         lin = self.lineage
-        targets = hashlib.sha256((self.reference_dir / "domains.json").read_bytes()).hexdigest()[:16]
+        targets = hashlib.sha256((self.reference_dir / INDEX).read_bytes()).hexdigest()[:16]
         key = (f"{lin.source_model_hash}:{lin.aligned_model_hash}:{lin.diffusion_model_hash}:{targets}:"
                f"{self.settings.monitor.reference_images}:{self.seed}:{self.settings.adapt}")
         path = self.monitor_dir / "reference.json"

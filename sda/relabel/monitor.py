@@ -112,9 +112,9 @@ def pipeline_reference(target_dir: Path, predictor: Any, *, images: int, seed: i
     from sda.io.shards import iter_samples
     from sda.runtime import derive_seed
 
-    index = json.loads((target_dir / "domains.json").read_text())
-    unlabelled = set(index.get("unlabelled", []))
-    domains = [d for d in index["domains"] if d not in unlabelled]  # clean too: every labelled domain
+    from sda.io.target_index import TargetIndex
+
+    domains = TargetIndex.read(target_dir).labelled  # clean too: every labelled domain
     pool = [(d, s.key, s.image, s.label) for d in domains for s in iter_samples(target_dir / d) if s.label >= 0]
     if not pool:
         raise ValueError(f"{target_dir}: no labelled target domain to monitor against")

@@ -4,7 +4,6 @@ artifacts, the CLI a progress bar; ``bench/relabel.py`` calls it directly)."""
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from pathlib import Path
@@ -14,6 +13,7 @@ import numpy as np
 
 from sda.config import Params
 from sda.io.shards import iter_samples
+from sda.io.target_index import INDEX, TargetIndex
 from sda.layout import MODELS, OUTS
 from sda.relabel.job import Lineage, RelabelJob
 from sda.relabel.report import BatchReport
@@ -32,10 +32,9 @@ def stored_image_size(root: Path) -> int:
     image of its first target domain): what new images are cropped to, taken from the artifacts
     rather than from today's params."""
     targets = root / OUTS["target_data"]
-    index = targets / "domains.json"
-    if not index.is_file():
-        raise ModelsMissing(f"{index} is missing: run the pipeline first (make run, or dvc repro)")
-    first = json.loads(index.read_text())["domains"][0]
+    if not (targets / INDEX).is_file():
+        raise ModelsMissing(f"{targets / INDEX} is missing: run the pipeline first (make run, or dvc repro)")
+    first = TargetIndex.read(targets).domains[0]
     return int(next(iter_samples(targets / first)).image.shape[0])
 
 
