@@ -94,10 +94,8 @@ def emit_drift(root: Path, job: RelabelJob, report: BatchReport) -> None:
     """The event ``sda.relabel.drift`` of a drifted batch: resource = this checkout, related = the deployment
     and flow run (when there are), payload = the batch's monitor row, its id, the inbox and the reference's
     label shares."""
-    names, ref = job.predictor.class_names, job.reference
-    total = max(sum(ref.label_counts), 1)
     payload = {**report.monitor, "batch_id": report.batch_id, "checkout": str(root), "inbox": str(job.inbox),
-               "reference_label_shares": {c: round(k / total, 4) for c, k in zip(names, ref.label_counts) if k}}
+               "reference_label_shares": job.reference.label_shares(job.predictor.class_names)}
     related = [{"prefect.resource.id": f"prefect.{kind}.{rid}", "prefect.resource.role": kind}
                for kind, rid in (("deployment", deployment.id), ("flow-run", flow_run.id)) if rid]
     emit_event(DRIFT_EVENT, resource={"prefect.resource.id": checkout_resource(root),

@@ -16,8 +16,8 @@ from torchvision.utils import make_grid
 from sda.io.atomic import atomic_write_bytes
 from sda.method.scoring import MAIN_METHODS
 
-__all__ = ["alignment_markdown", "confusion_matrix", "confusion_png", "grid_png", "paired_markdown", "projection_grid",
-           "results_markdown", "synthetic_grid_png", "write_plot_csv"]
+__all__ = ["alignment_markdown", "confusion_matrix", "confusion_png", "grid_png", "paired_markdown", "png_bytes",
+           "projection_grid", "results_markdown", "synthetic_grid_png", "write_plot_csv"]
 
 
 def results_markdown(metrics: Mapping[str, object]) -> str:
@@ -146,10 +146,11 @@ def projection_grid(rows: Mapping[str, tuple[np.ndarray, np.ndarray]], *, upscal
 
 def grid_png(rows: Mapping[str, tuple[np.ndarray, np.ndarray]], image_size: int) -> bytes:
     """:func:`projection_grid` as PNG bytes, upscaled so that tiles are at least 64 px."""
-    return _png(projection_grid(rows, upscale=max(1, 64 // image_size)))
+    return png_bytes(projection_grid(rows, upscale=max(1, 64 // image_size)))
 
 
-def _png(img: Image.Image) -> bytes:
+def png_bytes(img: Image.Image) -> bytes:
+    """``img`` encoded as PNG."""
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return buf.getvalue()
@@ -159,7 +160,7 @@ def _note(text: str) -> bytes:
     """A PNG of one line of text, where a picture has nothing to show."""
     img = Image.new("RGB", (8 * len(text) + 12, 30), "white")
     ImageDraw.Draw(img).text((6, 8), text, fill="black")
-    return _png(img)
+    return png_bytes(img)
 
 
 def synthetic_grid_png(rows: Mapping[str, tuple[np.ndarray, np.ndarray]], image_size: int) -> bytes:
@@ -167,7 +168,7 @@ def synthetic_grid_png(rows: Mapping[str, tuple[np.ndarray, np.ndarray]], image_
     generator's samples and below it the same samples after ``synth_align``'s projection."""
     if not rows:
         return _note("no synthetic images")
-    return _png(projection_grid(rows, upscale=max(1, 64 // image_size), second="after synth_align"))
+    return png_bytes(projection_grid(rows, upscale=max(1, 64 // image_size), second="after synth_align"))
 
 
 def confusion_matrix(actual: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:
@@ -206,4 +207,4 @@ def confusion_png(matrices: Mapping[str, Mapping[str, np.ndarray]], *, max_class
     row_h = (img.height - 4) / len(matrices)
     for i, name in enumerate(matrices):
         draw.text((4, head_h + int(i * row_h) + 6), name, fill="black")
-    return _png(canvas)
+    return png_bytes(canvas)

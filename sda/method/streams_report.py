@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import io
 from typing import Any, Mapping
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from sda.method.report import png_bytes
 
 __all__ = ["INPUT_METHODS", "streams_heatmap_png", "streams_markdown"]
 
@@ -88,6 +89,4 @@ def streams_heatmap_png(metrics: Mapping[str, Any], cell: tuple[int, int] = (76,
             x0, y0 = left + j * w, top + i * h
             draw.rectangle([x0, y0, x0 + w - 2, y0 + h - 2], fill=colour)
             draw.text((x0 + 20, y0 + 6), f"{v:.1f}", fill="white" if t > 0.6 else "black")
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()
+    return png_bytes(img)

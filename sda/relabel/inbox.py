@@ -57,18 +57,18 @@ class Readiness(str, Enum):
 
 
 def readiness(name: str, *, age_s: float, min_age_s: float, upload_grace_s: float, member: bool = False,
-              decoded: BadImage | None = None, read: bool = False) -> Readiness:
+              decoded: BadImage | None = None) -> Readiness:
     """When an inbox file is labelled: the one rule. ``name``: its file name; ``age_s``: seconds since it was
-    last modified; ``member``: a tar member (its tar is what was uploaded); ``read``: whether its bytes were
-    read and decoded, and ``decoded`` the :class:`BadImage` that decoding raised (None: a usable image).
-    Before it is read (the scan), only the name and the age decide. A cut-short file (:attr:`BadImage.cut_short`)
+    last modified; ``member``: a tar member (its tar is what was uploaded); ``decoded``: the
+    :class:`BadImage` that reading and decoding its bytes raised (None: not read yet, as in the scan, or a
+    usable image): before that, only the name and the age decide. A cut-short file (:attr:`BadImage.cut_short`)
     is waited for while it is younger than ``upload_grace_s``: an upload that stalled for longer than
     ``min_age_s`` may still be going on; after that it is bad like any other."""
     if name.startswith("."):
         return Readiness.HIDDEN
     if age_s < min_age_s:
         return Readiness.TOO_NEW
-    if not read or decoded is None:
+    if decoded is None:
         return Readiness.READY
     if decoded.cut_short and not member and age_s < upload_grace_s:
         return Readiness.UPLOADING

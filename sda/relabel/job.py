@@ -278,7 +278,7 @@ class RelabelJob:
         age = math.inf if it.file_id is None else time.time() - it.file_id.mtime_ns / 1e9
         return readiness(PurePosixPath(it.rel).name, age_s=age, min_age_s=self.settings.min_age_seconds,
                          upload_grace_s=self.settings.upload_grace_seconds, member=it.member is not None,
-                         decoded=error, read=True)
+                         decoded=error)
 
     def _commit_labels(self, bid: str, good: list, pred: dict[str, np.ndarray]) -> None:
         now = dt.datetime.now(dt.timezone.utc)

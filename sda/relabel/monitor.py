@@ -29,7 +29,7 @@ from typing import Any, Sequence
 import numpy as np
 from scipy import stats
 
-__all__ = ["Reference", "atc_threshold", "history", "monitor", "pipeline_reference"]
+__all__ = ["Reference", "atc_threshold", "history", "monitor", "pipeline_reference", "shares"]
 
 
 def atc_threshold(confidences: np.ndarray, correct: np.ndarray) -> float:
@@ -58,6 +58,10 @@ class Reference:
         return cls(np.bincount(labels, minlength=num_classes).tolist(), np.sort(confidences).astype(float).tolist(),
                    atc_threshold(confidences, correct), round(float(correct.mean() * 100), 2), list(domains), key)
 
+    def label_shares(self, class_names: Sequence[str]) -> dict[str, float]:
+        """Each predicted class's share of the reference (:func:`shares`)."""
+        return shares(np.asarray(self.label_counts), class_names)
+
     def save(self, path: Path) -> None:
         from sda.io.atomic import atomic_write_json
 
@@ -70,6 +74,12 @@ class Reference:
             return cls(**json.loads(path.read_text()))
         except (OSError, ValueError, TypeError):
             return None
+
+
+def shares(counts: np.ndarray, class_names: Sequence[str]) -> dict[str, float]:
+    """``{class: share}`` of int ``counts`` (C,), classes with none left out, 4 decimals ({} for no count)."""
+    n = int(np.sum(counts))
+    return {c: round(float(k / n), 4) for c, k in zip(class_names, counts) if k} if n else {}
 
 
 def monitor(labels: np.ndarray, confidences: np.ndarray, ref: Reference, class_names: Sequence[str], *,
@@ -87,7 +97,7 @@ def monitor(labels: np.ndarray, confidences: np.ndarray, ref: Reference, class_n
         "estimated_accuracy": round(above, 2), "reference_accuracy": ref.accuracy,
         "accuracy_drop": round(ref.accuracy - above, 2), "low_confidence": round(100 - above, 2) if n else 0.0,
         "mean_confidence": round(float(confidences.mean()), 4) if n else 0.0,
-        "label_shares": {c: round(float(k / n), 4) for c, k in zip(class_names, counts) if k} if n else {},
+        "label_shares": shares(counts, class_names),
         "tests": {},
     }
     if row["too_few"]:

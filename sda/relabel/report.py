@@ -5,8 +5,8 @@ of originals vs projections by predicted class, as markdown (a Prefect artifact)
 from __future__ import annotations
 
 import base64
+import os
 import datetime as dt
-import io
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -17,7 +17,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from sda.io.atomic import atomic_write_bytes
-from sda.method.report import grid_png
+from sda.io.untrusted_files import read_beneath
+from sda.method.report import grid_png, png_bytes
 
 __all__ = ["BatchReport", "class_grid", "drift_alert_markdown", "find_grid", "history_png", "write_report"]
 
@@ -95,16 +96,23 @@ _BATCH_ID = re.compile(r"[0-9a-f]{16}")
 
 def find_grid(reports_dir: Path, batch_id: str, max_bytes: int = 16 << 20) -> bytes | None:
     """The grid PNG :func:`write_report` wrote for ``batch_id`` (16 hex digits; anything else: None, so
-    that an id from an event cannot name another file), newest day first; a link or an oversized file
-    is not read."""
-    if not _BATCH_ID.fullmatch(batch_id) or not reports_dir.is_dir():
+    that an id from an event cannot name another file), newest day first; read with no link followed
+    and at most ``max_bytes`` (:func:`sda.io.untrusted_files.read_beneath`)."""
+    if not _BATCH_ID.fullmatch(batch_id):
         return None
-    for day in sorted(reports_dir.iterdir(), reverse=True):
-        path = day / f"{batch_id}.png"
-        if day.is_symlink() or path.is_symlink() or not path.is_file() or path.stat().st_size > max_bytes:
-            continue
-        return path.read_bytes()
-    return None
+    try:
+        root = os.open(reports_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        for day in sorted(os.listdir(root), reverse=True):
+            try:
+                return read_beneath(root, f"{day}/{batch_id}.png", max_bytes)[0]
+            except OSError:  # not there that day, a link, not a regular file, too large
+                continue
+        return None
+    finally:
+        os.close(root)
 
 
 def drift_alert_markdown(alert: Mapping[str, Any], grid: bytes | None = None) -> str:
@@ -179,6 +187,4 @@ def history_png(runs: Sequence[Mapping[str, Any]], *, height: int = 180, column:
         x, yy = 4 + (j % per_row) * 120, top + height + bottom + 2 + 14 * (j // per_row)
         draw.rectangle([x, yy, x + 9, yy + 9], fill=rgb)
         draw.text((x + 13, yy), str(c)[:16], fill="black")
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()
+    return png_bytes(img)

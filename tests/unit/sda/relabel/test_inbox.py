@@ -58,23 +58,22 @@ CUT = BadImage("truncated or corrupt image: ...", cut_short=True)
 NOT_IMAGE = BadImage("not an image")
 
 
-@pytest.mark.parametrize("name, age, member, read, decoded, expected", [
-    # before the bytes are read (the scan): the name and the age
-    (".x.jpg.part", 1e6, False, False, None, Readiness.HIDDEN),
-    (".cat.png", 1e6, False, True, None, Readiness.HIDDEN),
-    ("cat.png", 1.0, False, False, None, Readiness.TOO_NEW),
-    ("cat.png", 5.0, False, False, None, Readiness.READY),
-    # after decoding
-    ("cat.png", 5.0, False, True, None, Readiness.READY),
-    ("cat.png", 5.0, False, True, CUT, Readiness.UPLOADING),        # cut short, recent: wait for the upload
-    ("cat.png", 100.0, False, True, CUT, Readiness.BAD),            # cut short, stalled for good
-    ("cat.png", 5.0, True, True, CUT, Readiness.BAD),               # a tar member: its tar was complete
-    ("cat.png", 5.0, False, True, NOT_IMAGE, Readiness.BAD),        # not an image is not an upload
-    ("cat.png", 1.0, False, True, CUT, Readiness.TOO_NEW),          # too new wins over everything decoded
+@pytest.mark.parametrize("name, age, member, decoded, expected", [
+    # before the bytes are read (the scan), or read and usable: the name and the age
+    (".x.jpg.part", 1e6, False, None, Readiness.HIDDEN),
+    (".cat.png", 1e6, False, CUT, Readiness.HIDDEN),
+    ("cat.png", 1.0, False, None, Readiness.TOO_NEW),
+    ("cat.png", 5.0, False, None, Readiness.READY),
+    # after decoding failed
+    ("cat.png", 5.0, False, CUT, Readiness.UPLOADING),        # cut short, recent: wait for the upload
+    ("cat.png", 100.0, False, CUT, Readiness.BAD),            # cut short, stalled for good
+    ("cat.png", 5.0, True, CUT, Readiness.BAD),               # a tar member: its tar was complete
+    ("cat.png", 5.0, False, NOT_IMAGE, Readiness.BAD),        # not an image is not an upload
+    ("cat.png", 1.0, False, CUT, Readiness.TOO_NEW),          # too new wins over everything decoded
 ])
-def test_the_readiness_rule(name, age, member, read, decoded, expected):
+def test_the_readiness_rule(name, age, member, decoded, expected):
     """relabel.min_age_seconds = 3, relabel.upload_grace_seconds = 60."""
-    assert readiness(name, age_s=age, min_age_s=3.0, upload_grace_s=60.0, member=member, read=read,
+    assert readiness(name, age_s=age, min_age_s=3.0, upload_grace_s=60.0, member=member,
                      decoded=decoded) is expected
 
 
