@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import sys
 import time
 from pathlib import Path
@@ -24,20 +23,18 @@ from prefect import flow, get_run_logger, task
 
 from flows.results_report import publish_failure, publish_results
 from flows.served import check_served_root
-from flows.stage_process import StageFailed, is_transient, reproduce, stage_server, use_this_python
+from flows.stage_process import StageFailed, is_transient, reproduce, use_this_python
 from sda.config import ParamsError, load_params
 from sda.domains import domain_for, domain_names, set_profile
 from tasks import STAGES
-from tasks.stage_server import ENV as STAGE_SERVER_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @task(name="dvc-stage", task_run_name="{stage}", retries=1, retry_delay_seconds=5, retry_condition_fn=is_transient)
-def run_stage(stage: str, root: str, force: bool = False, server: str | None = None,
-              timeout: float | None = None) -> dict:
+def run_stage(stage: str, root: str, force: bool = False, timeout: float | None = None) -> dict:
     """One stage through DVC (:func:`flows.stage_process.reproduce`), its lines in the task run's log."""
-    return reproduce(stage, root, force, server, timeout, logger=get_run_logger())
+    return reproduce(stage, root, force, timeout, logger=get_run_logger())
 
 
 LOCK = Path(".dvc") / "tmp" / "sda-pipeline.lock"  # inside the checkout, git-ignored by DVC
@@ -63,20 +60,19 @@ def checkout_lock(root: Path) -> Iterator[None]:
 
 @flow(name="sda-pipeline", log_prints=True, on_failure=[publish_failure])
 def pipeline(root: str = str(ROOT), stages: list[str] | None = None, force: bool = False,
-             profile: str | None = None, warm: bool = True) -> dict:
+             profile: str | None = None) -> dict:
     """Validate ``params.yaml``, reproduce the DVC stages in order, publish the results table.
 
     ``profile`` (a registered domain: ``embedded`` / ``imagenet`` / ``folder``) switches params.yaml's
-    profile first. ``warm``: run the stage commands in a :func:`stage_server` (same bytes, without
-    each stage's 5-10 s of imports); false: each in its own fresh process.
+    profile first.
     """
     check_served_root(root)
     root_p = Path(root).resolve()
     with checkout_lock(root_p):  # one run per checkout: a profile switch never lands inside another run
-        return _run_pipeline(root_p, stages, force, profile, warm)
+        return _run_pipeline(root_p, stages, force, profile)
 
 
-def _run_pipeline(root_p: Path, stages: list[str] | None, force: bool, profile: str | None, warm: bool) -> dict:
+def _run_pipeline(root_p: Path, stages: list[str] | None, force: bool, profile: str | None) -> dict:
     if profile is not None and set_profile(root_p / "params.yaml", profile):
         print(f"params.yaml: profile switched to {profile}")
     params = load_params(root_p / "params.yaml")  # fail before any work on a bad params file
@@ -92,16 +88,15 @@ def _run_pipeline(root_p: Path, stages: list[str] | None, force: bool, profile: 
         raise ParamsError(f"params.yaml: runtime.stage_timeouts names {sorted(set(timeouts) - set(STAGES))}, "
                           f"not stages; stages are {list(STAGES)}")
     runs = []
-    with stage_server(root_p, warm) as server:
-        for stage in todo:
-            t0 = time.perf_counter()
-            limit = timeouts.get(stage)
-            # Prefect's own limit is the backstop: the stage's processes are killed at `limit` (run_stage)
-            step = run_stage.with_options(timeout_seconds=limit + 60) if limit else run_stage
-            r = step(stage, str(root_p), force, server, timeout=limit)
-            r["wall"] = round(time.perf_counter() - t0, 1)
-            r["prefect"] = round(max(0.0, r["wall"] - r["seconds"]), 1)
-            runs.append(r)
+    for stage in todo:
+        t0 = time.perf_counter()
+        limit = timeouts.get(stage)
+        # Prefect's own limit is the backstop: the stage's processes are killed at `limit` (run_stage)
+        step = run_stage.with_options(timeout_seconds=limit + 60) if limit else run_stage
+        r = step(stage, str(root_p), force, timeout=limit)
+        r["wall"] = round(time.perf_counter() - t0, 1)
+        r["prefect"] = round(max(0.0, r["wall"] - r["seconds"]), 1)
+        runs.append(r)
     return publish_results(root_p, runs, todo)
 
 
@@ -111,8 +106,6 @@ def main() -> None:
     parser.add_argument("--root", default=str(ROOT), help="repository root (default: this checkout)")
     parser.add_argument("--stages", nargs="+", choices=STAGES, help="only these stages (in pipeline order)")
     parser.add_argument("--force", action="store_true", help="re-run stages even when DVC has them cached")
-    parser.add_argument("--cold", action="store_true",
-                        help="each stage command in its own fresh process (default: warm, in a stage server)")
     parser.add_argument("--profile", choices=list(domain_names()),
                         help="switch params.yaml's profile before running (default: as it is)")
     args = parser.parse_args()
@@ -125,12 +118,7 @@ def main() -> None:
     except ParamsError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
-    # the stage server imports while Prefect starts its temporary server: the first stage runs warm too
-    with stage_server(Path(args.root).resolve(), not args.cold) as server:
-        if server:
-            os.environ[STAGE_SERVER_ENV] = server
-        state = pipeline(root=args.root, stages=stages, force=args.force, warm=not args.cold, profile=args.profile,
-                         return_state=True)
+    state = pipeline(root=args.root, stages=stages, force=args.force, profile=args.profile, return_state=True)
     if not state.is_completed():  # failed, crashed or cancelled
         err = state.result(raise_on_failure=False)
         if isinstance(err, (StageFailed, ParamsError)):  # the stage's (or the params') own words, no traceback

@@ -1,7 +1,6 @@
 """How the pipeline flow runs one DVC stage: ``dvc repro --single-item`` in its own process group, its
 lines to the run's log, a timeout that kills the group, exit codes read as :class:`StageFailed` (a user
-error, a timeout, or a crash worth one retry), the shard jobs' progress as a Prefect artifact, and the
-warm stage server's lifecycle."""
+error, a timeout, or a crash worth one retry), the shard jobs' progress as a Prefect artifact."""
 
 from __future__ import annotations
 
@@ -12,25 +11,19 @@ import json
 import logging
 import os
 import re
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Iterator
 
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 from sda.io.resumable_jobs import PROGRESS
 from sda.layout import RUNS, WORK
-from tasks.launch import choose_wait_policy
-from tasks.stage_server import ENV as STAGE_SERVER_ENV
 
-__all__ = ["StageFailed", "is_transient", "reproduce", "stage_server", "use_this_python"]
+__all__ = ["StageFailed", "is_transient", "reproduce", "use_this_python"]
 
 
 def use_this_python() -> None:
@@ -69,8 +62,7 @@ def is_transient(task, task_run, state) -> bool:
 
 
 def _kill_group(pid: int) -> None:
-    """Kill the process group that ``dvc repro`` leads (DVC, the stage command and what they started;
-    a warm stage's child goes with its command, tasks/stage_server.py)."""
+    """Kill the process group that ``dvc repro`` leads (DVC, the stage command and what they started)."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGKILL)
 
@@ -126,60 +118,13 @@ class _Progress(threading.Thread):
                 self.context.run(self.publish, 100.0)
 
 
-@contextlib.contextmanager
-def stage_server(root: Path, enabled: bool = True, env: dict[str, str] | None = None) -> Iterator[str | None]:
-    """A warm stage server (:mod:`tasks.stage_server`) for the stages of one run: its socket path,
-    or ``None`` when ``enabled`` is false or this platform has no ``fork`` / fd passing.
-
-    Not waited for: it imports the stages' libraries (~10 s) while the first stages run, and a stage
-    command that finds it not ready yet runs in its own process. Its lines go to the ``sda`` log;
-    it is stopped (and its socket removed) when the block ends, and stops by itself if this process
-    dies. A server already named by ``SDA_STAGE_SERVER`` (one started by ``main`` while Prefect
-    starts, or by you) is used as it is. ``env``: the server's environment (default: this process's);
-    it serves only commands whose import-time variables match it."""
-    if not (enabled and hasattr(os, "fork") and hasattr(socket, "send_fds")):
-        yield None
-        return
-    if os.environ.get(STAGE_SERVER_ENV):
-        yield os.environ[STAGE_SERVER_ENV]
-        return
-    choose_wait_policy(os.environ if env is None else env)  # the server's and its commands' (DVC inherits it)
-    tmp = Path(tempfile.mkdtemp(prefix="sda-stages-"))
-    address = str(tmp / "stage.sock")
-    log = logging.getLogger("sda.stage_server")
-    log.setLevel(logging.INFO)  # one line per stage command, and anything the server says
-    cmd = [sys.executable, "-m", "tasks.stage_server", "--socket", address, "--parent", str(os.getpid())]
-    proc = subprocess.Popen(cmd, cwd=root, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, errors="backslashreplace")
-
-    def relay() -> None:
-        for line in proc.stdout:
-            log.info("%s", line.rstrip())
-
-    drain = threading.Thread(target=relay, daemon=True)
-    drain.start()
-    try:
-        yield address
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        drain.join(5)
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def reproduce(stage: str, root: str, force: bool = False, server: str | None = None,
-              timeout: float | None = None, logger: logging.Logger | logging.LoggerAdapter | None = None) -> dict:
+def reproduce(stage: str, root: str, force: bool = False, timeout: float | None = None, logger: logging.Logger | logging.LoggerAdapter | None = None) -> dict:
     """``dvc repro --single-item <stage>`` as a subprocess in its own process group; returns whether it ran
     and how long it took (``seconds``; with ``work`` / ``start_up`` / ``dvc`` when it ran).
 
     The stage's own output goes to ``logger`` line by line; the progress of its shard jobs, if it has any,
     to a progress artifact (:class:`_Progress`). DVC's repository lock makes a second pipeline started
-    meanwhile wait for each stage (``--wait-for-lock``), and it then finds the stage cached. ``server``: the
-    socket of a :func:`stage_server`, which then runs the stage's command warm. ``timeout``: seconds after
+    meanwhile wait for each stage (``--wait-for-lock``), and it then finds the stage cached. ``timeout``: seconds after
     which its processes are killed. Raises :class:`StageFailed`.
     """
     logger = logger or logging.getLogger("sda.pipeline")
@@ -189,14 +134,11 @@ def reproduce(stage: str, root: str, force: bool = False, server: str | None = N
     tail: collections.deque[str] = collections.deque(maxlen=30)
     ran = False
     # text mode reads tqdm's carriage-return redraws as lines: one log line per redraw (every 10 s)
-    env = {k: v for k, v in os.environ.items() if k != STAGE_SERVER_ENV}  # cold: no server, not even yours
-    if server:
-        env[STAGE_SERVER_ENV] = server
     progress = _Progress(Path(root), stage)
     progress.start()
     timed_out = threading.Event()
     # its own process group, so that a timeout (or this process being stopped) ends all of it
-    with subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    with subprocess.Popen(cmd, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           errors="backslashreplace", start_new_session=True) as proc:
         watchdog = threading.Timer(timeout, lambda: (timed_out.set(), _kill_group(proc.pid))) if timeout else None
         if watchdog is not None:

@@ -4,8 +4,9 @@ OpenMP starts)."""
 from __future__ import annotations
 
 import os
+from typing import MutableMapping
 
-__all__ = ["busy_cores", "free_cores"]
+__all__ = ["busy_cores", "choose_wait_policy", "free_cores"]
 
 
 def _percent_busy(sample_s: float) -> list[float] | None:
@@ -36,3 +37,14 @@ def free_cores(sample_s: float = 0.3) -> int:
     if busy is None:
         return max(1, allowed)
     return max(1, min(allowed, sum(1 for b in busy if b < 50.0)))
+
+
+def choose_wait_policy(env: MutableMapping[str, str] = os.environ) -> None:
+    """``OMP_WAIT_POLICY=PASSIVE`` in ``env`` when cores are busy now and no policy is set.
+
+    runtime.threads is fixed (the bytes depend on it), so a stage may start with fewer idle cores
+    than threads; OpenMP's spinning waits then make training 3-12x slower (docs/method.md, "The
+    embedded domain"). Passive waits cost ~15 % on an idle machine and remove that; same bytes either
+    way. OpenMP reads it when torch loads, so a stage command sets it first (``tasks/__init__``)."""
+    if "OMP_WAIT_POLICY" not in env and busy_cores():
+        env["OMP_WAIT_POLICY"] = "PASSIVE"

@@ -22,7 +22,7 @@ import argparse
 import json
 import logging
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 import torch
@@ -32,16 +32,12 @@ from sda.domains import Domain, domain_for
 from sda.io.atomic import atomic_write_bytes, atomic_write_json
 from sda.io.shards import iter_shard_file, read_manifest
 from sda.io.streaming import ShardStream
-from sda.method.diagnostics import (alignment_warnings, class_accuracy, projected_val_accuracy, synthetic_samples,
-                                    weakest_classes)
-from sda.method.report import synthetic_grid_png
-from sda.method.projector import project_job, projection_jobs
-from sda.method.scoring import fell_back
-from sda.models.diffusion import DiffusionInfo
-from sda.models.classifiers import Classifier, fit_classifier, input_spec, load_classifier, paper_recipe, save_classifier
 from sda.runtime import derive_seed
 from sda.layout import METRICS, METRIC_FILES, OUTS, projector_dir
 from tasks.common import stage_main, write_training_metrics
+
+if TYPE_CHECKING:
+    from sda.models.classifiers import Classifier
 
 log = logging.getLogger("sda.classifier_align")
 
@@ -50,6 +46,8 @@ def project_shard_set(src: Path, model_dir: Path, projection: Projection, seed: 
                       device: torch.device) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """DDA projections of the (small) shard set ``src``, in memory, by ``target_project``'s code
     path: originals and projections uint8 (N, H, W, 3), labels (N,)."""
+    from sda.method.projector import project_job, projection_jobs
+
     originals, projected = [], []
     for job in projection_jobs(src, [""]):
         originals += list(iter_shard_file(src / job.name))
@@ -92,6 +90,9 @@ def run(cfg: ClassifierAlign, seed: int, source_model: Path, synth_dir: Path, ou
     ``projected_source``: (projections, labels) of the source train split, trained on beside the
     synthetic set in every epoch (:func:`mixed_batches`; ``classifier_align.projected_source``).
     """
+    from sda.method.diagnostics import projected_val_accuracy
+    from sda.models.classifiers import Classifier, fit_classifier, input_spec, load_classifier, paper_recipe, save_classifier
+
     source = load_classifier(source_model, device)
     model, config = source.module, source.config  # the module is fine-tuned in place
     s = derive_seed(seed, "classifier_align")
@@ -145,6 +146,8 @@ def run(cfg: ClassifierAlign, seed: int, source_model: Path, synth_dir: Path, ou
 def synthetic_scores(model: Classifier, sets: dict[str, Path], class_names: list[str],
                      batch_size: int, device: torch.device, loader_workers: int = 0) -> dict[str, dict]:
     """The source model's accuracy on each synthetic shard set against its intended classes (CAS)."""
+    from sda.method.diagnostics import class_accuracy
+
     out = {}
     for stage, path in sets.items():
         out[stage] = class_accuracy(model, ShardStream(path, batch_size, workers=loader_workers), class_names,
@@ -157,8 +160,9 @@ def synthetic_scores(model: Classifier, sets: dict[str, Path], class_names: list
 def suggested_settings(params: Params, domain: Domain) -> dict[str, str]:
     """The settings that :func:`sda.method.diagnostics.alignment_warnings` names, with their values."""
     df, p, ca, sg = params.diffusion_finetune, params.projection, params.classifier_align, params.synth_generate
-    section = domain.pretrained_diffusion(params)
-    if section is not None:
+    pretrained = domain.pretrained_diffusion(params)
+    if pretrained is not None:
+        section = pretrained.section
         projector = f"{section}.finetune_steps (now {getattr(params, section).finetune_steps})"
         generator = f"{projector} or synth_generate.steps (now {sg.steps})"
     else:
@@ -171,6 +175,11 @@ def suggested_settings(params: Params, domain: Domain) -> dict[str, str]:
 
 
 def _main(params: Params, args: argparse.Namespace, domain: Domain) -> int:
+    from sda.method.diagnostics import alignment_warnings, projected_val_accuracy
+    from sda.method.scoring import fell_back
+    from sda.models.classifiers import load_classifier
+    from sda.models.diffusion import DiffusionInfo
+
     cfg, rt = params.classifier_align, params.runtime
     val_dir, model_dir = OUTS["source_data"] / "val", projector_dir(params.projection.method)
     has_val = (val_dir / "manifest.json").is_file() and read_manifest(val_dir)["count"] > 0
@@ -225,6 +234,9 @@ def _main(params: Params, args: argparse.Namespace, domain: Domain) -> int:
 def write_synthetic_grid(per_class: dict[str, float], class_names: list[str], k: int = 10, per_row: int = 8) -> None:
     """metrics/synthetic_grid.png: what the generator drew, per class (all classes up to ``k``, else the ``k``
     the source model recognises least), above the same images after synth_align's projection."""
+    from sda.method.diagnostics import synthetic_samples, weakest_classes
+    from sda.method.report import synthetic_grid_png
+
     classes = weakest_classes(per_class, class_names, k)
     samples = synthetic_samples(OUTS["synth_generate"], OUTS["synth_align"], classes, per_row)
     rows = {f"{class_names[c]} ({per_class[class_names[c]]:.0f}%)": pair for c, pair in samples.items()}
@@ -237,6 +249,8 @@ def write_metrics(config: dict) -> None:
     (the aligned synthetic set, with the projected source images when they join it) and, where the
     source has a val split, the accuracy on its projections (real images, labels known, never trained
     on: the held-out set), with the source model's there for reference and whether SDA fell back."""
+    from sda.method.scoring import fell_back
+
     history = config["history"]
     summary = {"epochs": len(history), "train_loss": history[-1]["loss"], "train_acc": 100 * history[-1]["acc"]}
     if "val_aligned" in config:

@@ -5,10 +5,6 @@ A stage's result depends on every project module it can import, so ``dvc.yaml`` 
 is computed here from the source (every ``import`` statement, also those inside functions, so
 lazily imported modules count) rather than written by hand.
 
-Code deps are for code that can change a stage's outputs. The modules in :data:`NOT_CODE_DEPS`
-only decide how a stage command is started; the closure neither lists them nor follows their
-imports (a module they import that a stage also imports stays a dep through the stage's own import).
-
     python -m tasks.code_deps            # print each stage's closure
     python -m tasks.code_deps --check    # exit 1 and name what dvc.yaml misses or lists in excess
     python -m tasks.code_deps --write    # rewrite the code part of each stage's deps in dvc.yaml
@@ -27,16 +23,7 @@ from tasks import STAGES
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("sda", "tasks")
 
-# module -> why it is not a code dep of the stages that import it (tests/unit/tasks/test_code_deps.py checks
-# that each exists, that nothing in sda/ imports it, and that no stage lists it)
-NOT_CODE_DEPS: dict[str, str] = {
-    "tasks.launch": "how a stage command starts (the project's python, progress-bar redraws, OpenMP's wait "
-                    "policy, the hand-over to a stage server): the same bytes either way, tested",
-    "tasks.stage_server": "runs stage commands warm, each in a fork of a process that imported torch & co.: "
-                          "the same bytes as a cold run, tested",
-}
-
-__all__ = ["NOT_CODE_DEPS", "import_closure", "stage_code_deps"]
+__all__ = ["import_closure", "stage_code_deps"]
 
 
 def _module_file(module: str, root: Path) -> Path | None:
@@ -80,7 +67,7 @@ def import_closure(module: str, root: Path = ROOT) -> list[str]:
     todo = _with_packages(module)
     while todo:
         m = todo.pop()
-        if m in seen or m in NOT_CODE_DEPS:
+        if m in seen:
             continue
         f = _module_file(m, root)
         if f is None:  # a name imported from a module (from sda.x import func), not a module

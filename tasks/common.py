@@ -135,7 +135,7 @@ def stage_main(stage: str, doc: str, body: Callable[..., int | None],
 def _record_timing(stage: str, body_start: float, seconds: float) -> None:
     """``data/.runs/<stage>.timing.json`` (outside every out): when the process started, when its
     work began, how long the work took; the flow turns it into start-up / work / orchestration."""
-    from tasks.launch import STARTED
+    from tasks import STARTED
 
     RUNS.mkdir(parents=True, exist_ok=True)
     atomic_write_json(RUNS / f"{stage}.timing.json", {"process_start": STARTED, "work_start": body_start,

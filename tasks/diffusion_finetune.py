@@ -21,27 +21,22 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from sda.config import DiffusionFinetune, Folder, ImageNet, Params
-from sda.domains import Domain, domain_for
+from sda.domains import Domain, PretrainedDiffusion, domain_for
 from sda.io.shards import load_shards, read_manifest
 from sda.io.streaming import endless_batches
-from sda.method.diagnostics import probe_score
-from sda.method.sampling import sample_class_conditional
-from sda.models.classifiers import load_classifier
-from sda.models.adm import load_projector
-from sda.models.diffusion import DiffusionInfo, build_unet, save_diffusion
-from sda.models.dit import dit_image_size, load_dit, new_class_table
-from sda.models.schedulers import ddpm_scheduler
-from sda.models.training import random_batches, train_epsilon
 from sda.runtime import derive_seed
 from sda.layout import OUTS
 from tasks.common import stage_main, write_training_metrics
+
+if TYPE_CHECKING:
+    from sda.models.diffusion import DiffusionInfo
 
 log = logging.getLogger("sda.diffusion_finetune")
 
@@ -57,6 +52,8 @@ class Probe:
 
     def __init__(self, cfg: DiffusionFinetune, sample: Callable, judge_dir: Path, class_names: list[str], seed: int,
                  device: torch.device):
+        from sda.models.classifiers import load_classifier
+
         self.cfg, self.sample, self.class_names, self.seed, self.device = cfg, sample, class_names, seed, device
         self.judge = load_classifier(judge_dir, device)
         self.history: list[dict] = []
@@ -66,6 +63,8 @@ class Probe:
         self.timed_out = False
 
     def __call__(self, step: int, model: torch.nn.Module) -> bool:
+        from sda.method.diagnostics import probe_score
+
         score = probe_score(lambda y, s: self.sample(model, y, s), self.judge,
                             range(len(self.class_names)), self.class_names, per_class=self.cfg.probe_per_class,
                             seed=self.seed, device=self.device)
@@ -105,6 +104,11 @@ def run(cfg: DiffusionFinetune, seed: int, source_dir: Path, out: Path, device: 
     ``probe_every`` steps; the best checkpoint is saved, and training goes past ``train_steps`` up to
     ``max_train_steps`` while the score is below ``probe_target`` (:class:`Probe`).
     """
+    from sda.method.sampling import sample_class_conditional
+    from sda.models.diffusion import DiffusionInfo, build_unet, save_diffusion
+    from sda.models.schedulers import ddpm_scheduler
+    from sda.models.training import random_batches, train_epsilon
+
     train = load_shards(source_dir / "train")
     num_classes = int(train.labels.max()) + 1
     s = derive_seed(seed, "diffusion_finetune")
@@ -157,6 +161,9 @@ def _finetune(adm: torch.nn.Module, transformer: torch.nn.Module, vae: torch.nn.
     """Fine-tune the ADM projector (unconditional, at the images' size) and the DiT generator (on
     their VAE latents, the images first resized to ``dit_size`` when given) on ``train_dir``, each
     for ``steps`` steps, streamed (:func:`sda.io.streaming.endless_batches`); their losses."""
+    from sda.models.schedulers import ddpm_scheduler
+    from sda.models.training import train_epsilon
+
     sched = ddpm_scheduler(learn_sigma=adm.config.out_channels == 6)
     stream = dict(seed=seed, workers=loader_workers, shuffle_buffer=FINETUNE_SHUFFLE_BUFFER)
     kw = dict(steps=steps, lr=lr, device=device)
@@ -180,63 +187,52 @@ def _log_sizes(adm: torch.nn.Module, transformer: torch.nn.Module) -> None:
              sum(p.numel() for p in adm.parameters()) / 1e6, sum(p.numel() for p in transformer.parameters()) / 1e6)
 
 
-def run_imagenet(cfg: ImageNet, seed: int, source_dir: Path, out: Path, device: torch.device,
-                 loader_workers: int = 0) -> DiffusionInfo:
-    """The source train images are streamed (:func:`sda.io.streaming.endless_batches`), never loaded whole."""
+def run_pretrained(pre: PretrainedDiffusion, cfg: ImageNet | Folder, seed: int, source_dir: Path, out: Path,
+                   device: torch.device, loader_workers: int = 0) -> DiffusionInfo:
+    """The ADM projector and DiT generator that the domain names (``pre``; ``cfg``: its params section
+    ``pre.section``), fine-tuned on the source train images for ``cfg.finetune_steps`` (0: saved as they
+    are). With ``pre.image_size`` the ADM (convolutional) works at that size and the DiT at its own, on
+    the images resized up to it (``synth_generate`` brings its samples back: ``info.output_size``);
+    with ``pre.new_class_table`` the DiT gets a new class table for the source's classes
+    (:func:`sda.models.dit.new_class_table`), else it draws ``classes.json``'s ``selected`` ImageNet
+    classes with its own. The train images are streamed, never loaded whole."""
+    from sda.models.adm import load_projector
+    from sda.models.diffusion import DiffusionInfo, save_diffusion
+    from sda.models.dit import dit_image_size, load_dit, new_class_table
+    from sda.models.schedulers import ddpm_scheduler
+
     classes = json.loads((source_dir / "classes.json").read_text())
-    adm = load_projector(cfg.adm_checkpoint, cfg.adm_flags).to(device).eval()
-    transformer, vae = load_dit(cfg.dit, device)
-    info = DiffusionInfo(profile="imagenet", num_classes=len(classes["names"]), classes=classes["selected"],
-                         null_label=None, generator="dit", adm_checkpoint=cfg.adm_checkpoint, dit=cfg.dit,
-                         finetune_steps=cfg.finetune_steps, seed=derive_seed(seed, "diffusion_finetune"))
-    sched = ddpm_scheduler(learn_sigma=adm.config.out_channels == 6)
+    adm = load_projector(cfg.adm_checkpoint, cfg.adm_flags, key=f"{pre.section}.adm_checkpoint")
+    if pre.image_size is not None:
+        factor = 2 ** (len(adm.config.block_out_channels) - 1)
+        if pre.image_size % factor:
+            raise ValueError(f"{pre.section}.image_size={pre.image_size} is not a multiple of {factor}, which the "
+                             f"ADM of {pre.section}.adm_checkpoint ({len(adm.config.block_out_channels)} levels) needs")
+        adm.register_to_config(sample_size=pre.image_size)  # what it is fine-tuned and used at
+    adm = adm.to(device).eval()
+    transformer, vae = load_dit(cfg.dit, device, key=f"{pre.section}.dit")
+    if pre.new_class_table:
+        new_class_table(transformer, len(classes["names"]))
+    dit_size = dit_image_size(transformer, vae) if pre.image_size is not None else None
+    # info.json holds what applies: the ImageNet classes drawn, or the size the samples are brought to
+    which = {"output_size": pre.image_size} if pre.image_size is not None else {}
+    if not pre.new_class_table:
+        which["classes"] = classes["selected"]
+    info = DiffusionInfo(profile=pre.section, num_classes=len(classes["names"]), null_label=None, generator="dit",
+                         adm_checkpoint=cfg.adm_checkpoint, dit=cfg.dit, finetune_steps=cfg.finetune_steps,
+                         seed=derive_seed(seed, "diffusion_finetune"), **which)
     if cfg.finetune_steps > 0:
         train_dir = source_dir / "train"
-        log.info("fine-tuning ADM and DiT for %d steps of batch %d on %d source images", cfg.finetune_steps,
-                 cfg.finetune_batch_size, read_manifest(train_dir)["count"])
+        log.info("fine-tuning ADM (at %s px) and DiT (%s, at %s px) for %d steps of batch %d on %d source images",
+                 pre.image_size or adm.config.sample_size,
+                 f"a new table of {len(classes['names'])} classes" if pre.new_class_table else "its ImageNet classes",
+                 dit_size or "its", cfg.finetune_steps, cfg.finetune_batch_size, read_manifest(train_dir)["count"])
         info.losses = _finetune(adm, transformer, vae, train_dir, steps=cfg.finetune_steps, lr=cfg.finetune_lr,
                                 batch_size=cfg.finetune_batch_size, seed=info.seed, device=device,
-                                loader_workers=loader_workers)
-    save_diffusion(out, adm, sched, info, dit=(transformer, vae))
-    _log_sizes(adm, transformer)
-    return info
-
-
-def run_folder_pretrained(cfg: Folder, seed: int, source_dir: Path, out: Path, device: torch.device,
-                          loader_workers: int = 0) -> DiffusionInfo:
-    """``folder.adm_checkpoint`` + ``folder.dit``: both diffusion models start from pretrained weights
-    and are fine-tuned on the source train images: the ADM projector at ``folder.image_size`` (it is
-    convolutional), the DiT generator with a new class table for the folder's classes
-    (:func:`sda.models.dit.new_class_table`) at its own image size (the images resized up to it);
-    ``synth_generate`` brings its samples to ``folder.image_size`` (``info.output_size``)."""
-    names = json.loads((source_dir / "classes.json").read_text())["names"]
-    adm = load_projector(cfg.adm_checkpoint, cfg.adm_flags, key="folder.adm_checkpoint")
-    factor = 2 ** (len(adm.config.block_out_channels) - 1)
-    if cfg.image_size % factor:
-        raise ValueError(f"folder.image_size={cfg.image_size} is not a multiple of {factor}, which the ADM of "
-                         f"folder.adm_checkpoint ({len(adm.config.block_out_channels)} levels) needs")
-    adm.register_to_config(sample_size=cfg.image_size)  # what it is fine-tuned and used at
-    adm = adm.to(device).eval()
-    transformer, vae = load_dit(cfg.dit, device, key="folder.dit")
-    new_class_table(transformer, len(names))
-    dit_size = dit_image_size(transformer, vae)
-    info = DiffusionInfo(profile="folder", num_classes=len(names), null_label=None, generator="dit",
-                         adm_checkpoint=cfg.adm_checkpoint, dit=cfg.dit, finetune_steps=cfg.finetune_steps,
-                         seed=derive_seed(seed, "diffusion_finetune"), output_size=cfg.image_size)
-    train_dir = source_dir / "train"
-    log.info("fine-tuning ADM (at %d px) and DiT (a new table of %d classes, at %d px) for %d steps of batch %d on "
-             "%d source images", cfg.image_size, len(names), dit_size, cfg.finetune_steps, cfg.finetune_batch_size,
-             read_manifest(train_dir)["count"])
-    info.losses = _finetune(adm, transformer, vae, train_dir, steps=cfg.finetune_steps, lr=cfg.finetune_lr,
-                            batch_size=cfg.finetune_batch_size, seed=info.seed, device=device,
-                            loader_workers=loader_workers, dit_size=dit_size)
+                                loader_workers=loader_workers, dit_size=dit_size)
     save_diffusion(out, adm, ddpm_scheduler(learn_sigma=adm.config.out_channels == 6), info, dit=(transformer, vae))
     _log_sizes(adm, transformer)
     return info
-
-
-# the pretrained ADM + DiT, by the params section a domain names (Domain.pretrained_diffusion)
-PRETRAINED = {"imagenet": run_imagenet, "folder": run_folder_pretrained}
 
 
 def write_metrics(info: DiffusionInfo) -> None:
@@ -261,11 +257,11 @@ def write_metrics(info: DiffusionInfo) -> None:
 
 
 def _main(params: Params, args: argparse.Namespace, domain: Domain) -> int | None:
-    section = domain.pretrained_diffusion(params)
-    if section is not None:
-        cfg = getattr(params, section)
-        write_metrics(PRETRAINED[section](cfg, params.runtime.seed, OUTS["source_data"], OUTS["diffusion_finetune"],
-                                          args.device, params.runtime.loader_workers))
+    pretrained = domain.pretrained_diffusion(params)
+    if pretrained is not None:
+        cfg = getattr(params, pretrained.section)
+        write_metrics(run_pretrained(pretrained, cfg, params.runtime.seed, OUTS["source_data"],
+                                     OUTS["diffusion_finetune"], args.device, params.runtime.loader_workers))
         return cfg.finetune_steps * cfg.finetune_batch_size or None
     cfg, sg = params.diffusion_finetune, params.synth_generate
     info = run(cfg, params.runtime.seed, OUTS["source_data"], OUTS["diffusion_finetune"], args.device,

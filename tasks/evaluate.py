@@ -27,6 +27,7 @@ import json
 import logging
 from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sda.config import Params
 from sda.domains import Domain, domain_for
@@ -34,12 +35,12 @@ from sda.io.atomic import atomic_dir, atomic_write_bytes, atomic_write_json
 from sda.io.shards import iter_samples
 from sda.io.streaming import ShardStream
 from sda.io.target_index import TargetIndex
-from sda.method.report import confusion_matrix, confusion_png, grid_png, results_markdown, write_plot_csv
-from sda.method.scoring import MAIN_METHODS, DomainScore, score_domain, summarise
-from sda.models.classifiers import load_classifier
 from sda.provenance import code_version, params_hash
 from sda.layout import DATA, METRIC_FILES, METRICS
 from tasks.common import stage_main
+
+if TYPE_CHECKING:
+    from sda.method.scoring import DomainScore
 
 log = logging.getLogger("sda.evaluate")
 
@@ -54,6 +55,10 @@ def protocol(params: Params, domain: Domain, images_per_domain: int) -> dict:
 
 
 def run(params: Params, domain: Domain, device, data: Path = DATA, metrics_dir: Path = METRICS) -> dict:
+    from sda.method.report import grid_png, results_markdown, write_plot_csv
+    from sda.method.scoring import score_domain, summarise
+    from sda.models.classifiers import load_classifier
+
     index = TargetIndex.read(data / "target_data")
     source = load_classifier(data / "source_model", device)
     aligned = load_classifier(data / "classifier_align", device)
@@ -113,6 +118,8 @@ def compute_per_method(projection: dict) -> dict:
     backward 2; the classifiers' passes are left out, tiny beside the UNet's): the source model needs no
     projection, every other method one per image (SDA: the same as DDA; its one-off cost, the synthetic
     set and its re-projection, is not per target image)."""
+    from sda.method.scoring import MAIN_METHODS
+
     per_image = projection["forward_equivalents_per_image"]
     return {"unet_forward_equivalents_per_image": {m: (0.0 if m == "source" else per_image) for m in MAIN_METHODS},
             "projection": projection}
@@ -123,6 +130,8 @@ def write_confusion(scores: dict[str, DomainScore], class_names: list[str], metr
     """Which classes Source and SDA confuse, per labelled domain: ``confusion/<method>/<domain>.csv``
     (``actual,predicted`` class names, one row per image: DVC's confusion plots) and ``confusion.png``
     (the row-normalised matrices side by side, one row per domain)."""
+    from sda.method.report import confusion_matrix, confusion_png
+
     with atomic_dir(metrics_dir / METRIC_FILES["confusion_rows"].name) as tmp:
         for m in methods:
             (tmp / m).mkdir()

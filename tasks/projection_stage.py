@@ -8,16 +8,17 @@ import functools
 import json
 import logging
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from sda.config import Params
 from sda.io.atomic import atomic_write_json, sha256_file
 from sda.io.resumable_jobs import PROGRESS
-from sda.method.dda import ProjectionCost
-from sda.method.projector import project_job, projection_jobs
 from sda.runtime import derive_seed
 from sda.layout import projector_dir
 from tasks.common import run_resumable
+
+if TYPE_CHECKING:
+    from sda.method.dda import ProjectionCost
 
 COMPUTE = "compute.json"  # in the out: the projection's work, counted (content: no seconds)
 
@@ -25,6 +26,8 @@ COMPUTE = "compute.json"  # in the out: the projection's work, counted (content:
 def write_compute(work: Path, projection_method: str) -> ProjectionCost:
     """``<work>/compute.json``: the work every shard job counted (:class:`sda.method.dda.ProjectionCost`,
     from the progress file), in total and per image."""
+    from sda.method.dda import ProjectionCost
+
     cost = ProjectionCost()
     for entry in json.loads((work / PROGRESS).read_text())["shards"].values():
         cost.add(entry.get("stats") or ProjectionCost())
@@ -39,6 +42,8 @@ def run_projection(stage: str, params: Params, device, src_root: Path, subdirs: 
     :func:`sda.layout.projector_dir`) into ``out/<sub>`` (keys kept), resumably; returns the run summary. The out's
     ``compute.json`` holds the work counted, ``extra_files(work_dir)`` adds more; the closing log line
     says the work per image, with the seconds."""
+    from sda.method.projector import project_job, projection_jobs
+
     model_dir = model_dir or projector_dir(params.projection.method)
     seed = derive_seed(params.runtime.seed, stage)
     jobs = projection_jobs(src_root, subdirs)

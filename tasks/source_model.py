@@ -19,8 +19,6 @@ import torch
 from sda.config import Params, SourceModel
 from sda.domains import Domain, PretrainedClassifier, domain_for
 from sda.io.shards import load_shards, read_manifest
-from sda.models.classifiers import (create_classifier, load_pretrained_classifier, predict_logits, save_classifier,
-                                    train_classifier)
 from sda.runtime import derive_seed
 from sda.layout import OUTS
 from tasks.common import stage_main, write_training_metrics
@@ -33,6 +31,8 @@ EMBEDDED_STD = (0.5, 0.5, 0.5)
 
 
 def run(cfg: SourceModel, seed: int, source_dir: Path, out: Path, device: torch.device) -> dict:
+    from sda.models.classifiers import create_classifier, predict_logits, save_classifier, train_classifier
+
     train, val = load_shards(source_dir / "train"), load_shards(source_dir / "val")
     num_classes = int(max(train.labels.max(), val.labels.max())) + 1
     s = derive_seed(seed, "source_model")
@@ -58,6 +58,8 @@ def run(cfg: SourceModel, seed: int, source_dir: Path, out: Path, device: torch.
 
 def run_pretrained(arch: str, pre: PretrainedClassifier, out: Path) -> dict:
     """timm ``arch`` with the weights ``pre.weights`` (class count from its head), no training."""
+    from sda.models.classifiers import load_pretrained_classifier, save_classifier
+
     model, num_classes = load_pretrained_classifier(arch, pre.weights)
     config = {"arch": arch, "num_classes": num_classes, "kwargs": {}, "mean": list(pre.mean), "std": list(pre.std),
               "resize": pre.resize, "crop": pre.crop, "weights": str(pre.weights)}

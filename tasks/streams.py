@@ -22,12 +22,6 @@ from sda.config import Params
 from sda.io.atomic import atomic_write_bytes, atomic_write_json
 from sda.io.target_index import TargetIndex
 from sda.layout import DATA, METRIC_FILES, METRICS, projector_dir
-from sda.method.projector import project_uint8
-from sda.method.scoring import fell_back
-from sda.method.stream_eval import batch_coupling, compare_streams, load_target_set, summarise_methods
-from sda.method.streams_report import streams_heatmap_png, streams_markdown
-from sda.models.classifiers import load_classifier
-from sda.models.diffusion import load_diffusion
 from sda.runtime import derive_seed
 from tasks.common import stage_main
 
@@ -54,6 +48,13 @@ def read_image_ids(path: str | Path) -> set[str]:
 
 
 def run(params: Params, device, data: Path = DATA, metrics_dir: Path = METRICS) -> dict:
+    from sda.method.projector import project_uint8
+    from sda.method.scoring import fell_back
+    from sda.method.stream_eval import batch_coupling, compare_streams, load_target_set, summarise_methods
+    from sda.method.streams_report import streams_heatmap_png, streams_markdown
+    from sda.models.classifiers import load_classifier
+    from sda.models.diffusion import load_diffusion
+
     cfg, seed = params.streams, derive_seed(params.runtime.seed, "streams")
     domains = TargetIndex.read(data / "target_data").labelled_in_mean
     if not domains:

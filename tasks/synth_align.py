@@ -21,7 +21,6 @@ from pathlib import Path
 from sda.config import Params
 from sda.io.atomic import atomic_write_json, clean_stale_temps, sha256_file
 from sda.layout import MODELS, OUTS, WORK
-from sda.method.distill import RECORD, projection_record, read_record, train_projector
 from sda.runtime import derive_seed
 from tasks.common import stage_main
 from tasks.projection_stage import run_projection
@@ -33,6 +32,8 @@ def distilled_projector(params: Params, device) -> Path:
     """The student of ``projection.method: distilled`` in ``data/.work/distill-<key>/``, trained unless a
     finished one of the same inputs and params is there (the key: the projection's record, the projector's
     weights, the synthetic set's manifest, the seed)."""
+    from sda.method.distill import projection_record, read_record, train_projector
+
     seed = derive_seed(params.runtime.seed, "synth_align", "distill")
     diffusion, synth = OUTS["diffusion_finetune"], OUTS["synth_generate"]
     key = hashlib.sha256(json.dumps({
@@ -60,6 +61,8 @@ def remove_other_students(keep: Path | None = None) -> None:
 
 
 def _main(params: Params, args: argparse.Namespace) -> int:
+    from sda.method.distill import RECORD, projection_record
+
     projection = params.projection
     if projection.method == "distilled":
         student = distilled_projector(params, args.device)

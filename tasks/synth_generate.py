@@ -15,8 +15,6 @@ from pathlib import Path
 from sda.config import Params
 from sda.io.atomic import sha256_file
 from sda.io.resumable_jobs import plan_jobs
-from sda.method.synth import generate_job, sample_plan, write_plan
-from sda.models.diffusion import DiffusionInfo, generator_weights
 from sda.runtime import derive_seed
 from sda.layout import OUTS
 from tasks.common import run_resumable, stage_main
@@ -25,6 +23,9 @@ log = logging.getLogger("sda.synth_generate")
 
 
 def _main(params: Params, args: argparse.Namespace) -> int:
+    from sda.method.synth import generate_job, sample_plan, write_plan
+    from sda.models.diffusion import DiffusionInfo, generator_weights
+
     cfg, model_dir = params.synth_generate, OUTS["diffusion_finetune"]
     info = DiffusionInfo.read(model_dir)
     seed = derive_seed(params.runtime.seed, "synth_generate")

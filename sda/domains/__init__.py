@@ -19,8 +19,8 @@ what a stage needs from it:
 - ``source_classifier(params)``: ``None`` to train ``source_model.arch`` on the source train split,
   or the :class:`PretrainedClassifier` to load;
 - ``pretrained_diffusion(params)``: ``None`` (a class-conditional UNet trained on the source, also
-  the projector), or the params section (``"imagenet"``, ``"folder"``) whose ``adm_checkpoint`` and
-  ``dit`` the projector and generator start from, fine-tuned for its ``finetune_steps``;
+  the projector), or the :class:`PretrainedDiffusion` the projector and generator start from (the
+  params section naming them, a new DiT class table or ImageNet's, the size they work at);
 - ``severities(params)``: the corruption severities its numbers are measured at;
 - ``check(params)``: what the domain needs of the params beyond their shape (raise ``ValueError``).
 
@@ -30,10 +30,10 @@ A stage looks its domain up once, with :func:`domain_for`, which also checks the
 
 from __future__ import annotations
 
-from sda.domains.registry import (Domain, PretrainedClassifier, domain_for, domain_names, get_domain, register_domain,
-                                  set_profile)
+from sda.domains.registry import (Domain, PretrainedClassifier, PretrainedDiffusion, domain_for, domain_names,
+                                  get_domain, register_domain, set_profile)
 
-__all__ = ["Domain", "PretrainedClassifier", "domain_for", "domain_names", "get_domain", "register_domain",
+__all__ = ["Domain", "PretrainedClassifier", "PretrainedDiffusion", "domain_for", "domain_names", "get_domain", "register_domain",
            "set_profile"]
 
 # the domains: each module registers itself on import

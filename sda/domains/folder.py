@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from sda.config import Params
 from sda.domains.corruptions import write_shifted_domains
-from sda.domains.registry import Domain, PretrainedClassifier, register_domain
+from sda.domains.registry import Domain, PretrainedClassifier, PretrainedDiffusion, register_domain
 from sda.io.atomic import atomic_dir, atomic_write_json
 from sda.io.images import FOLDER_SUFFIXES, BadImage, center_crop_arr
 from sda.io.user_folder import SPLIT_NAMES, list_folder, read_files
@@ -323,6 +323,7 @@ register_domain(Domain(
     write_targets=write_targets,
     severities=lambda p: [p.target_data.severity],
     source_classifier=_classifier,
-    pretrained_diffusion=lambda p: "folder" if p.folder.pretrained else None,
+    pretrained_diffusion=lambda p: (PretrainedDiffusion("folder", new_class_table=True, image_size=p.folder.image_size)
+                                    if p.folder.pretrained else None),
     check=_check,
 ))

@@ -27,7 +27,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from sda.config import Params
-from sda.domains.registry import Domain, PretrainedClassifier, register_domain
+from sda.domains.registry import Domain, PretrainedClassifier, PretrainedDiffusion, register_domain
 from sda.io.atomic import atomic_dir, atomic_write_json
 from sda.io.shards import Sample, write_shards
 from sda.io.target_index import TargetIndex
@@ -256,5 +256,5 @@ register_domain(Domain(
     write_targets=write_targets,
     severities=lambda p: list(p.imagenet.severities),
     source_classifier=_classifier,
-    pretrained_diffusion=lambda p: "imagenet",
+    pretrained_diffusion=lambda p: PretrainedDiffusion("imagenet"),
 ))

@@ -16,7 +16,7 @@ import yaml
 from sda.config import Params, ParamsError, parse_params, require_profile_entry
 from sda.io.atomic import atomic_write_bytes
 
-__all__ = ["Domain", "PretrainedClassifier", "domain_for", "domain_names", "get_domain", "register_domain",
+__all__ = ["Domain", "PretrainedClassifier", "PretrainedDiffusion", "domain_for", "domain_names", "get_domain", "register_domain",
            "set_profile"]
 
 
@@ -33,11 +33,28 @@ class PretrainedClassifier:
     crop: int | None = None
 
 
+@dataclass(frozen=True)
+class PretrainedDiffusion:
+    """The pretrained diffusion models a domain starts from: the unconditional ADM projector and the
+    DiT-XL/2 generator that its params ``section`` names (``adm_checkpoint``, ``adm_flags``, ``dit``,
+    ``finetune_steps`` / ``finetune_lr`` / ``finetune_batch_size``), fine-tuned on the source train
+    images for ``finetune_steps`` (0: used as they are).
+
+    ``new_class_table``: the DiT gets a new class table for the source's classes (else it draws the
+    ImageNet classes ``classes.json`` selects with its own). ``image_size``: the side in pixels the
+    projector works at and the samples are brought to, the DiT fine-tuned at its own size on the images
+    resized up to it (``None``: the checkpoints' own sizes, which the images have)."""
+
+    section: str
+    new_class_table: bool = False
+    image_size: int | None = None
+
+
 def _no_pretrained_classifier(params: Params) -> PretrainedClassifier | None:
     return None
 
 
-def _no_pretrained_diffusion(params: Params) -> str | None:
+def _no_pretrained_diffusion(params: Params) -> PretrainedDiffusion | None:
     return None
 
 
@@ -57,7 +74,7 @@ class Domain:
     write_targets: Callable[[Params, Path, Path], list[str]]
     severities: Callable[[Params], list[int]]
     source_classifier: Callable[[Params], PretrainedClassifier | None] = _no_pretrained_classifier
-    pretrained_diffusion: Callable[[Params], str | None] = _no_pretrained_diffusion
+    pretrained_diffusion: Callable[[Params], PretrainedDiffusion | None] = _no_pretrained_diffusion
     check: Callable[[Params], None] = _no_check
 
 

@@ -141,8 +141,8 @@ def test_the_cli_exits_2_with_the_stage_message_on_a_user_error(dvc_repo, prefec
     from prefect.settings import PREFECT_API_URL
 
     env = {"PREFECT_API_URL": PREFECT_API_URL.value(), "PYTHONPATH": str(ROOT)}
-    r = subprocess.run([sys.executable, "-m", "flows.pipeline", "--root", str(dvc_repo), "--stages", "source_data",
-                        "--cold"], cwd=ROOT, capture_output=True, text=True, timeout=600, env={**os.environ, **env})
+    r = subprocess.run([sys.executable, "-m", "flows.pipeline", "--root", str(dvc_repo), "--stages", "source_data"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600, env={**os.environ, **env})
     assert r.returncode == 2, r.stderr[-3000:]
     last = r.stderr.strip().splitlines()
     assert any(line.startswith("error: stage source_data failed (exit status 2") for line in last), r.stderr[-3000:]

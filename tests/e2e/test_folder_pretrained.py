@@ -78,14 +78,15 @@ def test_folder_pipeline_from_pretrained_adm_and_dit(tmp_path, monkeypatch):
     # seeded: the same fine-tuning writes the same weights
     from sda.config import load_params
     from sda.runtime import set_deterministic, set_threads
-    from tasks.diffusion_finetune import run_folder_pretrained
+    from sda.domains import get_domain
+    from tasks.diffusion_finetune import run_pretrained
 
     params = load_params(repo / "params.yaml")
     set_threads(params.runtime.threads)  # as the stage ran (the bytes depend on it)
     set_deterministic(params.runtime.deterministic)
     monkeypatch.chdir(repo)  # the model paths are relative to the repository
-    run_folder_pretrained(params.folder, params.runtime.seed, data / "source_data", tmp_path / "again",
-                          torch.device("cpu"))
+    run_pretrained(get_domain("folder").pretrained_diffusion(params), params.folder, params.runtime.seed,
+                   data / "source_data", tmp_path / "again", torch.device("cpu"))
     for sub in ("unet", "dit/transformer"):
         name = "diffusion_pytorch_model.safetensors"
         assert (tmp_path / "again" / sub / name).read_bytes() == (data / "diffusion_finetune" / sub / name).read_bytes()

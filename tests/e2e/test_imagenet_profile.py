@@ -200,7 +200,8 @@ def test_imagenet_finetuning_streams_the_source_images(repo, tmp_path, monkeypat
     from diffusers import UNet2DModel
     from sda.io.shards import Sample, read_manifest, write_shards
     from sda.config import load_params
-    from tasks.diffusion_finetune import run_imagenet
+    from sda.domains import PretrainedDiffusion
+    from tasks.diffusion_finetune import run_pretrained
 
     monkeypatch.chdir(repo)  # the profile's model paths are relative to the repository
     cfg = load_params(repo / "params.yaml").imagenet.model_copy(update={"finetune_steps": 3, "finetune_batch_size": 4})
@@ -211,7 +212,7 @@ def test_imagenet_finetuning_streams_the_source_images(repo, tmp_path, monkeypat
     write_shards((Sample(key=k, image=im, label=int(y)) for k, im, y in zip(clean.keys, clean.images, clean.labels)),
                  src / "train", maxcount=2)
     assert read_manifest(src / "train")["count"] == 6
-    infos = [run_imagenet(cfg, 0, src, tmp_path / f"out{i}", "cpu") for i in range(2)]
+    infos = [run_pretrained(PretrainedDiffusion("imagenet"), cfg, 0, src, tmp_path / f"out{i}", "cpu") for i in range(2)]
     for name in ("adm", "dit"):
         losses = infos[0].losses[name]
         assert len(losses) == 3 and np.isfinite(losses).all() and losses == infos[1].losses[name]

@@ -13,8 +13,8 @@ from pathlib import Path
 import yaml
 
 from sda.config import PROFILE_SECTIONS
+from sda.cores import choose_wait_policy
 from tasks import STAGES
-from tasks.launch import choose_wait_policy
 from tests.support.datasets import IMAGENET_CORRUPTIONS, make_imagenet_assets
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,7 +49,7 @@ def subprocess_env() -> dict[str, str]:
     keep = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and Path(p).resolve() != ROOT]
     env["PYTHONPATH"] = os.pathsep.join(keep)
     env["SDA_LOG_LEVEL"] = "WARNING"
-    choose_wait_policy(env)  # one OpenMP policy for a stage server and the commands started with this env
+    choose_wait_policy(env)  # one OpenMP policy for every command started with this env
     return env
 
 
@@ -106,12 +106,7 @@ def copy_repo(dst: Path, overrides: dict | None = None, git: bool = True) -> Non
 
 
 def repro_every_stage(root: Path) -> Path:
-    from flows.stage_process import stage_server
-    from tasks.stage_server import ENV
-
-    # warm (tasks/stage_server.py): each stage skips its imports, ~5 s a stage of a 2-core machine
-    with stage_server(root, env=subprocess_env()) as address:
-        r = sh(root, "dvc", "repro", env={ENV: address} if address else None)
+    r = sh(root, "dvc", "repro")
     for stage in STAGES:
         assert f"Running stage '{stage}'" in r.stdout, f"{stage} did not run:\n{r.stdout[-2000:]}"
     return root

@@ -41,7 +41,7 @@ def images(tmp_path_factory) -> tuple[Path, dict]:
 def test_the_registry_holds_the_three_domains_and_names_the_known_ones():
     assert domain_names() == ("embedded", "imagenet", "folder")
     assert get_domain("folder").pretrained_diffusion(_params({"source_dir": "images"})) is None
-    assert get_domain("imagenet").pretrained_diffusion(_params({"source_dir": "images"})) == "imagenet"
+    assert get_domain("imagenet").pretrained_diffusion(_params({"source_dir": "images"})).section == "imagenet"
     with pytest.raises(ParamsError, match="profile: unknown profile 'cells'.*embedded.*imagenet.*folder"):
         domain_for(parse_params({"profile": "cells"}))
     with pytest.raises(ParamsError, match=r"profiles\.cells: unknown profile"):
