@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 
 from sda.config import load_params
+import sda.domains  # noqa: F401  (the domains' params sections)
 from sda.io.cluster import dask_client
 from sda.io.resumable_jobs import plan_jobs, run_shard_jobs
 from sda.io.shards import read_manifest

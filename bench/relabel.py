@@ -28,6 +28,7 @@ from sda.relabel.service import make_job, run_job  # noqa: E402
 from sda.runtime import set_threads  # noqa: E402
 from sda.io.shards import iter_samples  # noqa: E402
 from sda.config import load_params  # noqa: E402
+import sda.domains  # noqa: E402, F401  (the domains' params sections)
 
 
 def scan_rates(n: int) -> None:

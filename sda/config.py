@@ -5,11 +5,12 @@ value fails before any work starts, and the error names the parameter by its dot
 (``projection.D``) and says what is allowed. :func:`load_params` reads a file; :func:`parse_params`
 validates a mapping (a notebook's, a test's). This module is a leaf: it checks the shape of the
 params and imports no other module of the project; which profiles exist and what each needs is
-the domain registry's (:func:`sda.domains.domain_for`).
+the domain registry's (:func:`sda.domains.domain_for`), and each domain's own section is declared by
+its module (:func:`register_section`; ``params.imagenet`` and the like are read as attributes).
 
 The defaults here are the values in the repository's ``params.yaml``, which lists every parameter:
-``tests/unit/sda/test_config.py`` fails when the two disagree, so a notebook's ``Params()`` is the pipeline's
-configuration.
+``tests/unit/sda/test_config.py`` fails when the two disagree, so a notebook's ``Params()`` (after
+``import sda.domains``) is the pipeline's configuration.
 """
 
 from __future__ import annotations
@@ -32,7 +33,9 @@ __all__ = [
     "parse_params",
     "PROFILE_SECTIONS",
     "STREAM_METHODS",
+    "register_section",
     "require_profile_entry",
+    "Section",
 ]
 
 # The sections a profile may override (profiles.<name>.<section>): the stages' own. A params file names
@@ -69,11 +72,13 @@ class ParamsError(ValueError):
     """``params.yaml`` does not validate; the message lists every bad parameter by dotted path."""
 
 
-class _Section(BaseModel):
+class Section(BaseModel):
+    """A params section: frozen, and an unknown key is an error. A domain's own section subclasses it."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class Runtime(_Section):
+class Runtime(Section):
     seed: int = Field(0, ge=0, description="Master seed; every stage derives its own from it.")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = Field(2, ge=0, description=(
@@ -101,18 +106,7 @@ class Runtime(_Section):
         return v
 
 
-class Embedded(_Section):
-    """The built-in domain (profile ``embedded``): scikit-learn's digits rendered as RGB images."""
-
-    image_size: int = Field(16, ge=8, le=64, description="Side of the RGB digits in pixels.")
-    val_fraction: float = Field(0.1, gt=0, lt=0.5)
-    test_fraction: float = Field(0.3, gt=0, lt=0.6)
-    max_shift: int = Field(1, ge=0, le=4, description="Random translation in pixels.")
-    min_contrast: float = Field(0.35, ge=0, le=1, description="Min luminance gap fg/bg colours.")
-    shard_maxcount: int = Field(1000, ge=1)
-
-
-class SourceModel(_Section):
+class SourceModel(Section):
     arch: str = "sda_cnn3"
     width: int = Field(32, ge=4)
     epochs: int = Field(15, ge=1)
@@ -122,7 +116,7 @@ class SourceModel(_Section):
     label_smoothing: float = Field(0.3, ge=0, lt=1, description="A less over-confident source model (val: best).")
 
 
-class DiffusionFinetune(_Section):
+class DiffusionFinetune(Section):
     block_out_channels: tuple[int, ...] = (16, 32, 64)
     layers_per_block: int = Field(1, ge=1)
     attention_levels: tuple[bool, ...] = (False, False, True)
@@ -165,7 +159,7 @@ class DiffusionFinetune(_Section):
         return self
 
 
-class SynthGenerate(_Section):
+class SynthGenerate(Section):
     per_class: int = Field(300, ge=1, description="Synthetic images per class (class-balanced).")
     steps: int = Field(25, ge=1, description="Respaced DDPM sampling steps.")
     guidance_scale: float = Field(1.0, ge=0, description="CFG weight w; 1.0 = conditional only.")
@@ -175,7 +169,7 @@ class SynthGenerate(_Section):
     precision: Precision = Field("fp32", description="The generator's autocast on CUDA (fp32 on the CPU).")
 
 
-class Projection(_Section):
+class Projection(Section):
     """The one DDA projection used by synth_align, target_project (and relabel)."""
 
     method: Literal["dda", "ilvr", "distilled"] = Field("dda", description=(
@@ -220,7 +214,7 @@ class Projection(_Section):
         return self
 
 
-class ClassifierAlign(_Section):
+class ClassifierAlign(Section):
     recipe: Literal["custom", "paper"] = Field(
         "custom", description="'paper': the SDA paper's recipe for source_model.arch (sda.models.classifiers.PAPER_RECIPES) "
         "replaces optimizer, lr, momentum, weight_decay, batch_size, epochs and grad_clip.")
@@ -253,7 +247,7 @@ class ClassifierAlign(_Section):
         "the run warns that the synthetic domain is too weak, naming the setting to raise."))
 
 
-class TargetData(_Section):
+class TargetData(Section):
     split: Literal["test", "val"] = Field(
         "test", description="'val' to tune hyper-parameters; 'test' only for the reported numbers."
     )
@@ -276,7 +270,7 @@ class TargetData(_Section):
         return self
 
 
-class Evaluate(_Section):
+class Evaluate(Section):
     grid_images: int = Field(8, ge=1, le=64, description="Images per domain in the projection grid.")
     batch_size: int = Field(512, ge=1)
     source_collapse_share: float | None = Field(None, gt=0, le=1, description=(
@@ -294,7 +288,7 @@ STREAM_METHODS: tuple[str, ...] = ("source", "dda", "dda_ens", "sda", "diffpure"
                                    "sda+bn", "sda+tent")
 
 
-class StreamSpec(_Section):
+class StreamSpec(Section):
     """One target stream of the ``streams`` stage (sda.method.streams)."""
 
     order: StreamOrder = Field(..., description=(
@@ -321,7 +315,7 @@ def _default_streams() -> dict[str, StreamSpec]:
             "batch1": StreamSpec(order="iid", batch_size=1, images_per_domain=32)}
 
 
-class Optimiser(_Section):
+class Optimiser(Section):
     lr: float = Field(0.00025, gt=0, description="SGD learning rate (the papers' ImageNet value at batch 64).")
     momentum: float = Field(0.9, ge=0, lt=1)
 
@@ -332,7 +326,7 @@ class Sar(Optimiser):
     reset_below: float = Field(0.2, ge=0, description="Model recovery: reset when the loss's moving average is under.")
 
 
-class Memo(_Section):
+class Memo(Section):
     lr: float = Field(0.00025, gt=0, description="SGD learning rate of the one step per image (paper, ResNet-50).")
     views: int = Field(16, ge=2, description="AugMix views per image (paper: 16-64).")
     images_per_domain: int | None = Field(32, ge=1, description=(
@@ -340,7 +334,7 @@ class Memo(_Section):
         "null: every image. The table then says on how many."))
 
 
-class GuardParams(_Section):
+class GuardParams(Section):
     min_images: int = Field(16, ge=1, description="Frozen SDA until this many images were seen since a reset.")
     min_class_fraction: float = Field(0.5, ge=0, le=1, description=(
         "Frozen SDA (and no adaptation) when the last `window` frozen predictions hold fewer effective classes "
@@ -353,7 +347,7 @@ class GuardParams(_Section):
         "projections' by more than this (mean standard deviation): the stream mixes domains. null: no such check."))
 
 
-class Streams(_Section):
+class Streams(Section):
     """The ``streams`` stage: every method on every target stream (docs/streams.md)."""
 
     streams: dict[str, StreamSpec] = Field(default_factory=_default_streams, description="name: stream.")
@@ -393,7 +387,7 @@ class Streams(_Section):
         return v
 
 
-class Monitor(_Section):
+class Monitor(Section):
     """``relabel.monitor``: the label-free estimates and drift tests of each batch (:mod:`sda.relabel.monitor`)."""
 
     enabled: bool = Field(True, description="Monitor each batch against the pipeline's evaluated targets.")
@@ -410,7 +404,7 @@ class Monitor(_Section):
         "resume it in the UI or with `prefect deployment resume` (docs/service.md)."))
 
 
-class Relabel(_Section):
+class Relabel(Section):
     """Batch relabelling of new target images (``flows/relabel.py``); paths are relative to the repo."""
 
     inbox: str = Field("data/inbox", description="Folder watched for new images (nested; jpg/png/webp/tar).")
@@ -438,112 +432,44 @@ class Relabel(_Section):
     monitor: Monitor = Monitor()
 
 
-class ImageNet(_Section):
-    """The ImageNet profile's models and data, all read from local paths (relative to the repo root)."""
-
-    adm_checkpoint: str = Field("models/256x256_diffusion_uncond.pt", description=(
-        "Unconditional projector: a guided-diffusion state dict (.pt) or a folder written by "
-        "`python -m sda.models.adm convert`."))
-    adm_flags: dict[str, Any] = Field(default_factory=lambda: dict(ADM_256_UNCOND),
-                                      description="guided-diffusion model flags of adm_checkpoint.")
-    dit: str = Field("models/DiT-XL-2-256", description="diffusers DiT folder: transformer/ and vae/.")
-    classifier_weights: str = Field("models/resnet50.pth", description=(
-        "Weights of source_model.arch (.pth/.pt/.bin state dict or .safetensors)."))
-    val_dir: str = Field("datasets/imagenet/val", description="ImageNet val: class folders, or flat with val_labels.")
-    val_labels: str | None = Field(None, description="For a flat val_dir: lines '<file name> <class index>'.")
-    imagenet_c_dir: str | None = Field("datasets/imagenet-c", description=(
-        "ImageNet-C root: <corruption>/<severity>/<class>/<file>. null = no corruption domains."))
-    severities: tuple[Annotated[int, Field(ge=1, le=5)], ...] = Field(
-        (5,), min_length=1, description="ImageNet-C severities to evaluate (1-5).")
-    imagenet_w: bool = Field(True, description="Add the ImageNet-W domain, rendered from val with imagenet-w.")
-    train_dir: str | None = Field(None, description="Source train images (class folders) for finetune_steps > 0.")
-    classes: tuple[str, ...] | None = Field(None, description="Subset: class folder names (or indices); null = all.")
-    images_per_class: int | None = Field(None, ge=1, description="Subset: first N files per class; null = all.")
-    image_size: int = Field(256, ge=16, description="Projection / generation resolution.")
-    resize_size: int = Field(256, ge=16, description="Classifier input: resize (bicubic, shorter side) ...")
-    crop_size: int = Field(224, ge=16, description="... then centre crop.")
-    finetune_steps: int = Field(0, ge=0, description="diffusion_finetune: 0 = use the weights as they are.")
-    finetune_lr: float = Field(1e-5, gt=0)
-    finetune_batch_size: int = Field(4, ge=1)
-
-    @model_validator(mode="after")
-    def _check(self) -> "ImageNet":
-        if self.crop_size > self.resize_size:
-            raise ValueError(f"crop_size {self.crop_size} is larger than resize_size {self.resize_size}")
-        return self
+# The domains' own sections (embedded, imagenet, folder, yours), named like the domain: each domain module
+# declares its model (Domain.params_model) and the registry adds it here (sda.domains.register_domain). A
+# process that has not imported the domains (a stage that reads none) keeps their sections as written.
+_DOMAIN_SECTIONS: dict[str, type[Section]] = {}
 
 
-class Folder(_Section):
-    """``profile: folder``: your own labelled images, read from local folders (paths relative to the repo
-    root); the images decode as the relabel inbox's do (``relabel.max_file_bytes`` / ``max_pixels`` /
-    ``min_side``), and files that cannot be read are listed and skipped."""
-
-    source_dir: str | None = Field(None, description=(
-        "The source domain: <class name>/<image files> (sub-folders allowed); sorted class names = labels."))
-    target_dirs: dict[str, str] = Field(default_factory=dict, description=(
-        "Target domains, name: folder. With class sub-folders (source class names) -> evaluated; "
-        "flat (images only) -> labelled, no accuracy."))
-    image_size: int = Field(32, ge=16, le=256, description=(
-        "Side in pixels every image is brought to (shorter side resized, aspect kept, centre crop); "
-        "a multiple of 8."))
-    corruptions: bool = Field(True, description=(
-        "Add target_data.corruptions at target_data.severity of the source test split as target domains."))
-    classifier_weights: str | None = Field(None, description=(
-        "Weights of source_model.arch for these classes (inputs normalised with the arch's timm mean / std); "
-        "null = train source_model.arch on the source train split."))
-    adm_checkpoint: str | None = Field(None, description=(
-        "Start the projector from this unconditional ADM (guided-diffusion .pt or converted folder; with "
-        "`dit`), fine-tuned on the source images at image_size; null = the UNet trained from scratch."))
-    adm_flags: dict[str, Any] = Field(default_factory=lambda: dict(ADM_256_UNCOND),
-                                      description="guided-diffusion model flags of adm_checkpoint.")
-    dit: str | None = Field(None, description=(
-        "Start the generator from this diffusers DiT folder (transformer/ + vae/; with `adm_checkpoint`): "
-        "a new class table for these classes, fine-tuned on the source images at the DiT's own size."))
-    finetune_steps: int = Field(2000, ge=1, description="Steps of each of the two fine-tunings (with `dit`).")
-    finetune_lr: float = Field(1e-4, gt=0, description="AdamW learning rate of the fine-tunings (with `dit`).")
-    finetune_batch_size: int = Field(16, ge=1)
-    min_images_per_class: int = Field(10, ge=3, description="A source class with fewer image files is an error.")
-    val_fraction: float = Field(0.15, gt=0, lt=0.5, description="Source split, stratified, by runtime.seed.")
-    test_fraction: float = Field(0.25, gt=0, lt=0.6)
-    shard_maxcount: int = Field(1000, ge=1)
-
-    @field_validator("image_size")
-    @classmethod
-    def _multiple_of_8(cls, v: int) -> int:
-        if v % 8:
-            raise ValueError(f"must be a multiple of 8 (the UNet halves it twice), got {v}")
-        return v
-
-    @model_validator(mode="after")
-    def _pretrained_pair(self) -> "Folder":
-        if (self.adm_checkpoint is None) != (self.dit is None):
-            raise ValueError("folder.adm_checkpoint and folder.dit start the projector and the generator from "
-                             "pretrained weights together: set both, or neither (both trained from scratch)")
-        return self
-
-    @property
-    def pretrained(self) -> bool:
-        """Both diffusion models start from pretrained weights (``adm_checkpoint`` and ``dit``)."""
-        return self.dit is not None
-
-    @field_validator("target_dirs")
-    @classmethod
-    def _names(cls, v: dict[str, str]) -> dict[str, str]:
-        for name in v:
-            if not name or not all(c.isalnum() or c in "-_" for c in name) or name == "clean":
-                raise ValueError(f"target name {name!r}: use letters, digits, '-' or '_' (not 'clean')")
-        return v
+def register_section(name: str, model: type[Section]) -> None:
+    """Validate ``params.yaml``'s top-level ``name`` with ``model`` from now on (a domain's section)."""
+    if name in Params.model_fields:
+        raise ValueError(f"{name!r} is a stage section of params.yaml, not a domain's")
+    _DOMAIN_SECTIONS[name] = model
 
 
-class Params(_Section):
+class UnvalidatedSection(dict):
+    """A domain's section as written, in a process that has not imported the domains: it reads as a
+    mapping; an attribute says what to import."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise AttributeError(f"a domain's params section is validated by its domain: `import sda.domains` before "
+                             f"reading the params (then it has .{name})")
+
+
+def _domain_modules() -> set[str]:
+    """The module names of sda/domains/ (a domain's section is named like its module), without importing them."""
+    return {p.stem for p in (Path(__file__).parent / "domains").glob("*.py") if not p.stem.startswith("_")}
+
+
+class Params(Section):
+    """The whole params file: the stages' sections, declared here, and the domains' sections (read as
+    attributes too: ``params.imagenet``), each validated by the model its domain registered."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
     profile: str = Field("embedded", description=(
         "The domain to run (sda.domains registry): embedded (built-in digits, CPU), imagenet (paper models "
         "and data from local paths, GPU), folder (your labelled images)."))
     profiles: dict[str, dict[str, dict[str, Any]]] = Field(
         default_factory=dict, description="Per-profile overrides of the sections, applied for the chosen profile.")
-    embedded: Embedded = Embedded()
-    imagenet: ImageNet = ImageNet()
-    folder: Folder = Folder()
     runtime: Runtime = Runtime()
     source_model: SourceModel = SourceModel()
     diffusion_finetune: DiffusionFinetune = DiffusionFinetune()
@@ -554,6 +480,28 @@ class Params(_Section):
     evaluate: Evaluate = Evaluate()
     streams: Streams = Streams()
     relabel: Relabel = Relabel()
+
+    def model_post_init(self, context: Any) -> None:
+        """Each registered domain's section validated by its model (its defaults where the file has
+        none); any other top-level key is unknown, unless the domains are not imported in this process
+        and sda/domains/ has a module of its name."""
+        extra = self.__pydantic_extra__
+        known = set(_DOMAIN_SECTIONS) or _domain_modules()
+        errors: list[dict[str, Any]] = [{"type": "extra_forbidden", "loc": (k,), "input": v}
+                                        for k, v in extra.items() if k not in known]
+        if not _DOMAIN_SECTIONS:
+            extra.update({k: UnvalidatedSection(v) for k, v in extra.items() if k in known and isinstance(v, dict)})
+        for name, model in _DOMAIN_SECTIONS.items():
+            value = extra.get(name)
+            if isinstance(value, model):
+                continue
+            try:
+                extra[name] = model.model_validate({} if value is None else value)
+            except ValidationError as err:
+                errors += [{"type": e["type"], "loc": (name, *e["loc"]), "input": e["input"],
+                            **({"ctx": e["ctx"]} if "ctx" in e else {})} for e in err.errors(include_url=False)]
+        if errors:
+            raise ValidationError.from_exception_data("Params", errors)
 
 
 
@@ -593,7 +541,8 @@ def parse_params(raw: Mapping[str, Any] | None, source: str = "params.yaml") -> 
             raise ParamsError(f"{source}: profiles.{profile} must be a mapping of sections")
         for section, values in overrides.items():
             if section not in PROFILE_SECTIONS:
-                what = "is set directly, not per profile" if section in Params.model_fields else "unknown section"
+                direct = section in Params.model_fields or section in _DOMAIN_SECTIONS
+                what = "is set directly, not per profile" if direct else "unknown section"
                 raise ParamsError(f"{source}: profiles.{profile}.{section}: {what}; a profile overrides "
                                   f"{', '.join(PROFILE_SECTIONS)}")
             if not isinstance(values, Mapping):

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sda.config import DiffusionFinetune, Folder, ImageNet, Params
+from sda.config import DiffusionFinetune, Params
 from sda.domains import Domain, PretrainedDiffusion, domain_for
 from sda.io.shards import load_shards, read_manifest
 from sda.io.streaming import endless_batches
@@ -36,6 +36,8 @@ from sda.layout import OUTS
 from tasks.common import stage_main, write_training_metrics
 
 if TYPE_CHECKING:
+    from sda.domains.folder import Folder
+    from sda.domains.imagenet import ImageNet
     from sda.models.diffusion import DiffusionInfo
 
 log = logging.getLogger("sda.diffusion_finetune")

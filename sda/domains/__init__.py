@@ -6,10 +6,12 @@ A domain is one module of this package that builds a :class:`Domain` and passes 
 digits, :mod:`sda.domains.embedded`), ``imagenet`` (:mod:`sda.domains.imagenet`) and ``folder``
 (your own labelled images, :mod:`sda.domains.folder`).
 
-Adding a domain is adding a module that registers itself (and its import at the end of this file);
-what a stage needs from it:
+Adding a domain is adding a module to this package that registers itself (every module here is
+imported with the package) and its section to ``params.yaml``; what a stage needs from it:
 
 - ``description``: a few words for people (deployments, ``--help``);
+- ``params_model``: its own params section (a :class:`sda.config.Section`), ``params.yaml``'s
+  top-level key named like the domain, validated by it wherever the domains are imported;
 - ``sections``: the params sections it reads (recorded with the source data);
 - ``image_size(params)``: the side of the images the diffusion models see;
 - ``write_source(params, out)``: the ``source_data`` stage's folder (shard sets ``train`` / ``val`` /
@@ -36,7 +38,23 @@ from sda.domains.registry import (Domain, PretrainedClassifier, PretrainedDiffus
 __all__ = ["Domain", "PretrainedClassifier", "PretrainedDiffusion", "domain_for", "domain_names", "get_domain", "register_domain",
            "set_profile"]
 
-# the domains: each module registers itself on import
-from sda.domains import embedded  # noqa: E402, F401  (each registers itself; embedded is the default)
+# the domains: each module registers itself on import; the built-in ones in this order (embedded is
+# the default), then every other module of this package (tasks.code_deps counts them all as imported)
+from sda.domains import embedded  # noqa: E402, F401
 from sda.domains import imagenet  # noqa: E402, F401
 from sda.domains import folder  # noqa: E402, F401
+
+# the modules here that are not domains (the `sda check` command, shared code): imported by whoever needs them
+NOT_DOMAINS = ("check", "corruptions", "digits", "registry")
+
+
+def _import_every_module() -> None:
+    import importlib
+    import pkgutil
+
+    for module in sorted(m.name for m in pkgutil.iter_modules(__path__)):
+        if module not in NOT_DOMAINS:
+            importlib.import_module(f"{__name__}.{module}")
+
+
+_import_every_module()

@@ -7,7 +7,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from sda.config import Params
+from pydantic import Field
+
+from sda.config import Params, Section
 from sda.domains.corruptions import write_shifted_domains
 from sda.domains.registry import Domain, register_domain
 from sda.io.atomic import atomic_dir, atomic_write_json
@@ -15,7 +17,19 @@ from sda.io.shards import Sample, load_shards, write_shards
 from sda.io.target_index import TargetIndex
 from sda.runtime import derive_seed
 
-__all__ = ["write_source", "write_targets"]
+__all__ = ["Embedded", "write_source", "write_targets"]
+
+
+class Embedded(Section):
+    """The built-in domain (profile ``embedded``): scikit-learn's digits rendered as RGB images."""
+
+    image_size: int = Field(16, ge=8, le=64, description="Side of the RGB digits in pixels.")
+    val_fraction: float = Field(0.1, gt=0, lt=0.5)
+    test_fraction: float = Field(0.3, gt=0, lt=0.6)
+    max_shift: int = Field(1, ge=0, le=4, description="Random translation in pixels.")
+    min_contrast: float = Field(0.35, ge=0, le=1, description="Min luminance gap fg/bg colours.")
+    shard_maxcount: int = Field(1000, ge=1)
+
 
 log = logging.getLogger("sda.source_data")
 
@@ -66,6 +80,7 @@ register_domain(Domain(
     name="embedded",
     description="the built-in digits and their corruptions (CPU, minutes)",
     sections=("embedded",),
+    params_model=Embedded,
     image_size=lambda p: p.embedded.image_size,
     write_source=write_source,
     write_targets=write_targets,

@@ -28,11 +28,13 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from pydantic import Field, field_validator, model_validator
 from tqdm.auto import tqdm
 
-from sda.config import Params
+from sda.config import ADM_256_UNCOND, Params, Section
 from sda.domains.corruptions import write_shifted_domains
 from sda.domains.registry import Domain, PretrainedClassifier, PretrainedDiffusion, register_domain
 from sda.io.atomic import atomic_dir, atomic_write_json
@@ -42,8 +44,71 @@ from sda.io.shards import Sample, load_shards, write_shards
 from sda.io.target_index import TargetIndex
 from sda.runtime import derive_seed
 
-__all__ = ["Inventory", "check_targets", "inventory", "reserved_domain_names",
+
+__all__ = ["Folder", "Inventory", "check_targets", "inventory", "reserved_domain_names",
            "source_inventory", "split_files", "target_inventories", "write_source", "write_targets"]
+
+
+class Folder(Section):
+    """``profile: folder``: your own labelled images, read from local folders (paths relative to the repo
+    root); the images decode as the relabel inbox's do (``relabel.max_file_bytes`` / ``max_pixels`` /
+    ``min_side``), and files that cannot be read are listed and skipped."""
+
+    source_dir: str | None = Field(None, description=(
+        "The source domain: <class name>/<image files> (sub-folders allowed); sorted class names = labels."))
+    target_dirs: dict[str, str] = Field(default_factory=dict, description=(
+        "Target domains, name: folder. With class sub-folders (source class names) -> evaluated; "
+        "flat (images only) -> labelled, no accuracy."))
+    image_size: int = Field(32, ge=16, le=256, description=(
+        "Side in pixels every image is brought to (shorter side resized, aspect kept, centre crop); "
+        "a multiple of 8."))
+    corruptions: bool = Field(True, description=(
+        "Add target_data.corruptions at target_data.severity of the source test split as target domains."))
+    classifier_weights: str | None = Field(None, description=(
+        "Weights of source_model.arch for these classes (inputs normalised with the arch's timm mean / std); "
+        "null = train source_model.arch on the source train split."))
+    adm_checkpoint: str | None = Field(None, description=(
+        "Start the projector from this unconditional ADM (guided-diffusion .pt or converted folder; with "
+        "`dit`), fine-tuned on the source images at image_size; null = the UNet trained from scratch."))
+    adm_flags: dict[str, Any] = Field(default_factory=lambda: dict(ADM_256_UNCOND),
+                                      description="guided-diffusion model flags of adm_checkpoint.")
+    dit: str | None = Field(None, description=(
+        "Start the generator from this diffusers DiT folder (transformer/ + vae/; with `adm_checkpoint`): "
+        "a new class table for these classes, fine-tuned on the source images at the DiT's own size."))
+    finetune_steps: int = Field(2000, ge=1, description="Steps of each of the two fine-tunings (with `dit`).")
+    finetune_lr: float = Field(1e-4, gt=0, description="AdamW learning rate of the fine-tunings (with `dit`).")
+    finetune_batch_size: int = Field(16, ge=1)
+    min_images_per_class: int = Field(10, ge=3, description="A source class with fewer image files is an error.")
+    val_fraction: float = Field(0.15, gt=0, lt=0.5, description="Source split, stratified, by runtime.seed.")
+    test_fraction: float = Field(0.25, gt=0, lt=0.6)
+    shard_maxcount: int = Field(1000, ge=1)
+
+    @field_validator("image_size")
+    @classmethod
+    def _multiple_of_8(cls, v: int) -> int:
+        if v % 8:
+            raise ValueError(f"must be a multiple of 8 (the UNet halves it twice), got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _pretrained_pair(self) -> "Folder":
+        if (self.adm_checkpoint is None) != (self.dit is None):
+            raise ValueError("folder.adm_checkpoint and folder.dit start the projector and the generator from "
+                             "pretrained weights together: set both, or neither (both trained from scratch)")
+        return self
+
+    @property
+    def pretrained(self) -> bool:
+        """Both diffusion models start from pretrained weights (``adm_checkpoint`` and ``dit``)."""
+        return self.dit is not None
+
+    @field_validator("target_dirs")
+    @classmethod
+    def _names(cls, v: dict[str, str]) -> dict[str, str]:
+        for name in v:
+            if not name or not all(c.isalnum() or c in "-_" for c in name) or name == "clean":
+                raise ValueError(f"target name {name!r}: use letters, digits, '-' or '_' (not 'clean')")
+        return v
 
 log = logging.getLogger("sda.domains.folder")
 
@@ -318,6 +383,7 @@ register_domain(Domain(
     name="folder",
     description="your labelled images: params.yaml `folder` (source_dir, target_dirs)",
     sections=("folder",),
+    params_model=Folder,
     image_size=lambda p: p.folder.image_size,
     write_source=write_source,
     write_targets=write_targets,

@@ -20,13 +20,14 @@ import functools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Annotated, Any, Iterator, Sequence
 
 import numpy as np
 from PIL import Image
+from pydantic import Field, model_validator
 from tqdm.auto import tqdm
 
-from sda.config import Params
+from sda.config import ADM_256_UNCOND, Params, Section
 from sda.domains.registry import Domain, PretrainedClassifier, PretrainedDiffusion, register_domain
 from sda.io.atomic import atomic_dir, atomic_write_json
 from sda.io.shards import Sample, write_shards
@@ -34,7 +35,9 @@ from sda.io.target_index import TargetIndex
 
 from sda.io.images import IMAGE_SUFFIXES, center_crop_arr, read_image
 
+
 __all__ = [
+    "ImageNet",
     "ImageRef",
     "class_names",
     "imagenet_c_refs",
@@ -45,6 +48,41 @@ __all__ = [
     "write_source",
     "write_targets",
 ]
+
+
+class ImageNet(Section):
+    """The ImageNet profile's models and data, all read from local paths (relative to the repo root)."""
+
+    adm_checkpoint: str = Field("models/256x256_diffusion_uncond.pt", description=(
+        "Unconditional projector: a guided-diffusion state dict (.pt) or a folder written by "
+        "`python -m sda.models.adm convert`."))
+    adm_flags: dict[str, Any] = Field(default_factory=lambda: dict(ADM_256_UNCOND),
+                                      description="guided-diffusion model flags of adm_checkpoint.")
+    dit: str = Field("models/DiT-XL-2-256", description="diffusers DiT folder: transformer/ and vae/.")
+    classifier_weights: str = Field("models/resnet50.pth", description=(
+        "Weights of source_model.arch (.pth/.pt/.bin state dict or .safetensors)."))
+    val_dir: str = Field("datasets/imagenet/val", description="ImageNet val: class folders, or flat with val_labels.")
+    val_labels: str | None = Field(None, description="For a flat val_dir: lines '<file name> <class index>'.")
+    imagenet_c_dir: str | None = Field("datasets/imagenet-c", description=(
+        "ImageNet-C root: <corruption>/<severity>/<class>/<file>. null = no corruption domains."))
+    severities: tuple[Annotated[int, Field(ge=1, le=5)], ...] = Field(
+        (5,), min_length=1, description="ImageNet-C severities to evaluate (1-5).")
+    imagenet_w: bool = Field(True, description="Add the ImageNet-W domain, rendered from val with imagenet-w.")
+    train_dir: str | None = Field(None, description="Source train images (class folders) for finetune_steps > 0.")
+    classes: tuple[str, ...] | None = Field(None, description="Subset: class folder names (or indices); null = all.")
+    images_per_class: int | None = Field(None, ge=1, description="Subset: first N files per class; null = all.")
+    image_size: int = Field(256, ge=16, description="Projection / generation resolution.")
+    resize_size: int = Field(256, ge=16, description="Classifier input: resize (bicubic, shorter side) ...")
+    crop_size: int = Field(224, ge=16, description="... then centre crop.")
+    finetune_steps: int = Field(0, ge=0, description="diffusion_finetune: 0 = use the weights as they are.")
+    finetune_lr: float = Field(1e-5, gt=0)
+    finetune_batch_size: int = Field(4, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> "ImageNet":
+        if self.crop_size > self.resize_size:
+            raise ValueError(f"crop_size {self.crop_size} is larger than resize_size {self.resize_size}")
+        return self
 
 IMAGENET_C_URL = "https://zenodo.org/record/2235448 (ImageNet-C, Hendrycks & Dietterich 2019)"
 
@@ -251,6 +289,7 @@ register_domain(Domain(
     description=("the paper's ImageNet set-up: ADM, DiT-XL/2 and ImageNet / -C / -W from the local"
                  " paths of params.yaml `imagenet` (GPU)"),
     sections=("imagenet",),
+    params_model=ImageNet,
     image_size=lambda p: p.imagenet.image_size,
     write_source=write_source,
     write_targets=write_targets,

@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 
 import yaml
 
-from sda.config import Params, ParamsError, parse_params, require_profile_entry
+from sda.config import Params, ParamsError, Section, parse_params, register_section, require_profile_entry
 from sda.io.atomic import atomic_write_bytes
 
 __all__ = ["Domain", "PretrainedClassifier", "PretrainedDiffusion", "domain_for", "domain_names", "get_domain", "register_domain",
@@ -76,6 +76,7 @@ class Domain:
     source_classifier: Callable[[Params], PretrainedClassifier | None] = _no_pretrained_classifier
     pretrained_diffusion: Callable[[Params], PretrainedDiffusion | None] = _no_pretrained_diffusion
     check: Callable[[Params], None] = _no_check
+    params_model: type[Section] | None = None  # its own params section, top-level ``<name>:`` in params.yaml
 
 
 _REGISTRY: dict[str, Domain] = {}
@@ -85,6 +86,8 @@ def register_domain(domain: Domain) -> Domain:
     """Add ``domain`` under its name; a second domain of the same name is an error."""
     if domain.name in _REGISTRY:
         raise ValueError(f"domain {domain.name!r} is registered twice")
+    if domain.params_model is not None:
+        register_section(domain.name, domain.params_model)
     _REGISTRY[domain.name] = domain
     return domain
 

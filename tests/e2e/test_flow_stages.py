@@ -5,6 +5,8 @@ run started while DVC's lock is held waits for it instead of failing."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import shutil
 import subprocess
@@ -12,6 +14,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import yaml
@@ -106,8 +109,9 @@ def test_one_pipeline_run_per_checkout_and_the_profile_switch_waits_too(dvc_repo
         done: list[dict] = []
         runner = threading.Thread(target=lambda: done.append(
             pipeline(root=str(dvc_repo), stages=["source_model"], profile="imagenet")))
-        runner.start()
-        time.sleep(8)
+        with _logged("prefect.flow_runs", "waiting for it to finish") as waiting:
+            runner.start()
+            assert waiting.wait(timeout=300), "the second run never said it waits for the checkout lock"
         assert runner.is_alive() and not (dvc_repo / "model.txt").exists()
         assert (dvc_repo / "params.yaml").read_text() == before  # the switch waits with the run
     finally:
@@ -116,6 +120,25 @@ def test_one_pipeline_run_per_checkout_and_the_profile_switch_waits_too(dvc_repo
     runner.join(timeout=300)
     assert done and (dvc_repo / "model.txt").read_text() == "ok"
     assert "profile: imagenet" in (dvc_repo / "params.yaml").read_text()
+
+
+@contextlib.contextmanager
+def _logged(logger: str, text: str) -> Iterator[threading.Event]:
+    """An event, set once a record holding ``text`` reaches the logger ``logger`` (a flow's prints do:
+    log_prints)."""
+    seen = threading.Event()
+
+    class Watch(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if text in record.getMessage():
+                seen.set()
+
+    handler = Watch()
+    logging.getLogger(logger).addHandler(handler)
+    try:
+        yield seen
+    finally:
+        logging.getLogger(logger).removeHandler(handler)
 
 
 def _artifacts(flow_run_id=None, key: str | None = None):

@@ -126,3 +126,28 @@ def test_a_params_file_names_the_active_profile_under_profiles(tmp_path):
 def test_the_old_source_data_section_says_where_it_went():
     with pytest.raises(ParamsError, match=r"source_data: renamed: .*`embedded`"):
         parse_params({"source_data": {"image_size": 16}})
+
+
+def test_a_domain_section_is_validated_by_its_domains_model():
+    p = parse_params({"imagenet": {"finetune_lr": "1e-4"}})
+    assert type(p.imagenet).__name__ == "ImageNet" and p.imagenet.finetune_lr == 1e-4
+    assert p.embedded == parse_params({}).embedded  # absent: the domain's defaults
+    with pytest.raises(ParamsError, match=r"folder\.image_size: .*multiple of 8"):
+        parse_params({"folder": {"image_size": 20}})
+    with pytest.raises(ParamsError, match=r"cells: unknown parameter"):
+        parse_params({"cells": {"image_size": 16}})  # no domain registers it
+
+
+def test_without_the_domains_their_sections_pass_as_written_and_a_typo_still_fails():
+    """A stage that reads no domain does not import them (its code deps stay small): the domains'
+    sections are then kept as written, and any other unknown top-level key is still an error."""
+    code = ("import yaml\nfrom sda.config import ParamsError, load_params, parse_params\n"
+            "p = load_params('params.yaml')\n"
+            "print(dict(p.model_extra['imagenet']) == yaml.safe_load(open('params.yaml'))['imagenet'])\n"
+            "try:\n    p.imagenet.image_size\nexcept AttributeError as err:\n    print(err)\n"
+            "try:\n    parse_params({'projecton': {}})\nexcept ParamsError as err:\n    print(err)\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[0] == "True"
+    assert "`import sda.domains`" in r.stdout.splitlines()[1]
+    assert "projecton: unknown parameter" in r.stdout

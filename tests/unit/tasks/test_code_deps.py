@@ -143,3 +143,15 @@ def test_a_stage_module_imports_no_model_library_at_the_top():
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[]", f"importing the stage modules loads {r.stdout.strip()}"
+
+
+def test_a_stage_that_imports_the_domains_depends_on_every_domain_module():
+    """sda/domains/__init__.py imports every module of its package but NOT_DOMAINS: a new domain's module
+    is a code dep of the stages that read domains without any other file naming it."""
+    from sda.domains import NOT_DOMAINS
+    from tasks.code_deps import IMPORTS_EVERY_MODULE
+
+    assert IMPORTS_EVERY_MODULE["sda.domains"] == NOT_DOMAINS
+    modules = {f"sda/domains/{p.name}" for p in (ROOT / "sda" / "domains").glob("*.py")}
+    deps = set(stage_code_deps("source_data"))
+    assert modules - deps == {"sda/domains/check.py"}
