@@ -225,10 +225,10 @@ def run_pretrained(pre: PretrainedDiffusion, cfg: ImageNet | Folder, seed: int, 
                          seed=derive_seed(seed, "diffusion_finetune"), **which)
     if cfg.finetune_steps > 0:
         train_dir = source_dir / "train"
+        table = f"a new table of {len(classes['names'])} classes" if pre.new_class_table else "its ImageNet classes"
         log.info("fine-tuning ADM (at %s px) and DiT (%s, at %s px) for %d steps of batch %d on %d source images",
-                 pre.image_size or adm.config.sample_size,
-                 f"a new table of {len(classes['names'])} classes" if pre.new_class_table else "its ImageNet classes",
-                 dit_size or "its", cfg.finetune_steps, cfg.finetune_batch_size, read_manifest(train_dir)["count"])
+                 adm.config.sample_size, table, dit_size or adm.config.sample_size, cfg.finetune_steps,
+                 cfg.finetune_batch_size, read_manifest(train_dir)["count"])
         info.losses = _finetune(adm, transformer, vae, train_dir, steps=cfg.finetune_steps, lr=cfg.finetune_lr,
                                 batch_size=cfg.finetune_batch_size, seed=info.seed, device=device,
                                 loader_workers=loader_workers, dit_size=dit_size)
