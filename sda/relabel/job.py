@@ -138,13 +138,13 @@ class RelabelJob:
             lock.release()
 
     def _start(self) -> None:
-        for store in (self.labels_dir, self.quarantine_dir / "table"):
+        for store in (self.labels_dir, self.quarantine_dir / "table", self.monitor_dir):
             if n := remove_stale_temps(store):
                 log.info("removed %d temporary file(s) of a killed commit in %s", n, store)
         # a run killed while writing a report or copying a quarantined file leaves a temporary there;
         # that report's batch is committed, so no later run rewrites (and so replaces) it
         for folder, recursive in ((self.reports_dir, True), (self.quarantine_dir / "files", False),
-                                  (self.labels_dir, False)):  # the last: the scan index
+                                  (self.labels_dir, False), (self.monitor_dir, False)):  # the scan index, the reference
             if n := clean_stale_temps(folder, recursive=recursive):
                 log.info("removed %d temporary file(s) of a killed write in %s", n, folder)
         labelled = self._done = committed_hashes(self.labels_dir, parts_read=self._parts_read,
