@@ -140,6 +140,9 @@ def fast_model(model: torch.nn.Module, *, channels_last: bool = False, compile: 
     key = (compile, channels_last and layout_norms)
     if key not in cache:
         log.info("torch.compile(%s, mode=%s): the first batch of each shape compiles", type(model).__name__, compile)
+        import torch._inductor.config as inductor  # what torch.use_deterministic_algorithms sets (sda.runtime)
+
+        inductor.deterministic = torch.are_deterministic_algorithms_enabled()
         cache[key] = torch.compile(model, mode=compile)
     return cache[key]
 

@@ -15,6 +15,7 @@ The defaults here are the values in the repository's ``params.yaml``, which list
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal, Mapping
@@ -454,9 +455,11 @@ class UnvalidatedSection(dict):
                              f"reading the params (then it has .{name})")
 
 
-def _domain_modules() -> set[str]:
-    """The module names of sda/domains/ (a domain's section is named like its module), without importing them."""
-    return {p.stem for p in (Path(__file__).parent / "domains").glob("*.py") if not p.stem.startswith("_")}
+@functools.cache
+def _domain_modules() -> frozenset[str]:
+    """The module names of sda/domains/ (a domain's section is named like its module), without importing
+    them; listed once per process."""
+    return frozenset(p.stem for p in (Path(__file__).parent / "domains").glob("*.py") if not p.stem.startswith("_"))
 
 
 class Params(Section):

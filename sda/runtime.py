@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import sys
 
 import numpy as np
 import torch
@@ -47,7 +48,13 @@ def set_deterministic(on: bool = True) -> None:
     and the choice, hence the last bits, may differ between runs); on, it keeps its fixed choice."""
     if on:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(on, warn_only=True)
+    # torch.use_deterministic_algorithms does this and sets inductor's flag, importing inductor's
+    # config (~1.5 s, a third of a stage's start-up, for stages that never compile). The flag is
+    # set here when the config is loaded already, else by sda.accel.fast_model before it compiles.
+    torch._C._set_deterministic_algorithms(on, warn_only=True)
+    inductor = sys.modules.get("torch._inductor.config")
+    if inductor is not None:
+        inductor.deterministic = on
     torch.backends.cudnn.benchmark = not on
     # With deterministic algorithms on, torch also fills every new tensor with NaN (a debugging aid
     # that makes reads of uninitialised memory visible): 4-6 % of the CPU time of training, sampling

@@ -22,9 +22,9 @@ from tasks import STAGES
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("sda", "tasks")
-# packages whose __init__ imports every module of theirs but these (sda.domains: adding a domain is adding
-# its module; the list is sda.domains.NOT_DOMAINS, a test checks)
-IMPORTS_EVERY_MODULE = {"sda.domains": ("check", "corruptions", "digits", "registry")}
+# packages whose __init__ imports every module of theirs but those its tuple of this name lists (read
+# from the source): sda.domains, where adding a domain is adding its module
+IMPORTS_EVERY_MODULE = {"sda.domains": "NOT_DOMAINS"}
 
 __all__ = ["import_closure", "stage_code_deps"]
 
@@ -64,6 +64,14 @@ def _imports(path: Path, module: str, packages: tuple[str, ...] | None = PACKAGE
     return {m for m in found if m and (packages is None or m.split(".")[0] in packages)}
 
 
+def _module_tuple(path: Path, name: str) -> tuple[str, ...]:
+    """The literal tuple assigned to ``name`` at the top level of ``path`` (read, not imported)."""
+    for node in ast.parse(path.read_text(), filename=str(path)).body:
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name for t in node.targets):
+            return tuple(ast.literal_eval(node.value))
+    raise ValueError(f"{path} assigns no {name} = (...): tasks.code_deps.IMPORTS_EVERY_MODULE expects one")
+
+
 def import_closure(module: str, root: Path = ROOT) -> list[str]:
     """Repo-relative paths of every project file that importing ``module`` can load, sorted."""
     seen: dict[str, Path] = {}
@@ -79,8 +87,9 @@ def import_closure(module: str, root: Path = ROOT) -> list[str]:
         for imported in _imports(f, m):
             todo.extend(_with_packages(imported))
         if m in IMPORTS_EVERY_MODULE:
+            skip = _module_tuple(f, IMPORTS_EVERY_MODULE[m])
             todo.extend(f"{m}.{p.stem}" for p in sorted(f.parent.glob("*.py"))
-                        if p.stem != "__init__" and p.stem not in IMPORTS_EVERY_MODULE[m])
+                        if p.stem != "__init__" and p.stem not in skip)
     return sorted(str(f.relative_to(root)) for f in seen.values())
 
 

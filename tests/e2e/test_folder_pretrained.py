@@ -48,7 +48,7 @@ def test_adm_and_dit_are_set_together():
 
 @pytest.mark.slow
 def test_folder_pipeline_from_pretrained_adm_and_dit(tmp_path, monkeypatch):
-    """Every stage on 16 px shapes with the tiny ADM (fine-tuned at 16 px) and DiT (a new 4-class table,
+    """Every stage up to evaluate on 16 px shapes with the tiny ADM (fine-tuned at 16 px) and DiT (a new 4-class table,
     fine-tuned at its own 32 px, samples brought down to 16 px); then the same fine-tuning again
     gives the same weights."""
     repo = tmp_path / "repo"
@@ -60,7 +60,7 @@ def test_folder_pipeline_from_pretrained_adm_and_dit(tmp_path, monkeypatch):
               "finetune_steps": 3, "finetune_batch_size": 4}
     copy_repo(repo, {"profile": "folder", "folder": folder,
                       "profiles": {"folder": {"synth_generate": {"per_class": 2, "steps": 3}}}})
-    repro_every_stage(repo)
+    repro_every_stage(repo, until="evaluate")  # streams reads the same models as target_project
     data = repo / "data"
     info = json.loads((data / "diffusion_finetune" / "info.json").read_text())
     assert (info["generator"], info["num_classes"], info["output_size"], info["null_label"]) == ("dit", 4, 16, None)

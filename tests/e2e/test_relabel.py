@@ -3,6 +3,7 @@ under kill -9 and concurrent runs, bad inputs, and the Prefect deployments on a 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -54,6 +55,36 @@ def _good_inbox(repo: Path, inbox: Path, n: int, domain: str = "clean", old: boo
 def relabel_cli(repo: Path, inbox: Path, store: Path, *extra: str, check: bool = True) -> subprocess.CompletedProcess:
     return sh(repo, sys.executable, "-m", "flows.relabel", "--inbox", str(inbox), "--labels", str(store / "labels"),
               "--quarantine", str(store / "quarantine"), *extra, check=check)
+
+
+def relabel_main(repo: Path, *argv: str) -> subprocess.CompletedProcess:
+    """``python -m flows.relabel --root repo *argv``'s code (its ``main``) in this process: the same
+    parsing, job, output and exit status without a new interpreter (~9 s of imports a run); what the
+    CLI sets in torch (threads, deterministic algorithms) is put back after it."""
+    import torch
+
+    from flows.relabel import main
+
+    state = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
+             torch.utils.deterministic.fill_uninitialized_memory, torch.backends.cudnn.benchmark)
+    out, err = io.StringIO(), io.StringIO()
+    args = ["--root", str(repo), *argv] if argv[:1] != ("status",) else ["status", "--root", str(repo), *argv[1:]]
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(args)
+    finally:
+        torch.set_num_threads(state[0])
+        torch.use_deterministic_algorithms(state[1], warn_only=True)
+        torch.utils.deterministic.fill_uninitialized_memory, torch.backends.cudnn.benchmark = state[2:]
+    return subprocess.CompletedProcess(["flows.relabel.main", *args], code, out.getvalue(), err.getvalue())
+
+
+def relabel_here(repo: Path, inbox: Path, store: Path, *extra: str) -> subprocess.CompletedProcess:
+    """:func:`relabel_cli` in this process (:func:`relabel_main`); exit status 0 asserted."""
+    r = relabel_main(repo, "--inbox", str(inbox), "--labels", str(store / "labels"),
+                     "--quarantine", str(store / "quarantine"), *extra)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r
 
 
 def _pump_lines(proc: subprocess.Popen, until: str, timeout: float) -> list[str]:
@@ -165,12 +196,12 @@ def test_cli_labels_each_image_once_and_quarantines_bad_files(tiny_repo, tmp_pat
     report_temp = reports[0].with_name(f".{reports[0].name}.tmp-0123abcd")
     copy_temp = store / "quarantine" / "files" / ".x.png.tmp-0123abcd"
     report_temp.write_text("half a report"), copy_temp.write_bytes(b"half a copy")
-    assert _summary(relabel_cli(tiny_repo, inbox, store))["labelled"] == 0
+    assert _summary(relabel_here(tiny_repo, inbox, store))["labelled"] == 0
     assert not report_temp.exists() and not copy_temp.exists()
     # a new file (and a renamed copy of an old one) -> one new row
     (inbox / "later.png").write_bytes(png_bytes(imgs[12][0]))
     (inbox / "renamed copy.png").write_bytes((inbox / "cam 0/img-000.png").read_bytes())
-    s = _summary(relabel_cli(tiny_repo, inbox, store))
+    s = _summary(relabel_here(tiny_repo, inbox, store))
     assert s["labelled"] == 1
     assert len(read_table(store / "labels")) == 34
 
@@ -186,8 +217,8 @@ def test_a_label_does_not_depend_on_the_other_files_of_the_run(tiny_repo, tmp_pa
     (alone / "x.png").write_bytes(png_bytes(images[5]))
     for i, img in enumerate(images):
         (crowd / f"i{i:02d}.png").write_bytes(png_bytes(img))
-    relabel_cli(tiny_repo, alone, tmp_path / "s1", "--batch-size", "32")
-    relabel_cli(tiny_repo, crowd, tmp_path / "s2", "--batch-size", "32")
+    relabel_here(tiny_repo, alone, tmp_path / "s1", "--batch-size", "32")
+    relabel_here(tiny_repo, crowd, tmp_path / "s2", "--batch-size", "32")
     (a,) = read_table(tmp_path / "s1" / "labels").to_pylist()
     rows = {r["sha256"]: r for r in read_table(tmp_path / "s2" / "labels").to_pylist()}
     assert len(rows) == 32
@@ -208,7 +239,7 @@ def test_the_monitor_flags_a_skewed_batch_not_an_evaluated_one_and_says_too_few(
         inbox.mkdir()
         for i, (img, _) in enumerate(items):
             (inbox / f"{name}-{i:03d}.png").write_bytes(png_bytes(img))
-        monitors[name] = _summary(relabel_cli(tiny_repo, inbox, store, "--batch-size", "64"))["monitor"]
+        monitors[name] = _summary(relabel_here(tiny_repo, inbox, store, "--batch-size", "64"))["monitor"]
     evaluated, skewed, few = monitors["evaluated"], monitors["skewed"], monitors["few"]
     assert evaluated["images"] == 60 and not evaluated["too_few"] and not evaluated["drift"], json.dumps(monitors)
     assert skewed["drift"] and skewed["tests"]["labels"]["p"] < 1e-3, skewed
@@ -218,7 +249,8 @@ def test_the_monitor_flags_a_skewed_batch_not_an_evaluated_one_and_says_too_few(
     rows = read_table(store / "labels" / "_monitor").to_pylist()
     assert sorted((r["images"], r["drift"]) for r in rows) == [(3, False), (54, True), (60, False)]
     assert len(read_table(store / "labels")) == 117  # the monitor's rows are not label rows
-    r = sh(tiny_repo, sys.executable, "-m", "flows.relabel", "status", "--labels", str(store / "labels"))
+    r = relabel_main(tiny_repo, "status", "--labels", str(store / "labels"))
+    assert r.returncode == 0, r.stderr
     lines = r.stdout.strip().splitlines()
     assert len(lines) == 4 and "est. acc %" in lines[0], r.stdout
     assert [line.split()[-2:] for line in lines[1:]] == [["0", "0"], ["1", "0"], ["0", "1"]], r.stdout
@@ -233,8 +265,8 @@ def test_guarded_adaptation_keeps_the_frozen_labels_of_a_one_class_batch(tiny_re
     for i, img in enumerate(one_class):
         (inbox / f"i{i:02d}.png").write_bytes(png_bytes(img))
     shutil.copytree(inbox, tmp_path / "inbox2")
-    frozen = _summary(relabel_cli(tiny_repo, inbox, tmp_path / "s1", "--batch-size", "16"))
-    guarded = _summary(relabel_cli(tiny_repo, tmp_path / "inbox2", tmp_path / "s2", "--batch-size", "16",
+    frozen = _summary(relabel_here(tiny_repo, inbox, tmp_path / "s1", "--batch-size", "16"))
+    guarded = _summary(relabel_here(tiny_repo, tmp_path / "inbox2", tmp_path / "s2", "--batch-size", "16",
                                    "--adapt", "sda+bn"))
     assert frozen["adapt"] == "frozen" and guarded["adapt"] == "sda+bn"
     assert guarded["labelled"] == 16 and guarded["adapted"] == 0
@@ -269,7 +301,7 @@ def test_kill_9_at_random_points_then_rerun_labels_each_file_exactly_once(tiny_r
         committed_at_kill.append(len(read_table(store / "labels")))
     mid_run = sum(n < 160 for n in committed_at_kill)
     assert mid_run >= 3, f"only {mid_run} kills interrupted the work: {committed_at_kill}"
-    relabel_cli(tiny_repo, inbox, store, "--batch-size", "4")
+    relabel_here(tiny_repo, inbox, store, "--batch-size", "4")
 
     rows = read_table(store / "labels").to_pylist()
     assert len(rows) == 160 == len({r["sha256"] for r in rows})
@@ -330,13 +362,13 @@ def test_a_stalled_upload_is_left_in_the_inbox_and_labelled_once_complete(tiny_r
     inbox.mkdir()
     full = png_bytes(_target_images(tiny_repo, 1)[0][0])
     (inbox / "upload.png").write_bytes(full[: len(full) // 2])
-    s = _summary(relabel_cli(tiny_repo, inbox, store, "--upload-grace", "900"))
+    s = _summary(relabel_here(tiny_repo, inbox, store, "--upload-grace", "900"))
     assert (s["labelled"], s["quarantined"], s["deferred"]) == (0, 0, 1)
     assert (inbox / "upload.png").read_bytes() == full[: len(full) // 2]
     assert read_table(store / "quarantine" / "table") is None
     with open(inbox / "upload.png", "ab") as f:  # the upload resumes and completes
         f.write(full[len(full) // 2:])
-    s = _summary(relabel_cli(tiny_repo, inbox, store, "--upload-grace", "900"))
+    s = _summary(relabel_here(tiny_repo, inbox, store, "--upload-grace", "900"))
     assert (s["labelled"], s["quarantined"], s["deferred"]) == (1, 0, 0)
 
 
@@ -410,39 +442,42 @@ def test_clear_errors_for_a_missing_inbox_and_missing_models(tiny_repo, tmp_path
     r = relabel_cli(tiny_repo, tmp_path / "no-such-inbox", tmp_path / "s", check=False)
     assert r.returncode == 2 and "no-such-inbox" in r.stderr and "relabel.inbox" in r.stderr
     assert "Traceback" not in r.stderr
+    # the other mistakes through the same main() in this process (an exception would escape it)
     (tmp_path / "a-file").write_bytes(b"not a folder")
-    r = relabel_cli(tiny_repo, tmp_path / "a-file", tmp_path / "s", check=False)
-    assert r.returncode == 2 and "a-file is not a folder" in r.stderr and "Traceback" not in r.stderr
-    r = relabel_cli(tiny_repo, tmp_path / "in2", tmp_path / "a-file" / "store", check=False)  # cannot create it
-    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("error: ") and "Traceback" not in r.stderr
+    s = tmp_path / "s"
+    r = relabel_main(tiny_repo, "--inbox", str(tmp_path / "a-file"), "--labels", str(s / "labels"),
+                     "--quarantine", str(s / "quarantine"))
+    assert r.returncode == 2 and "a-file is not a folder" in r.stderr
+    (tmp_path / "in2").mkdir()
+    r = relabel_main(tiny_repo, "--inbox", str(tmp_path / "in2"), "--labels", str(tmp_path / "a-file" / "store"),
+                     "--quarantine", str(s / "quarantine"))
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("error: ")  # cannot create it
     empty = tmp_path / "empty-root"
     (empty / "data").mkdir(parents=True)
     (empty / "params.yaml").write_text((tiny_repo / "params.yaml").read_text())
-    (tmp_path / "in").mkdir()
-    r = sh(tiny_repo, sys.executable, "-m", "flows.relabel", "--root", str(empty), "--inbox", str(tmp_path / "in"),
-           check=False)
+    r = relabel_main(empty, "--inbox", str(tmp_path / "in2"))
     assert r.returncode == 2 and "run the pipeline first" in r.stderr
 
 
 # -- the service ----------------------------------------------------------------------------------
-def _flow_runs(env: dict, deployment: str) -> list[dict]:
-    code = f"""
-import asyncio, json
-from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
-async def main():
-    async with get_client() as c:
-        dep = await c.read_deployment_by_name({deployment!r})
-        runs = await c.read_flow_runs(deployment_filter=DeploymentFilter(id=dict(any_=[dep.id])))
-        arts = await c.read_artifacts()
-        print(json.dumps(dict(runs=[dict(state=r.state_type.value, params=r.parameters) for r in runs],
-                              schedules=[s.schedule.model_dump(mode="json") for s in dep.schedules],
-                              paused=dep.paused,
-                              artifacts=sorted({{a.key for a in arts if a.key}}))))
-asyncio.run(main())
-"""
-    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    return json.loads(r.stdout)
+def _flow_runs(env: dict, deployment: str) -> dict:
+    """The server's record of ``deployment`` ("flow/name"), through its REST API: its flow runs (state,
+    parameters; newest first), schedules, whether it is paused, and the keys of every artifact."""
+    import httpx
+
+    with httpx.Client(base_url=env["PREFECT_API_URL"] + "/", timeout=30,
+                      auth=tuple(env["PREFECT_API_AUTH_STRING"].split(":", 1))) as api:
+        def call(method: str, path: str, **kw):
+            r = api.request(method, path, **kw)
+            r.raise_for_status()
+            return r.json()
+
+        dep = call("GET", f"deployments/name/{deployment}")
+        runs = call("POST", "flow_runs/filter", json={"deployments": {"id": {"any_": [dep["id"]]}}, "sort": "ID_DESC"})
+        arts = call("POST", "artifacts/filter", json={})
+    return dict(runs=[dict(state=r["state_type"], params=r["parameters"]) for r in runs],
+                schedules=[x["schedule"] for x in dep["schedules"]], paused=dep["paused"],
+                artifacts=sorted({a["key"] for a in arts if a["key"]}))
 
 
 def test_service_deployments_on_a_real_local_server(tiny_repo, tmp_path):
@@ -460,8 +495,9 @@ def test_service_deployments_on_a_real_local_server(tiny_repo, tmp_path):
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     port = free_port()
     env = subprocess_env()
+    # the runner of make serve looks for runs to start every second (Prefect's default: 10 s)
     env.update(PREFECT_HOME=str(tmp_path / "prefect-home"), PREFECT_API_URL=f"http://127.0.0.1:{port}/api",
-               PREFECT_WORKER_QUERY_SECONDS="2", PREFECT_SERVER_ANALYTICS_ENABLED="false")
+               PREFECT_RUNNER_POLL_FREQUENCY="1", PREFECT_SERVER_ANALYTICS_ENABLED="false")
     serve = subprocess.Popen([sys.executable, "-m", "flows.serve", "--port", str(port)], cwd=repo, env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:

@@ -105,9 +105,10 @@ def copy_repo(dst: Path, overrides: dict | None = None, git: bool = True) -> Non
     sh(dst, "git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "tiny")
 
 
-def repro_every_stage(root: Path) -> Path:
-    r = sh(root, "dvc", "repro")
-    for stage in STAGES:
+def repro_every_stage(root: Path, until: str | None = None) -> Path:
+    """``dvc repro [until]`` in ``root``; asserts every stage (up to ``until``, in pipeline order) ran."""
+    r = sh(root, "dvc", "repro", *([until] if until else []))
+    for stage in STAGES if until is None else STAGES[: STAGES.index(until) + 1]:
         assert f"Running stage '{stage}'" in r.stdout, f"{stage} did not run:\n{r.stdout[-2000:]}"
     return root
 

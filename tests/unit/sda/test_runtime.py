@@ -1,4 +1,6 @@
 import copy
+import subprocess
+import sys
 
 import numpy as np
 import torch
@@ -43,3 +45,25 @@ def test_derived_seeds_are_stable_and_distinct():
     assert derive_seed(0, "diffusion_finetune") == derive_seed(0, "diffusion_finetune")
     assert len({derive_seed(0, "a"), derive_seed(1, "a"), derive_seed(0, "b"), derive_seed(0, "a", 1)}) == 4
     assert 0 <= derive_seed(123, "x") < 2**31
+
+
+def test_deterministic_mode_leaves_inductor_unloaded_until_a_model_is_compiled():
+    """set_deterministic does what torch.use_deterministic_algorithms(on, warn_only=True) does without
+    importing inductor's config (~1.5 s of every stage's start); fast_model sets inductor's flag before
+    it compiles, so a compiled projection is as deterministic as with torch's call."""
+    code = """
+import sys, torch
+from sda.runtime import set_deterministic
+set_deterministic(True)
+state = [torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+         "torch._inductor.config" in sys.modules]
+from sda.accel import fast_model
+fast_model(torch.nn.Linear(2, 2), compile="default")  # wraps; compiles at the first call only
+import torch._inductor.config as inductor
+state.append(inductor.deterministic)
+set_deterministic(False)
+state += [torch.are_deterministic_algorithms_enabled(), inductor.deterministic]
+print(state)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["[True,", "True,", "False,", "True,", "False,", "False]"], out
