@@ -9,13 +9,11 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 @pytest.fixture
 def restore_determinism():
-    """What sda.runtime.set_deterministic changes, put back after the test."""
-    state = (torch.are_deterministic_algorithms_enabled(), torch.utils.deterministic.fill_uninitialized_memory,
-             torch.backends.cudnn.benchmark)
-    yield
-    torch.use_deterministic_algorithms(state[0], warn_only=True)
-    torch.utils.deterministic.fill_uninitialized_memory = state[1]
-    torch.backends.cudnn.benchmark = state[2]
+    """What sda.runtime.set_deterministic (and set_threads) change, put back after the test."""
+    from tests.support.torch_state import torch_state_kept
+
+    with torch_state_kept():
+        yield
 
 
 @pytest.fixture

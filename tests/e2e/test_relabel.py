@@ -24,6 +24,7 @@ import yaml
 from PIL import Image
 
 from tests.support import free_port, sh, subprocess_env
+from tests.support.torch_state import torch_state_kept
 from sda.io.atomic import sha256_file
 from sda.io.shards import iter_samples
 from sda.relabel.store import committed_hashes, part_files, read_table
@@ -61,21 +62,12 @@ def relabel_main(repo: Path, *argv: str) -> subprocess.CompletedProcess:
     """``python -m flows.relabel --root repo *argv``'s code (its ``main``) in this process: the same
     parsing, job, output and exit status without a new interpreter (~9 s of imports a run); what the
     CLI sets in torch (threads, deterministic algorithms) is put back after it."""
-    import torch
-
     from flows.relabel import main
 
-    state = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
-             torch.utils.deterministic.fill_uninitialized_memory, torch.backends.cudnn.benchmark)
     out, err = io.StringIO(), io.StringIO()
     args = ["--root", str(repo), *argv] if argv[:1] != ("status",) else ["status", "--root", str(repo), *argv[1:]]
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = main(args)
-    finally:
-        torch.set_num_threads(state[0])
-        torch.use_deterministic_algorithms(state[1], warn_only=True)
-        torch.utils.deterministic.fill_uninitialized_memory, torch.backends.cudnn.benchmark = state[2:]
+    with torch_state_kept(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(args)
     return subprocess.CompletedProcess(["flows.relabel.main", *args], code, out.getvalue(), err.getvalue())
 
 

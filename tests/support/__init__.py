@@ -1,5 +1,6 @@
 """What the tests share (and ``bench/`` reuses): repository copies and commands (:mod:`.repo`),
-generated data sets (:mod:`.datasets`), tiny models of the paper's architectures (:mod:`.tiny_models`)."""
+generated data sets (:mod:`.datasets`), tiny models of the paper's architectures (:mod:`.tiny_models`),
+torch's process-wide settings put back (:mod:`.torch_state`)."""
 
 from tests.support.datasets import (IMAGENET_CORRUPTIONS, SHAPES, WNIDS, colour_classes, make_digits_set,
                                     make_folder_set, make_imagenet_assets)

@@ -65,5 +65,7 @@ set_deterministic(False)
 state += [torch.are_deterministic_algorithms_enabled(), inductor.deterministic]
 print(state)
 """
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = r.stdout
     assert out.split() == ["[True,", "True,", "False,", "True,", "False,", "False]"], out
