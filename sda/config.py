@@ -33,7 +33,7 @@ __all__ = [
     "load_params",
     "parse_params",
     "PROFILE_SECTIONS",
-    "STREAM_METHODS",
+    "register_method_section",
     "register_section",
     "require_profile_entry",
     "Section",
@@ -285,8 +285,6 @@ class Evaluate(Section):
 
 
 StreamOrder = Literal["iid", "continual", "mixed", "correlated"]
-STREAM_METHODS: tuple[str, ...] = ("source", "dda", "dda_ens", "sda", "diffpure", "memo", "bn", "tent", "sar",
-                                   "sda+bn", "sda+tent")
 
 
 class StreamSpec(Section):
@@ -316,25 +314,6 @@ def _default_streams() -> dict[str, StreamSpec]:
             "batch1": StreamSpec(order="iid", batch_size=1, images_per_domain=32)}
 
 
-class Optimiser(Section):
-    lr: float = Field(0.00025, gt=0, description="SGD learning rate (the papers' ImageNet value at batch 64).")
-    momentum: float = Field(0.9, ge=0, lt=1)
-
-
-class Sar(Optimiser):
-    rho: float = Field(0.05, gt=0, description="SAM radius.")
-    margin: float = Field(0.4, gt=0, description="Reliable entropy: below margin * ln(classes).")
-    reset_below: float = Field(0.2, ge=0, description="Model recovery: reset when the loss's moving average is under.")
-
-
-class Memo(Section):
-    lr: float = Field(0.00025, gt=0, description="SGD learning rate of the one step per image (paper, ResNet-50).")
-    views: int = Field(16, ge=2, description="AugMix views per image (paper: 16-64).")
-    images_per_domain: int | None = Field(32, ge=1, description=(
-        "MEMO on a seeded subset of each domain (its cost: views + 1 forwards and views backwards an image); "
-        "null: every image. The table then says on how many."))
-
-
 class GuardParams(Section):
     min_images: int = Field(16, ge=1, description="Frozen SDA until this many images were seen since a reset.")
     min_class_fraction: float = Field(0.5, ge=0, le=1, description=(
@@ -348,11 +327,30 @@ class GuardParams(Section):
         "projections' by more than this (mean standard deviation): the stream mixes domains. null: no such check."))
 
 
+# The methods' own sections (streams.tent, streams.lame, ...): each method module of sda.method declares its
+# model (sda.method.registry.StreamMethod.params_model) and the registry adds it here. A process that has not
+# imported the registry keeps them as written; the registry validates them when it builds a method.
+_METHOD_SECTIONS: dict[str, type[Section]] = {}
+
+
+def register_method_section(name: str, model: type[Section]) -> None:
+    """Validate ``streams.<name>`` with ``model`` from now on (a test-time method's section)."""
+    if name in Streams.model_fields:
+        raise ValueError(f"streams.{name} is a setting of the streams stage, not a method's section")
+    if _METHOD_SECTIONS.get(name, model) is not model:
+        raise ValueError(f"streams.{name}: two methods declare different sections of this name")
+    _METHOD_SECTIONS[name] = model
+
+
 class Streams(Section):
-    """The ``streams`` stage: every method on every target stream (docs/streams.md)."""
+    """The ``streams`` stage: every method on every target stream (docs/streams.md). Besides these
+    settings, ``streams.<section>`` holds each method's own (its module's model, sda.method.registry)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
 
     streams: dict[str, StreamSpec] = Field(default_factory=_default_streams, description="name: stream.")
-    methods: tuple[str, ...] = Field(STREAM_METHODS, description="The methods compared (a subset of the default).")
+    methods: Literal["all"] | tuple[str, ...] = Field("all", description=(
+        "The methods compared: `all` (every registered method, sda.method.registry) or a list of their names."))
     images_per_domain: int | None = Field(None, ge=1, description=(
         "A seeded subset of each evaluated domain (null: all): the stage's cost is linear in it."))
     image_ids: str | None = Field(None, description=(
@@ -363,9 +361,6 @@ class Streams(Section):
         "Model adaptation at a batch smaller than this sees the batch with the images before it (a sliding "
         "window of this many); 0: never."))
     sliding_below: int = Field(2, ge=1, description="The window is used for batches smaller than this (2: batch 1 only).")
-    tent: Optimiser = Optimiser()
-    sar: Sar = Sar()
-    memo: Memo = Memo()
     diffpure_t: float = Field(0.15, gt=0, lt=1, description="DiffPure's depth t* (ImageNet: 0.15 of the schedule).")
     guard: GuardParams = GuardParams()
     coupling_images: int = Field(128, ge=0, description=(
@@ -374,10 +369,9 @@ class Streams(Section):
 
     @field_validator("methods")
     @classmethod
-    def _known(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        unknown = sorted(set(v) - set(STREAM_METHODS))
-        if unknown:
-            raise ValueError(f"unknown methods {unknown}; choose from {', '.join(STREAM_METHODS)}")
+    def _some(cls, v):
+        if v != "all" and not v:
+            raise ValueError("name at least one method, or `all`")
         return v
 
     @field_validator("streams")
@@ -386,6 +380,41 @@ class Streams(Section):
         if not v:
             raise ValueError("name at least one stream")
         return v
+
+    def model_post_init(self, context: Any) -> None:
+        """Each registered method's section validated by its model (its defaults where the file has none);
+        where no method is registered yet in this process, the sections are kept as written."""
+        extra = self.__pydantic_extra__
+        if not _METHOD_SECTIONS:
+            return
+        errors: list[dict[str, Any]] = [{"type": "extra_forbidden", "loc": (k,), "input": v}
+                                        for k, v in extra.items() if k not in _METHOD_SECTIONS]
+        for name, model in _METHOD_SECTIONS.items():
+            value = extra.get(name)
+            if isinstance(value, model):
+                continue
+            try:
+                extra[name] = model.model_validate({} if value is None else value)
+            except ValidationError as err:
+                errors += [{"type": e["type"], "loc": (name, *e["loc"]), "input": e["input"],
+                            **({"ctx": e["ctx"]} if "ctx" in e else {})} for e in err.errors(include_url=False)]
+        if errors:
+            raise ValidationError.from_exception_data("Streams", errors)
+
+    def method_params(self, section: str) -> Section:
+        """Method section ``streams.<section>``, validated by the model its method registered."""
+        model = _METHOD_SECTIONS.get(section)
+        if model is None:
+            raise ValueError(f"streams.{section}: no registered method declares this section")
+        value = (self.__pydantic_extra__ or {}).get(section)
+        if isinstance(value, model):
+            return value
+        try:
+            return model.model_validate({} if value is None else value)
+        except ValidationError as err:
+            errors = [{"type": e["type"], "loc": ("streams", section, *e["loc"]), "input": e["input"],
+                       **({"ctx": e["ctx"]} if "ctx" in e else {})} for e in err.errors(include_url=False)]
+            raise ParamsError(_format(ValidationError.from_exception_data("Streams", errors), "params.yaml")) from None
 
 
 class Monitor(Section):
@@ -481,7 +510,7 @@ class Params(Section):
     classifier_align: ClassifierAlign = ClassifierAlign()
     target_data: TargetData = TargetData()
     evaluate: Evaluate = Evaluate()
-    streams: Streams = Streams()
+    streams: Streams = Field(default_factory=Streams)  # made when asked: the registered methods' sections
     relabel: Relabel = Relabel()
 
     def model_post_init(self, context: Any) -> None:

@@ -23,8 +23,8 @@ from tasks import STAGES
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("sda", "tasks")
 # packages whose __init__ imports every module of theirs but those its tuple of this name lists (read
-# from the source): sda.domains, where adding a domain is adding its module
-IMPORTS_EVERY_MODULE = {"sda.domains": "NOT_DOMAINS"}
+# from the source): sda.domains and sda.method.baselines, where adding a domain or a baseline is adding its module
+IMPORTS_EVERY_MODULE = {"sda.domains": "NOT_DOMAINS", "sda.method.baselines": "NOT_BASELINES"}
 
 __all__ = ["import_closure", "stage_code_deps"]
 

@@ -1,8 +1,7 @@
 """Stage streams: every method on the target streams test-time adaptation meets (docs/streams.md).
 
-Input adaptation (Source, DDA, DDA's ensemble, SDA, DiffPure) and MEMO against model adaptation (BN
-statistics, Tent, SAR) and SDA's classifiers adapted behind a label-free guard (``sda+bn``, ``sda+tent``),
-on the streams of ``streams.streams`` (i.i.d., continual, mixed, correlated, class-sorted, small batches),
+Every registered method (sda.method.registry: input adaptation, the test-time-adaptation baselines of
+sda.method.baselines, SDA's combinations), on the streams of ``streams.streams`` (i.i.d., continual, mixed, correlated, class-sorted, small batches),
 over the labelled corruption domains of ``data/target_data`` with ``target_project``'s projections.
 
 Writes ``metrics/streams.json`` (``{"streams": {stream: {method: {mean, domains, images_per_domain,
@@ -18,7 +17,7 @@ import json
 import logging
 from pathlib import Path
 
-from sda.config import Params
+from sda.config import Params, ParamsError
 from sda.io.atomic import atomic_write_bytes, atomic_write_json
 from sda.io.target_index import TargetIndex
 from sda.layout import DATA, METRIC_FILES, METRICS, projector_dir
@@ -49,6 +48,7 @@ def read_image_ids(path: str | Path) -> set[str]:
 
 def run(params: Params, device, data: Path = DATA, metrics_dir: Path = METRICS) -> dict:
     from sda.method.projector import project_uint8
+    from sda.method.catalog import read_source_split, resolve_methods
     from sda.method.scoring import fell_back
     from sda.method.stream_eval import batch_coupling, compare_streams, load_target_set, summarise_methods
     from sda.method.streams_report import streams_heatmap_png, streams_markdown
@@ -67,11 +67,12 @@ def run(params: Params, device, data: Path = DATA, metrics_dir: Path = METRICS) 
     aligned = load_classifier(data / "classifier_align", device)
     compute = json.loads((data / "target_project" / "compute.json").read_text())
     diffusion = None
-    if "diffpure" in cfg.methods or cfg.coupling_images:
+    if any(m.needs_diffusion for m in resolve_methods(cfg)) or cfg.coupling_images:
         unet, sched, info = load_diffusion(data / "diffusion_finetune", device)
         diffusion = (unet, sched, info.null_label, params.projection.respacing)
     metrics = compare_streams(ts, source, aligned, cfg, seed=seed, device=device, fallback=fell_back(aligned.config),
-                              projection_fe=float(compute["forward_equivalents_per_image"]), diffusion=diffusion)
+                              projection_fe=float(compute["forward_equivalents_per_image"]), diffusion=diffusion,
+                              source_split=read_source_split(data / "source_data"))
     metrics["methods"] = summarise_methods(metrics["streams"])
     if cfg.coupling_images and params.projection.method == "dda":
         unet, sched, info = load_diffusion(projector_dir("dda"), device)
@@ -94,10 +95,25 @@ def run(params: Params, device, data: Path = DATA, metrics_dir: Path = METRICS) 
     return metrics
 
 
-def _main(params: Params, args: argparse.Namespace) -> int:
+def check_methods(params: Params) -> list:
+    """The methods ``streams.methods`` names, each with its params section validated (a ParamsError
+    naming ``streams.<section>.<key>`` before any work)."""
+    from sda.method.catalog import resolve_methods
+
+    try:
+        methods = resolve_methods(params.streams)
+    except ValueError as err:
+        raise ParamsError(str(err)) from None
+    for m in methods:
+        if m.section_name:
+            params.streams.method_params(m.section_name)
+    return methods
+
+
+def _main(params: Params, args: argparse.Namespace, methods: list) -> int:
     metrics = run(params, args.device)
     return metrics["protocol"]["images"]
 
 
 if __name__ == "__main__":
-    stage_main("streams", __doc__, _main)
+    stage_main("streams", __doc__, _main, domain_for=check_methods)

@@ -1,7 +1,9 @@
-"""SDA with adapted classifiers, behind a label-free guard (``sda+bn``, ``sda+tent``).
+"""SDA combined with stream methods: SDA's classifiers adapted behind a label-free guard (``sda+bn``,
+``sda+tent``), LAME on SDA's summed logits (``sda+lame``), and the guard choosing between the three
+(``sda+bn+lame``). Registered with the method registry (:mod:`sda.method.registry`).
 
 SDA's two classifiers are each adapted on their own input, the source model on the originals and the
-aligned model on the projections (by :mod:`sda.method.bn` or :mod:`sda.method.tent`), and their logits
+aligned model on the projections (by :mod:`sda.method.baselines.bn` or ``tent``), and their logits
 summed as SDA sums them. On an i.i.d. stream that beats both frozen SDA and the adapted source model; on a
 stream whose batches hold few classes, the adapted statistics are those of those classes and the sum
 falls below the unadapted source model. So a guard, which sees no label, decides per batch:
@@ -20,21 +22,37 @@ falls below the unadapted source model. So a guard, which sees no label, decides
    ``max_entropy_rise`` nats: frozen SDA for that batch.
 
 Otherwise the adapted sum. Every decision is counted (:attr:`GuardedSda.decisions`).
+
+``sda+lame``: LAME (:mod:`sda.method.baselines.lame`) with SDA's summed logits as its unary terms and a
+kNN graph over each image's features from both of SDA's models (the aligned model's on the projection and
+the source model's on the original, each L2-normalised, side by side): on a batch of few classes the graph
+pulls an image to its neighbours' class, where SDA alone decides each image on its own.
+``sda+bn+lame``: the guard as ``sda+bn``, but where it finds the batch *concentrated*, ``sda+lame``'s
+output instead of frozen SDA's.
 """
 
 from __future__ import annotations
 
 import math
 from collections import Counter, deque
-from typing import Callable
+from dataclasses import replace
+from typing import Literal
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from pydantic import Field
 
-from sda.method.norm_layers import ClassifierCost, entropy
+from sda.config import Section
+from sda.method.baselines.base import ClassifierCost, entropy
+from sda.method.baselines.bn import BatchNormAdapter
+from sda.method.baselines.lame import Affinity, LameParams, lame_outputs
+from sda.method.baselines.tent import Tent
+from sda.method.registry import MethodContext, StreamInputs, StreamMethod, register_method
 from sda.models.classifiers import Classifier, to_model_input
 
-__all__ = ["Guard", "GuardedSda", "NormInputProfile", "effective_classes", "spread_gap"]
+__all__ = ["Guard", "GuardedSda", "NormInputProfile", "SdaLame", "SdaLameParams", "effective_classes", "guarded_sda",
+           "sda_lame", "spread_gap"]
 
 
 def effective_classes(predictions: np.ndarray) -> float:
@@ -128,33 +146,144 @@ class Guard:
         return float(entropy(adapted).mean() - entropy(frozen).mean()) > self.max_entropy_rise
 
 
-class GuardedSda:
-    """``combo(originals, projections, frozen_source, frozen_aligned) -> logits (B, C)``: SDA's sum of
-    the adapted classifiers where the guard allows it, else frozen SDA's sum. ``originals`` /
-    ``projections`` uint8 (B, H, W, 3); ``frozen_*`` the frozen models' logits on them (B, C);
-    ``profile``: the source model's :class:`NormInputProfile`, for the *mixed* check (None: no such check)."""
+class SdaLameParams(Section):
+    affinity: Affinity = Field("knn", description=(
+        "The graph over the batch: knn (chosen on the source val split, docs/streams.md) | rbf | linear."))
+    knn: int = Field(5, ge=1, description="Neighbours of each image in the graph.")
+    features: Literal["both", "aligned", "source"] = Field("both", description=(
+        "Whose features: both (aligned on projections and source on originals, side by side) | aligned | source."))
 
-    def __init__(self, source: Callable[[np.ndarray], torch.Tensor], aligned: Callable[[np.ndarray], torch.Tensor],
-                 guard: Guard, profile: NormInputProfile | None = None):
+
+def sda_lame(batch: StreamInputs, params: SdaLameParams, fallback: bool = False) -> torch.Tensor:
+    """LAME over SDA's summed logits of ``batch`` and its models' features (:class:`SdaLameParams`): log Y (B, C)."""
+    logits = batch.frozen["aligned_proj"] if fallback else batch.frozen["source_orig"] + batch.frozen["aligned_proj"]
+    parts = {"aligned": [batch.frozen["aligned_proj_features"]], "source": [batch.frozen["source_orig_features"]]}
+    parts["both"] = parts["aligned"] + parts["source"]
+    features = torch.cat([F.normalize(f.float(), dim=-1) for f in parts[params.features]], 1)
+    return lame_outputs(logits, features, LameParams(affinity=params.affinity, knn=params.knn))
+
+
+class SdaLame:
+    """``sda+lame``: :func:`sda_lame` on each batch (or the window holding it); nothing is learnt."""
+
+    unet_forward_equivalents = 0.0
+
+    def __init__(self, params: SdaLameParams, *, window: int, fallback: bool, projection_fe: float):
+        from sda.method.baselines.base import Window
+
+        self.p, self.fallback, self.window = params, fallback, Window(window)
+        self.unet_forward_equivalents = projection_fe
+        self.cost = ClassifierCost()
+
+    def reset(self) -> None:
+        self.window.reset()
+
+    @torch.no_grad()
+    def __call__(self, batch: StreamInputs) -> torch.Tensor:
+        keys = ("source_orig", "aligned_proj", "source_orig_features", "aligned_proj_features")
+        widths = [batch.frozen[k].shape[1] for k in keys]
+        both, rows = self.window(torch.cat([batch.frozen[k].float() for k in keys], 1))
+        cols = np.cumsum([0, *widths])
+        frozen = {k: both[:, a:b] for k, a, b in zip(keys, cols[:-1], cols[1:])}
+        self.cost.forwards += 2 * len(batch)  # the two frozen forwards it reads
+        return sda_lame(replace(batch, frozen=frozen), self.p, self.fallback)[rows]
+
+    def extra(self):
+        return {}
+
+
+def _swap(batch: StreamInputs, images: np.ndarray, logits: torch.Tensor) -> StreamInputs:
+    """The batch as the aligned model's adapter sees it: the projections as its images."""
+    return StreamInputs(images, batch.projections, batch.keys, {"source_orig": logits})
+
+
+class GuardedSda:
+    """``combo(batch: StreamInputs) -> logits (B, C)``: SDA's sum of the adapted classifiers where the
+    guard allows it, else frozen SDA's sum (or, with ``concentrated``, that function of the batch where the
+    guard finds it concentrated: ``sda+bn+lame``). ``source`` / ``aligned``: the model adapters of the
+    source model (fed the originals) and of the aligned model (fed the projections); ``profile``: the source
+    model's :class:`NormInputProfile`, for the *mixed* check (None: no such check)."""
+
+    def __init__(self, source, aligned, guard: Guard, profile: NormInputProfile | None = None,
+                 concentrated=None, projection_fe: float = 0.0):
         self.source, self.aligned, self.guard, self.profile = source, aligned, guard, profile
+        self.concentrated = concentrated
         self.decisions: Counter[str] = Counter()
+        self.unet_forward_equivalents = projection_fe
+        self._cost = ClassifierCost()
+
+    @property
+    def cost(self) -> ClassifierCost:
+        total = ClassifierCost(self._cost.forwards, self._cost.backwards)
+        for part in (self.source, self.aligned, self.profile):
+            if part is not None:
+                total.add(part.cost)
+        return total
 
     def reset(self) -> None:
         for adapter in (self.source, self.aligned):
             adapter.reset()
+        if self.concentrated is not None:
+            self.concentrated.reset()
         self.guard.reset()
 
-    def __call__(self, originals: np.ndarray, projections: np.ndarray, frozen_source: torch.Tensor,
-                 frozen_aligned: torch.Tensor) -> torch.Tensor:
-        frozen = frozen_source + frozen_aligned
-        profiles = None if self.profile is None else (self.profile(originals), self.profile(projections))
+    def __call__(self, batch: StreamInputs) -> torch.Tensor:
+        originals, projections = batch.originals, batch.projections
+        frozen = batch.frozen["source_orig"] + batch.frozen["aligned_proj"]
+        self._cost.forwards += 2 * len(batch)  # the frozen models' logits the guard and the fallback read
+        profiles = None
+        if self.profile is not None and "source_orig_profile" in batch.frozen:  # shared, computed once per image
+            profiles = (batch.frozen["source_orig_profile"].double().numpy(),
+                        batch.frozen["source_proj_profile"].double().numpy())
+            self._cost.forwards += 2 * len(batch)
+        elif self.profile is not None:
+            profiles = (self.profile(originals), self.profile(projections))
         reason = self.guard.check(frozen.argmax(1).numpy(), profiles, None if self.profile is None else self.profile.weights)
         if reason is not None:
             self.decisions[reason] += len(originals)
+            if reason == "concentrated" and self.concentrated is not None:
+                return self.concentrated(batch)
             return frozen
-        adapted = self.source(originals) + self.aligned(projections)
+        adapted = self.source(batch) + self.aligned(_swap(batch, projections, batch.frozen["aligned_proj"]))
         if self.guard.less_sure(adapted, frozen):
             self.decisions["less_sure"] += len(originals)
             return frozen
         self.decisions["adapted"] += len(originals)
         return adapted
+
+    def extra(self):
+        return {"guard": {k: int(v) for k, v in sorted(self.decisions.items())}}
+
+
+def guarded_sda(ctx: MethodContext, inner: str, concentrated=None) -> GuardedSda:
+    """``sda+<inner>``: both of SDA's classifiers adapted by ``inner`` (bn | tent) behind the guard of
+    ``ctx.streams.guard`` (over ``ctx.guard_window`` images, else ``streams.window`` or 64)."""
+    g = ctx.streams.guard
+    if inner == "bn":
+        make = lambda clf: BatchNormAdapter(clf, window=ctx.window, device=ctx.device)  # noqa: E731
+    else:
+        tent = ctx.streams.method_params("tent")
+        make = lambda clf: Tent(clf, params=tent, window=ctx.window, device=ctx.device)  # noqa: E731
+    guard = Guard(num_classes=ctx.num_classes, window=ctx.guard_window or ctx.streams.window or 64,
+                  min_images=g.min_images, min_class_fraction=g.min_class_fraction,
+                  max_entropy_rise=g.max_entropy_rise, max_spread_gap=g.max_spread_gap)
+    return GuardedSda(make(ctx.source), make(ctx.aligned), guard,
+                      None if g.max_spread_gap is None else NormInputProfile(ctx.source, ctx.device),
+                      concentrated, ctx.projection_fe)
+
+
+register_method(StreamMethod(
+    name="sda+bn", description="SDA's classifiers on batch statistics, behind the guard", kind="combined",
+    build=lambda ctx: guarded_sda(ctx, "bn")))
+register_method(StreamMethod(
+    name="sda+tent", description="SDA's classifiers adapted by Tent, behind the guard", kind="combined",
+    build=lambda ctx: guarded_sda(ctx, "tent")))
+register_method(StreamMethod(
+    name="sda+lame", description="LAME on SDA's summed logits over both models' features", kind="combined",
+    params_model=SdaLameParams, section="sda_lame",
+    build=lambda ctx: SdaLame(ctx.params, window=ctx.window, fallback=ctx.fallback, projection_fe=ctx.projection_fe)))
+register_method(StreamMethod(
+    name="sda+bn+lame", description="the guard: sda+bn on i.i.d.-like batches, sda+lame on concentrated ones",
+    kind="combined", params_model=SdaLameParams, section="sda_lame",
+    build=lambda ctx: guarded_sda(ctx, "bn", SdaLame(ctx.params, window=0, fallback=ctx.fallback,
+                                                     projection_fe=ctx.projection_fe))))

@@ -1,14 +1,16 @@
 """Every method on every target stream: what the ``streams`` stage measures (docs/streams.md).
 
-Two kinds of method:
+The methods are the registry's (:mod:`sda.method.registry`), all run through one loop
+(:func:`run_method`), reading the frozen models' outputs computed once (``frozen_outputs``):
 
-- *input adaptation* (``source``, ``dda``, ``dda_ens``, ``sda``, ``diffpure``) and ``memo``: both models
-  frozen (MEMO resets after each image), so an image's prediction is a function of that image alone. Each
-  is computed once per image and read by every stream; the projections are ``target_project``'s (see
-  :func:`batch_coupling` for what the reference's batch-wide guidance norm changes).
-- *model adaptation* (``bn``, ``tent``, ``sar``) and the guarded combinations (``sda+bn``, ``sda+tent``,
-  :mod:`sda.method.guarded`): state carried along the stream; each stream runs them from the source
-  weights, reset where the protocol says (:func:`sda.method.streams.stream_batches`).
+- a *per-image* method (``source``, ``dda``, ``dda_ens``, ``sda``, ``diffpure``, ``memo``: an image's
+  prediction is a function of that image alone) is run once over the images and read by every stream;
+  the projections are ``target_project``'s (see :func:`batch_coupling` for what the reference's batch-wide
+  guidance norm changes);
+- every other method (the model-adaptation baselines, LAME, SDA's combinations) carries state along the
+  stream or reads its batch: each stream runs it from the source state, reset where the protocol says
+  (:func:`sda.method.streams.stream_batches`); one with ``images_per_domain`` (CoTTA) on that seeded subset
+  of each domain, in the stream's order.
 
 Every entry records the images it was measured on (``mean``: the stream's images; ``mean_common``: the
 images every stream evaluated, on which the spread over streams is taken), and its cost per image: UNet
@@ -18,7 +20,8 @@ forward-equivalents (a forward 1, an input-gradient backward 2) and classifier f
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -27,28 +30,16 @@ import torch
 from tqdm.auto import tqdm
 
 from sda.config import Projection, Streams
-from sda.io.images import to_uint8, to_unit_range
 from sda.io.shards import iter_samples
-from sda.method.bn import BatchNormAdapter
-from sda.method.diffpure import diffpure_depth, purify
-from sda.method.guarded import Guard, GuardedSda, NormInputProfile
-from sda.method.memo import Memo
-from sda.method.norm_layers import ClassifierCost
-from sda.method.sar import Sar
-from sda.method.scoring import method_predictions
+from sda.method.baselines.base import ClassifierCost
+from sda.method.catalog import (MethodContext, StreamInputs, build_method, frozen_outputs, resolve_methods)
 from sda.method.streams import StreamBatch, stream_batches
-from sda.method.tent import Tent
 from sda.models.classifiers import Classifier
 from sda.runtime import derive_seed
 
-__all__ = ["FROZEN", "TargetSet", "compare_streams", "load_target_set", "subset", "summarise_methods"]
+__all__ = ["TargetSet", "compare_streams", "load_target_set", "run_method", "subset", "summarise_methods"]
 
 log = logging.getLogger("sda.streams")
-
-FROZEN = ("source", "dda", "dda_ens", "sda")  # from the three frozen logit tensors (sda.method.scoring)
-ADAPTIVE = ("bn", "tent", "sar", "sda+bn", "sda+tent")
-CLASSIFIER_PASSES = {"source": 1, "dda": 1, "dda_ens": 2, "sda": 2}  # forwards per image of the frozen methods
-
 
 @dataclass
 class TargetSet:
@@ -103,48 +94,35 @@ def subset(ts: TargetSet, images_per_domain: int | None) -> np.ndarray:
     return np.concatenate([np.arange(a, min(b, a + k)) for a, b in zip(starts[:-1], starts[1:])])
 
 
-def _logits(clf: Classifier, images: np.ndarray, device: torch.device) -> torch.Tensor:
-    return clf.logits(images, device=device)
-
-
 @dataclass
 class MethodRun:
-    """One method's predictions: ``predictions`` int (N,) (-1 where not run), and its cost."""
+    """One method's predictions: ``predictions`` int (N,) (-1 where not run), its cost and what it reports."""
 
     predictions: np.ndarray
     cost: ClassifierCost = field(default_factory=ClassifierCost)
     unet_fe: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
+    images: int = 0  # images it predicted
 
 
-def run_adaptive(method: str, ts: TargetSet, batches: list[StreamBatch], make: Callable[[], Any],
-                 frozen: Mapping[str, torch.Tensor], desc: str) -> MethodRun:
-    """Run a model-adaptation method (a fresh one from ``make()``) along ``batches``."""
-    adapter = make()
+def _inputs(ts: TargetSet, idx: np.ndarray, frozen: Mapping[str, torch.Tensor]) -> StreamInputs:
+    return StreamInputs(ts.originals[idx], ts.projections[idx], [ts.keys[i] for i in idx],
+                        {k: v[idx] for k, v in frozen.items()})
+
+
+def run_method(adapter, ts: TargetSet, batches: Sequence[StreamBatch], frozen: Mapping[str, torch.Tensor],
+               desc: str) -> MethodRun:
+    """Run an adapter (sda.method.registry) along ``batches`` of ``ts``, reset where a batch says so."""
     pred = np.full(len(ts.labels), -1, dtype=np.int64)
+    seen = 0
+    t0 = time.perf_counter()
     for b in tqdm(batches, desc=desc, leave=False, mininterval=5):
         if b.reset:
             adapter.reset()
-        idx = b.indices
-        if isinstance(adapter, GuardedSda):
-            logits = adapter(ts.originals[idx], ts.projections[idx], frozen["source_orig"][idx],
-                             frozen["aligned_proj"][idx])
-        else:
-            logits = adapter(ts.originals[idx])
-        pred[idx] = logits.argmax(1).numpy()
-    run = MethodRun(pred)
-    if isinstance(adapter, GuardedSda):
-        for a in (adapter.source, adapter.aligned, adapter.profile):
-            if a is None:
-                continue
-            run.cost.forwards += a.cost.forwards
-            run.cost.backwards += a.cost.backwards
-        run.extra["guard"] = {k: int(v) for k, v in sorted(adapter.decisions.items())}
-    else:
-        run.cost = adapter.cost
-    if isinstance(adapter, Sar):
-        run.extra["model_resets"] = adapter.resets
-    return run
+        pred[b.indices] = adapter(_inputs(ts, b.indices, frozen)).argmax(1).numpy()
+        seen += len(b.indices)
+    log.debug("%s: %.1f s", desc, time.perf_counter() - t0)  # the log only: outs hold no timing
+    return MethodRun(pred, adapter.cost, float(adapter.unet_forward_equivalents), adapter.extra(), seen)
 
 
 def _accuracy(pred: np.ndarray, ts: TargetSet, images: np.ndarray) -> dict[str, Any]:
@@ -193,105 +171,87 @@ def batch_coupling(ts: TargetSet, projector: Callable[..., np.ndarray], projecti
     return out
 
 
+def _view(ts: TargetSet, images: np.ndarray) -> TargetSet:
+    """The images ``images`` (global indices, ascending, whole runs of each domain's first k) of ``ts``."""
+    per = np.bincount(ts.domain_index[images], minlength=len(ts.sizes))
+    return TargetSet({d: int(k) for d, k in zip(ts.sizes, per)}, [ts.keys[i] for i in images], ts.originals[images],
+                     ts.projections[images], ts.labels[images])
+
+
 def compare_streams(ts: TargetSet, source: Classifier, aligned: Classifier, cfg: Streams, *, seed: int,
                     device: torch.device, fallback: bool, projection_fe: float,
-                    diffusion: tuple[torch.nn.Module, Any, int | None, int] | None) -> dict[str, Any]:
-    """Run ``cfg.methods`` on ``cfg.streams`` over ``ts``; returns ``{"streams": {stream: {method: {mean,
-    domains, images_per_domain, unet_forward_equivalents, classifier_forwards, classifier_backwards, ...}}}}``.
-    ``diffusion``: (unet, scheduler, null label, respacing) for ``diffpure`` (None: not run);
-    ``projection_fe``: ``target_project``'s UNet forward-equivalents per image."""
-    methods = list(cfg.methods)
-    num_classes = int(source.config.get("num_classes") or 0)
-    frozen = {"source_orig": _logits(source, ts.originals, device),
-              "source_proj": _logits(source, ts.projections, device),
-              "aligned_proj": _logits(aligned, ts.projections, device)}
-    if fallback:  # classifier_align rejected its model: SDA decides as DDA (sda.method.scoring.fell_back)
-        frozen["aligned_proj"] = frozen["source_proj"]
-    preds = method_predictions(frozen["source_orig"], frozen["source_proj"], frozen["aligned_proj"], fallback=fallback)
+                    diffusion: tuple[torch.nn.Module, Any, int | None, int] | None,
+                    source_split: Callable[[str], tuple[np.ndarray, np.ndarray]] | None = None) -> dict[str, Any]:
+    """Run the registered methods ``cfg.methods`` names on ``cfg.streams`` over ``ts``; returns ``{"streams":
+    {stream: {method: {mean, domains, images_per_domain, unet_forward_equivalents, classifier_forwards,
+    classifier_backwards, ...}}}}``. ``diffusion``: (unet, scheduler, null label, respacing) for ``diffpure``;
+    ``projection_fe``: ``target_project``'s UNet forward-equivalents per image; ``source_split``: the source
+    data by split, for what a method needs of it (EATA's Fisher information)."""
+    methods = resolve_methods(cfg)
     n = len(ts.labels)
-    independent: dict[str, MethodRun] = {}
-    for m in FROZEN:
-        if m in methods:
-            independent[m] = MethodRun(preds[m].numpy(), ClassifierCost(n * CLASSIFIER_PASSES[m]),
-                                       0.0 if m == "source" else projection_fe)
-    if "diffpure" in methods and diffusion is not None:
-        unet, sched, null_label, respacing = diffusion
-        N = diffpure_depth(cfg.diffpure_t, sched.config.num_train_timesteps, respacing)
-        pure = np.zeros_like(ts.originals)
-        for c in tqdm(range(0, n, 64), desc="diffpure", leave=False, mininterval=5):
-            x = to_unit_range(ts.originals[c: c + 64], device)
-            labels = None if null_label is None else torch.full((len(x),), null_label, dtype=torch.long)
-            pure[c: c + 64] = to_uint8(purify(unet, sched, x, ts.keys[c: c + 64], N=N, respacing=respacing,
-                                              seed=derive_seed(seed, "diffpure"), class_labels=labels))
-        independent["diffpure"] = MethodRun(_logits(source, pure, device).argmax(1).numpy(), ClassifierCost(n), float(N),
-                                            {"respaced_steps": N, "t": round(N / (respacing - 1), 3)})
-    if "memo" in methods:
-        memo = Memo(source, lr=cfg.memo.lr, views=cfg.memo.views, seed=seed, device=device)
-        idx = subset(ts, cfg.memo.images_per_domain)
-        pred = np.full(n, -1, dtype=np.int64)
-        for c in tqdm(range(0, len(idx), 32), desc="memo", leave=False, mininterval=5):
-            part = idx[c: c + 32]
-            pred[part] = memo(ts.originals[part], [ts.keys[i] for i in part]).argmax(1).numpy()
-        run = MethodRun(pred, memo.cost)
-        run.extra["images_adapted"] = int(len(idx))
-        independent["memo"] = run
+    frozen = frozen_outputs(source, aligned, ts.originals, ts.projections, device, fallback=fallback,
+                            profiles=cfg.guard.max_spread_gap is not None and any(m.kind == "combined" for m in methods))
+    base = MethodContext(source=source, aligned=aligned, streams=cfg, params=None, device=device, seed=seed,
+                         num_classes=int(source.config.get("num_classes") or frozen["source_orig"].shape[1]),
+                         fallback=fallback, projection_fe=projection_fe, diffusion=diffusion, source_split=source_split)
 
-    def make(method: str, window: int) -> Callable[[], Any]:
-        if method == "bn":
-            return lambda: BatchNormAdapter(source, window=window, device=device)
-        if method == "tent":
-            return lambda: Tent(source, lr=cfg.tent.lr, momentum=cfg.tent.momentum, window=window, device=device)
-        if method == "sar":
-            return lambda: Sar(source, lr=cfg.sar.lr, momentum=cfg.sar.momentum, window=window, rho=cfg.sar.rho,
-                               margin_fraction=cfg.sar.margin, reset_below=cfg.sar.reset_below, device=device)
-        inner = BatchNormAdapter if method == "sda+bn" else Tent
-        kw = {} if inner is BatchNormAdapter else {"lr": cfg.tent.lr, "momentum": cfg.tent.momentum}
-        g = cfg.guard
-        return lambda: GuardedSda(inner(source, window=window, device=device, **kw),
-                                  inner(aligned, window=window, device=device, **kw),
-                                  Guard(num_classes=num_classes, window=cfg.window or 64, min_images=g.min_images,
-                                        min_class_fraction=g.min_class_fraction, max_entropy_rise=g.max_entropy_rise,
-                                        max_spread_gap=g.max_spread_gap),
-                                  None if g.max_spread_gap is None else NormInputProfile(source, device))
+    def build(m, **kw):  # every method gets the stage's seed and derives its own draws from it
+        return build_method(m.name, replace(base, **kw))
+
+    # per-image methods: once over their images, in index order, read by every stream
+    independent: dict[str, MethodRun] = {}
+    for m in methods:
+        if m.per_image:
+            section = cfg.method_params(m.section_name) if m.section_name else None
+            idx = subset(ts, m.images_per_domain(section) if m.images_per_domain else None)
+            batches = [StreamBatch(idx[c: c + 64], reset=(c == 0)) for c in range(0, len(idx), 64)]
+            independent[m.name] = run_method(build(m), ts, batches, frozen, desc=m.name)
 
     # the images every stream evaluated (the per-domain draws are nested: the smallest one)
     k_common = min((spec.images_per_domain or max(ts.sizes.values())) for spec in cfg.streams.values())
     common = np.zeros(n, dtype=bool)
     common[subset(ts, k_common)] = True
+    sda_pred = independent["sda"].predictions if "sda" in independent else None
+    source_pred = frozen["source_orig"].argmax(1).numpy()
     results: dict[str, Any] = {}
     for name, spec in cfg.streams.items():
         images = subset(ts, spec.images_per_domain)
-        view = TargetSet({d: min(k, spec.images_per_domain or k) for d, k in ts.sizes.items()},
-                         [ts.keys[i] for i in images], ts.originals[images], ts.projections[images], ts.labels[images])
-        batches = stream_batches(view.sizes, view.labels, order=spec.order, batch_size=spec.batch_size, seed=seed,
-                                 name=name, delta=spec.delta)
-        window = cfg.window if spec.batch_size < cfg.sliding_below else 0
+        view = _view(ts, images)
         vfrozen = {k: v[images] for k, v in frozen.items()}
+        window = cfg.window if spec.batch_size < cfg.sliding_below else 0
         row: dict[str, Any] = {}
         for m in methods:
-            if m in independent:
-                r = independent[m]
-                entry = _accuracy(r.predictions[images], view, np.arange(len(images)))
-                per_image = r.cost.per_image(n if m != "memo" else r.extra["images_adapted"])
-                row[m] = {**entry, "mean_common": _accuracy(r.predictions[images], view,
-                                                            np.flatnonzero(common[images]))["mean"],
-                          "unet_forward_equivalents": r.unet_fe, **per_image, **r.extra}
-                if m == "memo":  # the source model on the images MEMO adapted to, for comparison
-                    same = np.where(r.predictions >= 0, preds["source"].numpy(), -1)
-                    row[m]["source_same_images"] = _accuracy(same[images], view, np.arange(len(images)))["mean"]
-            elif m in ADAPTIVE:
-                r = run_adaptive(m, view, batches, make(m, window), vfrozen, desc=f"{name}: {m}")
-                entry = _accuracy(r.predictions, view, np.arange(len(images)))
-                fe = projection_fe if m.startswith("sda+") else 0.0
-                row[m] = {**entry, "mean_common": _accuracy(r.predictions, view, np.flatnonzero(common[images]))["mean"],
-                          "unet_forward_equivalents": fe, **r.cost.per_image(len(images)), **r.extra}
-                if m.startswith("sda+"):  # the frozen models' logits the guard and the fallback use
-                    row[m]["classifier_forwards"] = round(row[m]["classifier_forwards"] + 2, 3)
+            if m.per_image:
+                r = independent[m.name]
+                pred = r.predictions[images]
+            else:
+                section = cfg.method_params(m.section_name) if m.section_name else None
+                k = m.images_per_domain(section) if m.images_per_domain else None
+                on = subset(view, k) if k else np.arange(len(images))
+                sub = _view(view, on) if k else view
+                batches = stream_batches(sub.sizes, sub.labels, order=spec.order, batch_size=spec.batch_size,
+                                         seed=seed, name=name, delta=spec.delta)
+                r = run_method(build(m, window=window, batch_size=spec.batch_size), sub, batches,
+                               {kk: v[on] for kk, v in vfrozen.items()}, desc=f"{name}: {m.name}")
+                pred = np.full(len(images), -1, dtype=np.int64)
+                pred[on] = r.predictions
+            entry = _accuracy(pred, view, np.arange(len(images)))
+            row[m.name] = {**entry, "mean_common": _accuracy(pred, view, np.flatnonzero(common[images]))["mean"],
+                           "unet_forward_equivalents": r.unet_fe, **r.cost.per_image(r.images), **r.extra}
+            if (pred < 0).any():  # on a subset: the source model and SDA on the same images, for comparison
+                row[m.name]["images_adapted"] = int((pred >= 0).sum())
+                same = np.where(pred >= 0, source_pred[images], -1)
+                row[m.name]["source_same_images"] = _accuracy(same, view, np.arange(len(images)))["mean"]
+                if sda_pred is not None:
+                    same = np.where(pred >= 0, sda_pred[images], -1)
+                    row[m.name]["sda_same_images"] = _accuracy(same, view, np.arange(len(images)))["mean"]
         results[name] = row
         log.info("stream %s (%s, batch %d%s): %s", name, spec.order, spec.batch_size,
                  "" if spec.delta is None else f", delta {spec.delta}",
                  ", ".join(f"{m} {v['mean']:.1f}" for m, v in row.items()))
-    return {"streams": results, "common_images_per_domain": int(k_common)}
+    return {"streams": results, "common_images_per_domain": int(k_common),
+            "methods_info": {m.name: {"kind": m.kind, "description": m.description, "reference": m.reference}
+                             for m in methods}}
 
 
 def summarise_methods(streams: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> dict[str, Any]:

@@ -9,10 +9,7 @@ from PIL import Image, ImageDraw
 
 from sda.method.report import png_bytes
 
-__all__ = ["INPUT_METHODS", "streams_heatmap_png", "streams_markdown"]
-
-# methods whose models stay frozen: their accuracy cannot depend on the stream
-INPUT_METHODS = ("source", "dda", "dda_ens", "sda", "diffpure", "memo")
+__all__ = ["streams_heatmap_png", "streams_markdown"]
 
 
 def _order(metrics: Mapping[str, Any]) -> tuple[list[str], list[str]]:
@@ -51,16 +48,18 @@ def streams_markdown(metrics: Mapping[str, Any]) -> str:
             if "guard" in e:
                 total = sum(e["guard"].values()) or 1
                 notes.append(f"{s}/{m}: adapted on {100 * e['guard'].get('adapted', 0) / total:.0f} % of images")
-    memo = next((row["memo"] for row in metrics["streams"].values() if "memo" in row), None)
     text = "\n".join(lines)
     k = metrics.get("common_images_per_domain")
     if k:
         text += (f"\n\nEach column on its stream's images; worst and spread over the streams on the {k} images per "
                  "domain every stream evaluated (a subset would otherwise differ by its draw, not by its order). "
                  "Costs per image: the most any stream needed.")
-    if memo is not None and "source_same_images" in memo:
-        text += (f" memo: on {memo['images_per_domain']} images per domain (streams.memo.images_per_domain), "
-                 f"where the source model gets {memo['source_same_images']:.1f}.")
+    first = next(iter(metrics["streams"].values()), {})
+    for m, e in first.items():  # a method on a seeded subset of each domain: the frozen models on the same images
+        if "source_same_images" in e:
+            sda = f", SDA {e['sda_same_images']:.1f}" if "sda_same_images" in e else ""
+            text += (f" {m}: on {e['images_per_domain']} images per domain (streams.{m}.images_per_domain), where "
+                     f"the source model gets {e['source_same_images']:.1f}{sda}.")
     if notes:
         text += "\n\nGuard: " + "; ".join(notes) + "."
     return text

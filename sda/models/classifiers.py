@@ -32,6 +32,7 @@ __all__ = [
     "PAPER_RECIPES",
     "SmallCNN",
     "create_classifier",
+    "final_linear",
     "fit_classifier",
     "input_spec",
     "load_pretrained_classifier",
@@ -288,6 +289,31 @@ class Classifier:
                device: torch.device | str = "cpu") -> torch.Tensor:
         """:func:`predict_logits` with this classifier's preprocessing: float32 (N, num_classes) on the CPU."""
         return predict_logits(self.module, images, **self.preprocessing, batch_size=batch_size, device=device)
+
+
+    def logits_and_features(self, images: np.ndarray | torch.Tensor, *, batch_size: int = 512,
+                            device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits float32 (N, num_classes) and penultimate features float32 (N, D), the input of the final
+        linear layer (:func:`final_linear`), from one forward per batch, on the CPU."""
+        feats: list[torch.Tensor] = []
+        hook = final_linear(self.module).register_forward_hook(
+            lambda _m, inp, _out: feats.append(inp[0].detach().flatten(1).float().cpu()))
+        try:
+            logits = self.logits(images, batch_size=batch_size, device=device)
+        finally:
+            hook.remove()
+        return logits, torch.cat(feats) if feats else torch.empty(0)
+
+
+def final_linear(module: nn.Module) -> nn.Linear:
+    """The layer that maps features to logits: timm's ``get_classifier()``, else the last ``nn.Linear``."""
+    head = module.get_classifier() if hasattr(module, "get_classifier") else None
+    if isinstance(head, nn.Linear):
+        return head
+    linears = [m for m in module.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ValueError(f"{type(module).__name__} has no linear layer: no penultimate features to read")
+    return linears[-1]
 
 
 def load_classifier(model_dir: str | Path, device: torch.device | str = "cpu") -> Classifier:

@@ -12,10 +12,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from sda.config import GuardParams, Projection
-from sda.method.bn import BatchNormAdapter
-from sda.method.guarded import Guard, GuardedSda, NormInputProfile
+from sda.config import GuardParams, Projection, Streams
 from sda.method.projector import Projector
+from sda.method.catalog import MethodContext, StreamInputs, build_method
 from sda.method.scoring import fell_back, sda_logits
 from sda.models.classifiers import load_classifier
 
@@ -64,14 +63,11 @@ class SdaPredictor:
         fallback = fell_back(self.aligned.config)
         logits = sda_logits(source_orig, aligned_proj, fallback=fallback)
         if self.guard is not None and not fallback:
-            g = self.guard
-            combo = GuardedSda(BatchNormAdapter(self.source, window=0, device=self.device),
-                               BatchNormAdapter(self.aligned, window=0, device=self.device),
-                               Guard(num_classes=logits.shape[1], window=len(images), min_images=g.min_images,
-                                     min_class_fraction=g.min_class_fraction, max_entropy_rise=g.max_entropy_rise,
-                                     max_spread_gap=g.max_spread_gap),
-                               None if g.max_spread_gap is None else NormInputProfile(self.source, self.device))
-            logits = combo(images, projected, source_orig, aligned_proj)
+            ctx = MethodContext(source=self.source, aligned=self.aligned, streams=Streams(guard=self.guard), params=None,
+                                device=self.device, seed=0, num_classes=logits.shape[1], guard_window=len(images))
+            combo = build_method("sda+bn", ctx)
+            logits = combo(StreamInputs(images, projected, [""] * len(images),
+                                        {"source_orig": source_orig, "aligned_proj": aligned_proj}))
             self.adapted += combo.decisions["adapted"]
         p_sda = logits.softmax(1)
         p_src = source_orig.softmax(1)

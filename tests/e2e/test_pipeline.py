@@ -19,7 +19,7 @@ import yaml
 
 from sda.io.atomic import sha256_file
 from sda.io.shards import load_shards, read_manifest
-from sda.config import STREAM_METHODS
+from sda.method.catalog import method_names
 from sda.method.scoring import MAIN_METHODS
 from tests.support import subprocess_env, sh
 from tasks import STAGES
@@ -93,12 +93,12 @@ def test_every_stage_output(repo):
 
 
 def test_streams_compare_input_and_model_adaptation(repo):
-    """The streams stage: every method on every stream of TINY, the frozen methods the same on every stream,
-    BN misled by class-sorted batches, the guard's decisions counted, the costs counted."""
+    """The streams stage: every registered method on every stream of TINY, the frozen methods the same on
+    every stream, BN misled by class-sorted batches, the guard's decisions counted, the costs counted."""
     m = json.loads((repo / "metrics" / "streams.json").read_text())
     assert list(m["streams"]) == ["iid", "mixed", "class_sorted", "batch1"]
     for name, row in m["streams"].items():
-        assert set(row) == set(STREAM_METHODS), name
+        assert list(row) == list(method_names()), name
         for e in row.values():
             assert set(e["domains"]) == {"gaussian_noise", "pixelate"} and 0 <= e["mean"] <= 100
     assert m["streams"]["batch1"]["sda"]["images_per_domain"] == 12 and m["common_images_per_domain"] == 12
@@ -118,12 +118,82 @@ def test_streams_compare_input_and_model_adaptation(repo):
     iid = m["streams"]["iid"]
     assert iid["sda"]["unet_forward_equivalents"] == 9.0 and iid["diffpure"]["unet_forward_equivalents"] == 1.0
     assert iid["bn"]["classifier_backwards"] == 0 < iid["tent"]["classifier_backwards"]
+    # SAR steps (its second forward on the whole batch); CoTTA on its subset, said so; LAME learns nothing
+    assert iid["sar"]["steps"] > 0, iid["sar"]
+    assert iid["cotta"]["images_adapted"] == 2 * 20 and "source_same_images" in iid["cotta"]
+    assert iid["lame"]["classifier_backwards"] == 0 and iid["eata"]["fisher_images"] == 64
     assert m["streams"]["batch1"]["bn"]["classifier_forwards"] > 1  # the sliding window's forwards
     # what the reference's batch-wide norm changes; the per-image norm changes nothing
     assert m["batch_coupling"]["per_sample_norm"]["labels_changed_pct"] == 0
     table = (repo / "metrics" / "streams.md").read_text()
-    assert table.startswith("| method | iid (b10, 40/domain) |") and "| sda+tent |" in table
+    assert table.startswith("| method | iid (b10, 40/domain) |") and "| sda+tent |" in table and "| roid |" in table
     assert (repo / "metrics" / "streams.png").stat().st_size > 1000
+
+
+FLIP = '''"""Flip TTA (a test's method): the source model's softmax averaged over the image and its mirror."""
+
+import numpy as np
+import torch
+from pydantic import Field
+
+from sda.config import Section
+from sda.method.baselines.base import ClassifierCost
+from sda.method.catalog import StreamMethod, register_method
+
+
+class FlipParams(Section):
+    weight: float = Field(0.5, ge=0, le=1, description="Weight of the mirrored image.")
+
+
+class Flip:
+    unet_forward_equivalents = 0.0
+
+    def __init__(self, ctx):
+        self.source, self.device, self.w = ctx.source, ctx.device, ctx.params.weight
+        self.cost = ClassifierCost()
+
+    def reset(self):
+        pass
+
+    def __call__(self, batch):
+        mirrored = np.ascontiguousarray(batch.originals[:, :, ::-1])
+        self.cost.forwards += 2 * len(batch)
+        return ((1 - self.w) * batch.frozen["source_orig"].softmax(1)
+                + self.w * self.source.logits(mirrored, device=self.device).softmax(1))
+
+    def extra(self):
+        return {"mirror_weight": self.w}
+
+
+register_method(StreamMethod(name="flip", description="softmax over the image and its mirror", kind="input",
+                             per_image=True, params_model=FlipParams, build=Flip))
+'''
+
+
+def test_a_new_method_is_one_module_and_its_params_section(own_repo):
+    """Adding a method is its module in sda/method/baselines/ plus its params section: dropped into a copy,
+    ``dvc repro`` runs the streams stage again and every stream's row holds it."""
+    (own_repo / "sda" / "method" / "baselines" / "flip.py").write_text(FLIP)
+    params = yaml.safe_load((own_repo / "params.yaml").read_text())
+    params["streams"]["flip"] = {"weight": 0.25}
+    (own_repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    changed = sh(own_repo, "git", "status", "--porcelain").stdout.split()
+    assert changed == ["M", "params.yaml", "??", "sda/method/baselines/flip.py"], changed
+    r = sh(own_repo, "dvc", "repro", "streams", timeout=900)
+    assert "Running stage 'streams'" in r.stdout, r.stdout[-2000:]
+    m = json.loads((own_repo / "metrics" / "streams.json").read_text())
+    for name, row in m["streams"].items():
+        assert "flip" in row and row["flip"]["mirror_weight"] == 0.25 and row["flip"]["classifier_forwards"] == 2, name
+    assert m["methods"]["flip"]["spread"] == 0  # per image: the same on every stream
+    assert "| flip |" in (own_repo / "metrics" / "streams.md").read_text()
+    # its section is validated by its own model
+    params["streams"]["flip"] = {"weight": 2.0}
+    (own_repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    bad = sh(own_repo, sys.executable, "-m", "tasks.streams", check=False)
+    assert bad.returncode == 2 and "streams.flip.weight" in bad.stderr, bad.stderr[-2000:]
+    # the module counts as the streams stage's code: `tasks.code_deps --write` would list it
+    deps = sh(own_repo, sys.executable, "-m", "tasks.code_deps").stdout
+    assert "sda/method/baselines/flip.py" in next(line for line in deps.splitlines() if line.startswith("streams:"))
 
 
 def test_the_run_measures_its_synthetic_domain_and_says_it_is_weak(repo):

@@ -33,8 +33,10 @@ TINY = {
                 "monitor": {"reference_images": 128}},  # each new label store labels its reference once
     # 40 images per domain in batches of 10 (a class-sorted batch then holds 1-2 of the 10 classes); MEMO
     # on 4 images, batch 1 (a sliding window of 16) on 12
+    # EATA's Fisher on 64 source images, CoTTA with 2 augmentations on 20 images a domain
     "streams": {"images_per_domain": 40, "window": 16, "coupling_images": 8,
-                "memo": {"views": 2, "images_per_domain": 4},
+                "memo": {"views": 2, "images_per_domain": 4}, "eata": {"fisher_images": 64},
+                "cotta": {"augmentations": 2, "images_per_domain": 20},
                 "streams": {"iid": {"order": "iid", "batch_size": 10}, "mixed": {"order": "mixed", "batch_size": 10},
                             "class_sorted": {"order": "correlated", "batch_size": 10, "delta": 0.0},
                             "batch1": {"order": "iid", "batch_size": 1, "images_per_domain": 12}}},

@@ -5,6 +5,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+import sda.method.catalog  # noqa: F401  (the methods' sections of streams)
+
 from sda.config import CORRUPTIONS, PROFILE_SECTIONS, Params, ParamsError, load_params, parse_params
 from sda.domains import domain_for
 

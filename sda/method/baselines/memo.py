@@ -17,16 +17,30 @@ import copy
 import numpy as np
 import torch
 import torchvision.transforms.v2 as T
+from pydantic import Field
 
+from sda.config import Section
+from sda.method.baselines.base import ClassifierCost
+from sda.method.registry import StreamMethod, register_method
 from sda.models.classifiers import Classifier, to_model_input
-from sda.method.norm_layers import ClassifierCost
 from sda.runtime import derive_seed
 
-__all__ = ["Memo"]
+__all__ = ["Memo", "MemoParams"]
+
+
+class MemoParams(Section):
+    lr: float = Field(0.00025, gt=0, description="SGD learning rate of the one step per image (paper, ResNet-50).")
+    views: int = Field(16, ge=2, description="AugMix views per image (paper: 16-64).")
+    images_per_domain: int | None = Field(32, ge=1, description=(
+        "MEMO on a seeded subset of each domain (its cost: views + 1 forwards and views backwards an image); "
+        "null: every image. The table then says on how many."))
 
 
 class Memo:
-    """``memo(images uint8 (B, H, W, 3), keys) -> logits float32 (B, C)`` (CPU), image by image."""
+    """``memo(images uint8 (B, H, W, 3), keys) -> logits float32 (B, C)`` (CPU), image by image; called
+    with a :class:`sda.method.registry.StreamInputs`, its originals and keys."""
+
+    unet_forward_equivalents = 0.0
 
     def __init__(self, classifier: Classifier, *, lr: float, views: int, seed: int, device: torch.device | str = "cpu"):
         self.device = torch.device(device)
@@ -61,5 +75,17 @@ class Memo:
         self.cost.backwards += self.views
         return logits.float().cpu()
 
-    def __call__(self, images: np.ndarray, keys: list[str]) -> torch.Tensor:
+    def __call__(self, images, keys: list[str] | None = None) -> torch.Tensor:
+        if keys is None:  # a StreamInputs batch
+            images, keys = images.originals, images.keys
         return torch.stack([self.one(img, k) for img, k in zip(images, keys)])
+
+    def extra(self):
+        return {}
+
+
+register_method(StreamMethod(
+    name="memo", description="one marginal-entropy step per image on its AugMix views, then reset", kind="model",
+    per_image=True, params_model=MemoParams, images_per_domain=lambda p: p.images_per_domain,
+    build=lambda ctx: Memo(ctx.source, lr=ctx.params.lr, views=ctx.params.views, seed=ctx.seed, device=ctx.device),
+    reference="Zhang et al., NeurIPS 2022"))
