@@ -10,7 +10,9 @@ pipeline's models and streams: the share of predictions both make alike, per dom
 pipeline's: ``models.model`` gives our classifier behind a normalising layer (the library's models take
 [0, 1] pixels) and LAME's split at the final linear layer; ``datasets.data_loading.get_source_loader``
 gives the same source images EATA's Fisher information reads in our module. One patch: RoTTA's CPU path
-calls ``loss_calculation(x)``, which takes no argument; the harness lets it take one.
+calls ``loss_calculation(x)``, which takes no argument; the harness lets it take one. Our augmentations
+draw from torch's global generator here (a generator of their own in the stage), and each implementation
+runs a whole stream after the same seed, so both draw the same augmentations and dropout masks.
 
 Reads ``data/`` (a run up to ``target_project`` and ``classifier_align``) and ``params.yaml``'s streams
 section. Prints a table; exits 1 when a method agrees on fewer than ``--min-agree`` % of the predictions
@@ -100,6 +102,9 @@ class Normalise(nn.Module):
 def install_shims(reference: Path, source_images: np.ndarray, image_size: int) -> None:
     """The library's imports that are not its methods: our model zoo and source loader."""
     sys.path.insert(0, str(reference))
+    methods = types.ModuleType("methods")  # its __init__ imports every method (and their model zoo): skip it
+    methods.__path__ = [str(reference / "methods")]
+    sys.modules["methods"] = methods
     models = types.ModuleType("models")
     model_mod = types.ModuleType("models.model")
 
@@ -156,6 +161,26 @@ def library_method(name: str, cfg: Node, classifier, image_size: int):
     return klass(cfg, model, int(classifier.config["num_classes"]))
 
 
+def run_stream(method, batches, ts, frozen, *, seed: int, library: bool) -> np.ndarray:
+    """Predictions of ``method`` (ours or the library's) along ``batches``, torch's global generator seeded
+    with ``seed`` first: both implementations draw their augmentations and dropout from it in the same
+    order (ours draw augmentations from a generator of their own in the stage; here from the global one)."""
+    torch.manual_seed(seed)
+    pred = np.full(len(ts.labels), -1)
+    for batch in batches:
+        idx = batch.indices
+        if batch.reset:
+            method.reset()
+        if library:
+            x = torch.from_numpy(ts.originals[idx]).permute(0, 3, 1, 2).float() / 255.0
+            pred[idx] = method(x).argmax(1).detach().numpy()
+        else:
+            inputs = StreamInputs(ts.originals[idx], ts.projections[idx], [ts.keys[i] for i in idx],
+                                  {k: v[idx] for k, v in frozen.items()})
+            pred[idx] = method(inputs).argmax(1).numpy()
+    return pred
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--reference", type=Path, required=True, help="<test-time-adaptation checkout>/classification")
@@ -187,6 +212,9 @@ def main(argv=None) -> int:
     pick = np.sort(np.random.default_rng(derive_seed(seed, "eata", "fisher"))
                    .permutation(len(fisher))[: eata.fisher_images])
     install_shims(args.reference, fisher[pick], ts.originals.shape[1])
+    from sda.method.baselines import augment
+
+    augment.SeededAugment.__call__ = lambda self, x: self.transform(x)  # the global generator, as the library
     dom = ts.domain_index
     failed = []
     print(f"{'method':8} {'stream':13} {'lr x':>5} {'agree % (min over domains)':>27} {'ours':>6} {'library':>8}")
@@ -207,21 +235,10 @@ def main(argv=None) -> int:
                                     num_classes=int(source.config["num_classes"]), batch_size=spec.batch_size,
                                     source_split=split)
                 ours = build_method(name, ctx)
-                torch.manual_seed(derive_seed(seed, "reference", name))
                 lib = library_method(name, library_cfg(name, params, scale, spec.batch_size), source,
                                      ts.originals.shape[1])
-                a = np.full(len(ts.labels), -1)
-                b = np.full(len(ts.labels), -1)
-                for batch in batches:
-                    idx = batch.indices
-                    if batch.reset:
-                        ours.reset()
-                        lib.reset()
-                    inputs = StreamInputs(ts.originals[idx], ts.projections[idx], [ts.keys[i] for i in idx],
-                                          {k: v[idx] for k, v in frozen.items()})
-                    a[idx] = ours(inputs).argmax(1).numpy()
-                    x = torch.from_numpy(ts.originals[idx]).permute(0, 3, 1, 2).float() / 255.0
-                    b[idx] = lib(x).argmax(1).detach().numpy()
+                a = run_stream(ours, batches, ts, frozen, seed=derive_seed(seed, "reference", name, stream), library=False)
+                b = run_stream(lib, batches, ts, frozen, seed=derive_seed(seed, "reference", name, stream), library=True)
                 agree = [float((a[dom == j] == b[dom == j]).mean() * 100) for j in range(len(ts.sizes))]
                 acc_a = np.mean([(a[dom == j] == ts.labels[dom == j]).mean() * 100 for j in range(len(ts.sizes))])
                 acc_b = np.mean([(b[dom == j] == ts.labels[dom == j]).mean() * 100 for j in range(len(ts.sizes))])

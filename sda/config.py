@@ -310,7 +310,7 @@ def _default_streams() -> dict[str, StreamSpec]:
     return {"iid": StreamSpec(order="iid"), "continual": StreamSpec(order="continual"),
             "mixed": StreamSpec(order="mixed"), "correlated": StreamSpec(order="correlated", delta=0.1),
             "class_sorted": StreamSpec(order="correlated", delta=0.0),
-            "batch4": StreamSpec(order="iid", batch_size=4, images_per_domain=270),
+            "batch4": StreamSpec(order="iid", batch_size=4, images_per_domain=135),
             "batch1": StreamSpec(order="iid", batch_size=1, images_per_domain=32)}
 
 
@@ -351,7 +351,7 @@ class Streams(Section):
     streams: dict[str, StreamSpec] = Field(default_factory=_default_streams, description="name: stream.")
     methods: Literal["all"] | tuple[str, ...] = Field("all", description=(
         "The methods compared: `all` (every registered method, sda.method.registry) or a list of their names."))
-    images_per_domain: int | None = Field(None, ge=1, description=(
+    images_per_domain: int | None = Field(270, ge=1, description=(
         "A seeded subset of each evaluated domain (null: all): the stage's cost is linear in it."))
     image_ids: str | None = Field(None, description=(
         "A file of image ids, one per line (RobustBench's helper_files/imagenet_test_image_ids.txt: the 5,000 "

@@ -46,7 +46,7 @@ class CottaParams(Section):
         "Augment where the anchor's mean confidence is below this. null: 0.92 (the library's CIFAR-10 value) "
         "for a model of at most 100 classes, 0.1 (ImageNet) above."))
     augmentations: int = Field(32, ge=1, description="Augmented copies the teacher averages over.")
-    images_per_domain: int | None = Field(128, ge=1, description=(
+    images_per_domain: int | None = Field(32, ge=1, description=(
         "CoTTA on a seeded subset of each domain (null: every image); the table says on how many."))
 
 

@@ -73,22 +73,23 @@ class RobustBatchNorm(nn.Module):
 
 class CategoryBalancedMemory:
     """CSTU: at most ``capacity`` items over ``classes`` classes, ``capacity / classes`` a class before the
-    majority classes give way; the item removed is the one of highest score (older, less certain)."""
+    majority classes give way; the item removed is the one of highest score (older, less certain). An
+    item's age is the number of images added since it was (``clock`` minus its entry time: the library
+    adds one to every item's age per image)."""
 
     def __init__(self, capacity: int, classes: int, lambda_t: float, lambda_u: float):
         self.capacity, self.classes, self.per_class = capacity, classes, capacity / classes
         self.lambda_t, self.lambda_u = lambda_t, lambda_u
-        self.items: list[list[list]] = [[] for _ in range(classes)]  # [data, uncertainty, age]
+        self.items: list[list[list]] = [[] for _ in range(classes)]  # [data, uncertainty, entry time]
+        self.clock = 0
 
     def score(self, age: float, uncertainty: float) -> float:
         return self.lambda_t / (1 + math.exp(-age / self.capacity)) + self.lambda_u * uncertainty / math.log(self.classes)
 
     def add(self, data: torch.Tensor, label: int, uncertainty: float) -> None:
         if self._make_room(label, self.score(0, uncertainty)):
-            self.items[label].append([data, uncertainty, 0])
-        for per_class in self.items:
-            for item in per_class:
-                item[2] += 1
+            self.items[label].append([data, uncertainty, self.clock])
+        self.clock += 1
 
     def _make_room(self, label: int, score: float) -> bool:
         occupied = sum(len(c) for c in self.items)
@@ -102,8 +103,8 @@ class CategoryBalancedMemory:
     def _remove_from(self, classes: list[int], score: float) -> bool:
         best = None
         for c in classes:
-            for i, (_, u, age) in enumerate(self.items[c]):
-                s = self.score(age, u)
+            for i, (_, u, t) in enumerate(self.items[c]):
+                s = self.score(self.clock - t, u)
                 if best is None or s >= best[0]:
                     best = (s, c, i)
         if best is None:
@@ -116,7 +117,7 @@ class CategoryBalancedMemory:
     def contents(self) -> tuple[list[torch.Tensor], list[float]]:
         """The stored images and their ages / capacity, class by class."""
         data = [item[0] for c in self.items for item in c]
-        ages = [item[2] / self.capacity for c in self.items for item in c]
+        ages = [(self.clock - item[2]) / self.capacity for c in self.items for item in c]
         return data, ages
 
 
@@ -131,6 +132,7 @@ class Rotta(ModelAdapter):
             q.detach_()
         self.seed = seed
         self.augment: SeededAugment | None = None
+        self.updates = 0  # over the whole stream
         self.reset_state()
 
     def configure_model(self, model: nn.Module) -> list[nn.Parameter]:
@@ -159,7 +161,7 @@ class Rotta(ModelAdapter):
         return self.teacher(x)
 
     def reset_state(self) -> None:
-        self.seen = self.updates = 0
+        self.seen = 0
         self.memory = CategoryBalancedMemory(self.p.memory_size, self.num_classes, self.p.lambda_t, self.p.lambda_u)
 
     def _update(self) -> None:
