@@ -10,6 +10,10 @@ World", ICLR 2023), as the authors' code (mr-eggplant/SAR ``sar.py``) and the te
 3. model recovery: an exponential moving average (0.9) of the second loss below ``reset_below`` (0.2)
    means the model has collapsed: back to the source weights.
 
+A quirk kept: the reference's reset (a recovery, or a stream's reset at a new domain) restores the SAM
+wrapper's state but not its base SGD's, so the momentum buffers survive it; ``reset_momentum: true``
+empties them too.
+
 Norm layers on test-batch statistics; their affine parameters, except those of the last stage (names
 holding ``layer4``, ``blocks.9``-``blocks.11`` or ``norm.``, and ``norm``), updated by SGD (ImageNet: lr
 0.00025, momentum 0.9, no Nesterov: SAM's base optimiser; ViT / Swin: lr 0.001). Below ``streams.window`` images: the window
@@ -40,6 +44,9 @@ class SarParams(Section):
     rho: float = Field(0.05, gt=0, description="SAM radius.")
     margin: float = Field(0.4, gt=0, description="Reliable entropy: below margin * ln(classes).")
     reset_below: float = Field(0.2, ge=0, description="Model recovery: reset when the loss's moving average is under.")
+    reset_momentum: bool = Field(False, description=(
+        "A reset also empties SGD's momentum. false: as the reference, whose reset restores the SAM wrapper's "
+        "state but not its base optimiser's, so the momentum survives a reset (a domain change, a recovery)."))
 
 
 class Sar(ModelAdapter):
@@ -67,6 +74,13 @@ class Sar(ModelAdapter):
     def reset_state(self) -> None:
         self.ema = None
 
+    def restore_source(self) -> None:
+        if self.p.reset_momentum:
+            return super().restore_source()
+        momentum = {k: v for k, v in self.optimizer.state.items()}  # the reference keeps its base optimiser's state
+        super().restore_source()
+        self.optimizer.state.update(momentum)
+
     @torch.enable_grad()
     def forward_and_adapt(self, x: torch.Tensor) -> torch.Tensor:
         margin = self.p.margin * math.log(self.num_classes)
@@ -90,7 +104,7 @@ class Sar(ModelAdapter):
         loss2 = ent2[torch.where(ent2 < margin)].mean(0)
         value = loss2.item()
         if not np.isnan(value):
-            self.ema = value if self.ema is None else 0.9 * self.ema + 0.1 * value
+            self.ema = value if self.ema is None else 0.9 * self.ema + (1 - 0.9) * value  # the authors' arithmetic
         loss2.backward()
         with torch.no_grad():
             for p, old in climbed:
