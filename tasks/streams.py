@@ -85,6 +85,7 @@ def run(params: Params, device, data: Path = DATA, metrics_dir: Path = METRICS) 
     metrics["protocol"] = {"seed": params.runtime.seed, "domains": list(ts.sizes), "images": int(len(ts.labels)),
                            "projection": {"method": params.projection.method, "per_sample_norm": params.projection.per_sample_norm,
                                           "forward_equivalents_per_image": compute["forward_equivalents_per_image"]},
+                           "evaluate_source_collapse_share": params.evaluate.source_collapse_share,
                            **cfg.model_dump(mode="json")}
     table = streams_markdown(metrics)
     metrics_dir.mkdir(parents=True, exist_ok=True)

@@ -24,9 +24,9 @@ falls below the unadapted source model. So a guard, which sees no label, decides
 Otherwise the adapted sum. Every decision is counted (:attr:`GuardedSda.decisions`).
 
 ``sda+lame``: LAME (:mod:`sda.method.baselines.lame`) with SDA's summed logits as its unary terms and a
-kNN graph over each image's features from both of SDA's models (the aligned model's on the projection and
-the source model's on the original, each L2-normalised, side by side): on a batch of few classes the graph
-pulls an image to its neighbours' class, where SDA alone decides each image on its own.
+kNN graph over the images' features (by default the source model's on the originals; the aligned model's
+on the projections, or both side by side, are the other choices, ``streams.sda_lame``): on a batch of few
+classes the graph pulls an image to its neighbours' class, where SDA alone decides each image on its own.
 ``sda+bn+lame``: the guard as ``sda+bn``, but where it finds the batch *concentrated*, ``sda+lame``'s
 output instead of frozen SDA's.
 """
@@ -150,8 +150,9 @@ class SdaLameParams(Section):
     affinity: Affinity = Field("knn", description=(
         "The graph over the batch: knn (chosen on the source val split, docs/streams.md) | rbf | linear."))
     knn: int = Field(5, ge=1, description="Neighbours of each image in the graph.")
-    features: Literal["both", "aligned", "source"] = Field("both", description=(
-        "Whose features: both (aligned on projections and source on originals, side by side) | aligned | source."))
+    features: Literal["both", "aligned", "source"] = Field("source", description=(
+        "Whose features: source (the source model's on the originals; chosen on the source val split) | aligned "
+        "(the aligned model's on the projections) | both (side by side)."))
 
 
 def sda_lame(batch: StreamInputs, params: SdaLameParams, fallback: bool = False) -> torch.Tensor:

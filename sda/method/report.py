@@ -33,7 +33,8 @@ def results_markdown(metrics: Mapping[str, object]) -> str:
     if dropped:
         lines.append(f"\nSDA without its source term (evaluate.source_collapse_share: {term['collapse_share']:g}) on "
                      + ", ".join(f"{d} ({100 * v:.0f}% of the originals in one class)" for d, v in dropped.items())
-                     + ": the aligned model on the projections decides there.")
+                     + ": the aligned model on the projections decides there. The streams table's `sda` keeps the "
+                     "raw sum on every domain: a stream cannot know in advance that a domain's source model collapsed.")
     if metrics.get("paired"):
         lines.append("\n" + paired_markdown(metrics["paired"]))  # type: ignore[arg-type]
     for d, u in metrics.get("unlabelled", {}).items():  # type: ignore[union-attr]

@@ -62,6 +62,12 @@ def streams_markdown(metrics: Mapping[str, Any]) -> str:
                      f"the source model gets {e['source_same_images']:.1f}{sda}.")
     if notes:
         text += "\n\nGuard: " + "; ".join(notes) + "."
+    share = metrics.get("protocol", {}).get("evaluate_source_collapse_share")
+    if share is not None:
+        text += (f"\n\n`sda` here is the raw logit sum on every domain; `metrics/evaluate.json`'s SDA drops the source "
+                 f"term on a domain where the source model calls over {share:g} of the originals one class "
+                 "(evaluate.source_collapse_share), which a stream cannot know before the domain is over: the two "
+                 "tables' SDA differ there.")
     return text
 
 

@@ -141,8 +141,7 @@ def test_sda_lame_and_the_guard_that_chooses_it(clf):
     sda_lame = build_method("sda+lame", _ctx(clf))
     out = sda_lame(x)
     sda = x.frozen["source_orig"] + x.frozen["aligned_proj"]
-    features = torch.cat([torch.nn.functional.normalize(x.frozen[k], dim=1)
-                          for k in ("aligned_proj_features", "source_orig_features")], 1)
+    features = torch.nn.functional.normalize(x.frozen["source_orig_features"], dim=1)  # the default graph's
     assert torch.allclose(out, lame_outputs(sda, features, LameParams(affinity="knn", knn=5)))
     # one class everywhere: concentrated, so the guard hands the batch to sda+lame instead of frozen SDA
     combo = build_method("sda+bn+lame", _ctx(clf))
