@@ -327,6 +327,23 @@ class GuardParams(Section):
         "projections' by more than this (mean standard deviation): the stream mixes domains. null: no such check."))
 
 
+def _validate_sections(extra: dict[str, Any], models: Mapping[str, type[Section]], known: set[str]) -> list[dict[str, Any]]:
+    """Validate, in place, each section of ``extra`` that ``models`` names (its defaults where absent); the
+    errors, located by section and key, with an unknown-key error for each key of ``extra`` not in ``known``."""
+    errors: list[dict[str, Any]] = [{"type": "extra_forbidden", "loc": (k,), "input": v}
+                                    for k, v in extra.items() if k not in known]
+    for name, model in models.items():
+        value = extra.get(name)
+        if isinstance(value, model):
+            continue
+        try:
+            extra[name] = model.model_validate({} if value is None else value)
+        except ValidationError as err:
+            errors += [{"type": e["type"], "loc": (name, *e["loc"]), "input": e["input"],
+                        **({"ctx": e["ctx"]} if "ctx" in e else {})} for e in err.errors(include_url=False)]
+    return errors
+
+
 # The methods' own sections (streams.tent, streams.lame, ...): each method module of sda.method declares its
 # model (sda.method.registry.StreamMethod.params_model) and the registry adds it here. A process that has not
 # imported the registry keeps them as written; the registry validates them when it builds a method.
@@ -384,20 +401,9 @@ class Streams(Section):
     def model_post_init(self, context: Any) -> None:
         """Each registered method's section validated by its model (its defaults where the file has none);
         where no method is registered yet in this process, the sections are kept as written."""
-        extra = self.__pydantic_extra__
         if not _METHOD_SECTIONS:
             return
-        errors: list[dict[str, Any]] = [{"type": "extra_forbidden", "loc": (k,), "input": v}
-                                        for k, v in extra.items() if k not in _METHOD_SECTIONS]
-        for name, model in _METHOD_SECTIONS.items():
-            value = extra.get(name)
-            if isinstance(value, model):
-                continue
-            try:
-                extra[name] = model.model_validate({} if value is None else value)
-            except ValidationError as err:
-                errors += [{"type": e["type"], "loc": (name, *e["loc"]), "input": e["input"],
-                            **({"ctx": e["ctx"]} if "ctx" in e else {})} for e in err.errors(include_url=False)]
+        errors = _validate_sections(self.__pydantic_extra__, _METHOD_SECTIONS, set(_METHOD_SECTIONS))
         if errors:
             raise ValidationError.from_exception_data("Streams", errors)
 
@@ -519,19 +525,9 @@ class Params(Section):
         and sda/domains/ has a module of its name."""
         extra = self.__pydantic_extra__
         known = set(_DOMAIN_SECTIONS) or _domain_modules()
-        errors: list[dict[str, Any]] = [{"type": "extra_forbidden", "loc": (k,), "input": v}
-                                        for k, v in extra.items() if k not in known]
         if not _DOMAIN_SECTIONS:
             extra.update({k: UnvalidatedSection(v) for k, v in extra.items() if k in known and isinstance(v, dict)})
-        for name, model in _DOMAIN_SECTIONS.items():
-            value = extra.get(name)
-            if isinstance(value, model):
-                continue
-            try:
-                extra[name] = model.model_validate({} if value is None else value)
-            except ValidationError as err:
-                errors += [{"type": e["type"], "loc": (name, *e["loc"]), "input": e["input"],
-                            **({"ctx": e["ctx"]} if "ctx" in e else {})} for e in err.errors(include_url=False)]
+        errors = _validate_sections(extra, _DOMAIN_SECTIONS, known)
         if errors:
             raise ValidationError.from_exception_data("Params", errors)
 
