@@ -57,6 +57,8 @@ def read_source_split(source_dir: Path) -> Callable[[str], tuple[np.ndarray, np.
     def read(split: str) -> tuple[np.ndarray, np.ndarray]:
         from sda.io.shards import iter_samples
 
+        if not (source_dir / split).is_dir():
+            raise FileNotFoundError(f"{source_dir / split}: the source data has no {split} split")
         samples = list(iter_samples(source_dir / split))
         if not samples:
             raise ValueError(f"{source_dir / split}: no image (the source data's {split} split)")

@@ -11,7 +11,8 @@ Forgetting", ICML 2022), as the test-time-adaptation library runs it (mariodoebl
 
 The Fisher information is the mean squared gradient of the cross-entropy to the model's own predictions
 over ``fisher_images`` source images (``fisher_split`` of the source data; the library: 2,000 ImageNet
-train images), in batches of the stream's size, the model on their batch statistics.
+train images), in batches of the stream's size, the model on their batch statistics. Source data without
+that split (the ImageNet profile without ``imagenet.train_dir``): ETA, no penalty, with a warning.
 
 Settings: ImageNet-C (ResNet-50): SGD lr 0.00025, momentum 0.9, Nesterov, batch 64, fisher_alpha 2000,
 2,000 source images. ``d_margin``: the library's CIFAR-10 value 0.4 for a model of at most 100 classes,
@@ -22,6 +23,7 @@ at 10 classes 0.05 keeps almost no image), switch ``d_margin``. Below
 
 from __future__ import annotations
 
+import logging
 import math
 
 import numpy as np
@@ -86,6 +88,7 @@ class Eata(ModelAdapter):
         self.probs: torch.Tensor | None = None
         self.selected = self.steps = 0
         self.fishers = None
+        self.fisher_count = 0 if source_images is None else len(source_images)
         if params.fisher_alpha > 0 and source_images is not None:
             key = (id(classifier.module), len(source_images), batch_size, params.fisher_split)
             if key not in self._fisher_cache:
@@ -128,18 +131,24 @@ class Eata(ModelAdapter):
 
     def extra(self):
         return {"steps": self.steps, "images_selected": self.selected,
-                "fisher_images": 0 if self.fishers is None else self.p.fisher_images}
+                "fisher_images": 0 if self.fishers is None else self.fisher_count}
 
 
 def _build(ctx):
     p: EataParams = ctx.params
     images = None
     if p.fisher_alpha > 0:
-        if ctx.source_split is None:
-            raise ValueError("eata: the Fisher information needs the source data (streams.eata.fisher_alpha: 0 for ETA)")
-        images, _ = ctx.source_split(p.fisher_split)
-        pick = np.random.default_rng(derive_seed(ctx.seed, "eata", "fisher")).permutation(len(images))[: p.fisher_images]
-        images = images[np.sort(pick)]
+        try:
+            images, _ = ctx.source_split(p.fisher_split) if ctx.source_split else (None, None)
+        except (FileNotFoundError, ValueError):
+            images = None
+        if images is None:  # ImageNet's source data holds no images unless imagenet.train_dir is set
+            logging.getLogger("sda.streams").warning(
+                "eata: no source %s images for the Fisher information: EATA runs as ETA (no EWC penalty); set "
+                "streams.eata.fisher_split to a split the source data has", p.fisher_split)
+        else:
+            pick = np.random.default_rng(derive_seed(ctx.seed, "eata", "fisher")).permutation(len(images))[: p.fisher_images]
+            images = images[np.sort(pick)]
     return Eata(ctx.source, params=p, window=ctx.window, device=ctx.device, source_images=images,
                 batch_size=ctx.batch_size if ctx.batch_size > 1 else max(ctx.window, 2))
 

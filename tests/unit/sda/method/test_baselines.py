@@ -155,3 +155,16 @@ def test_a_params_section_error_names_the_key(clf):
     assert cfg.method_params("lame").knn == 3
     with pytest.raises((ParamsError, ValueError), match="knn"):
         Streams.model_validate({"lame": {"knn": 0}})
+
+
+def test_eata_without_source_images_runs_as_eta_and_says_so(clf, tmp_path, caplog):
+    """ImageNet's source data has no train split unless imagenet.train_dir is set: no Fisher, a warning."""
+    from sda.method.catalog import read_source_split
+
+    ctx = _ctx(clf)
+    ctx.source_split = read_source_split(tmp_path / "source_data")
+    with caplog.at_level("WARNING", logger="sda.streams"):
+        eata = build_method("eata", ctx)
+    assert eata.fishers is None and eata.extra()["fisher_images"] == 0
+    assert "runs as ETA" in caplog.text and "fisher_split" in caplog.text
+    assert eata(inputs(_images(16), clf)).shape == (16, 10)
