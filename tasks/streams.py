@@ -105,6 +105,11 @@ def check_methods(params: Params) -> list:
         methods = resolve_methods(params.streams)
     except ValueError as err:
         raise ParamsError(str(err)) from None
+    sections = {m.section_name for m in resolve_methods(type(params.streams)(methods="all")) if m.section_name}
+    unknown = sorted(set(params.streams.model_extra or {}) - sections)
+    if unknown:
+        raise ParamsError(f"params.yaml: streams.{unknown[0]}: unknown parameter (no registered method declares this "
+                          f"section; the methods' sections: {', '.join(sorted(sections))})")
     for m in methods:
         if m.section_name:
             params.streams.method_params(m.section_name)
