@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from sda.config import Section
-from sda.method.baselines.base import ClassifierCost, entropy
+from sda.method.baselines.base import ClassifierCost, Window, entropy
 from sda.method.baselines.bn import BatchNormAdapter
 from sda.method.baselines.lame import Affinity, LameParams, lame_outputs
 from sda.method.baselines.tent import Tent
@@ -170,8 +170,6 @@ class SdaLame:
     unet_forward_equivalents = 0.0
 
     def __init__(self, params: SdaLameParams, *, window: int, fallback: bool, projection_fe: float):
-        from sda.method.baselines.base import Window
-
         self.p, self.fallback, self.window = params, fallback, Window(window)
         self.unet_forward_equivalents = projection_fe
         self.cost = ClassifierCost()

@@ -20,7 +20,7 @@ import torch.nn as nn
 from sda.models.classifiers import Classifier, to_model_input
 
 __all__ = ["ClassifierCost", "ModelAdapter", "Window", "ema_update", "entropy", "lone", "norm_affine_parameters",
-           "reference_sgd", "use_test_batch_statistics"]
+           "reference_sgd", "symmetric_cross_entropy", "use_test_batch_statistics"]
 
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 _NORMS = (*_BN, nn.LayerNorm, nn.GroupNorm)  # timm's LayerNorm2d is a LayerNorm
@@ -51,6 +51,12 @@ class ClassifierCost:
 def entropy(logits: torch.Tensor) -> torch.Tensor:
     """Softmax entropy in nats per row of ``logits`` (N, C) -> (N,)."""
     return -(logits.softmax(1) * logits.log_softmax(1)).sum(1)
+
+
+def symmetric_cross_entropy(x: torch.Tensor, x_ema: torch.Tensor, alpha: float = 0.5) -> torch.Tensor:
+    """Per row of logits (N, C): (1 - alpha) CE(softmax x_ema, x) + alpha CE(softmax x, x_ema), the library's
+    ``SymmetricCrossEntropy`` (CoTTA's ImageNet loss and ROID's consistency term, alpha 0.5)."""
+    return -(1 - alpha) * (x_ema.softmax(1) * x.log_softmax(1)).sum(1) - alpha * (x.softmax(1) * x_ema.log_softmax(1)).sum(1)
 
 
 def use_test_batch_statistics(model: nn.Module) -> int:

@@ -30,7 +30,8 @@ from pydantic import Field
 
 from sda.config import Section
 from sda.method.baselines.augment import SeededAugment, tta_transform
-from sda.method.baselines.base import ModelAdapter, ema_update, reference_sgd, use_test_batch_statistics
+from sda.method.baselines.base import (ModelAdapter, ema_update, reference_sgd, symmetric_cross_entropy,
+                                       use_test_batch_statistics)
 from sda.method.registry import StreamMethod, register_method
 from sda.runtime import derive_seed
 
@@ -48,10 +49,6 @@ class CottaParams(Section):
     augmentations: int = Field(32, ge=1, description="Augmented copies the teacher averages over.")
     images_per_domain: int | None = Field(32, ge=1, description=(
         "CoTTA on a seeded subset of each domain (null: every image); the table says on how many."))
-
-
-def _symmetric_ce(x: torch.Tensor, x_ema: torch.Tensor) -> torch.Tensor:
-    return -0.5 * (x_ema.softmax(1) * x.log_softmax(1)).sum(1) - 0.5 * (x.softmax(1) * x_ema.log_softmax(1)).sum(1)
 
 
 class Cotta(ModelAdapter):
@@ -106,7 +103,7 @@ class Cotta(ModelAdapter):
         else:
             teacher = self.teacher(x)
             passes += 1
-        loss = _symmetric_ce(outputs, teacher).mean(0)
+        loss = symmetric_cross_entropy(outputs, teacher).mean(0)
         loss.backward()
         self.optimizer.step()
         self.optimizer.zero_grad()

@@ -29,7 +29,7 @@ from pydantic import Field
 
 from sda.config import Section
 from sda.method.baselines.augment import SeededAugment, tta_transform
-from sda.method.baselines.base import ModelAdapter, ema_update, entropy, reference_sgd
+from sda.method.baselines.base import ModelAdapter, ema_update, entropy, reference_sgd, symmetric_cross_entropy
 from sda.method.registry import StreamMethod, register_method
 from sda.runtime import derive_seed
 
@@ -58,10 +58,6 @@ def prior_correction(logits: torch.Tensor) -> torch.Tensor:
 def _slr(logits: torch.Tensor, clip: float = 0.99, eps: float = 1e-5) -> torch.Tensor:
     probs = torch.clamp(logits.softmax(1), min=0.0, max=clip)
     return -(probs * torch.log(probs / (torch.ones_like(probs) - probs) + eps)).sum(1)
-
-
-def _symmetric_ce(x: torch.Tensor, x_ema: torch.Tensor, alpha: float = 0.5) -> torch.Tensor:
-    return -(1 - alpha) * (x_ema.softmax(1) * x.log_softmax(1)).sum(1) - alpha * (x.softmax(1) * x_ema.log_softmax(1)).sum(1)
 
 
 class Roid(ModelAdapter):
@@ -117,7 +113,7 @@ class Roid(ModelAdapter):
             except ValueError:  # one kept image whose last BatchNorm sees 1x1 features: no batch statistics
                 augmented = None
             if augmented is not None:
-                loss = loss + (_symmetric_ce(augmented, outputs[~mask]) * weights[~mask]).sum() / self.batch_size
+                loss = loss + (symmetric_cross_entropy(augmented, outputs[~mask]) * weights[~mask]).sum() / self.batch_size
                 self.cost.forwards += len(kept)
         loss.backward()
         self.optimizer.step()
