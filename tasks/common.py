@@ -19,6 +19,7 @@ from filelock import FileLock, Timeout
 from sda.config import Params, ParamsError, load_params
 from sda.layout import DATA, RUNS, STAGE_ORDER, TRAINING_CURVE, TRAINING_SUMMARY, WORK
 from sda.io.atomic import atomic_write_bytes, atomic_write_json, clean_stale_temps, replace_dir
+from sda.io.console import printable_console
 from sda.io.cluster import SchedulerUnreachableError
 from sda.io.resumable_jobs import PROGRESS, jobs_fingerprint, run_shard_jobs
 from sda.runtime import pick_device, seed_everything, set_deterministic, set_threads
@@ -31,6 +32,7 @@ _DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 
 def setup_logging() -> None:
+    printable_console()  # a folder name in a message never stops a stage with a codec error
     logging.basicConfig(
         level=os.environ.get("SDA_LOG_LEVEL", "INFO"),
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",

@@ -22,6 +22,7 @@ from typing import TextIO
 import numpy as np
 
 from sda.config import Params, ParamsError, load_params
+from sda.io.console import printable, printable_console
 
 __all__ = ["check", "main"]
 
@@ -39,7 +40,7 @@ def _table(rows: list[list[str]], out: TextIO) -> None:
 
 def _folder_report(params: Params, out: TextIO, all_skipped: bool) -> int:
     """Check the folder profile's folders; print the report; the number of warnings."""
-    from sda.domains.folder import check_targets, source_inventory, split_files, target_inventories
+    from sda.domains.folder import check_targets, source_inventory, source_pictures, split_files, target_inventories
 
     cfg = params.folder
     src = source_inventory(params, progress=False)
@@ -47,21 +48,21 @@ def _folder_report(params: Params, out: TextIO, all_skipped: bool) -> int:
                          cfg.test_fraction, params.runtime.seed)
     names = sorted(src.files)
     targets = target_inventories(params, progress=False)
-    check_targets(params, targets, names, set(src.sha256.values()))
+    check_targets(params, targets, names, source_pictures(src.fingerprints, src.root, cfg.near_duplicates))
     per = {s: {n: 0 for n in names} for s in splits}
     for s, items in splits.items():
         for _, label in items:
             per[s][names[label]] += 1
-    print(f"source {src.root}: {len(names)} classes, {sum(src.counts.values())} images (split by runtime.seed "
+    print(f"source {printable(str(src.root))}: {len(names)} classes, {sum(src.counts.values())} images (split by runtime.seed "
           f"{params.runtime.seed})", file=out)
-    _table([["class", "train", "val", "test"]] + [[n, *(str(per[s][n]) for s in ("train", "val", "test"))]
+    _table([["class", "train", "val", "test"]] + [[printable(n), *(str(per[s][n]) for s in ("train", "val", "test"))]
                                                   for n in names], out)
     if targets:
         print("targets:", file=out)
         rows = [["name", "kind", "images", "folder"]]
         for name, inv in targets.items():
             kind = f"labelled ({len(inv.files)} classes)" if inv.labelled else "flat (no accuracy)"
-            rows.append([name, kind, str(sum(inv.counts.values())), str(inv.root)])
+            rows.append([name, kind, str(sum(inv.counts.values())), printable(str(inv.root))])
         _table(rows, out)
     td = params.target_data
     if cfg.corruptions:
@@ -72,7 +73,7 @@ def _folder_report(params: Params, out: TextIO, all_skipped: bool) -> int:
         shown = skipped if all_skipped else skipped[:20]
         print(f"not used: {len(skipped)} file(s)", file=out)
         for s in shown:
-            print(f"  {s['file']}: {s['reason']}", file=out)
+            print(f"  {printable(s['file'])}: {printable(s['reason'])}", file=out)
         if len(shown) < len(skipped):
             print(f"  ... {len(skipped) - len(shown)} more (--all-skipped lists them)", file=out)
     warnings = []
@@ -87,6 +88,11 @@ def _folder_report(params: Params, out: TextIO, all_skipped: bool) -> int:
     med = float(np.median(sides))
     if med > FAR_SIZE * cfg.image_size or med < cfg.image_size / FAR_SIZE:
         warnings.append(f"images far from folder.image_size={cfg.image_size}: their median shorter side is {med:.0f} px")
+    dark = [src.root / f for f in src.dark] + [inv.root / f for inv in targets.values() for f in inv.dark]
+    if dark:
+        warnings.append(f"{len(dark)} image(s) of 16 bits or more are nearly black (brightest pixel at most 16 of 255, "
+                        f"e.g. {printable(str(dark[0]))}): 12-bit data stored in 16 bits without a PNG sBIT chunk is read "
+                        "as 16-bit; save them with sBIT or scaled to the full 16 bits")
     for w in warnings:
         print(f"warning: {w}", file=out)
     return len(warnings)
@@ -110,6 +116,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
     ap.add_argument("--all-skipped", action="store_true", help="list every file not used (default: the first 20)")
     args = ap.parse_args(argv)
+    printable_console()
     logging.getLogger("sda").setLevel(logging.ERROR)  # every file not used is in the report, not the log
     t0 = time.perf_counter()
     try:

@@ -8,13 +8,15 @@ limits of ``relabel``, full decode, EXIF orientation, any mode to RGB) before an
 brought to ``folder.image_size`` by guided-diffusion's loader (shorter side resized, aspect kept, centre
 crop). The images are split into train / val / test per class by ``runtime.seed``. Every file not used
 (a link, a special or hidden file, an unsupported format, a file beside the class folders, an
-undecodable image, a duplicate) is listed with its reason (the log, and ``skipped.json`` in the
-output). Layouts that would mislabel are refused: split folders (``train/``, ``val/``) taken for
-classes, the same image under two class names.
+undecodable image, a second copy of a picture in its class) is listed with its reason (the log, and
+``skipped.json`` in the output). Layouts that would mislabel are refused: split folders (``train/``,
+``val/``) or a data set's domains (``photo/``, ``sketch/``) taken for classes, the same picture under two
+class names (by its pixels, or as a near copy: :mod:`sda.io.image_identity`), class names that are one
+name up to case or Unicode normalisation.
 
 Targets (``folder.target_dirs``, ``name: folder``): a folder with class sub-folders is a labelled
 domain (its class names must be source classes; they get the source's labels; it may not be the source
-folder, lie inside it or share image content with it); a flat folder of
+folder, lie inside it or hold a picture of the source, by pixels or as a near copy); a flat folder of
 images is an unlabelled domain (label -1): the pipeline predicts it, without an accuracy. With
 ``folder.corruptions`` (default) the ``target_data.corruptions`` of the source test split at
 ``target_data.severity`` are added (and ``clean``, the test split itself, with
@@ -38,15 +40,17 @@ from sda.config import ADM_256_UNCOND, Params, Section
 from sda.domains.corruptions import write_shifted_domains
 from sda.domains.registry import Domain, PretrainedClassifier, PretrainedDiffusion, register_domain
 from sda.io.atomic import atomic_dir, atomic_write_json
+from sda.io.image_identity import Fingerprint, NearIndex
 from sda.io.images import FOLDER_SUFFIXES, BadImage, center_crop_arr
-from sda.io.user_folder import SPLIT_NAMES, list_folder, read_files
+from sda.io.console import printable
+from sda.io.user_folder import SPLIT_NAMES, Listing, class_name, list_folder, read_files
 from sda.io.shards import Sample, load_shards, write_shards
 from sda.io.target_index import TargetIndex
 from sda.runtime import derive_seed
 
 
-__all__ = ["Folder", "Inventory", "check_targets", "inventory", "reserved_domain_names",
-           "source_inventory", "split_files", "target_inventories", "write_source", "write_targets"]
+__all__ = ["Folder", "Inventory", "check_targets", "inventory", "read_source_pictures", "reserved_domain_names",
+           "source_inventory", "source_pictures", "split_files", "target_inventories", "write_source", "write_targets"]
 
 
 class Folder(Section):
@@ -79,6 +83,9 @@ class Folder(Section):
     finetune_lr: float = Field(1e-4, gt=0, description="AdamW learning rate of the fine-tunings (with `dit`).")
     finetune_batch_size: int = Field(16, ge=1)
     min_images_per_class: int = Field(10, ge=3, description="A source class with fewer image files is an error.")
+    near_duplicates: bool = Field(True, description=(
+        "Also treat near copies (a JPEG export, a resize) as the same picture, not only identical pixels: "
+        "kept once in a class, refused across classes and between the source and a labelled target."))
     val_fraction: float = Field(0.15, gt=0, lt=0.5, description="Source split, stratified, by runtime.seed.")
     test_fraction: float = Field(0.25, gt=0, lt=0.6)
     shard_maxcount: int = Field(1000, ge=1)
@@ -102,6 +109,23 @@ class Folder(Section):
         """Both diffusion models start from pretrained weights (``adm_checkpoint`` and ``dit``)."""
         return self.dit is not None
 
+    @field_validator("source_dir", "classifier_weights", "adm_checkpoint", "dit", mode="before")
+    @classmethod
+    def _no_tilde(cls, v: Any) -> Any:
+        return _refuse_tilde(v)
+
+    @field_validator("target_dirs", mode="before")
+    @classmethod
+    def _yaml_keys(cls, v: Any) -> Any:
+        if isinstance(v, dict):
+            for name, folder in v.items():
+                if not isinstance(name, str):
+                    words = " (or on / off, true / false)" if isinstance(name, bool) else ""
+                    raise ValueError(f"target name {_yaml_word(name)}{words} unquoted is read by YAML as "
+                                     f"{type(name).__name__} {name!r}, not as a name; quote it: '{_yaml_word(name)}': {folder}")
+                _refuse_tilde(folder)
+        return v
+
     @field_validator("target_dirs")
     @classmethod
     def _names(cls, v: dict[str, str]) -> dict[str, str]:
@@ -111,6 +135,18 @@ class Folder(Section):
         return v
 
 log = logging.getLogger("sda.domains.folder")
+
+
+def _yaml_word(value: Any) -> str:
+    """How a YAML key that was not text was likely written (``no`` for False, ``2019`` for 2019)."""
+    return {True: "yes", False: "no"}[value] if isinstance(value, bool) else str(value)
+
+
+def _refuse_tilde(v: Any) -> Any:
+    if isinstance(v, str) and v.startswith("~"):
+        raise ValueError(f"{v!r}: '~' is not expanded here (paths are taken as written, relative to the repository "
+                         f"root); write the full path, e.g. {str(Path(v).expanduser())!r}")
+    return v
 
 
 def split_files(files: dict[str, list[Path]], val_fraction: float, test_fraction: float,
@@ -132,15 +168,18 @@ def split_files(files: dict[str, list[Path]], val_fraction: float, test_fraction
 @dataclass
 class Inventory:
     """A user folder read and decoded once: per class (``""`` for a flat folder) the usable files
-    (relative paths, sorted) and their content hashes, and every file not used with its reason
-    (``skipped``: ``{"file", "reason"}``, the listing's and the decoding's, and duplicates)."""
+    (relative paths, sorted) and their :class:`~sda.io.image_identity.Fingerprint`, and every file not
+    used with its reason (``skipped``: ``{"file", "reason"}``, the listing's and the decoding's, and second
+    copies of a picture). ``dark``: greyscale files of 16 bits or more whose brightest pixel is at most
+    16 of 255 (data of 12 bits or fewer stored in 16 without saying so: read nearly black)."""
 
     root: Path
     labelled: bool
     files: dict[str, list[str]]
-    sha256: dict[str, str]
+    fingerprints: dict[str, Fingerprint]
     skipped: list[dict[str, str]]
     sizes: list[tuple[int, int]]
+    dark: list[str]
 
     @property
     def counts(self) -> dict[str, int]:
@@ -148,39 +187,72 @@ class Inventory:
 
 
 def inventory(root: Path, key: str, params: Params, *, progress: bool = True) -> Inventory:
-    """List ``root`` (:func:`sda.io.user_folder.list_folder`), read and decode every image file once
-    (``relabel``'s size and pixel limits), and drop a second copy of the same content in one class (a
-    *duplicate*, listed). The same content under two class names is refused: its label is unknowable."""
+    """List ``root`` (:func:`sda.io.user_folder.list_folder`), refuse layouts that would mislabel, read and
+    decode every image file once (``relabel``'s size and pixel limits), and keep one copy of a picture in
+    a class (same pixels, or a near copy with ``folder.near_duplicates``; the others listed). The same
+    picture under two class names is refused: its label is unknowable."""
     listing = list_folder(root, key)
     labelled = bool(listing.classes)
     _refuse_split_folders(list(listing.classes), root, key)
+    _refuse_domain_folders(listing, key)
     wanted = listing.classes if labelled else {"": listing.flat}
     r = params.relabel
     skipped = list(listing.skipped)
     files: dict[str, list[str]] = {c: [] for c in wanted}
-    sha: dict[str, str] = {}
+    prints: dict[str, Fingerprint] = {}
     sizes: list[tuple[int, int]] = []
-    owner: dict[str, tuple[str, str]] = {}
+    dark: list[str] = []
+    seen = NearIndex(near=params.folder.near_duplicates)
     todo = [(c, f) for c, fs in wanted.items() for f in fs]
     read = read_files(root, [f for _, f in todo], max_bytes=r.max_file_bytes, max_pixels=r.max_pixels, min_side=r.min_side)
     for (cls, _), got in tqdm(zip(todo, read), total=len(todo), desc=f"reading {root}", disable=not progress,
                               leave=False, mininterval=2):
         if got.reason is not None:
-            log.warning("skipped %s: %s", root / got.rel, got.reason)
+            log.warning("skipped %s: %s", printable(str(root / got.rel)), got.reason)
             skipped.append({"file": str(root / got.rel), "reason": got.reason})
             continue
-        if got.sha256 in owner:
-            other_cls, other = owner[got.sha256]
+        match = seen.find(got.fingerprint)
+        if match is not None:
+            (other_cls, other), how = match
             if other_cls != cls:
-                raise ValueError(f"{key}: the same image is in class folders {other_cls!r} and {cls!r} of {root} "
-                                 f"({other}, {got.rel}): its label is unknowable; remove one of them")
-            skipped.append({"file": str(root / got.rel), "reason": f"duplicate of {other}: not read twice"})
+                raise ValueError(f"{key}: the same picture is in class folders '{printable(other_cls)}' and "
+                                 f"'{printable(cls)}' of {printable(str(root))} ({printable(other)}, {printable(got.rel)}: "
+                                 f"{how}): its label is unknowable; remove one of them")
+            skipped.append({"file": str(root / got.rel), "reason": f"the same picture as {other} ({how}): not read twice"})
             continue
-        owner[got.sha256] = (cls, got.rel)
+        seen.add(got.fingerprint, (cls, got.rel))
         files[cls].append(got.rel)
-        sha[got.rel] = got.sha256
+        prints[got.rel] = got.fingerprint
         sizes.append(got.image.size)
-    return Inventory(root, labelled, files, sha, skipped, sizes)
+        if (got.mode or "").startswith(("I", "F")) and got.image.getextrema()[1] <= 16:
+            dark.append(got.rel)
+    return Inventory(root, labelled, files, prints, skipped, sizes, dark)
+
+
+def _refuse_domain_folders(listing: Listing, key: str) -> None:
+    """Class folders that all hold the same class folders and no images of their own: a data set of
+    ``<domain>/<class>/`` (PACS, Office-Home, DomainNet) named one level too high."""
+    subs, root, name = listing.subfolders, listing.root, key.split(".")[-1]
+    if len(subs) >= 2 and not any(listing.own_images.values()):
+        first = next(iter(subs.values()))
+        if len(first) >= 2 and all(s == first for s in subs.values()):
+            domains = sorted(subs)
+            example = ", ".join(sorted(first)[:4]) + (", ..." if len(first) > 4 else "")
+            hint = (f"source_dir: {printable(str(root / domains[0]))} and target_dirs "
+                    + ", ".join(f"{printable(d)}: {printable(str(root / d))}" for d in domains[1:]))
+            raise ValueError(f"{key}: the folders of {printable(str(root))} ({', '.join(map(printable, domains))}) each "
+                             f"hold the same class folders ({printable(example)}) and no images: a <domain>/<class>/ "
+                             f"data set, its domains taken for classes; did you mean {hint}?"
+                             if name == "source_dir" else
+                             f"{key}: the folders of {printable(str(root))} ({', '.join(map(printable, domains))}) each "
+                             f"hold the same class folders ({printable(example)}): a <domain>/<class>/ data set; name "
+                             "each domain as its own target in folder.target_dirs")
+
+
+def _disk_name(root: Path, name: str) -> str:
+    """The folder under ``root`` whose class name is ``name``."""
+    return next((e.name for e in root.iterdir() if e.is_dir() and class_name(e.name, "folder.source_dir", root) == name),
+                name)
 
 
 def _inside(a: Path, b: Path) -> bool:
@@ -237,7 +309,13 @@ def source_inventory(params: Params, *, progress: bool = True) -> Inventory:
     if not inv.labelled:
         raise ValueError(f"folder.source_dir: {root} has no class folders; expected <class name>/<image files>")
     if len(names) < 2:
-        raise ValueError(f"folder.source_dir: {root} has one class folder ({names[0]}); a classifier needs two or more")
+        one = list_folder(root / _disk_name(root, names[0]), "folder.source_dir")
+        inner = sorted(one.classes)
+        hint = (f"; did you mean source_dir: {printable(str(one.root))}? (its folders "
+                f"{', '.join(map(printable, inner[:4]))}{', ...' if len(inner) > 4 else ''} look like the classes)"
+                if len(inner) >= 2 else "")
+        raise ValueError(f"folder.source_dir: {printable(str(root))} has one class folder ({printable(names[0])}); a "
+                         f"classifier needs two or more{hint}")
     small = {n: k for n, k in inv.counts.items() if k < cfg.min_images_per_class}
     if small:
         raise ValueError(f"folder.source_dir: class folder(s) with fewer than folder.min_images_per_class="
@@ -248,8 +326,9 @@ def source_inventory(params: Params, *, progress: bool = True) -> Inventory:
 
 
 def write_source(params: Params, out: Path) -> dict[str, int]:
-    """``out/{train,val,test}`` shard sets, ``classes.json``, ``content.json`` (the sha256 of each
-    split's files, sorted: what a labelled target may not share) and ``skipped.json``; returns the counts."""
+    """``out/{train,val,test}`` shard sets, ``classes.json``, ``content.json`` (each file's split and
+    :class:`~sda.io.image_identity.Fingerprint`, by file: the pictures a labelled target may not hold)
+    and ``skipped.json``; returns the counts."""
     cfg = params.folder
     inv = source_inventory(params)
     root, names = inv.root, sorted(inv.files)
@@ -264,8 +343,9 @@ def write_source(params: Params, out: Path) -> dict[str, int]:
             if counts[split] == 0:
                 raise ValueError(f"folder.source_dir: no readable image in the {split} split of {root} (see the log)")
         atomic_write_json(tmp / "classes.json", {"names": names})
-        atomic_write_json(tmp / "content.json", {split: sorted(inv.sha256[p.relative_to(root).as_posix()] for p, _ in items)
-                                                 for split, items in splits.items()})
+        atomic_write_json(tmp / "content.json", {"files": {
+            rel: {"split": split, **inv.fingerprints[rel].as_dict()}
+            for split, items in splits.items() for rel in sorted(p.relative_to(root).as_posix() for p, _ in items)}})
         atomic_write_json(tmp / "skipped.json", skipped)
     log.info("source %s: %d classes, %s images, %d file(s) skipped%s", root, len(names), counts, len(skipped),
              " (listed in skipped.json)" if skipped else "")
@@ -296,23 +376,52 @@ def target_inventories(params: Params, *, progress: bool = True) -> dict[str, In
     return out
 
 
-def check_targets(params: Params, targets: dict[str, Inventory], names: list[str],
-                  source_content: set[str]) -> None:
-    """Refuse a labelled target whose classes are not ``names`` or which shares image content with
-    ``source_content`` (sha256s of the source's files); one with no usable image."""
+def source_pictures(files: dict[str, Fingerprint], source_root: Path, near: bool) -> NearIndex:
+    """The source's pictures (file -> fingerprint, from :class:`Inventory` or ``content.json``) as an index
+    a labelled target is checked against."""
+    index = NearIndex(near=near)
+    for rel, fp in sorted(files.items()):
+        index.add(fp, source_root / rel)
+    return index
+
+
+def read_source_pictures(source_dir: Path, params: Params) -> NearIndex:
+    """:func:`source_pictures` of ``source_data``'s ``content.json``."""
+    content = json.loads((source_dir / "content.json").read_text())
+    if "files" not in content:
+        raise ValueError(f"{source_dir / 'content.json'} is from an older version of source_data; run "
+                         "`dvc repro source_data` (or `python -m tasks.source_data`) again")
+    files = {rel: Fingerprint(e["pixels"], e["phash"], e["thumb"], e["grey"]) for rel, e in content["files"].items()}
+    return source_pictures(files, Path(params.folder.source_dir), params.folder.near_duplicates)
+
+
+def check_targets(params: Params, targets: dict[str, Inventory], names: list[str], source: NearIndex) -> None:
+    """Refuse a labelled target whose classes are not ``names`` or which holds a picture of the source
+    (``source``: same pixels, or a near copy with ``folder.near_duplicates``), naming both files; one with
+    no usable image."""
+    folded = {n.casefold(): n for n in names}
     for name, inv in targets.items():
         key, root = f"folder.target_dirs.{name}", inv.root
         if inv.labelled:
             unknown = sorted(set(inv.files) - set(names))
+            cased = [(u, folded[u.casefold()]) for u in unknown if u.casefold() in folded]
+            if cased:
+                u, n = cased[0]
+                raise ValueError(f"{key}: class folder '{printable(u)}' of {printable(str(root))} is '{printable(n)}' in "
+                                 "folder.source_dir: class names must match exactly, case too; rename it")
             if unknown:
-                raise ValueError(f"{key}: class folder(s) {unknown} of {root} are not source classes {names}; "
-                                 "rename them, or remove them to label the images without accuracy")
-            shared = sorted(rel for rel, h in inv.sha256.items() if h in source_content)
+                raise ValueError(f"{key}: class folder(s) {', '.join(map(printable, unknown))} of {printable(str(root))} are "
+                                 f"not source classes ({', '.join(map(printable, names))}); rename them, or remove them to "
+                                 "label the images without accuracy")
+            shared = [(rel, match) for rel, fp in sorted(inv.fingerprints.items())
+                      if (match := source.find(fp)) is not None]
             if shared:
-                raise ValueError(f"{key}: {len(shared)} image(s) of {root} are also in folder.source_dir (e.g. "
-                                 f"{shared[0]}): the accuracy would be measured on training images; remove them")
+                rel, (src_file, how) = shared[0]
+                raise ValueError(f"{key}: {len(shared)} image(s) of {printable(str(root))} are also in "
+                                 f"folder.source_dir (e.g. {printable(rel)} is {printable(str(src_file))}: {how}): the "
+                                 "accuracy would be measured on training images; remove them")
         if not sum(inv.counts.values()):
-            raise ValueError(f"{key}: no readable image file ({', '.join(sorted(FOLDER_SUFFIXES))}) in {root}"
+            raise ValueError(f"{key}: no readable image file ({', '.join(sorted(FOLDER_SUFFIXES))}) in {printable(str(root))}"
                              + (f" ({len(inv.skipped)} file(s) not used: `sda check` lists them)" if inv.skipped else ""))
 
 
@@ -322,11 +431,8 @@ def write_targets(params: Params, source_dir: Path, out: Path) -> list[str]:
     domain names."""
     cfg, td = params.folder, params.target_data
     names = json.loads((source_dir / "classes.json").read_text())["names"]
-    content_file = source_dir / "content.json"
-    source_content = ({h for hs in json.loads(content_file.read_text()).values() for h in hs}
-                      if content_file.exists() else set())
     targets = target_inventories(params)
-    check_targets(params, targets, names, source_content)
+    check_targets(params, targets, names, read_source_pictures(source_dir, params))
     plan = [(name, inv.root, [(inv.root / f, names.index(c) if inv.labelled else -1)
                               for c, fs in inv.files.items() for f in fs]) for name, inv in targets.items()]
     corruptions = list(td.corruptions) if cfg.corruptions else []

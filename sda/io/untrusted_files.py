@@ -103,18 +103,21 @@ def open_beneath(root_fd: int, rel: str | os.PathLike[str]) -> tuple[int, os.sta
     return fd, st
 
 
-def read_fd(fd: int, max_bytes: int, what: str = "file") -> bytes:
-    """At most ``max_bytes`` bytes of ``fd`` from its current offset; one byte more is an error."""
+def read_fd(fd: int, max_bytes: int, what: str = "file", size_hint: int = 0) -> bytes:
+    """At most ``max_bytes`` bytes of ``fd`` from its current offset; one byte more is an error.
+    ``size_hint`` (the fstat size): read in one piece of that size, so a large file is held once, not
+    as chunks and their join."""
     chunks, n = [], 0
+    first = min(size_hint + 1 if size_hint > 0 else 1 << 20, max_bytes + 1)
     while n <= max_bytes:
-        b = os.read(fd, min(1 << 20, max_bytes + 1 - n))
+        b = os.read(fd, first if not chunks else min(1 << 20, max_bytes + 1 - n))
         if not b:
             break
         chunks.append(b)
         n += len(b)
     if n > max_bytes:
         raise NotReadable(f"{what} too large: more than relabel.max_file_bytes={max_bytes} bytes")
-    return b"".join(chunks)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def read_beneath(root_fd: int, rel: str | os.PathLike[str], max_bytes: int) -> tuple[bytes, FileId]:
@@ -124,7 +127,7 @@ def read_beneath(root_fd: int, rel: str | os.PathLike[str], max_bytes: int) -> t
     try:
         if st.st_size > max_bytes:
             raise NotReadable(f"file too large: {st.st_size} bytes > relabel.max_file_bytes={max_bytes}")
-        return read_fd(fd, max_bytes), FileId.of(st)
+        return read_fd(fd, max_bytes, size_hint=st.st_size), FileId.of(st)
     finally:
         os.close(fd)
 

@@ -82,7 +82,7 @@ def test_the_same_image_under_two_class_names_is_refused(shapes, tmp_path):
     one = sorted((src / SHAPES[0]).rglob("*.png"))[0]
     shutil.copy(one, src / SHAPES[1] / "copy.png")
     repo = _repo(tmp_path, {"source_dir": str(src), "target_dirs": {}})
-    _refused(repo, "sda.domains.check", f"the same image is in class folders '{SHAPES[0]}' and '{SHAPES[1]}'")
+    _refused(repo, "sda.domains.check", f"the same picture is in class folders '{SHAPES[0]}' and '{SHAPES[1]}'")
 
 
 def test_hostile_entries_are_reported_not_followed_and_nothing_is_dropped_silently(shapes, tmp_path):
@@ -175,3 +175,136 @@ def test_a_stage_before_its_upstream_and_a_second_run_at_once_say_what_to_do(sha
         fcntl.flock(held, fcntl.LOCK_EX)
         _refused(repo, "tasks.source_data", "another run of stage source_data is running in this checkout")
     assert not (repo / "data" / "source_data").exists()
+
+
+# --- the same picture by its pixels or as a near copy, layouts one level off, names that only look alike,
+# bit depths, answers printable on any terminal (each case generated here; `sda check` and the stages)
+
+def _first_png(folder: Path) -> Path:
+    return sorted(folder.rglob("*.png"))[0]
+
+
+@pytest.mark.parametrize("encoding", ["webp lossless", "bmp", "tiff", "png re-saved", "jpeg export"])
+def test_a_labelled_target_holding_a_source_picture_in_another_encoding_is_refused(shapes, source_done, tmp_path,
+                                                                                   encoding):
+    target = tmp_path / "tgt"
+    shutil.copytree(shapes / "site_b", target)
+    original = _first_png(shapes / "source" / SHAPES[1])
+    img = Image.open(original).convert("RGB")
+    name = {"webp lossless": "c.webp", "bmp": "c.bmp", "tiff": "c.tif", "png re-saved": "c.png", "jpeg export": "c.jpg"}
+    out = target / SHAPES[1] / name[encoding]
+    img.save(out, **({"lossless": True} if encoding == "webp lossless" else {"quality": 85} if encoding == "jpeg export"
+                     else {"compress_level": 1} if encoding == "png re-saved" else {}))
+    _set_targets(source_done, {"site_x": str(target)})
+    how = "near copy" if encoding == "jpeg export" else "same pixels"
+    modules = ("sda.domains.check", "tasks.target_data") if encoding in ("webp lossless", "jpeg export") else \
+        ("sda.domains.check",)
+    for module in modules:
+        line = _refused(source_done, module, "also in folder.source_dir (e.g. ")
+        assert f"{SHAPES[1]}/{out.name} is {original}: {how}" in line, line  # both files named
+
+
+def test_one_picture_in_two_classes_is_refused_and_a_copy_in_its_own_class_is_used_once(shapes, tmp_path):
+    src = _copy_source(shapes, tmp_path / "src")
+    original = _first_png(src / SHAPES[0])
+    Image.open(original).convert("RGB").save(src / SHAPES[0] / "export.jpg", quality=90)  # within the class
+    repo = _repo(tmp_path, {"source_dir": str(src), "target_dirs": {}})
+    rc, out, err = _run(repo, "sda.domains.check")
+    assert rc == 0, err
+    assert f"{SHAPES[0]}/export.jpg: the same picture as {original.relative_to(src)} (near copy" in out, out
+    rc, _, err = _run(repo, "tasks.source_data")
+    assert rc == 0, err
+    skipped = {Path(s["file"]).name for s in json.loads((repo / "data/source_data/skipped.json").read_text())}
+    assert "export.jpg" in skipped
+    Image.open(original).convert("RGB").save(src / SHAPES[3] / "dup.bmp")  # across classes: a re-encoded copy
+    _refused(repo, "sda.domains.check", f"the same picture is in class folders '{SHAPES[0]}' and '{SHAPES[3]}'")
+
+
+def test_a_layout_one_level_off_names_the_folder_to_use(shapes, tmp_path):
+    pacs = tmp_path / "pacs"
+    for domain in ("photo", "sketch", "cartoon"):
+        shutil.copytree(shapes / "source", pacs / domain)
+    repo = _repo(tmp_path, {"source_dir": str(pacs), "target_dirs": {}})
+    line = _refused(repo, "sda.domains.check", "a <domain>/<class>/ data set, its domains taken for classes")
+    assert f"did you mean source_dir: {pacs / 'cartoon'} and target_dirs photo: {pacs / 'photo'}" in line
+    office = tmp_path / "office" / "amazon"
+    shutil.copytree(shapes / "source", office / "images")
+    _set_folder(repo, source_dir=str(office))
+    line = _refused(repo, "tasks.source_data", "has one class folder (images); a classifier needs two or more")
+    assert f"did you mean source_dir: {office / 'images'}?" in line
+
+
+def _set_folder(repo: Path, **values) -> None:
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["folder"].update(values)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False, allow_unicode=True))
+
+
+@pytest.mark.parametrize("case", ["nfc and nfd", "case", "tab", "not utf-8"])
+def test_class_names_that_only_look_alike_or_do_not_print_are_refused(shapes, tmp_path, case):
+    src = _copy_source(shapes, tmp_path / "src")
+    a, b = {"nfc and nfd": ("caf\u00e9", "cafe\u0301"), "case": ("Cat", "cat"), "tab": ("ci\trcle", None),
+            "not utf-8": (os.fsdecode(b"caf\xe9"), None)}[case]
+    os.rename(src / SHAPES[0], src / a)
+    if b:
+        os.rename(src / SHAPES[1], src / b)
+    repo = _repo(tmp_path, {"source_dir": str(src), "target_dirs": {}})
+    message = {"nfc and nfd": r"are the same name in two Unicode spellings (NFC and NFD: macOS writes NFD): "
+                              r"'caf\xe9' and 'cafe\u0301'",
+               "case": "'Cat' and 'cat' of", "tab": r"class folder 'ci\trcle' of", "not utf-8": "is not a UTF-8 name"}[case]
+    if case == "nfc and nfd":  # sorted by bytes: the NFD spelling (e + U+0301) comes first
+        message = r"'cafe\u0301' and 'caf\xe9'"
+    for module in ("sda.domains.check", "tasks.source_data"):
+        _refused(repo, module, message)
+
+
+def test_a_source_in_nfd_and_a_target_in_nfc_are_one_class(shapes, tmp_path):
+    src, tgt = _copy_source(shapes, tmp_path / "src"), tmp_path / "tgt"
+    shutil.copytree(shapes / "site_b", tgt)
+    os.rename(src / SHAPES[0], src / "cafe\u0301")     # as macOS writes it
+    os.rename(tgt / SHAPES[0], tgt / "caf\u00e9")      # as Linux and Windows do
+    repo = _repo(tmp_path, {"source_dir": str(src), "target_dirs": {"site_b": str(tgt)}})
+    rc, out, err = _run(repo, "sda.domains.check")
+    assert rc == 0 and "labelled (4 classes)" in out and "caf\u00e9" in out, (out, err)
+
+
+def test_unclear_params_are_answered_with_the_fix(shapes, tmp_path):
+    repo = _repo(tmp_path, {"source_dir": "~/my-images", "target_dirs": {}})
+    rc, _, err = _run(repo, "sda.domains.check")
+    assert rc == 2 and "'~' is not expanded here" in err and str(Path("~/my-images").expanduser()) in err, err
+    _set_folder(repo, source_dir=str(shapes / "source"))
+    text = (repo / "params.yaml").read_text().replace("target_dirs: {}", f"target_dirs:\n    no: {shapes / 'site_b'}")
+    (repo / "params.yaml").write_text(text)
+    rc, _, err = _run(repo, "sda.domains.check")
+    assert rc == 2 and f"quote it: 'no': {shapes / 'site_b'}" in err and "Traceback" not in err, err
+
+
+def test_nearly_black_16_bit_images_are_a_warning(shapes, tmp_path):
+    src = _copy_source(shapes, tmp_path / "src")
+    rng = np.random.default_rng(0)
+    for i in range(3):  # 12-bit camera data saved in 16 bits without saying so
+        Image.fromarray(rng.integers(0, 4096, (48, 48)).astype(np.uint16)).save(src / SHAPES[2] / f"raw{i}.png")
+    repo = _repo(tmp_path, {"source_dir": str(src), "target_dirs": {}})
+    rc, out, err = _run(repo, "sda.domains.check")
+    assert rc == 0 and "warning: 3 image(s) of 16 bits or more are nearly black" in out, (out, err)
+
+
+@pytest.mark.parametrize("locale", ["C.UTF-8", "C"])
+def test_check_prints_every_reason_on_any_terminal_encoding(shapes, tmp_path, locale):
+    """Names of every kind in a folder: accents, a file name that is not UTF-8, a newline in a file name;
+    the report and a refusal print whole under a UTF-8 and an ASCII (C) locale."""
+    src = _copy_source(shapes, tmp_path / "src")
+    os.rename(src / SHAPES[0], src / "caf\u00e9")
+    cls = os.fsencode(src / "caf\u00e9")
+    shutil.copy(_first_png(src / "caf\u00e9"), os.fsdecode(cls + b"/latin1-\xe9.gif"))
+    (src / "caf\u00e9" / "two\nlines.txt").write_text("x")
+    repo = _repo(tmp_path, {"source_dir": str(src), "target_dirs": {}})
+    env = {"LC_ALL": locale, "LANG": locale, "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0", "PYTHONIOENCODING": ""}
+    r = sh(repo, sys.executable, "-m", "sda.domains.check", check=False, timeout=TIMEOUT, env=env)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert r"latin1-\xe9.gif: unsupported format (.gif)" in r.stdout, r.stdout
+    assert r"two\nlines.txt: unsupported format (.txt)" in r.stdout, r.stdout
+    assert ("caf\u00e9" if locale != "C" else r"caf\xe9") in r.stdout
+    os.rename(src / SHAPES[1], src / "sq\tuare")
+    r = sh(repo, sys.executable, "-m", "sda.domains.check", check=False, timeout=TIMEOUT, env=env)
+    assert r.returncode == 2 and r"class folder 'sq\tuare' of" in r.stderr and "Traceback" not in r.stderr, r.stderr

@@ -125,7 +125,7 @@ def _bad(tmp_path: Path, images: tuple[Path, dict], case: str) -> tuple[dict, st
         shutil.copytree(good["target_dirs"]["site_b"], tgt)
         (tgt / SHAPES[0]).rename(tgt / "hexagon")
         return ({**good, "target_dirs": {"site_b": str(tgt)}},
-                r"folder.target_dirs.site_b: class folder\(s\) \['hexagon'\] .* are not source classes")
+                r"folder.target_dirs.site_b: class folder\(s\) hexagon of .* are not source classes")
     if case == "missing target":
         return {**good, "target_dirs": {"site_x": str(tmp_path / "gone")}}, r"folder.target_dirs.site_x: .*gone"
     raise AssertionError(case)
