@@ -576,10 +576,27 @@ def parse_params(raw: Mapping[str, Any] | None, source: str = "params.yaml") -> 
             if not isinstance(values, Mapping):
                 raise ParamsError(f"{source}: profiles.{profile}.{section} must be a mapping")
             raw[section] = {**(raw.get(section) or {}), **values}
+    _refuse_tilde(raw, source)
     try:
         return Params.model_validate(raw)
     except ValidationError as err:
         raise ParamsError(_format(err, source)) from None
+
+
+def _refuse_tilde(value: Any, source: str, where: str = "") -> None:
+    """A path written ``~/...`` anywhere in the params: refused with the full path to write instead (a
+    stage takes paths as written, relative to the repository root, and DVC, which tracks them, expands
+    nothing either)."""
+    if isinstance(value, str) and value.startswith("~"):
+        raise ParamsError(f"{source}: {where}: {value!r}: '~' is not expanded here (paths are taken as written, "
+                          f"relative to the repository root); write the full path, e.g. {os.path.expanduser(value)!r}")
+    if isinstance(value, Mapping):
+        for key, v in value.items():
+            if key != "profiles":
+                _refuse_tilde(v, source, f"{where}.{key}" if where else str(key))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _refuse_tilde(v, source, f"{where}.{i}")
 
 
 def require_profile_entry(raw: Mapping[str, Any], source: str = "params.yaml") -> None:

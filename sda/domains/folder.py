@@ -109,11 +109,6 @@ class Folder(Section):
         """Both diffusion models start from pretrained weights (``adm_checkpoint`` and ``dit``)."""
         return self.dit is not None
 
-    @field_validator("source_dir", "classifier_weights", "adm_checkpoint", "dit", mode="before")
-    @classmethod
-    def _no_tilde(cls, v: Any) -> Any:
-        return _refuse_tilde(v)
-
     @field_validator("target_dirs", mode="before")
     @classmethod
     def _yaml_keys(cls, v: Any) -> Any:
@@ -123,7 +118,6 @@ class Folder(Section):
                     words = " (or on / off, true / false)" if isinstance(name, bool) else ""
                     raise ValueError(f"target name {_yaml_word(name)}{words} unquoted is read by YAML as "
                                      f"{type(name).__name__} {name!r}, not as a name; quote it: '{_yaml_word(name)}': {folder}")
-                _refuse_tilde(folder)
         return v
 
     @field_validator("target_dirs")
@@ -140,13 +134,6 @@ log = logging.getLogger("sda.domains.folder")
 def _yaml_word(value: Any) -> str:
     """How a YAML key that was not text was likely written (``no`` for False, ``2019`` for 2019)."""
     return {True: "yes", False: "no"}[value] if isinstance(value, bool) else str(value)
-
-
-def _refuse_tilde(v: Any) -> Any:
-    if isinstance(v, str) and v.startswith("~"):
-        raise ValueError(f"{v!r}: '~' is not expanded here (paths are taken as written, relative to the repository "
-                         f"root); write the full path, e.g. {str(Path(v).expanduser())!r}")
-    return v
 
 
 def split_files(files: dict[str, list[Path]], val_fraction: float, test_fraction: float,
