@@ -17,8 +17,8 @@ from typing import Any, Callable
 from filelock import FileLock, Timeout
 
 from sda.config import Params, ParamsError, load_params
-from sda.layout import DATA, RUNS, STAGE_ORDER, TRAINING_CURVE, TRAINING_SUMMARY, WORK
-from sda.io.atomic import atomic_write_bytes, atomic_write_json, clean_stale_temps, replace_dir
+from sda.layout import DATA, OUTS, RUNS, STAGE_ORDER, TRAINING_CURVE, TRAINING_SUMMARY, WORK
+from sda.io.atomic import DISK_FULL, atomic_write_bytes, atomic_write_json, clean_stale_temps, replace_dir
 from sda.io.console import printable_console
 from sda.io.cluster import SchedulerUnreachableError
 from sda.io.resumable_jobs import PROGRESS, jobs_fingerprint, run_shard_jobs
@@ -26,9 +26,6 @@ from sda.runtime import pick_device, seed_everything, set_deterministic, set_thr
 
 
 log = logging.getLogger("sda")
-
-# a full disk, a full quota, a file size limit: the user's to fix, not a crash
-_DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 
 def setup_logging() -> None:
@@ -50,6 +47,39 @@ def missing_upstream(err: FileNotFoundError, stage: str) -> str | None:
         return (f"{err.filename} is missing: stage {parts[1]} has not run in this checkout; run "
                 f"`dvc repro {stage}` (it runs what {stage} needs first) or `make run`")
     return None
+
+
+def _size(n: float) -> str:
+    return (f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{int(n)} bytes")
+
+
+def disk_full_message(stage: str, err: OSError) -> str:
+    """The one line for a write that a full disk, quota or file size limit refused: the file and the
+    folder, the space free there and what the write needed (when known), what to do, and what is left:
+    the previous outputs only where they are (DVC removes a stage's outs before running it) and the
+    finished shards a re-run resumes."""
+    path = Path(err.filename) if err.filename else DATA
+    folder = path if path.is_dir() else path.parent
+    anchor = next((p for p in (folder, *folder.parents) if p.exists()), Path("."))
+    try:
+        free = _size(shutil.disk_usage(anchor).free)
+    except OSError:
+        free = "?"
+    needed = getattr(err, "needed_bytes", None)
+    what = ("a file size limit (ulimit -f) refused it" if err.errno == errno.EFBIG
+            else f"{folder} is on a full disk or quota ({free} free there)")
+    line = (f"error in stage {stage}: cannot write {path} ({err.strerror}): {what}"
+            + (f"; it needed {_size(needed)}" if needed else "") + "; free disk space (or raise the file size limit) and run "
+            "again")
+    out = OUTS.get(stage)
+    if out is not None:
+        line += (f"; the previous outputs in {out} are intact" if out.exists() else
+                 f"; {out} is not there (DVC removes a stage's outputs before it runs the stage: `dvc checkout "
+                 f"{stage}` restores the last ones from its cache)")
+    work = sorted(WORK.glob(f"{stage}-*"))
+    if work and any(work[0].rglob("*.tar")):
+        line += f"; the finished shards in {work[0]} are kept: the next run resumes them"
+    return line
 
 
 def hold_stage_lock(stage: str) -> FileLock:
@@ -116,15 +146,17 @@ def stage_main(stage: str, doc: str, body: Callable[..., int | None],
         print(f"error in stage {stage}: {err}", file=sys.stderr)
         raise SystemExit(2) from None
     except OSError as err:
-        if err.errno not in _DISK_FULL:
+        if err.errno not in DISK_FULL:
             raise
-        print(f"error in stage {stage}: cannot write {err.filename or 'its outputs'} ({err.strerror}): free disk "
-              "space (or raise the file size limit) and run again; the previous outputs are intact and finished "
-              "shards are kept for the resume", file=sys.stderr)
+        print(disk_full_message(stage, err), file=sys.stderr)
         raise SystemExit(2) from None
     lock.release()
     seconds = time.perf_counter() - t0
-    _record_timing(stage, body_start, seconds)
+    try:
+        _record_timing(stage, body_start, seconds)
+    except OSError as err:  # the outputs are published: a missing timing costs the flow a figure, not a rerun
+        log.warning("stage %s: its outputs are complete, but its timing could not be recorded in %s (%s)", stage,
+                    RUNS, err.strerror or err)
     rate = f", {images} images ({images / seconds:.3g} img/s)" if images and seconds > 0 else ""
     peak = ""
     if args.device.type == "cuda":
@@ -186,10 +218,11 @@ def run_resumable(stage: str, params: Params, jobs, make_samples, *, plan: dict,
                              max_bytes=max_bytes, desc=stage, deterministic=rt.deterministic)
     if extra_files:
         extra_files(work)
-    # the out is content only: the progress file (timings) stays behind, the run record goes beside
-    (work / PROGRESS).unlink(missing_ok=True)
+    # the out is content only: the progress file (timings) stays behind, the run record goes beside;
+    # the record first: if it cannot be written, the progress file still says which shards are done
     RUNS.mkdir(parents=True, exist_ok=True)
     atomic_write_json(RUNS / f"{stage}.json", {"summary": summary, "fingerprint": fp})
+    (work / PROGRESS).unlink(missing_ok=True)
     clean_stale_temps(out.parent, out.name)
     replace_dir(work, out)
     return summary

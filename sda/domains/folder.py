@@ -260,7 +260,8 @@ def _refuse_split_folders(classes: list[str], root: Path, key: str) -> None:
 def _load(root: Path, rel: str, params: Params) -> np.ndarray:
     """uint8 (S, S, 3) at ``folder.image_size``; raises :class:`BadImage` (or OSError) with the reason."""
     r = params.relabel
-    got = next(read_files(root, [rel], max_bytes=r.max_file_bytes, max_pixels=r.max_pixels, min_side=r.min_side))
+    got = next(read_files(root, [rel], max_bytes=r.max_file_bytes, max_pixels=r.max_pixels, min_side=r.min_side,
+                          identify=False))
     if got.image is None:
         raise BadImage(got.reason)
     return center_crop_arr(got.image, params.folder.image_size, max_pixels=r.max_pixels)

@@ -10,6 +10,7 @@ writer killed half-way leaves only such a temporary, which the next writer of th
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 __all__ = [
+    "DISK_FULL",
     "TMP_MARK",
     "atomic_copy",
     "atomic_dir",
@@ -33,6 +35,8 @@ __all__ = [
 ]
 
 TMP_MARK = ".tmp-"
+# a full disk, a full quota, a file size limit: the user's to fix, not a crash
+DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
 
 def _temp_prefix(name: str) -> str:
@@ -75,6 +79,7 @@ def atomic_file(final: str | os.PathLike[str]) -> Iterator[Path]:
     """``with atomic_file(path) as tmp``: write the file ``tmp`` (any writer that takes a path);
     it replaces ``path`` when the block succeeds, and is removed when it raises."""
     final = Path(final)
+    made = _missing_parents(final.parent)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.with_name(f"{_temp_prefix(final.name)}{uuid.uuid4().hex[:8]}")
     try:
@@ -82,10 +87,26 @@ def atomic_file(final: str | os.PathLike[str]) -> Iterator[Path]:
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, final)
-    except BaseException:
+    except BaseException as err:
         tmp.unlink(missing_ok=True)
+        for folder in made:  # no empty folder left behind (an empty hive partition reads as no columns)
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        if isinstance(err, OSError) and err.errno in DISK_FULL:
+            err.filename = str(final)  # the file that could not be written, not its temporary
         raise
     fsync_dir(final.parent)
+
+
+def _missing_parents(folder: Path) -> list[Path]:
+    """The folders of ``folder``'s path that do not exist yet, deepest first."""
+    out = []
+    while not folder.exists() and folder != folder.parent:
+        out.append(folder)
+        folder = folder.parent
+    return out
 
 
 @contextlib.contextmanager
@@ -124,9 +145,15 @@ def replace_dir(src: str | os.PathLike[str], final: str | os.PathLike[str]) -> N
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (:func:`atomic_file`)."""
-    with atomic_file(path) as tmp:
-        tmp.write_bytes(data)
+    """Write ``data`` to ``path`` atomically (:func:`atomic_file`). On a full disk the OSError carries
+    ``needed_bytes``, the size that did not fit."""
+    try:
+        with atomic_file(path) as tmp:
+            tmp.write_bytes(data)
+    except OSError as err:
+        if err.errno in DISK_FULL:
+            err.needed_bytes = len(data)
+        raise
 
 
 def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:

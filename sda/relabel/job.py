@@ -48,7 +48,7 @@ from sda.relabel.monitor import Reference, monitor, pipeline_reference
 from sda.relabel.predict import SdaPredictor
 from sda.relabel.report import BatchReport, class_grid, write_report
 from sda.relabel.store import (LABEL_SCHEMA, MONITOR_SCHEMA, QUARANTINE_SCHEMA, commit_batch, committed_hashes,
-                               remove_stale_temps)
+                               read_table, remove_stale_temps)
 from sda.runtime import derive_seed
 
 __all__ = ["Lineage", "RelabelJob", "batch_id_of"]
@@ -173,20 +173,54 @@ class RelabelJob:
             self._quarantine(items, {it.sha256: r for it, r in sc.broken}, "refused-" + batch_id_of(items))
         if self.batches:  # once per run: with batch_size "auto" this measures a guided step on the GPU
             self.predictor = SdaPredictor(self.models, self.projection, self.device, guard=self.guard)
-            if self.reference_dir is not None:
-                self.reference = self._reference()
+        if self.reference_dir is not None:
+            self.reference = self._reference()
+        self._heal()
 
-    def _reference(self) -> Reference:
+    def _heal(self) -> None:
+        """Give each committed label batch that has none its monitor row and its report, from the label
+        store itself (labels and confidences are committed per image): a run stopped between the label
+        commit and those writes (a full disk, a kill) leaves no batch without them for good."""
+        table = read_table(self.labels_dir, columns=["batch_id", "run_id", "flow_run_id", "label", "class_name",
+                                                     "confidence"])
+        if table is None:
+            return
+        monitored = read_table(self.monitor_dir, columns=["batch_id"]) if self.reference is not None else None
+        have_row = set(monitored.column("batch_id").to_pylist()) if monitored is not None else set()
+        have_report = {p.stem for p in self.reports_dir.glob("*/*.md")}
+        rows = table.to_pylist()
+        for bid in sorted({r["batch_id"] for r in rows}):
+            need_row = self.reference is not None and bid not in have_row
+            if not need_row and bid in have_report:
+                continue
+            mine = [r for r in rows if r["batch_id"] == bid]
+            labels = np.asarray([r["label"] for r in mine])
+            report = BatchReport(batch_id=bid, labelled=len(mine), label_counts=dict(Counter(r["class_name"] for r in mine)))
+            if self.reference is not None:
+                report.monitor = self.monitor_row(labels, np.asarray([r["confidence"] for r in mine]))
+            if need_row:
+                self._commit_monitor(bid, report.monitor, run_id=mine[0]["run_id"], flow_run_id=mine[0]["flow_run_id"])
+            if bid not in have_report:
+                write_report(self.reports_dir, report)
+            log.warning("batch %s was committed without its %s (its run stopped before writing them): written now",
+                        bid, " and ".join(w for w, missing in (("monitor row", need_row), ("report", bid not in have_report))
+                                          if missing))
+
+    def _reference(self) -> Reference | None:
         """The monitor's reference for these models and target domains: read from ``<labels>/_monitor/reference.json``, or
         computed from the pipeline's evaluated targets (:func:`sda.relabel.monitor.pipeline_reference`) and
-        saved there."""
+        saved there; None when it is not saved and there is nothing to label (no predictor is loaded)."""
         lin = self.lineage
+        if self.predictor is None and not (self.reference_dir / INDEX).is_file():
+            return None  # nothing to label and no evaluated targets: nothing to monitor against
         targets = hashlib.sha256((self.reference_dir / INDEX).read_bytes()).hexdigest()[:16]
         key = (f"{lin.source_model_hash}:{lin.aligned_model_hash}:{lin.diffusion_model_hash}:{targets}:"
                f"{self.settings.monitor.reference_images}:{self.seed}:{self.settings.adapt}")
         path = self.monitor_dir / "reference.json"
         ref = Reference.load(path)
         if ref is None or ref.key != key:
+            if self.predictor is None:
+                return None
             t0 = time.perf_counter()
             adapted = self.predictor.adapted
             ref = pipeline_reference(self.reference_dir, self.predictor, images=self.settings.monitor.reference_images,
@@ -203,8 +237,12 @@ class RelabelJob:
         if self.reference is None:
             return None
         m = self.settings.monitor
-        return monitor(labels, confidences, self.reference, self.predictor.class_names, min_images=m.min_images,
+        return monitor(labels, confidences, self.reference, self.class_names, min_images=m.min_images,
                        alpha=m.alpha, max_accuracy_drop=m.max_accuracy_drop)
+
+    @property
+    def class_names(self) -> list[str]:
+        return json.loads(Path(self.models["classes"]).read_text())["names"]
 
     # -- work ------------------------------------------------------------------------------------
     def process(self, batch: list[InboxItem]) -> BatchReport:
@@ -312,10 +350,11 @@ class RelabelJob:
         }
         commit_batch(self.labels_dir, pa.table(cols, schema=LABEL_SCHEMA), bid, now)
 
-    def _commit_monitor(self, bid: str, row: dict) -> None:
+    def _commit_monitor(self, bid: str, row: dict, run_id: str | None = None, flow_run_id: str | None = None) -> None:
         t = row["tests"]
         table = pa.table({
-            "batch_id": [bid], "run_id": [self.run_id], "flow_run_id": [self.flow_run_id],
+            "batch_id": [bid], "run_id": [run_id or self.run_id],
+            "flow_run_id": [flow_run_id if run_id else self.flow_run_id],
             "images": [row["images"]], "too_few": [row["too_few"]], "drift": [row["drift"]],
             **{k: [row[k]] for k in ("estimated_accuracy", "reference_accuracy", "accuracy_drop", "low_confidence",
                                      "mean_confidence")},

@@ -129,9 +129,16 @@ def committed_hashes(root: str | os.PathLike[str], *, skip_parts: set[Path] | No
 
 
 def remove_stale_temps(root: str | os.PathLike[str]) -> int:
-    """Delete the temporaries of commits that were killed half-way; returns how many. Call it only
-    while holding the store's lock (a running writer's temporary looks the same)."""
-    return sum(clean_stale_temps(part) for part in sorted(Path(root).glob("date=*")))
+    """Delete the temporaries of commits that were killed half-way, and the partition folders they
+    leave empty (``pyarrow.dataset`` reads a dataset with an empty partition as no columns); returns
+    how many temporaries. Call it only while holding the store's lock (a running writer's temporary
+    looks the same)."""
+    n = 0
+    for part in sorted(Path(root).glob("date=*")):
+        n += clean_stale_temps(part)
+        if part.is_dir() and not any(part.iterdir()):
+            part.rmdir()
+    return n
 
 
 def commit_batch(root: str | os.PathLike[str], table: pa.Table, batch_id: str,
