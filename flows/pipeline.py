@@ -23,7 +23,8 @@ from prefect import flow, get_run_logger, task
 
 from flows.results_report import publish_failure, publish_results
 from flows.served import check_served_root
-from flows.stage_process import StageFailed, is_transient, reproduce, use_this_python
+from flows import stage_process
+from flows.stage_process import ServerWatch, StageFailed, is_transient, reproduce, use_this_python
 from sda.config import ParamsError, load_params
 from sda.domains import domain_for, domain_names, set_profile
 from tasks import STAGES
@@ -68,8 +69,23 @@ def pipeline(root: str = str(ROOT), stages: list[str] | None = None, force: bool
     """
     check_served_root(root)
     root_p = Path(root).resolve()
-    with checkout_lock(root_p):  # one run per checkout: a profile switch never lands inside another run
+    with checkout_lock(root_p), server_watched():  # one run per checkout: a profile switch never lands in another
         return _run_pipeline(root_p, stages, force, profile)
+
+
+@contextlib.contextmanager
+def server_watched() -> Iterator[None]:
+    """A :class:`flows.stage_process.ServerWatch` of this run's Prefect server for as long as the block lasts."""
+    from prefect.client.orchestration import get_client
+
+    watch = ServerWatch(str(get_client(sync_client=True).api_url))
+    stage_process.WATCH = watch
+    watch.start()
+    try:
+        yield
+    finally:
+        watch.stopped.set()
+        stage_process.WATCH = None
 
 
 def _run_pipeline(root_p: Path, stages: list[str] | None, force: bool, profile: str | None) -> dict:

@@ -23,7 +23,9 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from sda.io.resumable_jobs import PROGRESS
 from sda.layout import RUNS, WORK
 
-__all__ = ["StageFailed", "is_transient", "reproduce", "use_this_python"]
+__all__ = ["ServerWatch", "StageFailed", "is_transient", "reproduce", "use_this_python"]
+
+SERVER_GONE_EXIT = 3  # the exit status of a run whose Prefect server stopped answering
 
 
 def use_this_python() -> None:
@@ -59,6 +61,66 @@ def is_transient(task, task_run, state) -> bool:
     if isinstance(err, TimeoutError):  # Prefect's backstop of runtime.stage_timeouts
         return False
     return not (isinstance(err, StageFailed) and (err.user_error or err.timeout is not None))
+
+
+class ServerWatch(threading.Thread):
+    """The Prefect server, probed every ``every`` seconds while a pipeline run lasts (``GET /health``).
+
+    Prefect's client retries a dead API for minutes, then the run ends in tracebacks and a state line
+    that is not so. When the server has not answered for ``grace`` seconds, this prints one line instead
+    (the server is gone; the stage running keeps running under DVC, which records it; how to go on), waits
+    for that stage's process to end (the stage writes its lines into this process: leaving at once would
+    break its pipe), and ends the process with :data:`SERVER_GONE_EXIT`, with no traceback."""
+
+    def __init__(self, api_url: str, every: float = 2.0, grace: float = 6.0) -> None:
+        super().__init__(daemon=True, name="prefect-server-watch")
+        self.url = api_url.rstrip("/") + "/health"
+        self.every, self.grace = every, grace
+        self.stage: str | None = None
+        self.last_stage: str | None = None
+        self.proc: subprocess.Popen | None = None
+        self.stopped = threading.Event()
+
+    def healthy(self) -> bool:
+        """False only when nothing listens any more (connection refused or dropped); a slow or erring
+        server is alive: a loaded machine must never stop a run."""
+        import httpx
+
+        try:
+            httpx.get(self.url, timeout=10.0)
+        except (httpx.ConnectError, httpx.RemoteProtocolError):
+            return False
+        except httpx.HTTPError:
+            pass
+        return True
+
+    def run(self) -> None:
+        failing_since: float | None = None
+        while not self.stopped.wait(self.every):
+            if self.healthy():
+                failing_since = None
+                continue
+            failing_since = failing_since if failing_since is not None else time.monotonic()
+            if time.monotonic() - failing_since >= self.grace:
+                self.server_gone()
+
+    def server_gone(self) -> None:
+        stage, proc = self.stage, self.proc
+        where = (f"during stage {stage}: the stage keeps running under DVC, which records it when it ends; "
+                 if proc is not None and proc.poll() is None else
+                 f"after stage {self.last_stage} ended (DVC recorded it); " if self.last_stage else "")
+        # Prefect's own "Error logging to API" may have left its line open
+        sys.stderr.write(f"\nerror: the Prefect server ({self.url.rsplit('/', 1)[0]}) stopped answering {where}this "
+                         f"run stops {'then ' if proc is not None and proc.poll() is None else ''}with exit status "
+                         f"{SERVER_GONE_EXIT}; start the server again (or none: `python -m flows.pipeline` starts its "
+                         "own) and run the pipeline again (or `dvc repro`): what finished is cached\n")
+        sys.stderr.flush()
+        if proc is not None:
+            proc.wait()
+        os._exit(SERVER_GONE_EXIT)
+
+
+WATCH: ServerWatch | None = None  # the pipeline run's, set by flows.pipeline; reproduce tells it the stage
 
 
 def _kill_group(pid: int) -> None:
@@ -140,6 +202,8 @@ def reproduce(stage: str, root: str, force: bool = False, timeout: float | None 
     # its own process group, so that a timeout (or this process being stopped) ends all of it
     with subprocess.Popen(cmd, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           errors="backslashreplace", start_new_session=True) as proc:
+        if WATCH is not None:
+            WATCH.stage, WATCH.proc = stage, proc
         watchdog = threading.Timer(timeout, lambda: (timed_out.set(), _kill_group(proc.pid))) if timeout else None
         if watchdog is not None:
             watchdog.daemon = True
@@ -158,6 +222,8 @@ def reproduce(stage: str, root: str, force: bool = False, timeout: float | None 
         finally:
             if watchdog is not None:
                 watchdog.cancel()
+    if WATCH is not None:
+        WATCH.stage, WATCH.proc, WATCH.last_stage = None, None, stage
     progress.finish(proc.returncode == 0)
     if proc.returncode != 0:
         status = re.search(r"exited with (-?\d+)", "\n".join(tail))
