@@ -1,9 +1,11 @@
 """The relabel monitor on a scripted stream, through the real CLI and label store, with this checkout's
 models (run the pipeline first). One CLI run per batch of ``--batch`` images:
 
-1. ``--evaluated`` batches drawn from the target domains the pipeline evaluated (nothing should be flagged);
-2. ``--shifted`` batches of a corruption the pipeline did not evaluate (``--corruption``, on the source
-   test split at the pipeline's severity): the first should be flagged;
+1. ``--evaluated`` batches drawn from the target domains the pipeline evaluated, in turn all of them mixed
+   and one domain alone (a real inbox gets one kind of image at a time): nothing should be flagged;
+2. ``--shifted`` batches of each corruption the pipeline did not evaluate (``--corruption``, on the source
+   test split at the pipeline's severity): the first should be flagged (by the input test where the labels
+   and confidences look like the reference's);
 3. ``--skewed`` batches of evaluated images whose classes are two of the ten: the first should be flagged.
 
 Prints a row per batch (the monitor's verdict and p-values, its ATC estimate against the true accuracy,
@@ -11,7 +13,7 @@ which this script knows and the service does not), whether the aims of docs/serv
 the monitor adds to a batch (the same batch labelled with ``relabel.monitor.enabled`` on and off).
 
     .venv/bin/python bench/relabel_monitor.py
-    .venv/bin/python bench/relabel_monitor.py --corruption spatter --batch 200
+    .venv/bin/python bench/relabel_monitor.py --corruption spatter saturate --batch 200
 """
 
 from __future__ import annotations
@@ -57,27 +59,36 @@ def main() -> None:
     ap.add_argument("--evaluated", type=int, default=10)
     ap.add_argument("--shifted", type=int, default=3)
     ap.add_argument("--skewed", type=int, default=3)
-    ap.add_argument("--corruption", default="speckle_noise", help="one the pipeline did not evaluate")
+    ap.add_argument("--corruption", nargs="+", default=["speckle_noise", "gaussian_blur", "saturate", "spatter"],
+                    help="corruptions the pipeline did not evaluate (default: %(default)s)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--timing-pairs", type=int, default=5, help="batches labelled with and without the monitor, in turn")
     args = ap.parse_args()
     rng = np.random.default_rng(args.seed)
     index = json.loads((ROOT / "data/target_data/domains.json").read_text())
-    if args.corruption in index["domains"]:
-        sys.exit(f"--corruption {args.corruption}: the pipeline evaluated it; pick one it did not")
+    if evaluated := sorted(set(args.corruption) & set(index["domains"])):
+        sys.exit(f"--corruption {evaluated}: the pipeline evaluated it; pick ones it did not")
     labelled = [d for d in index["domains"] if d not in set(index.get("unlabelled", []))]
-    pool = [(s.image, s.label) for d in labelled for s in iter_samples(ROOT / "data/target_data" / d)]
+    by_domain = {d: [(s.image, s.label) for s in iter_samples(ROOT / "data/target_data" / d)] for d in labelled}
+    pool = [p for d in labelled for p in by_domain[d]]
     test = [(s.image, s.label) for s in iter_samples(ROOT / "data/source_data/test")]
     severity = int(index.get("severity") or 5)
 
     def draw(items, n):
         return [items[i] for i in rng.choice(len(items), size=min(n, len(items)), replace=False)]
 
-    plan = [("evaluated", draw(pool, args.batch)) for _ in range(args.evaluated)]
-    for _ in range(args.shifted):
-        part = draw(test, args.batch)
-        imgs = corrupt_images(np.stack([x for x, _ in part]), args.corruption, severity, int(rng.integers(1 << 30)))
-        plan.append((args.corruption, list(zip(imgs, [y for _, y in part]))))
+    plan = []
+    for k in range(args.evaluated):
+        if k % 2 == 0:
+            plan.append(("evaluated", draw(pool, args.batch)))
+        else:
+            d = labelled[int(rng.integers(len(labelled)))]
+            plan.append((f"evaluated ({d})", draw(by_domain[d], args.batch)))
+    for corruption in args.corruption:
+        for _ in range(args.shifted):
+            part = draw(test, args.batch)
+            imgs = corrupt_images(np.stack([x for x, _ in part]), corruption, severity, int(rng.integers(1 << 30)))
+            plan.append((corruption, list(zip(imgs, [y for _, y in part]))))
     classes = rng.choice(sorted({y for _, y in pool}), size=2, replace=False)
     few = [p for p in pool if p[1] in classes]
     plan += [(f"classes {classes[0]},{classes[1]}", draw(few, args.batch)) for _ in range(args.skewed)]
@@ -99,9 +110,11 @@ def main() -> None:
             true_acc = 100 * np.mean([labels[h] == y for h, y in truth.items() if h in labels])
             rows.append((kind, m, true_acc))
             t = m["tests"]
-            print(f"{i:2d} {kind:<20} {m['images']:4d} img  drift {str(m['drift']):<5}  est {m['estimated_accuracy']:5.1f} "
+            print(f"{i:2d} {kind:<28} {m['images']:4d} img  drift {str(m['drift']):<5}  est {m['estimated_accuracy']:5.1f} "
                   f"true {true_acc:5.1f}  p(labels) {t.get('labels', {}).get('p', float('nan')):.2g}  "
-                  f"p(conf) {t.get('confidence', {}).get('p', float('nan')):.2g}  ({seconds:.0f} s)", flush=True)
+                  f"p(conf) {t.get('confidence', {}).get('p', float('nan')):.2g}  "
+                  f"p(inputs) {t.get('inputs', {}).get('p', float('nan')):.2g} ({t.get('inputs', {}).get('nearest', '')})"
+                  f"  fired: {','.join(m.get('fired', [])) or '-'}  ({seconds:.0f} s)", flush=True)
         # what the monitor adds: more batches of evaluated images, monitored and not in turn (reference cached);
         # the run summary's seconds exclude the process start, which the monitor does not change
         times: dict[str, list[float]] = {"monitored": [], "not": []}
@@ -113,14 +126,15 @@ def main() -> None:
                     (inbox / f"{j:04d}.png").write_bytes(_png(img))
                 extra = ("--no-monitor",) if flag == "not" else ()
                 times[flag].append(_run(inbox, store, "--batch-size", str(args.batch), *extra)[0]["seconds"])
-    ev = [r for r in rows if r[0] == "evaluated"]
+    ev = [r for r in rows if r[0].startswith("evaluated")]
     big = [r for r in rows if r[1]["images"] >= 100]
     err = np.array([abs(r[1]["estimated_accuracy"] - r[2]) for r in big])
     first = {}
     for kind, m, _ in rows:
-        first.setdefault(kind, m["drift"])
+        first.setdefault(kind, (m["drift"], ",".join(m.get("fired", [])) or "-"))
     print(f"\nevaluated batches flagged: {sum(r[1]['drift'] for r in ev)} of {len(ev)}")
-    print("first batch of each shift flagged: " + ", ".join(f"{k}: {v}" for k, v in first.items() if k != "evaluated"))
+    print("first batch of each shift flagged: " + ", ".join(f"{k}: {v[0]} ({v[1]})" for k, v in first.items()
+                                                            if not k.startswith("evaluated")))
     print(f"ATC estimate vs true accuracy over {len(big)} batches of >= 100 images: mean |error| {err.mean():.1f} "
           f"points, max {err.max():.1f}")
     med = {k: float(np.median(v)) for k, v in times.items()}

@@ -101,9 +101,9 @@ def emit_drift(root: Path, job: RelabelJob, report: BatchReport) -> None:
     emit_event(DRIFT_EVENT, resource={"prefect.resource.id": checkout_resource(root),
                                       "prefect.resource.name": root.name, "sda.checkout": str(root)},
                related=related, payload=payload)
-    get_run_logger().warning("batch %s drifted (estimated accuracy %.1f %%, reference %.1f %%): event %s emitted",
-                             report.batch_id, report.monitor["estimated_accuracy"],
-                             report.monitor["reference_accuracy"], DRIFT_EVENT)
+    get_run_logger().warning("batch %s drifted (%s; estimated accuracy %.1f %%, reference %.1f %%): event %s emitted",
+                             report.batch_id, ", ".join(report.monitor.get("fired") or []) or "?",
+                             report.monitor["estimated_accuracy"], report.monitor["reference_accuracy"], DRIFT_EVENT)
 
 
 @task(name="relabel-batch", task_run_name="batch-{index}", cache_policy=NONE)
@@ -202,10 +202,11 @@ def status(argv: list[str]) -> int:
     if not rows:
         print(f"no monitored run in {labels}/_monitor yet (run sda relabel first)")
         return 0
-    print(f"{'finished (UTC)':<26}{'run':<10}{'batches':>8}{'images':>8}{'est. acc %':>11}{'drift':>7}{'too few':>9}")
+    print(f"{'finished (UTC)':<26}{'run':<10}{'batches':>8}{'images':>8}{'est. acc %':>11}  {'tests fired':<26}"
+          f"{'drift':>7}{'too few':>9}")
     for h in rows:
         print(f"{h['finished']:<26}{h['run_id'][:8]:<10}{h['batches']:>8}{h['images']:>8}"
-              f"{h['estimated_accuracy']:>11.1f}{h['drifted']:>7}{h['too_few']:>9}")
+              f"{h['estimated_accuracy']:>11.1f}  {','.join(h['fired']) or '-':<26}{h['drifted']:>7}{h['too_few']:>9}")
     return 0
 
 

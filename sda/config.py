@@ -434,6 +434,12 @@ class Monitor(Section):
         "Drift when the ATC accuracy estimate is this many points under the reference's accuracy."))
     reference_images: int = Field(512, ge=10, description=(
         "Images of the pipeline's evaluated targets the service labels once per set of models: the reference."))
+    inputs: bool = Field(True, description=(
+        "Also test each batch's inputs (the source model's features) against the evaluated domains' (MMD)."))
+    input_images: int = Field(256, ge=10, description="Images of each evaluated domain the input test compares with.")
+    input_alpha: float = Field(0.005, gt=0, lt=1, description=(
+        "The input test (the largest MMD p-value over the pooled domains and the 3 nearest) flags under this."))
+    permutations: int = Field(999, ge=99, description="Permutations of the input test's p-value.")
     history: int = Field(20, ge=1, description="Runs `sda relabel status` prints and the run artifact's picture shows.")
     pause_on_drift: bool = Field(False, description=(
         "Under `make serve`: a drifted batch also pauses relabel/scheduled (the alert is raised either way); "

@@ -44,7 +44,7 @@ from sda.io.images import BadImage, center_crop_arr, decode_image
 from sda.io.target_index import INDEX
 from sda.io.untrusted_files import unlink_if_same
 from sda.relabel.inbox import InboxItem, Readiness, Scan, open_inbox, readiness, safe_file_name, scan_inbox
-from sda.relabel.monitor import Reference, monitor, pipeline_reference
+from sda.relabel.monitor import InputReference, Reference, input_reference, monitor, pipeline_reference
 from sda.relabel.predict import SdaPredictor
 from sda.relabel.report import BatchReport, class_grid, write_report
 from sda.relabel.store import (LABEL_SCHEMA, MONITOR_SCHEMA, QUARANTINE_SCHEMA, commit_batch, committed_hashes,
@@ -89,8 +89,10 @@ class RelabelJob:
         # the pipeline's target_data: what each batch is monitored against (relabel.monitor)
         self.reference_dir = reference_dir if settings.monitor.enabled else None
         self.reference: Reference | None = None
+        self.inputs: InputReference | None = None  # the input test's (relabel.monitor.inputs)
         self.monitor_dir = Path(settings.labels) / "_monitor"
-        self.run_predictions: list[tuple[np.ndarray, np.ndarray]] = []  # (labels, confidences) per batch
+        # (labels, confidences, source features) per batch
+        self.run_predictions: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         self.guard = guard if settings.adapt == "sda+bn" else None
         self.inbox = Path(inbox or settings.inbox)
         self.labels_dir, self.quarantine_dir = Path(settings.labels), Path(settings.quarantine)
@@ -175,6 +177,8 @@ class RelabelJob:
             self.predictor = SdaPredictor(self.models, self.projection, self.device, guard=self.guard)
         if self.reference_dir is not None:
             self.reference = self._reference()
+            if self.reference is not None and self.settings.monitor.inputs:
+                self.inputs = self._input_reference()
         self._heal()
 
     def _heal(self) -> None:
@@ -216,29 +220,54 @@ class RelabelJob:
         targets = hashlib.sha256((self.reference_dir / INDEX).read_bytes()).hexdigest()[:16]
         key = (f"{lin.source_model_hash}:{lin.aligned_model_hash}:{lin.diffusion_model_hash}:{targets}:"
                f"{self.settings.monitor.reference_images}:{self.seed}:{self.settings.adapt}")
-        path = self.monitor_dir / "reference.json"
-        ref = Reference.load(path)
-        if ref is None or ref.key != key:
-            if self.predictor is None:
-                return None
-            t0 = time.perf_counter()
+        def compute() -> Reference:
             adapted = self.predictor.adapted
             ref = pipeline_reference(self.reference_dir, self.predictor, images=self.settings.monitor.reference_images,
                                      seed=self.seed, key=key)
             self.predictor.adapted = adapted  # the reference's images are not the run's
-            ref.save(path)
-            log.info("monitor reference: %d images of %d evaluated domain(s), SDA %.1f %% there, ATC threshold %.3f "
-                     "(%.1f s)", len(ref.confidences), len(ref.domains), ref.accuracy, ref.threshold,
-                     time.perf_counter() - t0)
+            return ref
+
+        return self._kept(self.monitor_dir / "reference.json", Reference.load, key, compute,
+                          lambda r: f"monitor reference: {len(r.confidences)} images of {len(r.domains)} evaluated "
+                                    f"domain(s), SDA {r.accuracy:.1f} % there, ATC threshold {r.threshold:.3f}")
+
+    def _input_reference(self) -> InputReference | None:
+        """The input test's reference (:func:`sda.relabel.monitor.input_reference`), kept in
+        ``<labels>/_monitor/inputs.npz`` under the monitor reference's key; None when it is not saved and no
+        model is loaded."""
+        m = self.settings.monitor
+        key = f"{self.reference.key}:{m.input_images}"
+        return self._kept(self.monitor_dir / "inputs.npz", InputReference.load, key,
+                          lambda: input_reference(self.reference_dir, self.predictor.source, images=m.input_images,
+                                                  seed=self.seed, key=key, device=self.device),
+                          lambda r: f"monitor input reference: {sum(len(p) for p in r.pools)} images of "
+                                    f"{len(r.domains)} evaluated domain(s)")
+
+    def _kept(self, path: Path, load, key: str, compute, describe):
+        """What ``load(path)`` gives when it was made under ``key``; else ``compute()``, saved at ``path`` and
+        logged with ``describe``; None when it must be computed and no model is loaded (nothing to label)."""
+        ref = load(path)
+        if ref is not None and ref.key == key:
+            return ref
+        if self.predictor is None:
+            return None
+        t0 = time.perf_counter()
+        ref = compute()
+        ref.save(path)
+        log.info("%s (%.1f s)", describe(ref), time.perf_counter() - t0)
         return ref
 
-    def monitor_row(self, labels: np.ndarray, confidences: np.ndarray) -> dict | None:
-        """:func:`sda.relabel.monitor.monitor` of these predictions with ``relabel.monitor``'s settings."""
+    def monitor_row(self, labels: np.ndarray, confidences: np.ndarray, features: np.ndarray | None = None,
+                    batch_id: str = "") -> dict | None:
+        """:func:`sda.relabel.monitor.monitor` of these predictions with ``relabel.monitor``'s settings;
+        ``features`` (the source model's, of the originals): the input test too."""
         if self.reference is None:
             return None
         m = self.settings.monitor
         return monitor(labels, confidences, self.reference, self.class_names, min_images=m.min_images,
-                       alpha=m.alpha, max_accuracy_drop=m.max_accuracy_drop)
+                       alpha=m.alpha, max_accuracy_drop=m.max_accuracy_drop, features=features, inputs=self.inputs,
+                       input_alpha=m.input_alpha, permutations=m.permutations,
+                       seed=derive_seed(self.seed, "input test", batch_id))
 
     @property
     def class_names(self) -> list[str]:
@@ -282,13 +311,13 @@ class RelabelJob:
             report.label_counts = dict(Counter(names[i] for i in pred["label"]))
             report.grid_png = class_grid(images, proj, pred["label"], names, self.settings.grid_images,
                                          self.image_size)
-            self.run_predictions.append((pred["label"], pred["confidence"]))
-            if (row := self.monitor_row(pred["label"], pred["confidence"])) is not None:
+            self.run_predictions.append((pred["label"], pred["confidence"], pred["features"]))
+            if (row := self.monitor_row(pred["label"], pred["confidence"], pred["features"], bid)) is not None:
                 report.monitor = row
                 self._commit_monitor(bid, row)
                 if row["drift"]:
-                    log.warning("batch %s: drift (estimated accuracy %.1f %% against %.1f %%; %s)", bid,
-                                row["estimated_accuracy"], row["reference_accuracy"],
+                    log.warning("batch %s: drift, by %s (estimated accuracy %.1f %% against %.1f %%; %s)", bid,
+                                ", ".join(row["fired"]), row["estimated_accuracy"], row["reference_accuracy"],
                                 ", ".join(f"{k} p={t['p']:.2g}" for k, t in row["tests"].items()))
         report.seconds = time.perf_counter() - t0
         write_report(self.reports_dir, report)
@@ -360,6 +389,7 @@ class RelabelJob:
                                      "mean_confidence")},
             "p_labels": [t["labels"]["p"] if "labels" in t else None],
             "p_confidence": [t["confidence"]["p"] if "confidence" in t else None],
+            "p_inputs": [t["inputs"]["p"] if "inputs" in t else None], "fired": [",".join(row.get("fired", []))],
             "label_shares": [json.dumps(row["label_shares"])], "monitored_at": [dt.datetime.now(dt.timezone.utc)],
         }, schema=MONITOR_SCHEMA)
         commit_batch(self.monitor_dir, table, bid)

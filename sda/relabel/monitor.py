@@ -16,7 +16,16 @@ per set of models and kept in ``<labels>/_monitor/reference.json``. From it:
   (chi-square test of homogeneity of the two count vectors), the confidences against the reference's
   (two-sample Kolmogorov-Smirnov), and the estimated accuracy's drop from the reference's accuracy. A
   batch drifts when a test's p-value is under ``alpha`` or the drop exceeds ``max_accuracy_drop`` points;
-  below ``min_images`` images it says ``too_few`` and flags nothing.
+  below ``min_images`` images it says ``too_few`` and flags nothing;
+- the **input test** (:class:`InputReference`): a new kind of input whose labels and confidences look like
+  the reference's is seen in the inputs themselves. The source model's penultimate features of each
+  evaluated domain's images (up to ``input_images`` a domain; no projection needed), whitened to 32
+  principal components, are the reference. A batch is compared, by a kernel two-sample test (MMD with an
+  RBF kernel of the reference's median distance, ``permutations`` seeded permutations), with the pooled
+  domains and with each of the three evaluated domains nearest to it; its p-value is the largest: a batch
+  of one evaluated domain, or of all of them mixed, is at home; a batch unlike every one of them is not.
+  Against the pooled reference alone every batch of a single domain would differ (a real inbox receives one
+  kind of image at a time). It flags drift under ``input_alpha``.
 """
 
 from __future__ import annotations
@@ -29,7 +38,8 @@ from typing import Any, Sequence
 import numpy as np
 from scipy import stats
 
-__all__ = ["Reference", "atc_threshold", "history", "monitor", "pipeline_reference", "shares"]
+__all__ = ["InputReference", "Reference", "atc_threshold", "history", "input_reference", "mmd_pvalue", "monitor",
+           "pipeline_reference", "shares"]
 
 
 def atc_threshold(confidences: np.ndarray, correct: np.ndarray) -> float:
@@ -76,6 +86,111 @@ class Reference:
             return None
 
 
+@dataclass
+class InputReference:
+    """The evaluated domains' inputs as the input test sees them: ``mean`` (D,), ``components`` (K, D) and
+    ``scale`` (K,) map a source-model feature (D,) to whitened principal components (K,); ``bandwidth``
+    (the median squared distance between reference points: the RBF kernel's); ``domains`` and ``pools``
+    (each domain's images in those components, (n_d, K)). ``key`` names the models and targets."""
+
+    mean: np.ndarray
+    components: np.ndarray
+    scale: np.ndarray
+    bandwidth: float
+    domains: list[str]
+    pools: list[np.ndarray]
+    key: str = ""
+
+    def project(self, features: np.ndarray) -> np.ndarray:
+        """(N, D) source-model features -> (N, K) whitened components."""
+        return ((np.asarray(features, np.float64) - self.mean) @ self.components.T) / self.scale
+
+    def save(self, path: Path) -> None:
+        from sda.io.atomic import atomic_file
+
+        arrays = {"mean": self.mean, "components": self.components, "scale": self.scale,
+                  "bandwidth": np.float64(self.bandwidth), "domains": np.array(self.domains), "key": np.array(self.key),
+                  **{f"pool_{i}": p for i, p in enumerate(self.pools)}}
+        with atomic_file(path) as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, **arrays)
+
+    @classmethod
+    def load(cls, path: Path) -> "InputReference | None":
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                domains = [str(d) for d in z["domains"]]
+                return cls(z["mean"], z["components"], z["scale"], float(z["bandwidth"]), domains,
+                           [z[f"pool_{i}"] for i in range(len(domains))], str(z["key"]))
+        except (OSError, ValueError, KeyError):
+            return None
+
+    def test(self, features: np.ndarray, *, permutations: int, seed: int) -> dict[str, Any]:
+        """``{"statistic", "p", "nearest"}`` of a batch's source-model ``features`` (N, D): the largest MMD
+        p-value against the pooled domains and the three nearest domains (``nearest``: the one that fits best)."""
+        x = self.project(features)
+        rng = np.random.default_rng(seed)
+        pooled = np.concatenate(self.pools)
+        mixture = pooled[rng.choice(len(pooled), min(len(pooled), max(len(p) for p in self.pools)), replace=False)]
+        centre = x.mean(0)
+        near = sorted(range(len(self.pools)), key=lambda i: float(((self.pools[i].mean(0) - centre) ** 2).sum()))[:3]
+        results = {self.domains[i]: mmd_pvalue(x, self.pools[i], self.bandwidth, permutations, rng) for i in near}
+        results["(all evaluated domains)"] = mmd_pvalue(x, mixture, self.bandwidth, permutations, rng)
+        best = max(results, key=lambda k: results[k][1])
+        return {"statistic": round(results[best][0], 6), "p": results[best][1], "nearest": best}
+
+
+def mmd_pvalue(x: np.ndarray, y: np.ndarray, bandwidth: float, permutations: int,
+               rng: np.random.Generator) -> tuple[float, float]:
+    """(MMD^2, permutation p-value) of samples ``x`` (n, K) and ``y`` (m, K) with the RBF kernel
+    ``exp(-|a-b|^2 / bandwidth)``: the biased statistic, its null by ``permutations`` random splits of the
+    pooled sample (p = (1 + #null >= observed) / (1 + permutations))."""
+    z = np.concatenate([x, y])
+    n, total = len(x), len(z)
+    sq = (z ** 2).sum(1)
+    kernel = np.exp(-np.maximum(sq[:, None] + sq[None] - 2 * z @ z.T, 0.0) / bandwidth)
+    order = np.concatenate([np.arange(total)[None], np.stack([rng.permutation(total) for _ in range(permutations)])])
+    weights = np.full(order.shape, -1.0 / (total - n))
+    np.put_along_axis(weights, order[:, :n], 1.0 / n, axis=1)
+    stat = ((weights @ kernel) * weights).sum(1)
+    return float(stat[0]), float((1 + np.sum(stat[1:] >= stat[0])) / (1 + permutations))
+
+
+def input_reference(target_dir: Path, source: Any, *, images: int, seed: int, key: str = "",
+                    components: int = 32, device: Any = "cpu") -> InputReference:
+    """The :class:`InputReference` of a pipeline run's labelled target domains (``target_data``): up to
+    ``images`` images a domain (a seeded draw), the source classifier's penultimate features of the
+    originals (``source.logits_and_features``), whitened by a PCA of all of them."""
+    from sklearn.decomposition import PCA
+
+    from sda.io.shards import iter_samples
+    from sda.io.target_index import TargetIndex
+    from sda.runtime import derive_seed
+
+    domains = TargetIndex.read(target_dir).labelled
+    feats = []
+    for d in domains:
+        originals = np.stack([s.image for s in iter_samples(target_dir / d)])
+        pick = np.sort(np.random.default_rng(derive_seed(seed, "input reference", d)).choice(
+            len(originals), size=min(images, len(originals)), replace=False))
+        feats.append(source.logits_and_features(originals[pick], device=device)[1].numpy().astype(np.float64))
+    if not feats:
+        raise ValueError(f"{target_dir}: no labelled target domain to monitor against")
+    allf = np.concatenate(feats)
+    k = min(components, allf.shape[1], len(allf) - 1)
+    pca = PCA(k, random_state=0).fit(allf)
+    scale = np.sqrt(np.maximum(pca.explained_variance_, 1e-12))
+    ref = InputReference(pca.mean_, pca.components_, scale, 1.0, list(domains), [], key)
+    ref.pools = [ref.project(f) for f in feats]
+    sample = np.concatenate(ref.pools)
+    sample = sample[np.random.default_rng(derive_seed(seed, "input bandwidth")).choice(
+        len(sample), size=min(1000, len(sample)), replace=False)]
+    sq = (sample ** 2).sum(1)
+    d2 = np.maximum(sq[:, None] + sq[None] - 2 * sample @ sample.T, 0.0)
+    ref.bandwidth = float(np.median(d2[np.triu_indices(len(sample), 1)]))
+    return ref
+
+
 def shares(counts: np.ndarray, class_names: Sequence[str]) -> dict[str, float]:
     """``{class: share}`` of int ``counts`` (C,), classes with none left out, 4 decimals ({} for no count)."""
     n = int(np.sum(counts))
@@ -83,11 +198,15 @@ def shares(counts: np.ndarray, class_names: Sequence[str]) -> dict[str, float]:
 
 
 def monitor(labels: np.ndarray, confidences: np.ndarray, ref: Reference, class_names: Sequence[str], *,
-            min_images: int, alpha: float, max_accuracy_drop: float) -> dict[str, Any]:
+            min_images: int, alpha: float, max_accuracy_drop: float, features: np.ndarray | None = None,
+            inputs: InputReference | None = None, input_alpha: float = 0.005, permutations: int = 999,
+            seed: int = 0) -> dict[str, Any]:
     """The monitor row of images labelled ``labels`` (N,) int with ``confidences`` (N,): ``{"images",
     "too_few", "drift", "estimated_accuracy" (%), "reference_accuracy" (%), "accuracy_drop" (points),
     "low_confidence" (% at or under the ATC threshold), "mean_confidence", "label_shares" {class: share},
-    "tests": {"labels" | "confidence": {"statistic", "p"}}}``."""
+    "tests": {"labels" | "confidence" | "inputs": {"statistic", "p"}}, "fired": [the tests under their
+    alpha, and "accuracy_drop"]}``. With ``features`` (N, D: the source model's, of the originals) and
+    ``inputs``, the input test (:meth:`InputReference.test`) runs too, flagging under ``input_alpha``."""
     labels, confidences = np.asarray(labels, dtype=np.int64), np.asarray(confidences, dtype=np.float64)
     n = len(labels)
     counts = np.bincount(labels, minlength=len(class_names)) if n else np.zeros(len(class_names), np.int64)
@@ -98,7 +217,7 @@ def monitor(labels: np.ndarray, confidences: np.ndarray, ref: Reference, class_n
         "accuracy_drop": round(ref.accuracy - above, 2), "low_confidence": round(100 - above, 2) if n else 0.0,
         "mean_confidence": round(float(confidences.mean()), 4) if n else 0.0,
         "label_shares": shares(counts, class_names),
-        "tests": {},
+        "tests": {}, "fired": [],
     }
     if row["too_few"]:
         return row
@@ -109,7 +228,11 @@ def monitor(labels: np.ndarray, confidences: np.ndarray, ref: Reference, class_n
         row["tests"]["labels"] = {"statistic": round(float(chi2), 3), "p": float(p)}
     ks = stats.ks_2samp(confidences, np.asarray(ref.confidences))
     row["tests"]["confidence"] = {"statistic": round(float(ks.statistic), 4), "p": float(ks.pvalue)}
-    row["drift"] = bool(any(t["p"] < alpha for t in row["tests"].values()) or row["accuracy_drop"] > max_accuracy_drop)
+    if inputs is not None and features is not None:
+        row["tests"]["inputs"] = inputs.test(features, permutations=permutations, seed=seed)
+    row["fired"] = [name for name, t in row["tests"].items() if t["p"] < (input_alpha if name == "inputs" else alpha)]
+    row["fired"] += ["accuracy_drop"] if row["accuracy_drop"] > max_accuracy_drop else []
+    row["drift"] = bool(row["fired"])
     return row
 
 
@@ -142,7 +265,7 @@ def history(monitor_dir: Path, runs: int) -> list[dict[str, Any]]:
     """The last ``runs`` relabel runs of the monitor dataset ``monitor_dir`` (``<labels>/_monitor``), oldest
     first: ``{"run_id", "finished" (UTC ISO), "batches", "images", "estimated_accuracy" (image-weighted %),
     "mean_confidence" (image-weighted, 0-1), "label_shares" {class: share of the run's images},
-    "drifted" (batches), "too_few" (batches)}``."""
+    "drifted" (batches), "too_few" (batches), "fired" (the tests that flagged a batch, sorted)}``."""
     from sda.relabel.store import read_table
 
     table = read_table(monitor_dir)
@@ -151,7 +274,8 @@ def history(monitor_dir: Path, runs: int) -> list[dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for r in sorted(table.to_pylist(), key=lambda r: r["monitored_at"]):
         h = out.setdefault(r["run_id"], {"run_id": r["run_id"], "batches": 0, "images": 0, "correct": 0.0,
-                                         "confidence": 0.0, "counts": {}, "drifted": 0, "too_few": 0})
+                                         "confidence": 0.0, "counts": {}, "drifted": 0, "too_few": 0,
+                                         "fired": set()})
         h["finished"] = r["monitored_at"].isoformat(timespec="seconds")
         h["batches"] += 1
         h["images"] += r["images"]
@@ -161,10 +285,12 @@ def history(monitor_dir: Path, runs: int) -> list[dict[str, Any]]:
             h["counts"][c] = h["counts"].get(c, 0.0) + share * r["images"]
         h["drifted"] += int(r["drift"])
         h["too_few"] += int(r["too_few"])
+        h["fired"] |= set(filter(None, (r.get("fired") or "").split(",")))
     rows = list(out.values())[-runs:]
     for h in rows:
         n = max(h["images"], 1)
         h["estimated_accuracy"] = round(h.pop("correct") / n, 1)
         h["mean_confidence"] = round(h.pop("confidence") / n, 4)
         h["label_shares"] = {c: round(k / n, 4) for c, k in h.pop("counts").items()}
+        h["fired"] = sorted(h["fired"])
     return rows

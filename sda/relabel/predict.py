@@ -51,14 +51,15 @@ class SdaPredictor:
         from ``seeds[i]``: an image's label and confidence do not depend on the other images of the call
         (the relabel job seeds an image by its content). Predictions: ``label``, ``confidence`` (softmax of
         the SDA logit sum), ``top5`` / ``top5_confidence``, ``source_label`` / ``source_confidence``
-        (the source model alone on the original), arrays of N (N x k for top-5).
+        (the source model alone on the original), arrays of N (N x k for top-5); ``features`` (N, D): the
+        source model's penultimate features of the originals (the monitor's input test).
         """
         pbs = self.projector.batch_size
         if len(seeds) != len(images):
             raise ValueError(f"{len(seeds)} seeds for {len(images)} images: one each")
         projected = np.concatenate([self.projector(images[c: c + pbs], seeds[c: c + pbs])
                                     for c in range(0, len(images), pbs)])
-        source_orig = self.source.logits(images, device=self.device)
+        source_orig, features = self.source.logits_and_features(images, device=self.device)
         aligned_proj = self.aligned.logits(projected, device=self.device)
         fallback = fell_back(self.aligned.config)
         logits = sda_logits(source_orig, aligned_proj, fallback=fallback)
@@ -76,4 +77,5 @@ class SdaPredictor:
             "label": p_sda.argmax(1).numpy(), "confidence": p_sda.amax(1).numpy(),
             "top5": top.indices.numpy(), "top5_confidence": top.values.numpy(),
             "source_label": p_src.argmax(1).numpy(), "source_confidence": p_src.amax(1).numpy(),
+            "features": features.float().numpy(),
         }, projected

@@ -66,7 +66,8 @@ def run_summary(job: RelabelJob, reports: list[BatchReport], seconds: float) -> 
     labelled = sum(r.labelled for r in reports)
     run_monitor = None
     if job.run_predictions:  # the run's images together (a run of one batch: that batch's row)
-        run_monitor = job.monitor_row(*(np.concatenate(a) for a in zip(*job.run_predictions)))
+        labels, confidences, features = (np.concatenate(a) for a in zip(*job.run_predictions))
+        run_monitor = job.monitor_row(labels, confidences, features, job.run_id)
         if run_monitor is not None:
             run_monitor["batches_drifted"] = sum(bool(r.monitor and r.monitor["drift"]) for r in reports)
     return {

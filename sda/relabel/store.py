@@ -81,6 +81,8 @@ MONITOR_SCHEMA = pa.schema([       # <labels>/_monitor/: one row per committed b
     ("mean_confidence", pa.float32()),
     ("p_labels", pa.float64()),            # chi-square test of the label counts (null: too few)
     ("p_confidence", pa.float64()),        # Kolmogorov-Smirnov test of the confidences
+    ("p_inputs", pa.float64()),            # MMD test of the inputs' features (null: not tested)
+    ("fired", pa.string()),                # the tests that flagged the batch, comma-separated ("": none)
     ("label_shares", pa.string()),         # JSON {class: share}
     ("monitored_at", _TS),
 ])
@@ -92,11 +94,13 @@ def part_files(root: str | os.PathLike[str]) -> list[Path]:
 
 
 def read_table(root: str | os.PathLike[str], columns: list[str] | None = None) -> pa.Table | None:
-    """The whole dataset (with its ``date`` partition column), or None when nothing is committed."""
+    """The whole dataset (with its ``date`` partition column), or None when nothing is committed. Part
+    files written before a column was added read it as null."""
     files = part_files(root)
     if not files:
         return None
-    dataset = ds.dataset([str(f) for f in files], format="parquet",
+    schema = pa.unify_schemas([pq.read_schema(f) for f in files]).append(pa.field("date", pa.string()))
+    dataset = ds.dataset([str(f) for f in files], format="parquet", schema=schema,
                          partitioning=ds.partitioning(flavor="hive"), partition_base_dir=str(root))
     return dataset.to_table(columns=columns)
 

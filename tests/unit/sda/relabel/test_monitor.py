@@ -60,7 +60,7 @@ def _commit(root, run: str, batch: str, images: int, acc: float, conf: float, sh
         "batch_id": [batch], "run_id": [run], "flow_run_id": [None], "images": [images], "too_few": [False],
         "drift": [drift], "estimated_accuracy": [acc], "reference_accuracy": [50.0], "accuracy_drop": [50.0 - acc],
         "low_confidence": [100 - acc], "mean_confidence": [conf], "p_labels": [0.5], "p_confidence": [0.5],
-        "label_shares": [json.dumps(shares)],
+        "p_inputs": [0.001 if drift else 0.5], "fired": ["inputs" if drift else ""], "label_shares": [json.dumps(shares)],
         "monitored_at": [dt.datetime(2026, 12, 6, 12, minute, tzinfo=dt.timezone.utc)]}, schema=MONITOR_SCHEMA), batch)
 
 
@@ -75,4 +75,48 @@ def test_history_weighs_each_batch_by_its_images_and_keeps_the_last_runs(tmp_pat
     assert (r2["batches"], r2["images"], r2["drifted"]) == (2, 40, 1)
     assert r2["estimated_accuracy"] == pytest.approx(50.0) and r2["mean_confidence"] == pytest.approx(0.6)
     assert r2["label_shares"] == {"a": 0.75, "b": 0.25}
+    assert r2["fired"] == ["inputs"] and runs[0]["fired"] == []
     assert [r["run_id"] for r in history(tmp_path, 1)] == ["r2"]
+
+
+def _domains(rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Features of five 'evaluated domains': clusters of 16-d points around their own centres."""
+    centres = rng.normal(0, 3, (5, 16))
+    return {f"d{i}": c + rng.normal(0, 1, (600, 16)) for i, c in enumerate(centres)}
+
+
+def _input_reference(doms: dict[str, np.ndarray]):
+    from sda.relabel.monitor import InputReference
+
+    allf = np.concatenate([f[:300] for f in doms.values()])
+    mean = allf.mean(0)
+    u, s, vt = np.linalg.svd(allf - mean, full_matrices=False)
+    ref = InputReference(mean, vt[:8], s[:8] / np.sqrt(len(allf)), 1.0, list(doms), [])
+    ref.pools = [ref.project(f[:300]) for f in doms.values()]
+    pts = np.concatenate(ref.pools)[:800]
+    d2 = ((pts[:, None] - pts[None]) ** 2).sum(-1)
+    ref.bandwidth = float(np.median(d2[np.triu_indices(len(pts), 1)]))
+    return ref
+
+
+def test_the_input_test_takes_one_domain_or_all_mixed_and_flags_a_new_one(tmp_path):
+    from sda.relabel.monitor import InputReference
+
+    rng = np.random.default_rng(0)
+    doms = _domains(rng)
+    ref = _input_reference(doms)
+    ref.save(tmp_path / "inputs.npz")
+    ref = InputReference.load(tmp_path / "inputs.npz")  # as the service keeps it
+    held_out = {d: f[300:] for d, f in doms.items()}
+    for d, f in held_out.items():  # one evaluated domain alone: at home
+        t = ref.test(f[rng.choice(300, 120, replace=False)], permutations=199, seed=1)
+        assert t["p"] > 0.01 and t["nearest"] == d, (d, t)
+    mixed = np.concatenate(list(held_out.values()))[rng.choice(1500, 120, replace=False)]
+    assert ref.test(mixed, permutations=199, seed=2)["p"] > 0.01
+    new = doms["d0"][300:420] + np.r_[np.full(4, 1.5), np.zeros(12)]  # d0, shifted: a new kind of input
+    assert ref.test(new, permutations=199, seed=3)["p"] <= 0.005
+    rows = {name: monitor(np.repeat(np.arange(4), 30), np.full(120, 0.8), _reference(rng), CLASSES, min_images=30,
+                          alpha=1e-3, max_accuracy_drop=100, features=feats, inputs=ref, input_alpha=0.01,
+                          permutations=199, seed=4)
+            for name, feats in (("home", held_out["d2"][:120]), ("new", new))}
+    assert "inputs" not in rows["home"]["fired"] and "inputs" in rows["new"]["fired"] and rows["new"]["drift"]
