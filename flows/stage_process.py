@@ -106,12 +106,12 @@ class ServerWatch(threading.Thread):
 
     def server_gone(self) -> None:
         stage, proc = self.stage, self.proc
-        where = (f"during stage {stage}: the stage keeps running under DVC, which records it when it ends; "
-                 if proc is not None and proc.poll() is None else
-                 f"after stage {self.last_stage} ended (DVC recorded it); " if self.last_stage else "")
+        running = proc is not None and proc.poll() is None
+        where = (f"during stage {stage}: the stage keeps running under DVC, which records it when it ends; " if running
+                 else f"after stage {self.last_stage} ended (DVC recorded it); " if self.last_stage else "")
         # Prefect's own "Error logging to API" may have left its line open
         sys.stderr.write(f"\nerror: the Prefect server ({self.url.rsplit('/', 1)[0]}) stopped answering {where}this "
-                         f"run stops {'then ' if proc is not None and proc.poll() is None else ''}with exit status "
+                         f"run stops {'then ' if running else ''}with exit status "
                          f"{SERVER_GONE_EXIT}; start the server again (or none: `python -m flows.pipeline` starts its "
                          "own) and run the pipeline again (or `dvc repro`): what finished is cached\n")
         sys.stderr.flush()

@@ -43,7 +43,7 @@ from sda.io.atomic import atomic_dir, atomic_write_json
 from sda.io.image_identity import Fingerprint, NearIndex
 from sda.io.images import FOLDER_SUFFIXES, BadImage, center_crop_arr
 from sda.io.console import printable
-from sda.io.user_folder import SPLIT_NAMES, Listing, class_name, list_folder, read_files
+from sda.io.user_folder import SPLIT_NAMES, Listing, list_folder, read_files
 from sda.io.shards import Sample, load_shards, write_shards
 from sda.io.target_index import TargetIndex
 from sda.runtime import derive_seed
@@ -158,7 +158,8 @@ class Inventory:
     (relative paths, sorted) and their :class:`~sda.io.image_identity.Fingerprint`, and every file not
     used with its reason (``skipped``: ``{"file", "reason"}``, the listing's and the decoding's, and second
     copies of a picture). ``dark``: greyscale files of 16 bits or more whose brightest pixel is at most
-    16 of 255 (data of 12 bits or fewer stored in 16 without saying so: read nearly black)."""
+    16 of 255 (data of 12 bits or fewer stored in 16 without saying so: read nearly black). ``subfolders``:
+    per class, the folders directly inside it that hold files (:class:`sda.io.user_folder.Listing`'s)."""
 
     root: Path
     labelled: bool
@@ -167,6 +168,7 @@ class Inventory:
     skipped: list[dict[str, str]]
     sizes: list[tuple[int, int]]
     dark: list[str]
+    subfolders: dict[str, set[str]]
 
     @property
     def counts(self) -> dict[str, int]:
@@ -213,7 +215,7 @@ def inventory(root: Path, key: str, params: Params, *, progress: bool = True) ->
         sizes.append(got.image.size)
         if (got.mode or "").startswith(("I", "F")) and got.image.getextrema()[1] <= 16:
             dark.append(got.rel)
-    return Inventory(root, labelled, files, prints, skipped, sizes, dark)
+    return Inventory(root, labelled, files, prints, skipped, sizes, dark, listing.subfolders)
 
 
 def _refuse_domain_folders(listing: Listing, key: str) -> None:
@@ -234,12 +236,6 @@ def _refuse_domain_folders(listing: Listing, key: str) -> None:
                              f"{key}: the folders of {printable(str(root))} ({', '.join(map(printable, domains))}) each "
                              f"hold the same class folders ({printable(example)}): a <domain>/<class>/ data set; name "
                              "each domain as its own target in folder.target_dirs")
-
-
-def _disk_name(root: Path, name: str) -> str:
-    """The folder under ``root`` whose class name is ``name``."""
-    return next((e.name for e in root.iterdir() if e.is_dir() and class_name(e.name, "folder.source_dir", root) == name),
-                name)
 
 
 def _inside(a: Path, b: Path) -> bool:
@@ -297,9 +293,8 @@ def source_inventory(params: Params, *, progress: bool = True) -> Inventory:
     if not inv.labelled:
         raise ValueError(f"folder.source_dir: {root} has no class folders; expected <class name>/<image files>")
     if len(names) < 2:
-        one = list_folder(root / _disk_name(root, names[0]), "folder.source_dir")
-        inner = sorted(one.classes)
-        hint = (f"; did you mean source_dir: {printable(str(one.root))}? (its folders "
+        inner = sorted(inv.subfolders[names[0]])
+        hint = (f"; did you mean source_dir: {printable(str(root / names[0]))}? (its folders "
                 f"{', '.join(map(printable, inner[:4]))}{', ...' if len(inner) > 4 else ''} look like the classes)"
                 if len(inner) >= 2 else "")
         raise ValueError(f"folder.source_dir: {printable(str(root))} has one class folder ({printable(names[0])}); a "

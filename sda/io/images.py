@@ -43,6 +43,11 @@ class BadImage(ValueError):
 _ROWS_PIXELS = 1 << 20  # pixels of a wide image converted at a time: no full-size wide copy of a large scan
 
 
+def _to_255(v: np.ndarray, top: int) -> np.ndarray:
+    """Integer samples ``v`` in ``0..top`` as ``0..255``, rounded (integer arithmetic: no float copy)."""
+    return (v * 255 + top // 2) // top
+
+
 def png_significant_bits(data: bytes) -> int | None:
     """The significant bits a PNG's ``sBIT`` chunk declares (the largest over its channels; e.g. 12 for
     12-bit camera data stored in 16 bits), or None: not a PNG, or no ``sBIT`` before the image data.
@@ -90,8 +95,7 @@ def _grey_to_8bit(img: Image.Image, significant_bits: int | None) -> Image.Image
             continue
         if band.dtype == np.int32 and not signed:
             band = band.view(np.uint32)  # Pillow holds unsigned 32-bit samples in a signed int32 image
-        v = np.clip(band.astype(np.int64 if band.dtype.itemsize > 2 else np.int32), 0, top)
-        out[y: y + rows] = (v * 255 + top // 2) // top
+        out[y: y + rows] = _to_255(np.clip(band.astype(np.int64 if band.dtype.itemsize > 2 else np.int32), 0, top), top)
     return Image.fromarray(out, mode="L")
 
 
@@ -108,8 +112,7 @@ def _rgb16_png(data: bytes, significant_bits: int) -> Image.Image | None:
     out = np.empty(arr.shape[:2] + (3,), np.uint8)
     rows = max(1, _ROWS_PIXELS // max(1, arr.shape[1]))
     for y in range(0, arr.shape[0], rows):
-        v = np.minimum(arr[y: y + rows, :, 2::-1].astype(np.int32), top)  # BGR(A) -> RGB
-        out[y: y + rows] = (v * 255 + top // 2) // top
+        out[y: y + rows] = _to_255(np.minimum(arr[y: y + rows, :, 2::-1].astype(np.int32), top), top)  # BGR(A) -> RGB
     return Image.fromarray(out, mode="RGB")
 
 

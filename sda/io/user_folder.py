@@ -127,7 +127,7 @@ def list_folder(root: str | os.PathLike[str], key: str) -> Listing:
         if reason is None and not classes and len(parts) > 1:
             reason = "in a sub-folder of a flat folder: not read"
         if classes and len(parts) > 2:
-            listing.subfolders[names[parts[0]]].add(printable(unicodedata.normalize("NFC", parts[1])))
+            listing.subfolders[names[parts[0]]].add(unicodedata.normalize("NFC", parts[1]))
         if reason is not None:
             listing.skip(rel, reason)
         elif classes:

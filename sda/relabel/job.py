@@ -23,6 +23,7 @@ own noise (seeded by its sha256): a label never depends on which other files arr
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import json
 import logging
@@ -192,12 +193,13 @@ class RelabelJob:
         monitored = read_table(self.monitor_dir, columns=["batch_id"]) if self.reference is not None else None
         have_row = set(monitored.column("batch_id").to_pylist()) if monitored is not None else set()
         have_report = {p.stem for p in self.reports_dir.glob("*/*.md")}
-        rows = table.to_pylist()
-        for bid in sorted({r["batch_id"] for r in rows}):
+        batches: dict[str, list[dict]] = {}
+        for r in table.to_pylist():
+            batches.setdefault(r["batch_id"], []).append(r)
+        for bid, mine in sorted(batches.items()):
             need_row = self.reference is not None and bid not in have_row
             if not need_row and bid in have_report:
                 continue
-            mine = [r for r in rows if r["batch_id"] == bid]
             labels = np.asarray([r["label"] for r in mine])
             report = BatchReport(batch_id=bid, labelled=len(mine), label_counts=dict(Counter(r["class_name"] for r in mine)))
             if self.reference is not None:
@@ -269,7 +271,7 @@ class RelabelJob:
                        input_alpha=m.input_alpha, permutations=m.permutations,
                        seed=derive_seed(self.seed, "input test", batch_id))
 
-    @property
+    @functools.cached_property
     def class_names(self) -> list[str]:
         return json.loads(Path(self.models["classes"]).read_text())["names"]
 
