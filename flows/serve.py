@@ -97,7 +97,7 @@ def deployments(params: Params, root: Path) -> list:
     from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 
     from flows.pipeline import pipeline
-    from flows.relabel import drift_alert, relabel
+    from flows.relabel_flow import drift_alert, relabel
 
     one = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE)
     common = dict(concurrency_limit=one, parameters={"root": str(root)})
@@ -139,7 +139,7 @@ def register_drift_automation(params: Params, root: Path, ids: dict[str, object]
     from prefect.events.actions import PauseDeployment, RunDeployment
     from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
 
-    from flows.relabel import DRIFT_EVENT, checkout_resource
+    from flows.relabel_flow import DRIFT_EVENT, checkout_resource
 
     payload = {"__prefect_kind": "json",  # the event's payload, rendered by the server, as the flow's `alert`
                "value": {"__prefect_kind": "jinja", "template": "{{ event.payload | tojson }}"}}

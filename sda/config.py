@@ -540,6 +540,7 @@ class Params(Section):
 
 
 def _format(err: ValidationError, source: str) -> str:
+    """One line for one invalid parameter (``<file>: <key>: <what>``), else a line per parameter."""
     lines = [f"{source}: {err.error_count()} invalid parameter(s):"]
     for e in err.errors():
         where = ".".join(str(p) for p in e["loc"]) or "(top level)"
@@ -554,7 +555,7 @@ def _format(err: ValidationError, source: str) -> str:
         got = e.get("input")
         got_s = f" (got {got!r})" if e["type"] != "extra_forbidden" and not isinstance(got, dict) else ""
         lines.append(f"  - {where}: {msg}{got_s}")
-    return "\n".join(lines)
+    return f"{source}: {lines[1][4:]}" if len(lines) == 2 else "\n".join(lines)
 
 
 def parse_params(raw: Mapping[str, Any] | None, source: str = "params.yaml") -> Params:

@@ -1,4 +1,7 @@
-"""Run-time plumbing shared by every stage: seeds, devices, CPU threads."""
+"""Run-time plumbing shared by every stage: seeds, devices, CPU threads.
+
+Imports torch in the functions that set it: :func:`derive_seed` (read by every params check and
+stage module) costs no torch import."""
 
 from __future__ import annotations
 
@@ -8,7 +11,6 @@ import random
 import sys
 
 import numpy as np
-import torch
 
 from sda.cores import free_cores
 
@@ -26,6 +28,8 @@ def derive_seed(seed: int, *names: object) -> int:
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
+    import torch
+
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
 
@@ -34,6 +38,8 @@ def set_threads(threads: int) -> int:
     """Set torch's intra-op threads and return the number used. A fixed count keeps a stage's bytes
     reproducible (CPU training reductions depend on it); 0 = :func:`free_cores`, the fastest under
     load but not reproducible."""
+    import torch
+
     n = threads if threads > 0 else free_cores()
     torch.set_num_threads(n)
     return n
@@ -46,6 +52,8 @@ def set_deterministic(on: bool = True) -> None:
     thread-dependent order. cuBLAS needs its workspace config set before CUDA starts, hence the env.
     Off, cuDNN also benchmarks its convolution algorithms per shape (``cudnn.benchmark``: faster,
     and the choice, hence the last bits, may differ between runs); on, it keeps its fixed choice."""
+    import torch
+
     if on:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     # torch.use_deterministic_algorithms does this and sets inductor's flag, importing inductor's
@@ -64,6 +72,8 @@ def set_deterministic(on: bool = True) -> None:
 
 def pick_device(device: str = "auto") -> torch.device:
     """'auto' -> CUDA when present, else CPU; 'cuda' without a GPU is an error."""
+    import torch
+
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():

@@ -25,18 +25,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
-import torch
 
 from sda.config import ClassifierAlign, Params, Projection
 from sda.domains import Domain, domain_for
 from sda.io.atomic import atomic_write_bytes, atomic_write_json
 from sda.io.shards import iter_shard_file, read_manifest
-from sda.io.streaming import ShardStream
 from sda.runtime import derive_seed
 from sda.layout import METRICS, METRIC_FILES, OUTS, projector_dir
 from tasks.common import stage_main, write_training_metrics
 
 if TYPE_CHECKING:
+    import torch
+
+    from sda.io.streaming import ShardStream
     from sda.models.classifiers import Classifier
 
 log = logging.getLogger("sda.classifier_align")
@@ -90,6 +91,9 @@ def run(cfg: ClassifierAlign, seed: int, source_model: Path, synth_dir: Path, ou
     ``projected_source``: (projections, labels) of the source train split, trained on beside the
     synthetic set in every epoch (:func:`mixed_batches`; ``classifier_align.projected_source``).
     """
+    import torch
+
+    from sda.io.streaming import ShardStream
     from sda.method.diagnostics import projected_val_accuracy
     from sda.models.classifiers import Classifier, fit_classifier, input_spec, load_classifier, paper_recipe, save_classifier
 
@@ -146,6 +150,7 @@ def run(cfg: ClassifierAlign, seed: int, source_model: Path, synth_dir: Path, ou
 def synthetic_scores(model: Classifier, sets: dict[str, Path], class_names: list[str],
                      batch_size: int, device: torch.device, loader_workers: int = 0) -> dict[str, dict]:
     """The source model's accuracy on each synthetic shard set against its intended classes (CAS)."""
+    from sda.io.streaming import ShardStream
     from sda.method.diagnostics import class_accuracy
 
     out = {}

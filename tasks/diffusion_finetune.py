@@ -24,18 +24,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from sda.config import DiffusionFinetune, Params
 from sda.domains import Domain, PretrainedDiffusion, domain_for
 from sda.io.shards import load_shards, read_manifest
-from sda.io.streaming import endless_batches
 from sda.runtime import derive_seed
 from sda.layout import OUTS
 from tasks.common import stage_main, write_training_metrics
 
 if TYPE_CHECKING:
+    import torch
+
     from sda.domains.folder import Folder
     from sda.domains.imagenet import ImageNet
     from sda.models.diffusion import DiffusionInfo
@@ -106,6 +105,8 @@ def run(cfg: DiffusionFinetune, seed: int, source_dir: Path, out: Path, device: 
     ``probe_every`` steps; the best checkpoint is saved, and training goes past ``train_steps`` up to
     ``max_train_steps`` while the score is below ``probe_target`` (:class:`Probe`).
     """
+    import torch
+
     from sda.method.sampling import sample_class_conditional
     from sda.models.diffusion import DiffusionInfo, build_unet, save_diffusion
     from sda.models.schedulers import ddpm_scheduler
@@ -163,6 +164,9 @@ def _finetune(adm: torch.nn.Module, transformer: torch.nn.Module, vae: torch.nn.
     """Fine-tune the ADM projector (unconditional, at the images' size) and the DiT generator (on
     their VAE latents, the images first resized to ``dit_size`` when given) on ``train_dir``, each
     for ``steps`` steps, streamed (:func:`sda.io.streaming.endless_batches`); their losses."""
+    import torch.nn.functional as F
+
+    from sda.io.streaming import endless_batches
     from sda.models.schedulers import ddpm_scheduler
     from sda.models.training import train_epsilon
 

@@ -33,7 +33,6 @@ from sda.config import Params
 from sda.domains import Domain, domain_for
 from sda.io.atomic import atomic_dir, atomic_write_bytes, atomic_write_json
 from sda.io.shards import iter_samples
-from sda.io.streaming import ShardStream
 from sda.io.target_index import TargetIndex
 from sda.provenance import code_version, params_hash
 from sda.layout import DATA, METRIC_FILES, METRICS
@@ -55,6 +54,7 @@ def protocol(params: Params, domain: Domain, images_per_domain: int) -> dict:
 
 
 def run(params: Params, domain: Domain, device, data: Path = DATA, metrics_dir: Path = METRICS) -> dict:
+    from sda.io.streaming import ShardStream
     from sda.method.report import grid_png, results_markdown, write_plot_csv
     from sda.method.scoring import score_domain, summarise
     from sda.models.classifiers import load_classifier

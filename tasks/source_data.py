@@ -24,4 +24,4 @@ def _main(params: Params, args: argparse.Namespace, domain: Domain) -> None:
 
 
 if __name__ == "__main__":
-    stage_main("source_data", __doc__, _main, domain_for=domain_for)
+    stage_main("source_data", __doc__, _main, domain_for=lambda params: domain_for(params, inputs=True))

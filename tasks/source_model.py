@@ -13,8 +13,7 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from sda.config import Params, SourceModel
 from sda.domains import Domain, PretrainedClassifier, domain_for
@@ -22,6 +21,9 @@ from sda.io.shards import load_shards, read_manifest
 from sda.runtime import derive_seed
 from sda.layout import OUTS
 from tasks.common import stage_main, write_training_metrics
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger("sda.source_model")
 
@@ -31,6 +33,8 @@ EMBEDDED_STD = (0.5, 0.5, 0.5)
 
 
 def run(cfg: SourceModel, seed: int, source_dir: Path, out: Path, device: torch.device) -> dict:
+    import torch
+
     from sda.models.classifiers import create_classifier, predict_logits, save_classifier, train_classifier
 
     train, val = load_shards(source_dir / "train"), load_shards(source_dir / "val")

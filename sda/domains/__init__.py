@@ -25,6 +25,8 @@ imported with the package) and its section to ``params.yaml``; what a stage need
   params section naming them, a new DiT class table or ImageNet's, the size they work at);
 - ``severities(params)``: the corruption severities its numbers are measured at;
 - ``check(params)``: what the domain needs of the params beyond their shape (raise ``ValueError``).
+- ``check_inputs(params)``: ``check``, and that the folders and files it reads are there, read
+  nothing (``source_data`` and ``target_data`` ask it before they import their models).
 
 A stage looks its domain up once, with :func:`domain_for`, which also checks the profile names
 (``sda.config`` validates the params' shape only and knows no domain).

@@ -43,7 +43,7 @@ from sda.io.atomic import atomic_dir, atomic_write_json
 from sda.io.image_identity import Fingerprint, NearIndex
 from sda.io.images import FOLDER_SUFFIXES, BadImage, center_crop_arr
 from sda.io.console import printable
-from sda.io.user_folder import SPLIT_NAMES, Listing, list_folder, read_files
+from sda.io.user_folder import SPLIT_NAMES, Listing, list_folder, read_files, require_folder
 from sda.io.shards import Sample, load_shards, write_shards
 from sda.io.target_index import TargetIndex
 from sda.runtime import derive_seed
@@ -462,10 +462,21 @@ def _classifier(params: Params) -> PretrainedClassifier | None:
 def _check(params: Params) -> None:
     if params.folder.source_dir is None:
         raise ValueError("folder.source_dir is not set: name your labelled images (<class>/<files>) in params.yaml")
-    taken = sorted(set(params.folder.target_dirs) & reserved_domain_names())
+    # (corrupt-tta's names import scipy.ndimage, 0.4 s: read only when there is a target to compare)
+    taken = sorted(set(params.folder.target_dirs) & reserved_domain_names()) if params.folder.target_dirs else []
     if taken:
         raise ValueError(f"folder.target_dirs: {', '.join(taken)} name(s) a domain the pipeline writes itself "
                          "(clean and the corruptions); rename the target, e.g. my_" + taken[0])
+
+
+def _check_inputs(params: Params) -> None:
+    _check(params)
+    try:
+        require_folder(params.folder.source_dir, "folder.source_dir")
+        for name, path in params.folder.target_dirs.items():
+            require_folder(path, f"folder.target_dirs.{name}")
+    except FileNotFoundError as err:
+        raise ValueError(str(err)) from None
 
 
 register_domain(Domain(
@@ -481,4 +492,5 @@ register_domain(Domain(
     pretrained_diffusion=lambda p: (PretrainedDiffusion("folder", new_class_table=True, image_size=p.folder.image_size)
                                     if p.folder.pretrained else None),
     check=_check,
+    check_inputs=_check_inputs,
 ))

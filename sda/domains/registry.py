@@ -76,6 +76,9 @@ class Domain:
     source_classifier: Callable[[Params], PretrainedClassifier | None] = _no_pretrained_classifier
     pretrained_diffusion: Callable[[Params], PretrainedDiffusion | None] = _no_pretrained_diffusion
     check: Callable[[Params], None] = _no_check
+    # what ``check`` does, and that the files and folders the source and targets are read from are there
+    # (without reading them): source_data and target_data ask it before they import their models
+    check_inputs: Callable[[Params], None] = _no_check
     params_model: type[Section] | None = None  # its own params section, top-level ``<name>:`` in params.yaml
 
 
@@ -105,8 +108,9 @@ def get_domain(name: str) -> Domain:
         raise ParamsError(f"profile: unknown profile {name!r}; the registered domains are {list(_REGISTRY)}") from None
 
 
-def domain_for(params: Params) -> Domain:
-    """The domain ``params.profile`` names, once it has checked the params (``Domain.check``).
+def domain_for(params: Params, *, inputs: bool = False) -> Domain:
+    """The domain ``params.profile`` names, once it has checked the params (``Domain.check``; with
+    ``inputs``, ``Domain.check_inputs``: the stages that read the domain's files).
 
     Raises :class:`ParamsError` naming the key: an unknown ``profile`` or ``profiles.<name>``, or what
     the domain needs and the params lack (e.g. ``folder.source_dir``)."""
@@ -115,7 +119,7 @@ def domain_for(params: Params) -> Domain:
             raise ParamsError(f"profiles.{name}: unknown profile {name!r}; the registered domains are {list(_REGISTRY)}")
     domain = get_domain(params.profile)
     try:
-        domain.check(params)
+        (domain.check_inputs if inputs else domain.check)(params)
     except ValueError as err:
         raise ParamsError(f"profile {params.profile}: {err}") from None
     return domain

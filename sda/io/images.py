@@ -15,7 +15,6 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 __all__ = ["DECODED_FORMATS", "FOLDER_FORMATS", "FOLDER_SUFFIXES", "IMAGE_SUFFIXES", "BadImage", "center_crop_arr", "check_file_size", "decode_image", "read_image",
@@ -213,10 +212,14 @@ def read_image(path: Path, size: int) -> np.ndarray:
 
 def to_unit_range(images: np.ndarray | torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:
     """uint8 (B, H, W, 3) (NumPy, or a tensor on any device) -> float32 (B, 3, H, W) in [-1, 1] on ``device``."""
+    import torch
+
     return torch.as_tensor(images).to(device).permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:
     """float (B, 3, H, W) in [-1, 1] -> uint8 (B, H, W, 3)."""
+    import torch
+
     x = ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     return x.permute(0, 2, 3, 1).cpu().numpy()

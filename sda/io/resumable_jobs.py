@@ -36,7 +36,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-import webdataset as wds
 from tqdm.auto import tqdm
 
 from sda.io.atomic import atomic_file, atomic_write_json, clean_stale_temps, sha256_file
@@ -92,6 +91,8 @@ def write_shard(path: Path, samples: Iterable[Sample], max_bytes: float = float(
     keys: set[str] = set()
     stats = None
     t0 = time.perf_counter()
+    import webdataset as wds  # imports torch: not at the top (sda.io.shards)
+
     with atomic_file(path) as tmp:
         with wds.TarWriter(str(tmp), mtime=0.0) as sink:  # fixed mtime: same samples, same bytes
             it = iter(samples)

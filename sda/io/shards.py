@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any, Container, Iterable, Iterator
 
 import numpy as np
-import webdataset as wds
 
 from sda.io.atomic import atomic_write_json, sha256_file
 
@@ -113,6 +112,8 @@ def write_shards(
     Keys must be unique. Returns the manifest, which is also written to ``out_dir/manifest.json``.
     Use inside :func:`sda.io.atomic.atomic_dir` so that readers never see a partial set.
     """
+    import webdataset as wds  # here, not at the top: it imports torch (a params error answers before it)
+
     out_dir = Path(out_dir)
     seen: set[str] = set()
     classes: Counter[int] = Counter()
@@ -170,6 +171,8 @@ def iter_samples(shard_dir: str | os.PathLike[str], labels: Container[int] | Non
 
 def iter_shard_file(path: str | os.PathLike[str], labels: Container[int] | None = None) -> Iterator[Sample]:
     """Stream the samples of one shard file in order (with ``labels``: of these classes only)."""
+    import webdataset as wds
+
     # no worker / node splitting: one file is read whole, also inside a DataLoader worker (sda.io.streaming)
     ds = wds.WebDataset([str(path)], shardshuffle=False, empty_check=False, nodesplitter=None,
                         workersplitter=None)

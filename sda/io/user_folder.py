@@ -90,15 +90,22 @@ def skipped_reason(rel: str, st: os.stat_result) -> str | None:
     return None
 
 
-def list_folder(root: str | os.PathLike[str], key: str) -> Listing:
-    """Every entry under the folder ``root`` (the parameter ``key`` names it in errors), sorted into a
-    :class:`Listing`. ``root`` itself may be a link (the user named it); nothing under it is followed.
-    Raises FileNotFoundError naming ``key`` when ``root`` is not a folder."""
+def require_folder(root: str | os.PathLike[str], key: str) -> Path:
+    """``root`` as a Path; FileNotFoundError naming the parameter ``key`` when it is not a folder (a
+    check that reads nothing, for the params checks before a stage imports its models)."""
     root = Path(root)
     if not root.is_dir():
         what = "does not exist" if not root.exists() else "is not a folder"
         raise FileNotFoundError(f"{key}: {root} {what}; point it at a folder of images (paths are relative to "
                                 "the repository root)")
+    return root
+
+
+def list_folder(root: str | os.PathLike[str], key: str) -> Listing:
+    """Every entry under the folder ``root`` (the parameter ``key`` names it in errors), sorted into a
+    :class:`Listing`. ``root`` itself may be a link (the user named it); nothing under it is followed.
+    Raises FileNotFoundError naming ``key`` when ``root`` is not a folder."""
+    root = require_folder(root, key)
     listing = Listing(root)
     fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
