@@ -1,4 +1,4 @@
-"""The SDA pipeline as a Prefect flow: the nine DVC stages in order, one Prefect task each.
+"""The SDA pipeline as a Prefect flow: the DVC stages of sda.layout.STAGE_ORDER in order, one Prefect task each.
 
 DVC owns caching and versioning (each task asks DVC to reproduce one stage, and DVC skips it when
 its code, params and inputs are unchanged); Prefect owns the run, logs, retries and artifacts.

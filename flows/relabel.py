@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 import yaml
 
 from sda.config import ParamsError, load_params
-from sda.layout import METRIC_FILES, MODEL_STAGES, MODELS
+from sda.layout import METRIC_FILES, MODEL_STAGES, MODELS, OUTS
 from sda.relabel.inbox import open_inbox
 
 if TYPE_CHECKING:
@@ -76,6 +76,17 @@ def model_lineage(root: Path) -> Lineage:
                    code_version=str(protocol.get("code_version", "unrecorded")))
 
 
+def computed_reference(root: Path, lineage: Lineage) -> Path | None:
+    """The pipeline's ``monitor_reference`` out when ``dvc.lock`` says that stage ran on the models of
+    ``lineage`` (the relabel job then reads its reference instead of computing one), else None."""
+    out = root / OUTS["monitor_reference"]
+    stages = (yaml.safe_load((root / "dvc.lock").read_text()) or {}).get("stages", {})
+    deps = {d["path"]: d.get("md5") for d in stages.get("monitor_reference", {}).get("deps") or []}
+    models = {MODELS["source"]: lineage.source_model_hash, MODELS["aligned"]: lineage.aligned_model_hash,
+              MODELS["diffusion"]: lineage.diffusion_model_hash}
+    return out if out.is_dir() and all(deps.get(str(path)) == md5 for path, md5 in models.items()) else None
+
+
 # -- CLI ----------------------------------------------------------------------------------------
 def status(argv: list[str]) -> int:
     """``sda relabel status``: the last runs' monitor rows (images, estimated accuracy, drift flags)."""
@@ -92,11 +103,11 @@ def status(argv: list[str]) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     labels = root / (args.labels or params.relabel.labels)
-    from sda.relabel.monitor import history
+    from sda.relabel.monitor import MONITOR_DIR, history
 
-    rows = history(labels / "_monitor", args.runs or params.relabel.monitor.history)
+    rows = history(labels / MONITOR_DIR, args.runs or params.relabel.monitor.history)
     if not rows:
-        print(f"no monitored run in {labels}/_monitor yet (run sda relabel first)")
+        print(f"no monitored run in {labels / MONITOR_DIR} yet (run sda relabel first)")
         return 0
     print(f"{'finished (UTC)':<26}{'run':<10}{'batches':>8}{'images':>8}{'est. acc %':>11}  {'tests fired':<26}"
           f"{'drift':>7}{'too few':>9}")
@@ -150,7 +161,9 @@ def main(argv: list[str] | None = None) -> int:
             overrides["monitor"] = params.relabel.monitor.model_copy(update={"enabled": False})
         set_threads(params.runtime.threads)
         set_deterministic(params.runtime.deterministic)
-        job = make_job(root, params, model_lineage(root), inbox=args.inbox, overrides=overrides)
+        lineage = model_lineage(root)
+        job = make_job(root, params, lineage, inbox=args.inbox, overrides=overrides,
+                       computed_reference=computed_reference(root, lineage))
 
         def process(job: RelabelJob, batch: list, index: int) -> BatchReport:
             if index == 0:  # the total is known once the scan ran (under the lock)

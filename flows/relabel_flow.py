@@ -18,7 +18,7 @@ from prefect.cache_policies import NONE
 from prefect.events import emit_event
 from prefect.runtime import deployment, flow_run
 
-from flows.relabel import ROOT, model_lineage
+from flows.relabel import ROOT, computed_reference, model_lineage
 from flows.served import check_served_inbox, check_served_root
 from sda.config import load_params
 from sda.relabel.job import RelabelJob
@@ -41,8 +41,11 @@ def emit_drift(root: Path, job: RelabelJob, report: BatchReport) -> None:
     label shares."""
     payload = {**report.monitor, "batch_id": report.batch_id, "checkout": str(root), "inbox": str(job.inbox),
                "reference_label_shares": job.reference.label_shares(job.predictor.class_names)}
-    related = [{"prefect.resource.id": f"prefect.{kind}.{rid}", "prefect.resource.role": kind}
-               for kind, rid in (("deployment", deployment.id), ("flow-run", flow_run.id)) if rid]
+    # named, so that Prefect's event feed links them by name rather than showing their ids
+    related = [{"prefect.resource.id": f"prefect.{kind}.{rid}", "prefect.resource.role": kind,
+                "prefect.resource.name": name or rid}
+               for kind, rid, name in (("deployment", deployment.id, deployment.name),
+                                       ("flow-run", flow_run.id, flow_run.name)) if rid]
     emit_event(DRIFT_EVENT, resource={"prefect.resource.id": checkout_resource(root),
                                       "prefect.resource.name": root.name, "sda.checkout": str(root)},
                related=related, payload=payload)
@@ -95,8 +98,10 @@ def relabel(inbox: str | None = None, batch_size: int | None = None, root: str =
     set_threads(params.runtime.threads)
     set_deterministic(params.runtime.deterministic)
     try:
-        job = make_job(root_p, params, model_lineage(root_p), inbox=inbox, flow_run_id=str(flow_run.id),
-                       overrides={"batch_size": batch_size} if batch_size else None)
+        lineage = model_lineage(root_p)
+        job = make_job(root_p, params, lineage, inbox=inbox, flow_run_id=str(flow_run.id),
+                       overrides={"batch_size": batch_size} if batch_size else None,
+                       computed_reference=computed_reference(root_p, lineage))
     except ModelsMissing as err:
         if not wait_for_models:
             raise

@@ -21,7 +21,7 @@ from pathlib import Path
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 from sda.io.resumable_jobs import PROGRESS
-from sda.layout import RUNS, WORK
+from sda.layout import WORK, StageTiming
 
 __all__ = ["ServerWatch", "StageFailed", "is_transient", "reproduce", "use_this_python"]
 
@@ -242,12 +242,9 @@ def reproduce(stage: str, root: str, force: bool = False, timeout: float | None 
 def _split_time(root: Path, stage: str, started: float, seconds: float) -> dict:
     """The stage's ``work`` (its own record, tasks.common), the ``start_up`` of its process (imports,
     params) and the ``dvc`` rest of ``seconds``, when the stage ran in this call."""
-    try:
-        t = json.loads((root / RUNS / f"{stage}.timing.json").read_text())
-    except (OSError, ValueError):
+    t = StageTiming.read(stage, root)
+    if t is None or t.process_start < started:  # none, or an older run's record: the stage was cached
         return {}
-    if t["process_start"] < started:  # an older run's record: the stage was cached
-        return {}
-    start_up = t["work_start"] - t["process_start"]
-    return {"work": round(t["work_seconds"], 1), "start_up": round(start_up, 1),
-            "dvc": round(max(0.0, seconds - start_up - t["work_seconds"]), 1)}
+    start_up = t.work_start - t.process_start
+    return {"work": round(t.work_seconds, 1), "start_up": round(start_up, 1),
+            "dvc": round(max(0.0, seconds - start_up - t.work_seconds), 1)}

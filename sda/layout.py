@@ -17,7 +17,9 @@ stages (``tasks/``), the relabel service, ``make clean`` and the tests; ``tests`
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 __all__ = ["DATA", "METRICS", "METRIC_FILES", "MODELS", "MODEL_STAGES", "OUTS", "RUNS", "STAGE_ORDER",
@@ -40,9 +42,41 @@ STAGE_ORDER: tuple[str, ...] = (
     "target_project",
     "evaluate",
     "streams",
+    "monitor_reference",
 )
 # evaluate's and streams' outputs are metrics files, not a data folder
 OUTS: dict[str, Path] = {stage: DATA / stage for stage in STAGE_ORDER if stage not in ("evaluate", "streams")}
+
+# target_project's count of the projection's work (UNet forward-equivalents per image; evaluate and streams
+# read it): a file in its out
+PROJECTION_COMPUTE = "compute.json"
+
+
+@dataclass(frozen=True)
+class StageTiming:
+    """A stage command's timing record, ``data/.runs/<stage>.timing.json`` (outside every out: it holds
+    time): when its process started and its work began (``time.time()``), how long the work took (s).
+    ``tasks.common.stage_main`` writes it, the flow splits a stage's time with it."""
+
+    process_start: float
+    work_start: float
+    work_seconds: float
+
+    @staticmethod
+    def path(stage: str, root: Path = Path(".")) -> Path:
+        return root / RUNS / f"{stage}.timing.json"
+
+    @classmethod
+    def read(cls, stage: str, root: Path = Path(".")) -> "StageTiming | None":
+        """The record of ``stage`` in the checkout at ``root``; None when there is none or it is unreadable."""
+        try:
+            return cls(**json.loads(cls.path(stage, root).read_text()))
+        except (OSError, ValueError, TypeError):
+            return None
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
 
 MODEL_STAGES: dict[str, str] = {"source": "source_model", "aligned": "classifier_align",
                                 "diffusion": "diffusion_finetune"}

@@ -38,4 +38,4 @@ def _prepare_command() -> None:
 
 _prepare_command()
 
-from sda.layout import STAGE_ORDER as STAGES  # noqa: E402  (the nine stages in order)
+from sda.layout import STAGE_ORDER as STAGES  # noqa: E402  (the stages in order)

@@ -17,7 +17,7 @@ from typing import Any, Callable
 from filelock import FileLock, Timeout
 
 from sda.config import Params, ParamsError, load_params
-from sda.layout import DATA, OUTS, RUNS, STAGE_ORDER, TRAINING_CURVE, TRAINING_SUMMARY, WORK
+from sda.layout import DATA, OUTS, RUNS, STAGE_ORDER, TRAINING_CURVE, TRAINING_SUMMARY, WORK, StageTiming
 from sda.io.atomic import DISK_FULL, atomic_write_bytes, atomic_write_json, clean_stale_temps, replace_dir
 from sda.io.console import printable_console
 from sda.io.cluster import SchedulerUnreachableError
@@ -172,8 +172,7 @@ def _record_timing(stage: str, body_start: float, seconds: float) -> None:
     from tasks import STARTED
 
     RUNS.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(RUNS / f"{stage}.timing.json", {"process_start": STARTED, "work_start": body_start,
-                                                      "work_seconds": round(seconds, 3)})
+    atomic_write_json(StageTiming.path(stage), StageTiming(STARTED, body_start, round(seconds, 3)).as_dict())
 
 
 def write_training_metrics(stage: str, summary: dict[str, float | int], columns: list[str],

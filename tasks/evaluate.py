@@ -35,7 +35,7 @@ from sda.io.atomic import atomic_dir, atomic_write_bytes, atomic_write_json
 from sda.io.shards import iter_samples
 from sda.io.target_index import TargetIndex
 from sda.provenance import code_version, params_hash
-from sda.layout import DATA, METRIC_FILES, METRICS
+from sda.layout import DATA, METRICS, METRIC_FILES, PROJECTION_COMPUTE
 from tasks.common import stage_main
 
 if TYPE_CHECKING:
@@ -93,7 +93,7 @@ def run(params: Params, domain: Domain, device, data: Path = DATA, metrics_dir: 
     if alignment.is_file():
         metrics["alignment"] = json.loads(alignment.read_text())
         metrics["warnings"] = metrics["alignment"].get("warnings", [])
-    compute = data / "target_project" / "compute.json"  # the projection's work, counted by target_project
+    compute = data / "target_project" / PROJECTION_COMPUTE  # the projection's work, counted by target_project
     if compute.is_file():
         metrics["compute"] = compute_per_method(json.loads(compute.read_text()))
     metrics["split"] = params.target_data.split

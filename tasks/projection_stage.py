@@ -14,13 +14,12 @@ from sda.config import Params
 from sda.io.atomic import atomic_write_json, sha256_file
 from sda.io.resumable_jobs import PROGRESS
 from sda.runtime import derive_seed
-from sda.layout import projector_dir
+from sda.layout import PROJECTION_COMPUTE, projector_dir
 from tasks.common import run_resumable
 
 if TYPE_CHECKING:
     from sda.method.dda import ProjectionCost
 
-COMPUTE = "compute.json"  # in the out: the projection's work, counted (content: no seconds)
 
 
 def write_compute(work: Path, projection_method: str) -> ProjectionCost:
@@ -31,8 +30,9 @@ def write_compute(work: Path, projection_method: str) -> ProjectionCost:
     cost = ProjectionCost()
     for entry in json.loads((work / PROGRESS).read_text())["shards"].values():
         cost.add(entry.get("stats") or ProjectionCost())
-    atomic_write_json(work / COMPUTE, {"method": projection_method, **cost.as_dict(),
-                                       "forward_equivalents_per_image": round(cost.per_image(), 4)})
+    # the projection's work, counted (content: no seconds)
+    atomic_write_json(work / PROJECTION_COMPUTE, {"method": projection_method, **cost.as_dict(),
+                                                  "forward_equivalents_per_image": round(cost.per_image(), 4)})
     return cost
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from sda.config import Params, ParamsError
 from sda.io.atomic import atomic_write_bytes, atomic_write_json
 from sda.io.target_index import TargetIndex
-from sda.layout import DATA, METRIC_FILES, METRICS, projector_dir
+from sda.layout import DATA, METRICS, METRIC_FILES, PROJECTION_COMPUTE
 from sda.runtime import derive_seed
 from tasks.common import stage_main
 
@@ -65,7 +65,7 @@ def run(params: Params, device, data: Path = DATA, metrics_dir: Path = METRICS) 
     log.info("%d domains, %d images (%s per domain)", len(ts.sizes), len(ts.labels), sorted(set(ts.sizes.values())))
     source = load_classifier(data / "source_model", device)
     aligned = load_classifier(data / "classifier_align", device)
-    compute = json.loads((data / "target_project" / "compute.json").read_text())
+    compute = json.loads((data / "target_project" / PROJECTION_COMPUTE).read_text())
     diffusion = None
     if any(m.needs_diffusion for m in resolve_methods(cfg)) or cfg.coupling_images:
         unet, sched, info = load_diffusion(data / "diffusion_finetune", device)
@@ -74,9 +74,7 @@ def run(params: Params, device, data: Path = DATA, metrics_dir: Path = METRICS) 
                               projection_fe=float(compute["forward_equivalents_per_image"]), diffusion=diffusion,
                               source_split=read_source_split(data / "source_data"))
     metrics["methods"] = summarise_methods(metrics["streams"])
-    if cfg.coupling_images and params.projection.method == "dda":
-        unet, sched, info = load_diffusion(projector_dir("dda"), device)
-
+    if cfg.coupling_images and params.projection.method == "dda":  # the diffusion model is the projector
         def projector(images, projection, generators):
             return project_uint8(unet, sched, images, projection, null_label=info.null_label, generator=generators)
 

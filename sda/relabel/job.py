@@ -45,7 +45,8 @@ from sda.io.images import BadImage, center_crop_arr, decode_image
 from sda.io.target_index import INDEX
 from sda.io.untrusted_files import unlink_if_same
 from sda.relabel.inbox import InboxItem, Readiness, Scan, open_inbox, readiness, safe_file_name, scan_inbox
-from sda.relabel.monitor import InputReference, Reference, input_reference, monitor, pipeline_reference
+from sda.relabel.monitor import (INPUTS_FILE, MONITOR_DIR, REFERENCE_FILE, InputReference, Reference, input_reference,
+                                 monitor, pipeline_reference, reference_key)
 from sda.relabel.predict import SdaPredictor
 from sda.relabel.report import BatchReport, class_grid, write_report
 from sda.relabel.store import (LABEL_SCHEMA, MONITOR_SCHEMA, QUARANTINE_SCHEMA, commit_batch, committed_hashes,
@@ -85,13 +86,15 @@ class RelabelJob:
                  models: dict[str, Path], lineage: Lineage, seed: int, run_id: str,
                  flow_run_id: str | None = None, device: torch.device | str = "cpu",
                  inbox: Path | None = None, guard: GuardParams | None = None,
-                 reference_dir: Path | None = None) -> None:
+                 reference_dir: Path | None = None, computed_reference: Path | None = None) -> None:
         self.settings = settings
         # the pipeline's target_data: what each batch is monitored against (relabel.monitor)
         self.reference_dir = reference_dir if settings.monitor.enabled else None
+        # the pipeline's monitor_reference out, when it was computed from these models: read, not recomputed
+        self.computed_reference = computed_reference
         self.reference: Reference | None = None
         self.inputs: InputReference | None = None  # the input test's (relabel.monitor.inputs)
-        self.monitor_dir = Path(settings.labels) / "_monitor"
+        self.monitor_dir = Path(settings.labels) / MONITOR_DIR
         # (labels, confidences, source features) per batch
         self.run_predictions: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         self.guard = guard if settings.adapt == "sda+bn" else None
@@ -219,9 +222,10 @@ class RelabelJob:
         lin = self.lineage
         if self.predictor is None and not (self.reference_dir / INDEX).is_file():
             return None  # nothing to label and no evaluated targets: nothing to monitor against
-        targets = hashlib.sha256((self.reference_dir / INDEX).read_bytes()).hexdigest()[:16]
-        key = (f"{lin.source_model_hash}:{lin.aligned_model_hash}:{lin.diffusion_model_hash}:{targets}:"
-               f"{self.settings.monitor.reference_images}:{self.seed}:{self.settings.adapt}")
+        settings = self._reference_settings = reference_key(self.reference_dir, self.settings.monitor.reference_images,
+                                                            self.seed, self.settings.adapt)
+        key = f"{lin.source_model_hash}:{lin.aligned_model_hash}:{lin.diffusion_model_hash}:{settings}"
+
         def compute() -> Reference:
             adapted = self.predictor.adapted
             ref = pipeline_reference(self.reference_dir, self.predictor, images=self.settings.monitor.reference_images,
@@ -229,7 +233,7 @@ class RelabelJob:
             self.predictor.adapted = adapted  # the reference's images are not the run's
             return ref
 
-        return self._kept(self.monitor_dir / "reference.json", Reference.load, key, compute,
+        return self._kept(self.monitor_dir / REFERENCE_FILE, Reference.load, key, compute, settings,
                           lambda r: f"monitor reference: {len(r.confidences)} images of {len(r.domains)} evaluated "
                                     f"domain(s), SDA {r.accuracy:.1f} % there, ATC threshold {r.threshold:.3f}")
 
@@ -239,24 +243,33 @@ class RelabelJob:
         model is loaded."""
         m = self.settings.monitor
         key = f"{self.reference.key}:{m.input_images}"
-        return self._kept(self.monitor_dir / "inputs.npz", InputReference.load, key,
+        settings = f"{self._reference_settings}:{m.input_images}"
+        return self._kept(self.monitor_dir / INPUTS_FILE, InputReference.load, key,
                           lambda: input_reference(self.reference_dir, self.predictor.source, images=m.input_images,
-                                                  seed=self.seed, key=key, device=self.device),
+                                                  seed=self.seed, key=key, device=self.device), settings,
                           lambda r: f"monitor input reference: {sum(len(p) for p in r.pools)} images of "
                                     f"{len(r.domains)} evaluated domain(s)")
 
-    def _kept(self, path: Path, load, key: str, compute, describe):
-        """What ``load(path)`` gives when it was made under ``key``; else ``compute()``, saved at ``path`` and
-        logged with ``describe``; None when it must be computed and no model is loaded (nothing to label)."""
+    def _kept(self, path: Path, load, key: str, compute, settings: str, describe):
+        """What ``load(path)`` gives when it was made under ``key``; else the pipeline's copy (the file of the
+        same name in ``computed_reference``) when it was made under ``settings`` (``key`` but the models',
+        which the pipeline's dvc.lock vouches for), else ``compute()``; saved at ``path`` and logged with
+        ``describe``. None when it must be computed and no model is loaded (nothing to label)."""
         ref = load(path)
         if ref is not None and ref.key == key:
             return ref
-        if self.predictor is None:
+        ref = load(self.computed_reference / path.name) if self.computed_reference is not None else None
+        if ref is not None and ref.key == settings:
+            ref.key = key
+            how = f"from the pipeline's {self.computed_reference}"
+        elif self.predictor is None:
             return None
-        t0 = time.perf_counter()
-        ref = compute()
+        else:
+            t0 = time.perf_counter()
+            ref = compute()
+            how = f"computed in {time.perf_counter() - t0:.1f} s"
         ref.save(path)
-        log.info("%s (%.1f s)", describe(ref), time.perf_counter() - t0)
+        log.info("%s (%s)", describe(ref), how)
         return ref
 
     def monitor_row(self, labels: np.ndarray, confidences: np.ndarray, features: np.ndarray | None = None,

@@ -30,6 +30,7 @@ per set of models and kept in ``<labels>/_monitor/reference.json``. From it:
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -46,6 +47,23 @@ def atc_threshold(confidences: np.ndarray, correct: np.ndarray) -> float:
     """ATC's threshold: the share of ``confidences`` (N,) above it equals the share of ``correct`` (N,) bool."""
     accuracy = float(np.mean(correct))
     return float(np.quantile(confidences, 1.0 - accuracy))
+
+
+# the monitor's folder in a label store (its rows, its copy of the reference; "_": out of Parquet readers' way)
+MONITOR_DIR = "_monitor"
+# the files of a reference, in a label store's MONITOR_DIR and in the pipeline's ``monitor_reference`` out
+REFERENCE_FILE = "reference.json"
+INPUTS_FILE = "inputs.npz"
+
+
+def reference_key(target_dir: Path, images: int, seed: int, adapt: str) -> str:
+    """What a :class:`Reference` depends on besides the models: the evaluated targets (the hash of
+    ``target_dir``'s index), the images drawn, the seed and ``relabel.adapt``. A relabel store keys its
+    copy by the models' hashes too (:meth:`sda.relabel.job.RelabelJob._reference`)."""
+    from sda.io.target_index import INDEX
+
+    targets = hashlib.sha256((Path(target_dir) / INDEX).read_bytes()).hexdigest()[:16]
+    return f"{targets}:{images}:{seed}:{adapt}"
 
 
 @dataclass

@@ -39,10 +39,12 @@ def stored_image_size(root: Path) -> int:
 
 
 def make_job(root: Path, params: Params, lineage: Lineage, *, inbox: str | None = None,
-             overrides: dict[str, Any] | None = None, flow_run_id: str | None = None) -> RelabelJob:
+             overrides: dict[str, Any] | None = None, flow_run_id: str | None = None,
+             computed_reference: Path | None = None) -> RelabelJob:
     """A :class:`RelabelJob` for the checkout at ``root`` (paths in params are relative to it) with the
     models of its pipeline run, whose ``lineage`` (what that run recorded: ``flows.relabel.model_lineage``)
-    goes into every row; ``overrides`` replace fields of ``params.relabel``. Raises
+    goes into every row; ``overrides`` replace fields of ``params.relabel``; ``computed_reference``: the
+    pipeline's ``monitor_reference`` out, made from these models (read instead of computed). Raises
     :class:`ModelsMissing` before the pipeline has run."""
     settings = params.relabel.model_copy(update=overrides or {})
     resolved = {k: str((root / getattr(settings, k)).resolve()) for k in ("inbox", "labels", "quarantine")}
@@ -57,7 +59,7 @@ def make_job(root: Path, params: Params, lineage: Lineage, *, inbox: str | None 
     return RelabelJob(settings, projection=params.projection, image_size=stored_image_size(root),
                       models=models, lineage=lineage, seed=params.runtime.seed, run_id=uuid.uuid4().hex,
                       flow_run_id=flow_run_id, device=pick_device(params.runtime.device), guard=params.streams.guard,
-                      reference_dir=root / OUTS["target_data"])
+                      reference_dir=root / OUTS["target_data"], computed_reference=computed_reference)
 
 
 def run_summary(job: RelabelJob, reports: list[BatchReport], seconds: float) -> dict[str, Any]:

@@ -249,6 +249,39 @@ def test_the_monitor_flags_a_skewed_batch_not_an_evaluated_one_and_says_too_few(
     assert [line.split()[-2:] for line in lines[1:]] == [["0", "0"], ["1", "0"], ["0", "1"]], r.stdout
 
 
+def test_a_first_run_reads_the_pipelines_monitor_reference_which_is_what_it_would_compute(tiny_repo, tmp_path,
+                                                                                          caplog, monkeypatch):
+    """The pipeline's monitor_reference stage made the monitor's references from the models relabelling
+    loads (dvc.lock says so): a first run reads them instead of labelling 512 reference images before its
+    first batch; where dvc.lock does not vouch for them the run computes its own, and gets the same."""
+    import logging
+
+    import flows.relabel
+
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    _good_inbox(tiny_repo, inbox, 8)
+    with caplog.at_level(logging.INFO, logger="sda.relabel"):
+        relabel_here(tiny_repo, inbox, tmp_path / "read", "--batch-size", "8")
+    said = [r.getMessage() for r in caplog.records if "reference" in r.getMessage()]
+    assert len(said) == 2 and all("from the pipeline's" in m for m in said), said
+    caplog.clear()
+    monkeypatch.setattr(flows.relabel, "computed_reference", lambda root, lineage: None)
+    with caplog.at_level(logging.INFO, logger="sda.relabel"):
+        relabel_here(tiny_repo, inbox, tmp_path / "computed", "--batch-size", "8")
+    said = [r.getMessage() for r in caplog.records if "reference" in r.getMessage()]
+    assert len(said) == 2 and all("computed in" in m for m in said), said
+    monitor = {k: tmp_path / k / "labels" / "_monitor" for k in ("read", "computed")}
+    read, computed = (json.loads((monitor[k] / "reference.json").read_text()) for k in ("read", "computed"))
+    assert read["key"] == computed["key"] and read["key"].endswith(
+        json.loads((tiny_repo / "data" / "monitor_reference" / "reference.json").read_text())["key"])
+    assert read["label_counts"] == computed["label_counts"] and read["domains"] == computed["domains"]
+    assert read["confidences"] == pytest.approx(computed["confidences"], abs=1e-5)
+    assert read["threshold"] == pytest.approx(computed["threshold"], abs=1e-5) and read["accuracy"] == computed["accuracy"]
+    with np.load(monitor["read"] / "inputs.npz") as a, np.load(monitor["computed"] / "inputs.npz") as b:
+        assert str(a["key"]) == str(b["key"]) and np.allclose(a["components"], b["components"], atol=1e-6)
+
+
 def test_a_batch_that_lost_its_monitor_row_and_report_gets_them_on_the_next_run(tiny_repo, tmp_path):
     """A run stopped between the label commit and the monitor row / report (a full disk, a kill): the next
     run, with nothing new to label, writes them from the label store; an empty partition a failed first
