@@ -285,7 +285,8 @@ def test_only_the_active_profiles_params_make_a_stage_stale(own_repo):
         assert "up to date" in status_after(edit).lower()
     out = status_after(lambda p: p["profiles"]["embedded"].update(projection={"N": 2}))
     stale = [s for s in STAGES if re.search(rf"^{s}:", out, re.M)]  # DVC names the stages whose params changed
-    assert stale == ["synth_align", "classifier_align", "target_project", "evaluate", "streams"], out
+    assert stale == ["synth_align", "classifier_align", "target_project", "evaluate", "streams",
+                     "monitor_reference"], out
     out = status_after(lambda p: p["embedded"].update(max_shift=2))
     assert re.search(r"^source_data:", out, re.M), out
 
@@ -325,7 +326,8 @@ def test_exp_run_reruns_only_dependent_stages(own_repo):
     assert ran == ["evaluate"], r.stdout[-2000:]
     r = sh(repo, "dvc", "exp", "run", "-S", "classifier_align.epochs=2")
     ran = [s for s in STAGES if f"Running stage '{s}'" in r.stdout]
-    assert ran == ["classifier_align", "evaluate", "streams"], r.stdout[-2000:]
+    # the monitor's reference is made from the aligned model: it follows it
+    assert ran == ["classifier_align", "evaluate", "streams", "monitor_reference"], r.stdout[-2000:]
 
 
 def test_the_projection_method_reaches_every_stage_that_projects(own_repo):
