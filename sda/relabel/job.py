@@ -49,7 +49,7 @@ from sda.relabel.monitor import (INPUTS_FILE, MONITOR_DIR, REFERENCE_FILE, Input
                                  monitor, pipeline_reference, reference_key)
 from sda.relabel.predict import SdaPredictor
 from sda.relabel.report import BatchReport, class_grid, write_report
-from sda.relabel.store import (LABEL_SCHEMA, MONITOR_SCHEMA, QUARANTINE_SCHEMA, commit_batch, committed_hashes,
+from sda.relabel.store import (LABEL_SCHEMA, QUARANTINE_SCHEMA, MonitorRow, commit_batch, committed_hashes,
                                read_table, remove_stale_temps)
 from sda.runtime import derive_seed
 
@@ -395,19 +395,10 @@ class RelabelJob:
         commit_batch(self.labels_dir, pa.table(cols, schema=LABEL_SCHEMA), bid, now)
 
     def _commit_monitor(self, bid: str, row: dict, run_id: str | None = None, flow_run_id: str | None = None) -> None:
-        t = row["tests"]
-        table = pa.table({
-            "batch_id": [bid], "run_id": [run_id or self.run_id],
-            "flow_run_id": [flow_run_id if run_id else self.flow_run_id],
-            "images": [row["images"]], "too_few": [row["too_few"]], "drift": [row["drift"]],
-            **{k: [row[k]] for k in ("estimated_accuracy", "reference_accuracy", "accuracy_drop", "low_confidence",
-                                     "mean_confidence")},
-            "p_labels": [t["labels"]["p"] if "labels" in t else None],
-            "p_confidence": [t["confidence"]["p"] if "confidence" in t else None],
-            "p_inputs": [t["inputs"]["p"] if "inputs" in t else None], "fired": [",".join(row.get("fired", []))],
-            "label_shares": [json.dumps(row["label_shares"])], "monitored_at": [dt.datetime.now(dt.timezone.utc)],
-        }, schema=MONITOR_SCHEMA)
-        commit_batch(self.monitor_dir, table, bid)
+        record = MonitorRow.of(row, batch_id=bid, run_id=run_id or self.run_id,
+                               flow_run_id=flow_run_id if run_id else self.flow_run_id,
+                               at=dt.datetime.now(dt.timezone.utc))
+        commit_batch(self.monitor_dir, record.table(), bid)
 
     def _quarantine(self, items: list[InboxItem], reasons: dict[str, str], bid: str) -> None:
         """Copy the files into ``<quarantine>/files/``, commit their rows, then (optionally) remove

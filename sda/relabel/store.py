@@ -1,4 +1,4 @@
-"""Append-only Parquet datasets keyed by content hash: the labels and the quarantine table.
+"""Append-only Parquet datasets keyed by content hash: the labels, the quarantine table and the monitor's rows.
 
 Layout (hive-partitioned by the UTC date of the commit, readable with ``pyarrow.dataset`` or
 ``pandas.read_parquet(dir)``)::
@@ -14,8 +14,11 @@ column), so there is no second book-keeping file that could disagree with it.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.dataset as ds
@@ -23,7 +26,7 @@ import pyarrow.parquet as pq
 
 from sda.io.atomic import atomic_file, clean_stale_temps
 
-__all__ = ["LABEL_SCHEMA", "MONITOR_SCHEMA", "QUARANTINE_SCHEMA", "commit_batch", "committed_hashes", "part_files",
+__all__ = ["LABEL_SCHEMA", "MONITOR_SCHEMA", "MonitorRow", "QUARANTINE_SCHEMA", "commit_batch", "committed_hashes", "part_files",
            "read_table", "remove_stale_temps"]
 
 _TS = pa.timestamp("us", tz="UTC")
@@ -67,25 +70,53 @@ QUARANTINE_SCHEMA = pa.schema([
 ])
 
 
-MONITOR_SCHEMA = pa.schema([       # <labels>/_monitor/: one row per committed batch (sda.relabel.monitor)
-    ("batch_id", pa.string()),
-    ("run_id", pa.string()),
-    ("flow_run_id", pa.string()),
-    ("images", pa.int32()),
-    ("too_few", pa.bool_()),
-    ("drift", pa.bool_()),
-    ("estimated_accuracy", pa.float32()),  # ATC, %
-    ("reference_accuracy", pa.float32()),  # SDA on the pipeline's evaluated targets, %
-    ("accuracy_drop", pa.float32()),       # points
-    ("low_confidence", pa.float32()),      # % at or under the ATC threshold
-    ("mean_confidence", pa.float32()),
-    ("p_labels", pa.float64()),            # chi-square test of the label counts (null: too few)
-    ("p_confidence", pa.float64()),        # Kolmogorov-Smirnov test of the confidences
-    ("p_inputs", pa.float64()),            # MMD test of the inputs' features (null: not tested)
-    ("fired", pa.string()),                # the tests that flagged the batch, comma-separated ("": none)
-    ("label_shares", pa.string()),         # JSON {class: share}
-    ("monitored_at", _TS),
-])
+def _column(arrow: pa.DataType, doc: str = ""):
+    return field(metadata={"arrow": arrow, "doc": doc})
+
+
+@dataclass(frozen=True)
+class MonitorRow:
+    """One committed batch as the monitor saw it: a row of ``<labels>/_monitor/`` (:mod:`sda.relabel.monitor`).
+    Its fields are the columns; :data:`MONITOR_SCHEMA` is derived from them."""
+
+    batch_id: str = _column(pa.string())
+    run_id: str = _column(pa.string())
+    flow_run_id: str | None = _column(pa.string(), "null outside Prefect (the CLI)")
+    images: int = _column(pa.int32())
+    too_few: bool = _column(pa.bool_())
+    drift: bool = _column(pa.bool_())
+    estimated_accuracy: float = _column(pa.float32(), "ATC, %")
+    reference_accuracy: float = _column(pa.float32(), "SDA on the pipeline's evaluated targets, %")
+    accuracy_drop: float = _column(pa.float32(), "points")
+    low_confidence: float = _column(pa.float32(), "% at or under the ATC threshold")
+    mean_confidence: float = _column(pa.float32())
+    p_labels: float | None = _column(pa.float64(), "chi-square test of the label counts (null: too few)")
+    p_confidence: float | None = _column(pa.float64(), "Kolmogorov-Smirnov test of the confidences")
+    p_inputs: float | None = _column(pa.float64(), "MMD test of the inputs' features (null: not tested)")
+    fired: str = _column(pa.string(), "the tests that flagged the batch, comma-separated (\"\": none)")
+    label_shares: str = _column(pa.string(), "JSON {class: share}")
+    monitored_at: dt.datetime = _column(_TS)
+
+    @classmethod
+    def of(cls, monitor: dict[str, Any], *, batch_id: str, run_id: str, flow_run_id: str | None,
+           at: dt.datetime) -> "MonitorRow":
+        """The row of a batch whose :func:`sda.relabel.monitor.monitor` result is ``monitor``."""
+        tests = monitor["tests"]
+        p = {name: tests[name]["p"] if name in tests else None for name in ("labels", "confidence", "inputs")}
+        return cls(batch_id=batch_id, run_id=run_id, flow_run_id=flow_run_id, images=monitor["images"],
+                   too_few=monitor["too_few"], drift=monitor["drift"],
+                   estimated_accuracy=monitor["estimated_accuracy"], reference_accuracy=monitor["reference_accuracy"],
+                   accuracy_drop=monitor["accuracy_drop"], low_confidence=monitor["low_confidence"],
+                   mean_confidence=monitor["mean_confidence"], p_labels=p["labels"], p_confidence=p["confidence"],
+                   p_inputs=p["inputs"], fired=",".join(monitor.get("fired", [])),
+                   label_shares=json.dumps(monitor["label_shares"]), monitored_at=at)
+
+    def table(self) -> pa.Table:
+        return pa.Table.from_pylist([asdict(self)], schema=MONITOR_SCHEMA)
+
+
+# <labels>/_monitor/: one row per committed batch
+MONITOR_SCHEMA = pa.schema([pa.field(f.name, f.metadata["arrow"]) for f in fields(MonitorRow)])
 
 
 def part_files(root: str | os.PathLike[str]) -> list[Path]:

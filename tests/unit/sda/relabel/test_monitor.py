@@ -1,16 +1,16 @@
-"""The relabel monitor: ATC's threshold, the drift tests and their too-few rule, the history of runs."""
+"""The relabel monitor: ATC's threshold, the drift tests and their too-few rule, its row, the history of runs."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 
 import numpy as np
-import pyarrow as pa
 import pytest
 
 from sda.relabel.monitor import Reference, atc_threshold, history, monitor
-from sda.relabel.store import MONITOR_SCHEMA, commit_batch
+from sda.relabel.store import MONITOR_SCHEMA, MonitorRow, commit_batch, read_table
 
 CLASSES = ["a", "b", "c", "d"]
 
@@ -56,12 +56,32 @@ def test_too_few_images_flag_nothing_and_test_nothing():
 
 
 def _commit(root, run: str, batch: str, images: int, acc: float, conf: float, shares: dict, drift: bool, minute: int):
-    commit_batch(root, pa.table({
-        "batch_id": [batch], "run_id": [run], "flow_run_id": [None], "images": [images], "too_few": [False],
-        "drift": [drift], "estimated_accuracy": [acc], "reference_accuracy": [50.0], "accuracy_drop": [50.0 - acc],
-        "low_confidence": [100 - acc], "mean_confidence": [conf], "p_labels": [0.5], "p_confidence": [0.5],
-        "p_inputs": [0.001 if drift else 0.5], "fired": ["inputs" if drift else ""], "label_shares": [json.dumps(shares)],
-        "monitored_at": [dt.datetime(2026, 12, 6, 12, minute, tzinfo=dt.timezone.utc)]}, schema=MONITOR_SCHEMA), batch)
+    row = MonitorRow(batch_id=batch, run_id=run, flow_run_id=None, images=images, too_few=False, drift=drift,
+                     estimated_accuracy=acc, reference_accuracy=50.0, accuracy_drop=50.0 - acc, low_confidence=100 - acc,
+                     mean_confidence=conf, p_labels=0.5, p_confidence=0.5, p_inputs=0.001 if drift else 0.5,
+                     fired="inputs" if drift else "", label_shares=json.dumps(shares),
+                     monitored_at=dt.datetime(2026, 12, 6, 12, minute, tzinfo=dt.timezone.utc))
+    commit_batch(root, row.table(), batch)
+
+
+def test_a_monitor_result_is_one_row_whose_columns_are_its_fields(tmp_path):
+    """MonitorRow declares the monitor store's columns once: the schema is its fields, a monitor() result
+    becomes a row, and the row reads back as written."""
+    ref = _reference(np.random.default_rng(4))
+    result = monitor(np.zeros(120, int), np.asarray(ref.confidences)[:120], ref, CLASSES, min_images=30, alpha=1e-3,
+                     max_accuracy_drop=10)
+    at = dt.datetime(2026, 12, 7, 9, 30, tzinfo=dt.timezone.utc)
+    row = MonitorRow.of(result, batch_id="b1", run_id="r1", flow_run_id=None, at=at)
+    assert MONITOR_SCHEMA.names == [f.name for f in dataclasses.fields(MonitorRow)]
+    assert row.fired == ",".join(result["fired"]) and "labels" in row.fired and row.drift
+    assert row.p_labels == result["tests"]["labels"]["p"] and row.p_inputs is None
+    commit_batch(tmp_path, row.table(), "b1")
+    (back,) = read_table(tmp_path).to_pylist()
+    back.pop("date", None)  # the partition column
+    assert back["label_shares"] == json.dumps(result["label_shares"]) and back["monitored_at"] == at
+    assert back["estimated_accuracy"] == pytest.approx(row.estimated_accuracy)
+    assert {k: v for k, v in back.items() if not isinstance(v, float)} == {
+        k: v for k, v in dataclasses.asdict(row).items() if not isinstance(v, float)}
 
 
 def test_history_weighs_each_batch_by_its_images_and_keeps_the_last_runs(tmp_path):
