@@ -20,7 +20,6 @@ and after a change measured one after the other on one machine (``--root`` anoth
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import pstats
 import re
@@ -52,14 +51,11 @@ def profile_stage(root: Path, stage: str, top: int) -> None:
         print(f"\n== {stage}: {wall:.1f} s wall (under cProfile)"
               + (f", work {float(done.group(2)):.1f} s" if done else "")
               + (f", {done.group(3)} images, {float(done.group(4)):.3g} img/s" if done and done.group(3) else ""))
-        out = io.StringIO()
-        stats = pstats.Stats(str(prof), stream=out)
-        stats.sort_stats("tottime").print_stats(top)
-        rows = [line for line in out.getvalue().splitlines() if re.match(r"\s*\d", line)]
+        stats = pstats.Stats(str(prof)).stats  # (file, line, function) -> (calls, ncalls, own, cumulative, callers)
         print(f"  {'own s':>8} {'cum s':>8} {'calls':>10}  function")
-        for line in rows[:top]:
-            parts = line.split(None, 5)
-            print(f"  {float(parts[1]):8.1f} {float(parts[3]):8.1f} {parts[0]:>10}  {parts[5][:90]}")
+        for (file, line, func), (_, calls, own, cum, _) in sorted(stats.items(), key=lambda kv: -kv[1][2])[:top]:
+            where = f"{Path(file).name}:{line}" if line else file
+            print(f"  {own:8.1f} {cum:8.1f} {calls:>10}  {func} ({where})"[:120])
         if stage == "streams":
             per_method: dict[str, float] = defaultdict(float)
             per_stream: dict[str, float] = defaultdict(float)
