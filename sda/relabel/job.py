@@ -216,9 +216,10 @@ class RelabelJob:
                                           if missing))
 
     def _reference(self) -> Reference | None:
-        """The monitor's reference for these models and target domains: read from ``<labels>/_monitor/reference.json``, or
-        computed from the pipeline's evaluated targets (:func:`sda.relabel.monitor.pipeline_reference`) and
-        saved there; None when it is not saved and there is nothing to label (no predictor is loaded)."""
+        """The monitor's reference for these models and target domains: read from ``<labels>/_monitor/reference.json``,
+        else the pipeline's (``computed_reference``: the ``monitor_reference`` stage's out), else computed from the
+        pipeline's evaluated targets (:func:`sda.relabel.monitor.pipeline_reference`); saved there; None when
+        it is not saved and there is nothing to label (no predictor is loaded)."""
         lin = self.lineage
         if self.predictor is None and not (self.reference_dir / INDEX).is_file():
             return None  # nothing to label and no evaluated targets: nothing to monitor against
