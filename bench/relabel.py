@@ -23,8 +23,8 @@ sys.path.insert(0, str(ROOT))
 from PIL import Image  # noqa: E402
 
 from sda.relabel.inbox import scan_inbox  # noqa: E402
-from flows.relabel import model_lineage  # noqa: E402
-from sda.relabel.service import make_job, run_job  # noqa: E402
+from flows.relabel import relabel_job  # noqa: E402
+from sda.relabel.service import run_job  # noqa: E402
 from sda.runtime import set_threads  # noqa: E402
 from sda.io.shards import iter_samples  # noqa: E402
 from sda.config import load_params  # noqa: E402
@@ -97,9 +97,9 @@ def main() -> None:
                 buf = io.BytesIO()
                 Image.fromarray(img).save(buf, format="PNG")
                 p.write_bytes(buf.getvalue())
-            job = make_job(ROOT, params, model_lineage(ROOT), inbox=str(inbox),
-                           overrides={"labels": f"{tmp}/labels", "quarantine": f"{tmp}/q", "batch_size": bs,
-                                      "min_age_seconds": 0})
+            job = relabel_job(ROOT, params, inbox=str(inbox),  # as the CLI and the flow start a run
+                                 overrides={"labels": f"{tmp}/labels", "quarantine": f"{tmp}/q", "batch_size": bs,
+                                         "min_age_seconds": 0})
             t0 = time.perf_counter()
             summary = run_job(job, lambda j, batch, i: j.process(batch))
             dt = time.perf_counter() - t0

@@ -10,9 +10,10 @@ once are serialised by a lock. See :mod:`sda.relabel.job` for the guarantees.
     prefect deployment run relabel/on-demand       # through the Prefect server (make serve)
 
 This module is the command line, and imports neither Prefect nor the models before the params and
-the inbox are checked (a mistake answers in a second); the Prefect flow, :mod:`flows.relabel_flow`, runs one task per batch and publishes a markdown artifact per batch (counts, label
-distribution, quarantine reasons, originals vs projections by predicted class) and one per run (with
-the picture of the last runs' monitor). A drifted batch emits the event ``sda.relabel.drift``; under
+the inbox are checked (a mistake answers in a second). The Prefect flow, :mod:`flows.relabel_flow`, runs
+one task per batch and publishes a markdown artifact per batch (counts, label distribution, quarantine
+reasons, originals vs projections by predicted class) and one per run (with the picture of the last
+runs' monitor). A drifted batch emits the event ``sda.relabel.drift``; under
 ``make serve`` an automation answers it with a run of ``relabel/drift-alert`` (``drift_alert``: the
 alert artifact) and, with ``relabel.monitor.pause_on_drift``, by pausing ``relabel/scheduled``.
 """
@@ -25,11 +26,11 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from sda.config import ParamsError, load_params
+from sda.config import Params, ParamsError, load_params
 from sda.layout import METRIC_FILES, MODEL_STAGES, MODELS, OUTS
 from sda.relabel.inbox import open_inbox
 
@@ -42,31 +43,44 @@ ROOT = Path(__file__).resolve().parents[1]
 log = logging.getLogger("sda.relabel")
 
 
-def model_lineage(root: Path) -> Lineage:
-    """What produced the models relabelling loads, as that pipeline run recorded it: the DVC hash of
-    each model out (``dvc.lock``) and the params hash and code version its ``evaluate`` stage wrote
-    (``metrics/evaluate.json``, ``protocol``), not today's params or checkout. Raises
-    :class:`ModelsMissing` before the pipeline has run to its end."""
-    from sda.relabel.job import Lineage
+def lock_stages(root: Path) -> dict[str, Any]:
+    """The ``stages`` of the checkout's ``dvc.lock`` (what its last pipeline run recorded), read once per
+    relabel run. Raises :class:`ModelsMissing` before the pipeline has run."""
     from sda.relabel.service import ModelsMissing
 
     lock = root / "dvc.lock"
     if not lock.is_file():
         raise ModelsMissing(f"{lock} is missing: run the pipeline first (make run, or dvc repro)")
-    stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
+    return (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
+
+
+def _ran_on(stages: dict[str, Any], stage: str, hashes: dict[Path, str]) -> bool:
+    """Whether ``stage``'s last run read the folders of ``hashes`` with these DVC hashes (its deps in dvc.lock)."""
+    deps = {d["path"]: d.get("md5") for d in stages.get(stage, {}).get("deps") or []}
+    return all(deps.get(str(path)) == md5 for path, md5 in hashes.items())
+
+
+def model_lineage(root: Path, stages: dict[str, Any] | None = None) -> Lineage:
+    """What produced the models relabelling loads, as that pipeline run recorded it: the DVC hash of
+    each model out (``dvc.lock``; ``stages``: its parsed :func:`lock_stages`) and the params hash and code
+    version its ``evaluate`` stage wrote (``metrics/evaluate.json``, ``protocol``), not today's params or
+    checkout. Raises :class:`ModelsMissing` before the pipeline has run to its end."""
+    from sda.relabel.job import Lineage
+    from sda.relabel.service import ModelsMissing
+
+    stages = lock_stages(root) if stages is None else stages
     hashes = {}
     for role, stage in MODEL_STAGES.items():
         outs = stages.get(stage, {}).get("outs") or []
         if not outs:
-            raise ModelsMissing(f"{lock} has no output for stage {stage}: run `dvc repro {stage}` first")
+            raise ModelsMissing(f"{root / 'dvc.lock'} has no output for stage {stage}: run `dvc repro {stage}` first")
         hashes[role] = outs[0]["md5"]
     metrics = root / METRIC_FILES["evaluate"]
     if not metrics.is_file():
         raise ModelsMissing(f"{metrics} is missing: run the pipeline to its end first (make run, or dvc repro)")
     # the record is of these models only if evaluate ran on them (dvc.lock is written stage by stage)
-    evaluated = {d["path"]: d.get("md5") for d in stages.get("evaluate", {}).get("deps") or []}
     for role in ("source", "aligned"):
-        if evaluated.get(str(MODELS[role])) != hashes[role]:
+        if not _ran_on(stages, "evaluate", {MODELS[role]: hashes[role]}):
             raise ModelsMissing(f"{MODELS[role]} changed since evaluate last ran: run the pipeline to its end "
                                 "first (make run, or dvc repro)")
     protocol = json.loads(metrics.read_text()).get("protocol") or {}
@@ -76,15 +90,23 @@ def model_lineage(root: Path) -> Lineage:
                    code_version=str(protocol.get("code_version", "unrecorded")))
 
 
-def computed_reference(root: Path, lineage: Lineage) -> Path | None:
-    """The pipeline's ``monitor_reference`` out when ``dvc.lock`` says that stage ran on the models of
-    ``lineage`` (the relabel job then reads its reference instead of computing one), else None."""
+def computed_reference(root: Path, lineage: Lineage, stages: dict[str, Any]) -> Path | None:
+    """The pipeline's ``monitor_reference`` out when ``dvc.lock`` (``stages``) says that stage ran on the
+    models of ``lineage`` (the relabel job then reads its reference instead of computing one), else None."""
     out = root / OUTS["monitor_reference"]
-    stages = (yaml.safe_load((root / "dvc.lock").read_text()) or {}).get("stages", {})
-    deps = {d["path"]: d.get("md5") for d in stages.get("monitor_reference", {}).get("deps") or []}
     models = {MODELS["source"]: lineage.source_model_hash, MODELS["aligned"]: lineage.aligned_model_hash,
               MODELS["diffusion"]: lineage.diffusion_model_hash}
-    return out if out.is_dir() and all(deps.get(str(path)) == md5 for path, md5 in models.items()) else None
+    return out if out.is_dir() and _ran_on(stages, "monitor_reference", models) else None
+
+
+def relabel_job(root: Path, params: Params, **kwargs: Any) -> RelabelJob:
+    """:func:`sda.relabel.service.make_job` with the models' lineage and the pipeline's monitor reference,
+    both from one reading of ``dvc.lock`` (the CLI and the flow start each run here); ``kwargs``: make_job's."""
+    from sda.relabel.service import make_job
+
+    stages = lock_stages(root)
+    lineage = model_lineage(root, stages)
+    return make_job(root, params, lineage, computed_reference=computed_reference(root, lineage, stages), **kwargs)
 
 
 # -- CLI ----------------------------------------------------------------------------------------
@@ -153,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from tqdm.auto import tqdm
 
-    from sda.relabel.service import make_job, run_job
+    from sda.relabel.service import run_job
     from sda.runtime import set_deterministic, set_threads
 
     try:
@@ -161,9 +183,7 @@ def main(argv: list[str] | None = None) -> int:
             overrides["monitor"] = params.relabel.monitor.model_copy(update={"enabled": False})
         set_threads(params.runtime.threads)
         set_deterministic(params.runtime.deterministic)
-        lineage = model_lineage(root)
-        job = make_job(root, params, lineage, inbox=args.inbox, overrides=overrides,
-                       computed_reference=computed_reference(root, lineage))
+        job = relabel_job(root, params, inbox=args.inbox, overrides=overrides)
 
         def process(job: RelabelJob, batch: list, index: int) -> BatchReport:
             if index == 0:  # the total is known once the scan ran (under the lock)

@@ -18,13 +18,13 @@ from prefect.cache_policies import NONE
 from prefect.events import emit_event
 from prefect.runtime import deployment, flow_run
 
-from flows.relabel import ROOT, computed_reference, model_lineage
+from flows.relabel import ROOT, relabel_job
 from flows.served import check_served_inbox, check_served_root
 from sda.config import load_params
 from sda.relabel.job import RelabelJob
 from sda.relabel.monitor import history
 from sda.relabel.report import BatchReport, drift_alert_markdown, find_grid, history_png
-from sda.relabel.service import ModelsMissing, make_job, run_job
+from sda.relabel.service import ModelsMissing, run_job
 from sda.runtime import set_deterministic, set_threads
 
 DRIFT_EVENT = "sda.relabel.drift"
@@ -98,10 +98,8 @@ def relabel(inbox: str | None = None, batch_size: int | None = None, root: str =
     set_threads(params.runtime.threads)
     set_deterministic(params.runtime.deterministic)
     try:
-        lineage = model_lineage(root_p)
-        job = make_job(root_p, params, lineage, inbox=inbox, flow_run_id=str(flow_run.id),
-                       overrides={"batch_size": batch_size} if batch_size else None,
-                       computed_reference=computed_reference(root_p, lineage))
+        job = relabel_job(root_p, params, inbox=inbox, flow_run_id=str(flow_run.id),
+                          overrides={"batch_size": batch_size} if batch_size else None)
     except ModelsMissing as err:
         if not wait_for_models:
             raise

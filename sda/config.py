@@ -541,7 +541,7 @@ class Params(Section):
 
 def _format(err: ValidationError, source: str) -> str:
     """One line for one invalid parameter (``<file>: <key>: <what>``), else a line per parameter."""
-    lines = [f"{source}: {err.error_count()} invalid parameter(s):"]
+    problems = []
     for e in err.errors():
         where = ".".join(str(p) for p in e["loc"]) or "(top level)"
         msg = e["msg"]
@@ -554,8 +554,10 @@ def _format(err: ValidationError, source: str) -> str:
                        "rename source_data: to embedded:")
         got = e.get("input")
         got_s = f" (got {got!r})" if e["type"] != "extra_forbidden" and not isinstance(got, dict) else ""
-        lines.append(f"  - {where}: {msg}{got_s}")
-    return f"{source}: {lines[1][4:]}" if len(lines) == 2 else "\n".join(lines)
+        problems.append(f"{where}: {msg}{got_s}")
+    if len(problems) == 1:
+        return f"{source}: {problems[0]}"
+    return "\n".join([f"{source}: {len(problems)} invalid parameter(s):", *(f"  - {p}" for p in problems)])
 
 
 def parse_params(raw: Mapping[str, Any] | None, source: str = "params.yaml") -> Params:

@@ -21,32 +21,27 @@ from pathlib import Path
 
 from sda.config import Params
 from sda.io.atomic import atomic_dir
-from sda.layout import MODELS, OUTS
+from sda.layout import OUTS
 from tasks.common import stage_main
 
 log = logging.getLogger("sda.monitor_reference")
 
 
-def models_read(params: Params) -> dict[str, Path]:
-    """The model folders the service loads (``sda.layout.MODELS``; the distilled projector only when
-    ``projection.method`` is ``distilled``)."""
-    return {role: path for role, path in MODELS.items() if role != "projector" or params.projection.method == "distilled"}
-
-
 def run(params: Params, device, target_dir: Path = OUTS["target_data"], out: Path = OUTS["monitor_reference"]) -> int:
     """Write the reference and the input reference of ``target_dir`` into ``out``; the images labelled."""
-    from sda.relabel.monitor import INPUTS_FILE, REFERENCE_FILE, input_reference, pipeline_reference, reference_key
-    from sda.relabel.predict import SdaPredictor
+    from sda.relabel.monitor import (INPUTS_FILE, REFERENCE_FILE, input_key, input_reference, pipeline_reference,
+                                     reference_key)
+    from sda.relabel.predict import SdaPredictor, models_read
 
     m, seed, adapt = params.relabel.monitor, params.runtime.seed, params.relabel.adapt
-    predictor = SdaPredictor(models_read(params), params.projection, device,
+    predictor = SdaPredictor(models_read(Path("."), params), params.projection, device,
                              guard=params.streams.guard if adapt == "sda+bn" else None)
     key = reference_key(target_dir, m.reference_images, seed, adapt)
     ref = pipeline_reference(target_dir, predictor, images=m.reference_images, seed=seed, key=key)
     log.info("monitor reference: %d images of %d evaluated domain(s), SDA %.1f %% there, ATC threshold %.3f",
              len(ref.confidences), len(ref.domains), ref.accuracy, ref.threshold)
     inputs = input_reference(target_dir, predictor.source, images=m.input_images, seed=seed,
-                             key=f"{key}:{m.input_images}", device=predictor.device)
+                             key=input_key(key, m.input_images), device=predictor.device)
     log.info("input reference: %d images of %d domain(s), %d components", sum(len(p) for p in inputs.pools),
              len(inputs.domains), len(inputs.scale))
     with atomic_dir(out) as tmp:

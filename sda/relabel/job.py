@@ -45,8 +45,8 @@ from sda.io.images import BadImage, center_crop_arr, decode_image
 from sda.io.target_index import INDEX
 from sda.io.untrusted_files import unlink_if_same
 from sda.relabel.inbox import InboxItem, Readiness, Scan, open_inbox, readiness, safe_file_name, scan_inbox
-from sda.relabel.monitor import (INPUTS_FILE, MONITOR_DIR, REFERENCE_FILE, InputReference, Reference, input_reference,
-                                 monitor, pipeline_reference, reference_key)
+from sda.relabel.monitor import (INPUTS_FILE, MONITOR_DIR, REFERENCE_FILE, InputReference, Reference, input_key,
+                                 input_reference, monitor, pipeline_reference, reference_key)
 from sda.relabel.predict import SdaPredictor
 from sda.relabel.report import BatchReport, class_grid, write_report
 from sda.relabel.store import (LABEL_SCHEMA, QUARANTINE_SCHEMA, MonitorRow, commit_batch, committed_hashes,
@@ -223,9 +223,7 @@ class RelabelJob:
         lin = self.lineage
         if self.predictor is None and not (self.reference_dir / INDEX).is_file():
             return None  # nothing to label and no evaluated targets: nothing to monitor against
-        settings = self._reference_settings = reference_key(self.reference_dir, self.settings.monitor.reference_images,
-                                                            self.seed, self.settings.adapt)
-        key = f"{lin.source_model_hash}:{lin.aligned_model_hash}:{lin.diffusion_model_hash}:{settings}"
+        key = f"{lin.source_model_hash}:{lin.aligned_model_hash}:{lin.diffusion_model_hash}:{self._reference_settings}"
 
         def compute() -> Reference:
             adapted = self.predictor.adapted
@@ -234,17 +232,23 @@ class RelabelJob:
             self.predictor.adapted = adapted  # the reference's images are not the run's
             return ref
 
-        return self._kept(self.monitor_dir / REFERENCE_FILE, Reference.load, key, compute, settings,
+        return self._kept(self.monitor_dir / REFERENCE_FILE, Reference.load, key, compute, self._reference_settings,
                           lambda r: f"monitor reference: {len(r.confidences)} images of {len(r.domains)} evaluated "
                                     f"domain(s), SDA {r.accuracy:.1f} % there, ATC threshold {r.threshold:.3f}")
+
+    @functools.cached_property
+    def _reference_settings(self) -> str:
+        """The reference's key but the models' (:func:`sda.relabel.monitor.reference_key`): what the pipeline's
+        ``monitor_reference`` stage keys its copy with."""
+        return reference_key(self.reference_dir, self.settings.monitor.reference_images, self.seed, self.settings.adapt)
 
     def _input_reference(self) -> InputReference | None:
         """The input test's reference (:func:`sda.relabel.monitor.input_reference`), kept in
         ``<labels>/_monitor/inputs.npz`` under the monitor reference's key; None when it is not saved and no
         model is loaded."""
         m = self.settings.monitor
-        key = f"{self.reference.key}:{m.input_images}"
-        settings = f"{self._reference_settings}:{m.input_images}"
+        key = input_key(self.reference.key, m.input_images)
+        settings = input_key(self._reference_settings, m.input_images)
         return self._kept(self.monitor_dir / INPUTS_FILE, InputReference.load, key,
                           lambda: input_reference(self.reference_dir, self.predictor.source, images=m.input_images,
                                                   seed=self.seed, key=key, device=self.device), settings,

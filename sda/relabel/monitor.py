@@ -39,8 +39,8 @@ from typing import Any, Sequence
 import numpy as np
 from scipy import stats
 
-__all__ = ["InputReference", "Reference", "atc_threshold", "history", "input_reference", "mmd_pvalue", "monitor",
-           "pipeline_reference", "shares"]
+__all__ = ["InputReference", "Reference", "atc_threshold", "history", "input_key", "input_reference", "mmd_pvalue",
+           "monitor", "pipeline_reference", "reference_key", "shares"]
 
 
 def atc_threshold(confidences: np.ndarray, correct: np.ndarray) -> float:
@@ -64,6 +64,11 @@ def reference_key(target_dir: Path, images: int, seed: int, adapt: str) -> str:
 
     targets = hashlib.sha256((Path(target_dir) / INDEX).read_bytes()).hexdigest()[:16]
     return f"{targets}:{images}:{seed}:{adapt}"
+
+
+def input_key(key: str, images: int) -> str:
+    """An :class:`InputReference`'s key: its :class:`Reference`'s and the images a domain it compares with."""
+    return f"{key}:{images}"
 
 
 @dataclass

@@ -12,13 +12,21 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from sda.config import GuardParams, Projection, Streams
+from sda.config import GuardParams, Params, Projection, Streams
+from sda.layout import MODELS
 from sda.method.projector import Projector
 from sda.method.catalog import MethodContext, StreamInputs, build_method
 from sda.method.scoring import fell_back, sda_logits
 from sda.models.classifiers import load_classifier
 
-__all__ = ["SdaPredictor"]
+__all__ = ["SdaPredictor", "models_read"]
+
+
+def models_read(root: Path, params: Params) -> dict[str, Path]:
+    """The model folders of the checkout at ``root`` that relabelling loads (``sda.layout.MODELS``; the
+    distilled projector only with ``projection.method: distilled``)."""
+    return {role: root / rel for role, rel in MODELS.items()
+            if role != "projector" or params.projection.method == "distilled"}
 
 
 class SdaPredictor:

@@ -14,8 +14,9 @@ import numpy as np
 from sda.config import Params
 from sda.io.shards import iter_samples
 from sda.io.target_index import INDEX, TargetIndex
-from sda.layout import MODELS, OUTS
+from sda.layout import OUTS
 from sda.relabel.job import Lineage, RelabelJob
+from sda.relabel.predict import models_read
 from sda.relabel.report import BatchReport
 from sda.runtime import pick_device
 
@@ -51,8 +52,7 @@ def make_job(root: Path, params: Params, lineage: Lineage, *, inbox: str | None 
     if inbox:
         resolved["inbox"] = str(Path(inbox).resolve())
     settings = settings.model_copy(update=resolved)
-    models = {role: root / rel for role, rel in MODELS.items()
-              if role != "projector" or params.projection.method == "distilled"}  # read for distilled only
+    models = models_read(root, params)
     for name, path in models.items():
         if not path.exists():
             raise ModelsMissing(f"{path} is missing ({name} model): run the pipeline first (make run, or dvc repro)")

@@ -266,7 +266,7 @@ def test_a_first_run_reads_the_pipelines_monitor_reference_which_is_what_it_woul
     said = [r.getMessage() for r in caplog.records if "reference" in r.getMessage()]
     assert len(said) == 2 and all("from the pipeline's" in m for m in said), said
     caplog.clear()
-    monkeypatch.setattr(flows.relabel, "computed_reference", lambda root, lineage: None)
+    monkeypatch.setattr(flows.relabel, "computed_reference", lambda root, lineage, stages: None)
     with caplog.at_level(logging.INFO, logger="sda.relabel"):
         relabel_here(tiny_repo, inbox, tmp_path / "computed", "--batch-size", "8")
     said = [r.getMessage() for r in caplog.records if "reference" in r.getMessage()]
