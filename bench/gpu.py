@@ -44,11 +44,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from sda.accel import autocast, fast_model, layout_group_norms  # noqa: E402
-from sda.models.adm import adm_unet_config  # noqa: E402
+from sda.models.adm import ADM_256_UNCOND, adm_unet_config  # noqa: E402
 from sda.models.schedulers import ddpm_scheduler
 from sda.method.dda import project  # noqa: E402
 from sda.method.dda_reference import reference_project  # noqa: E402
-from sda.config import ADM_256_UNCOND, Projection  # noqa: E402
+from sda.config import Projection  # noqa: E402
 from sda.runtime import set_deterministic  # noqa: E402
 
 from tests.support.tiny_models import ADM_TINY_FLAGS as ADM_TINY, DIT_TINY, DIT_XL2, SD_VAE, VAE_TINY  # noqa: E402

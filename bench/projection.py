@@ -24,11 +24,11 @@ import time
 import torch
 import torch.nn.functional as F
 
-from sda.config import ADM_256_UNCOND, Projection, load_params
+from sda.config import Projection, load_params
 import sda.domains  # noqa: F401  (the domains' params sections)
 from sda.method.dda import low_pass, project
 from sda.method.dda_reference import reference_project
-from sda.models.adm import ADM_DEFAULTS, adm_unet_config
+from sda.models.adm import ADM_256_UNCOND, ADM_DEFAULTS, adm_unet_config
 from sda.models.diffusion import build_unet
 from sda.models.schedulers import ddpm_scheduler
 

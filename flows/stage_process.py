@@ -10,7 +10,6 @@ import contextvars
 import json
 import logging
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -21,7 +20,7 @@ from pathlib import Path
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 from sda.io.resumable_jobs import PROGRESS
-from sda.layout import WORK, StageTiming
+from sda.layout import WORK, StageRun
 
 __all__ = ["ServerWatch", "StageFailed", "is_transient", "reproduce", "use_this_python"]
 
@@ -39,9 +38,11 @@ def use_this_python() -> None:
 class StageFailed(RuntimeError):
     """A stage's command failed under ``dvc repro``; the message ends with its last output lines.
 
-    ``user_error``: the stage exited with status 2 (bad params, a missing or unreadable input: the
-    stage's message says what to fix), which a retry cannot mend. ``timeout``: the seconds of
-    ``runtime.stage_timeouts`` after which the flow killed it (not retried either)."""
+    ``exit_status``: the stage command's own (:class:`sda.layout.StageRun`), None where it left no record
+    (killed, or a crash before its start); ``user_error``: the stage exited with status 2 (bad params, a
+    missing or unreadable input: the stage's message says what to fix), which a retry cannot mend.
+    ``timeout``: the seconds of ``runtime.stage_timeouts`` after which the flow killed it (not retried
+    either)."""
 
     def __init__(self, stage: str, exit_status: int | None, tail: str, timeout: float | None = None) -> None:
         self.stage, self.exit_status, self.timeout = stage, exit_status, timeout
@@ -51,7 +52,8 @@ class StageFailed(RuntimeError):
                     f"remove it for no limit")
         else:
             kind = "a user error: fix what it names, then run again" if self.user_error else "retried once"
-            what = f"exit status {exit_status}; {kind}"
+            status = "no exit status of its own (killed or crashed)" if exit_status is None else f"exit status {exit_status}"
+            what = f"{status}; {kind}"
         super().__init__(f"stage {stage} failed ({what}):\n{tail}")
 
 
@@ -194,7 +196,6 @@ def reproduce(stage: str, root: str, force: bool = False, timeout: float | None 
     started = time.time()
     t0 = time.perf_counter()
     tail: collections.deque[str] = collections.deque(maxlen=30)
-    ran = False
     # text mode reads tqdm's carriage-return redraws as lines: one log line per redraw (every 10 s)
     progress = _Progress(Path(root), stage)
     progress.start()
@@ -213,7 +214,6 @@ def reproduce(stage: str, root: str, force: bool = False, timeout: float | None 
                 line = line.rstrip()
                 if not line:
                     continue
-                ran |= line.startswith(f"Running stage '{stage}'")
                 tail.append(line)
                 logger.info("%s", line)
         except BaseException:  # Ctrl-C or a cancel: the stage's group no longer hears the terminal
@@ -225,26 +225,25 @@ def reproduce(stage: str, root: str, force: bool = False, timeout: float | None 
     if WATCH is not None:
         WATCH.stage, WATCH.proc, WATCH.last_stage = None, None, stage
     progress.finish(proc.returncode == 0)
+    run = StageRun.read(stage, Path(root), since=started)  # None: the stage's command did not run (cached) or was killed
     if proc.returncode != 0:
-        status = re.search(r"exited with (-?\d+)", "\n".join(tail))
-        err = StageFailed(stage, int(status.group(1)) if status else proc.returncode, "\n".join(tail),
+        err = StageFailed(stage, run.exit_status if run else None, "\n".join(tail),
                           timeout=timeout if timed_out.is_set() else None)
         logger.error("%s", err)
         raise err
     seconds = round(time.perf_counter() - t0, 1)
-    state = "ran" if ran else "cached (unchanged)"
+    state = "ran" if run else "cached (unchanged)"
     logger.info("stage %-18s %s in %.1f s", stage, state, seconds)
-    return {"stage": stage, "ran": ran, "seconds": seconds, **_split_time(Path(root), stage, started, seconds)}
+    return {"stage": stage, "ran": run is not None, "seconds": seconds, **_split_time(run, seconds)}
 
 
 
 
-def _split_time(root: Path, stage: str, started: float, seconds: float) -> dict:
-    """The stage's ``work`` (its own record, tasks.common), the ``start_up`` of its process (imports,
-    params) and the ``dvc`` rest of ``seconds``, when the stage ran in this call."""
-    t = StageTiming.read(stage, root)
-    if t is None or t.process_start < started:  # none, or an older run's record: the stage was cached
+def _split_time(run: StageRun | None, seconds: float) -> dict:
+    """The stage's ``work`` (its own record), the ``start_up`` of its process (imports, params) and the
+    ``dvc`` rest of ``seconds``, when the stage ran in this call."""
+    if run is None or run.work_seconds is None:
         return {}
-    start_up = t.work_start - t.process_start
-    return {"work": round(t.work_seconds, 1), "start_up": round(start_up, 1),
-            "dvc": round(max(0.0, seconds - start_up - t.work_seconds), 1)}
+    start_up = run.work_start - run.process_start
+    return {"work": round(run.work_seconds, 1), "start_up": round(start_up, 1),
+            "dvc": round(max(0.0, seconds - start_up - run.work_seconds), 1)}

@@ -4,9 +4,12 @@ One pydantic model per stage section, all frozen and ``extra="forbid"``: an unkn
 value fails before any work starts, and the error names the parameter by its dotted path
 (``projection.D``) and says what is allowed. :func:`load_params` reads a file; :func:`parse_params`
 validates a mapping (a notebook's, a test's). This module is a leaf: it checks the shape of the
-params and imports no other module of the project; which profiles exist and what each needs is
-the domain registry's (:func:`sda.domains.domain_for`), and each domain's own section is declared by
-its module (:func:`register_section`; ``params.imagenet`` and the like are read as attributes).
+params and imports no other module of the project but :mod:`sda.plugins` (the names of the domain
+modules, whose sections it lets through); which profiles exist and what each needs is the domain
+registry's (:func:`sda.domains.domain_for`). A domain's own section is declared by its module and a
+test-time method's (``streams.<name>``) by its method (:func:`register_section`,
+:func:`register_method_section`); both are kept as written and validated by their model when read
+(``params.imagenet``, ``params.streams.method_params("tent")``) or when their registry checks the params.
 
 The defaults here are the values in the repository's ``params.yaml``, which lists every parameter:
 ``tests/unit/sda/test_config.py`` fails when the two disagree, so a notebook's ``Params()`` (after
@@ -15,7 +18,6 @@ The defaults here are the values in the repository's ``params.yaml``, which list
 
 from __future__ import annotations
 
-import functools
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal, Mapping
@@ -24,9 +26,10 @@ import yaml
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from sda.plugins import plugin_modules
+
 
 __all__ = [
-    "ADM_256_UNCOND",
     "CORRUPTIONS",
     "ParamsError",
     "Params",
@@ -54,14 +57,6 @@ CORRUPTIONS: tuple[str, ...] = (
     "contrast", "elastic_transform", "pixelate", "jpeg_compression",
 )
 
-
-
-# guided-diffusion's flags of 256x256_diffusion_uncond.pt (docs/method.md)
-ADM_256_UNCOND: dict[str, Any] = {
-    "image_size": 256, "num_channels": 256, "num_res_blocks": 2, "attention_resolutions": "32,16,8",
-    "num_head_channels": 64, "learn_sigma": True, "resblock_updown": True, "use_scale_shift_norm": True,
-    "class_cond": False,
-}
 
 
 Precision = Literal["fp32", "bf16", "fp16"]
@@ -327,21 +322,34 @@ class GuardParams(Section):
         "projections' by more than this (mean standard deviation): the stream mixes domains. null: no such check."))
 
 
-def _validate_sections(extra: dict[str, Any], models: Mapping[str, type[Section]], known: set[str]) -> list[dict[str, Any]]:
-    """Validate, in place, each section of ``extra`` that ``models`` names (its defaults where absent); the
-    errors, located by section and key, with an unknown-key error for each key of ``extra`` not in ``known``."""
-    errors: list[dict[str, Any]] = [{"type": "extra_forbidden", "loc": (k,), "input": v}
-                                    for k, v in extra.items() if k not in known]
+def _section_errors(err: ValidationError, loc: tuple[str, ...]) -> list[dict[str, Any]]:
+    """``err``'s errors, located under ``loc`` (the section's dotted path)."""
+    return [{"type": e["type"], "loc": (*loc, *e["loc"]), "input": e["input"], **({"ctx": e["ctx"]} if "ctx" in e else {})}
+            for e in err.errors(include_url=False)]
+
+
+def _registered_sections(written: Mapping[str, Any] | None, models: Mapping[str, type[Section]], loc: tuple[str, ...],
+                         only: str | None = None) -> tuple[dict[str, Section], list[dict[str, Any]]]:
+    """The sections ``models`` declares (a registry's: the domains' or the methods'), each validated from
+    what ``written`` holds under its name (its defaults where absent), and the errors, located under
+    ``loc``; ``only``: that one section."""
+    written = written or {}
+    out: dict[str, Section] = {}
+    errors: list[dict[str, Any]] = []
     for name, model in models.items():
-        value = extra.get(name)
-        if isinstance(value, model):
+        if only is not None and name != only:
             continue
+        value = written.get(name)
         try:
-            extra[name] = model.model_validate({} if value is None else value)
+            out[name] = value if isinstance(value, model) else model.model_validate({} if value is None else value)
         except ValidationError as err:
-            errors += [{"type": e["type"], "loc": (name, *e["loc"]), "input": e["input"],
-                        **({"ctx": e["ctx"]} if "ctx" in e else {})} for e in err.errors(include_url=False)]
-    return errors
+            errors += _section_errors(err, (*loc, name))
+    return out, errors
+
+
+def _raise(errors: list[dict[str, Any]], title: str) -> None:
+    if errors:
+        raise ParamsError(_format(ValidationError.from_exception_data(title, errors), "params.yaml"))
 
 
 # The methods' own sections (streams.tent, streams.lame, ...): each method module of sda.method declares its
@@ -398,29 +406,22 @@ class Streams(Section):
             raise ValueError("name at least one stream")
         return v
 
-    def model_post_init(self, context: Any) -> None:
-        """Each registered method's section validated by its model (its defaults where the file has none);
-        where no method is registered yet in this process, the sections are kept as written."""
-        if not _METHOD_SECTIONS:
-            return
-        errors = _validate_sections(self.__pydantic_extra__, _METHOD_SECTIONS, set(_METHOD_SECTIONS))
-        if errors:
-            raise ValidationError.from_exception_data("Streams", errors)
-
     def method_params(self, section: str) -> Section:
-        """Method section ``streams.<section>``, validated by the model its method registered."""
-        model = _METHOD_SECTIONS.get(section)
-        if model is None:
+        """Method section ``streams.<section>``, validated by the model its method registered (its defaults
+        where the file has none); a bad value is a :class:`ParamsError` naming the key."""
+        if section not in _METHOD_SECTIONS:
             raise ValueError(f"streams.{section}: no registered method declares this section")
-        value = (self.__pydantic_extra__ or {}).get(section)
-        if isinstance(value, model):
-            return value
-        try:
-            return model.model_validate({} if value is None else value)
-        except ValidationError as err:
-            errors = [{"type": e["type"], "loc": ("streams", section, *e["loc"]), "input": e["input"],
-                       **({"ctx": e["ctx"]} if "ctx" in e else {})} for e in err.errors(include_url=False)]
-            raise ParamsError(_format(ValidationError.from_exception_data("Streams", errors), "params.yaml")) from None
+        out, errors = _registered_sections(self.__pydantic_extra__, _METHOD_SECTIONS, ("streams",), only=section)
+        _raise(errors, "Streams")
+        return out[section]
+
+    def check_method_sections(self) -> None:
+        """Every registered method's section valid, and no other key besides the stage's settings: a
+        :class:`ParamsError` naming each bad key. The method registry asks it before a method is built."""
+        extra = self.__pydantic_extra__ or {}
+        errors = [{"type": "extra_forbidden", "loc": ("streams", k), "input": v} for k, v in extra.items()
+                  if k not in _METHOD_SECTIONS]
+        _raise(errors + _registered_sections(extra, _METHOD_SECTIONS, ("streams",))[1], "Streams")
 
 
 class Monitor(Section):
@@ -474,9 +475,8 @@ class Relabel(Section):
     monitor: Monitor = Monitor()
 
 
-# The domains' own sections (embedded, imagenet, folder, yours), named like the domain: each domain module
-# declares its model (Domain.params_model) and the registry adds it here (sda.domains.register_domain). A
-# process that has not imported the domains (a stage that reads none) keeps their sections as written.
+# The domains' own sections (embedded, imagenet, folder, yours), named like the domain and its module: each
+# domain module declares its model (Domain.params_model) and the registry adds it here (sda.domains.register_domain).
 _DOMAIN_SECTIONS: dict[str, type[Section]] = {}
 
 
@@ -487,25 +487,12 @@ def register_section(name: str, model: type[Section]) -> None:
     _DOMAIN_SECTIONS[name] = model
 
 
-class UnvalidatedSection(dict):
-    """A domain's section as written, in a process that has not imported the domains: it reads as a
-    mapping; an attribute says what to import."""
-
-    def __getattr__(self, name: str) -> Any:
-        raise AttributeError(f"a domain's params section is validated by its domain: `import sda.domains` before "
-                             f"reading the params (then it has .{name})")
-
-
-@functools.cache
-def _domain_modules() -> frozenset[str]:
-    """The module names of sda/domains/ (a domain's section is named like its module), without importing
-    them; listed once per process."""
-    return frozenset(p.stem for p in (Path(__file__).parent / "domains").glob("*.py") if not p.stem.startswith("_"))
-
-
 class Params(Section):
-    """The whole params file: the stages' sections, declared here, and the domains' sections (read as
-    attributes too: ``params.imagenet``), each validated by the model its domain registered."""
+    """The whole params file: the stages' sections, declared and validated here, and the domains'
+    sections, kept as written and validated by the model their domain registered when read
+    (``params.imagenet``, :meth:`domain_section`) or when the domain registry checks the params
+    (:meth:`check_domain_sections`, asked by ``sda.domains.domain_for``): the same whatever this process
+    imported first."""
 
     model_config = ConfigDict(extra="allow", frozen=True)
 
@@ -522,21 +509,38 @@ class Params(Section):
     classifier_align: ClassifierAlign = ClassifierAlign()
     target_data: TargetData = TargetData()
     evaluate: Evaluate = Evaluate()
-    streams: Streams = Field(default_factory=Streams)  # made when asked: the registered methods' sections
+    streams: Streams = Streams()
     relabel: Relabel = Relabel()
 
     def model_post_init(self, context: Any) -> None:
-        """Each registered domain's section validated by its model (its defaults where the file has
-        none); any other top-level key is unknown, unless the domains are not imported in this process
-        and sda/domains/ has a module of its name."""
-        extra = self.__pydantic_extra__
-        known = set(_DOMAIN_SECTIONS) or _domain_modules()
-        if not _DOMAIN_SECTIONS:
-            extra.update({k: UnvalidatedSection(v) for k, v in extra.items() if k in known and isinstance(v, dict)})
-        errors = _validate_sections(extra, _DOMAIN_SECTIONS, known)
+        """A top-level key that is neither a stage's section nor a domain's (a domain module of
+        sda/domains, sda.plugins, or a registered section) is unknown."""
+        known = set(plugin_modules("sda.domains")) | set(_DOMAIN_SECTIONS)
+        errors = [{"type": "extra_forbidden", "loc": (k,), "input": v} for k, v in self.__pydantic_extra__.items()
+                  if k not in known]
         if errors:
             raise ValidationError.from_exception_data("Params", errors)
 
+    def __getattr__(self, name: str) -> Any:
+        if not name.startswith("_") and name in _DOMAIN_SECTIONS:
+            return self.domain_section(name)
+        if not name.startswith("_") and name in plugin_modules("sda.domains"):
+            raise AttributeError(f"params.{name}: a domain's section is validated by its domain: `import sda.domains` "
+                                 f"first (model_extra[{name!r}] holds it as written)")
+        return super().__getattr__(name)
+
+    def domain_section(self, name: str) -> Section:
+        """Domain ``name``'s section, validated by the model its domain registered (its defaults where the
+        file has none); a bad value is a :class:`ParamsError` naming the key."""
+        if name not in _DOMAIN_SECTIONS:
+            raise ValueError(f"{name}: no registered domain declares this section (import sda.domains first)")
+        out, errors = _registered_sections(self.__pydantic_extra__, _DOMAIN_SECTIONS, (), only=name)
+        _raise(errors, "Params")
+        return out[name]
+
+    def check_domain_sections(self) -> None:
+        """Every registered domain's section valid: a :class:`ParamsError` naming each bad key."""
+        _raise(_registered_sections(self.__pydantic_extra__, _DOMAIN_SECTIONS, ())[1], "Params")
 
 
 def _format(err: ValidationError, source: str) -> str:

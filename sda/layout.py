@@ -22,8 +22,9 @@ import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-__all__ = ["DATA", "METRICS", "METRIC_FILES", "MODELS", "MODEL_STAGES", "OUTS", "RUNS", "STAGE_ORDER",
-           "TRAINING_CURVE", "TRAINING_STAGES", "TRAINING_SUMMARY", "WORK", "clean", "projector_dir"]
+__all__ = ["CLASSES", "DATA", "METRICS", "METRIC_FILES", "MODELS", "MODEL_STAGES", "OUTS", "PROJECTION_COMPUTE", "RUNS",
+           "STAGE_ORDER", "SourceClasses", "StageRun", "TRAINING_CURVE", "TRAINING_STAGES", "TRAINING_SUMMARY", "WORK",
+           "clean", "projector_dir"]
 
 DATA = Path("data")
 METRICS = Path("metrics")
@@ -47,41 +48,81 @@ STAGE_ORDER: tuple[str, ...] = (
 # evaluate's and streams' outputs are metrics files, not a data folder
 OUTS: dict[str, Path] = {stage: DATA / stage for stage in STAGE_ORDER if stage not in ("evaluate", "streams")}
 
+# source_data's class list (SourceClasses), in its out; every stage that names the classes reads it
+CLASSES = "classes.json"
+
+
+@dataclass(frozen=True)
+class SourceClasses:
+    """The source domain's classes, ``<source_data out>/classes.json``: ``names`` (a label is an index
+    into it) and, for a domain whose classes are drawn from a pretrained model's class table (ImageNet's
+    DiT), ``selected``: their indices in that table. Written by each domain's ``write_source``, read by
+    the stages and relabelling."""
+
+    names: list[str]
+    selected: list[int] | None = None
+
+    @staticmethod
+    def path(folder: Path) -> Path:
+        return folder / CLASSES
+
+    @classmethod
+    def read(cls, file: Path) -> "SourceClasses":
+        """The record in ``file`` (a missing file raises ``FileNotFoundError`` naming it)."""
+        return cls(**json.loads(Path(file).read_text()))
+
+    @classmethod
+    def in_folder(cls, folder: Path) -> "SourceClasses":
+        """The record of the source data folder ``folder``."""
+        return cls.read(cls.path(folder))
+
+    def as_dict(self) -> dict[str, list]:
+        """The file's JSON object (``selected`` only where there is one)."""
+        return {"names": list(self.names), **({"selected": list(self.selected)} if self.selected is not None else {})}
+
+
 # target_project's count of the projection's work (UNet forward-equivalents per image; evaluate and streams
 # read it): a file in its out
 PROJECTION_COMPUTE = "compute.json"
 
 
 @dataclass(frozen=True)
-class StageTiming:
-    """A stage command's timing record, ``data/.runs/<stage>.timing.json`` (outside every out: it holds
-    time): when its process started and its work began (``time.time()``), how long the work took (s).
-    ``tasks.common.stage_main`` writes it, the flow splits a stage's time with it."""
+class StageRun:
+    """A stage command's record of its last run, ``data/.runs/<stage>.run.json`` (outside every out: it
+    holds time). ``process_start``: when its process started (``time.time()``); ``exit_status``: 0, 2 for
+    a user error (its message names what to fix: bad params, a missing or unreadable input, a full disk),
+    1 for any other error; ``work_start`` / ``work_seconds``: when its work began and how long it took
+    (s), once it finished. ``tasks.common.stage_main`` writes it as the command ends (a killed process
+    writes none); the flow reads from it whether the stage ran in its call, how it exited (a user error is
+    not retried) and how its time splits, instead of reading DVC's output."""
 
     process_start: float
-    work_start: float
-    work_seconds: float
+    exit_status: int
+    work_start: float | None = None
+    work_seconds: float | None = None
 
     @staticmethod
     def path(stage: str, root: Path = Path(".")) -> Path:
-        return root / RUNS / f"{stage}.timing.json"
+        return root / RUNS / f"{stage}.run.json"
 
     @classmethod
-    def read(cls, stage: str, root: Path = Path(".")) -> "StageTiming | None":
-        """The record of ``stage`` in the checkout at ``root``; None when there is none or it is unreadable."""
+    def read(cls, stage: str, root: Path = Path("."), since: float | None = None) -> "StageRun | None":
+        """The record of ``stage`` in the checkout at ``root``; None when there is none, it is unreadable,
+        or its process started before ``since`` (``time.time()``: an earlier run's)."""
         try:
-            return cls(**json.loads(cls.path(stage, root).read_text()))
+            run = cls(**json.loads(cls.path(stage, root).read_text()))
         except (OSError, ValueError, TypeError):
             return None
+        return None if since is not None and run.process_start < since else run
 
-    def as_dict(self) -> dict[str, float]:
+    def as_dict(self) -> dict[str, float | int | None]:
         return asdict(self)
 
 
 MODEL_STAGES: dict[str, str] = {"source": "source_model", "aligned": "classifier_align",
                                 "diffusion": "diffusion_finetune"}
 MODELS: dict[str, Path] = {**{role: OUTS[stage] for role, stage in MODEL_STAGES.items()},
-                           "classes": OUTS["source_data"] / "classes.json",
+                           "classes": SourceClasses.path(OUTS["source_data"]),
                            # what projects: a record of the method, and the student of projection.method: distilled
                            "projector": OUTS["synth_align"] / "projector"}
 

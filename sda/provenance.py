@@ -31,7 +31,8 @@ def fingerprint(obj: Any) -> str:
 def params_hash(params: Params) -> str:
     """sha256 of the resolved params (profile merged) that fix the pipeline's results."""
     d = json.loads(params.model_dump_json())
-    return fingerprint({**{k: d[k] for k in RESULT_PARAMS}, params.profile: d.get(params.profile),
+    domain = json.loads(params.domain_section(params.profile).model_dump_json())  # validated: its defaults filled in
+    return fingerprint({**{k: d[k] for k in RESULT_PARAMS}, params.profile: domain,
                         "runtime": {k: d["runtime"][k] for k in RESULT_RUNTIME}})
 
 

@@ -19,7 +19,6 @@ and per-epoch curve) and ``metrics/synthetic_grid.png`` (the synthetic images pe
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
@@ -29,9 +28,9 @@ import numpy as np
 from sda.config import ClassifierAlign, Params, Projection
 from sda.domains import Domain, domain_for
 from sda.io.atomic import atomic_write_bytes, atomic_write_json
-from sda.io.shards import iter_shard_file, read_manifest
+from sda.io.shards import MANIFEST, iter_shard_file, read_manifest
 from sda.runtime import derive_seed
-from sda.layout import METRICS, METRIC_FILES, OUTS, projector_dir
+from sda.layout import METRICS, METRIC_FILES, OUTS, SourceClasses, projector_dir
 from tasks.common import stage_main, write_training_metrics
 
 if TYPE_CHECKING:
@@ -187,11 +186,11 @@ def _main(params: Params, args: argparse.Namespace, domain: Domain) -> int:
 
     cfg, rt = params.classifier_align, params.runtime
     val_dir, model_dir = OUTS["source_data"] / "val", projector_dir(params.projection.method)
-    has_val = (val_dir / "manifest.json").is_file() and read_manifest(val_dir)["count"] > 0
+    has_val = (val_dir / MANIFEST).is_file() and read_manifest(val_dir)["count"] > 0
     if cfg.select_epoch and not has_val:
         raise ValueError(f"classifier_align.select_epoch needs the source val split {val_dir}, which this profile "
                          f"({params.profile}) does not write: set classifier_align.select_epoch: false")
-    class_names = json.loads((OUTS["source_data"] / "classes.json").read_text())["names"]
+    class_names = SourceClasses.in_folder(OUTS["source_data"]).names
     source = load_classifier(OUTS["source_model"], args.device)  # the judge; run() fine-tunes its own copy
     probe = DiffusionInfo.read(OUTS["diffusion_finetune"]).probe  # diffusion_finetune's scores of its own samples, if it probed
     diagnostics: dict = {"diffusion_probe": probe and {k: probe[k] for k in (

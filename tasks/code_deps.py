@@ -18,13 +18,11 @@ import re
 import sys
 from pathlib import Path
 
+from sda.plugins import PLUGIN_PACKAGES, plugin_modules
 from tasks import STAGES
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("sda", "tasks")
-# packages whose __init__ imports every module of theirs but those its tuple of this name lists (read
-# from the source): sda.domains and sda.method.baselines, where adding a domain or a baseline is adding its module
-IMPORTS_EVERY_MODULE = {"sda.domains": "NOT_DOMAINS", "sda.method.baselines": "NOT_BASELINES"}
 
 __all__ = ["import_closure", "stage_code_deps"]
 
@@ -64,14 +62,6 @@ def _imports(path: Path, module: str, packages: tuple[str, ...] | None = PACKAGE
     return {m for m in found if m and (packages is None or m.split(".")[0] in packages)}
 
 
-def _module_tuple(path: Path, name: str) -> tuple[str, ...]:
-    """The literal tuple assigned to ``name`` at the top level of ``path`` (read, not imported)."""
-    for node in ast.parse(path.read_text(), filename=str(path)).body:
-        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name for t in node.targets):
-            return tuple(ast.literal_eval(node.value))
-    raise ValueError(f"{path} assigns no {name} = (...): tasks.code_deps.IMPORTS_EVERY_MODULE expects one")
-
-
 def import_closure(module: str, root: Path = ROOT) -> list[str]:
     """Repo-relative paths of every project file that importing ``module`` can load, sorted."""
     seen: dict[str, Path] = {}
@@ -86,10 +76,8 @@ def import_closure(module: str, root: Path = ROOT) -> list[str]:
         seen[m] = f
         for imported in _imports(f, m):
             todo.extend(_with_packages(imported))
-        if m in IMPORTS_EVERY_MODULE:
-            skip = _module_tuple(f, IMPORTS_EVERY_MODULE[m])
-            todo.extend(f"{m}.{p.stem}" for p in sorted(f.parent.glob("*.py"))
-                        if p.stem != "__init__" and p.stem not in skip)
+        if m in PLUGIN_PACKAGES:  # its __init__ imports every plugin module of it (sda.plugins)
+            todo.extend(f"{m}.{p}" for p in plugin_modules(m, root))
     return sorted(str(f.relative_to(root)) for f in seen.values())
 
 

@@ -17,7 +17,7 @@ from typing import Any, Callable
 from filelock import FileLock, Timeout
 
 from sda.config import Params, ParamsError, load_params
-from sda.layout import DATA, OUTS, RUNS, STAGE_ORDER, TRAINING_CURVE, TRAINING_SUMMARY, WORK, StageTiming
+from sda.layout import DATA, OUTS, RUNS, STAGE_ORDER, TRAINING_CURVE, TRAINING_SUMMARY, WORK, StageRun
 from sda.io.atomic import DISK_FULL, atomic_write_bytes, atomic_write_json, clean_stale_temps, replace_dir
 from sda.io.console import printable_console
 from sda.io.cluster import SchedulerUnreachableError
@@ -119,6 +119,21 @@ def stage_main(stage: str, doc: str, body: Callable[..., int | None],
         add_args(parser)
     args = parser.parse_args()
     setup_logging()
+    work: dict[str, float] = {}
+    status = 1
+    try:
+        _run_stage(stage, body, args, domain_for, work)
+        status = 0
+    except SystemExit as err:
+        status = err.code if isinstance(err.code, int) else 1
+        raise
+    finally:
+        _record_run(stage, status, work)
+
+
+def _run_stage(stage: str, body: Callable[..., int | None], args: argparse.Namespace,
+               domain_for: Callable[[Params], Any] | None, work: dict[str, float]) -> None:
+    """:func:`stage_main` once the arguments are parsed; ``work`` gets ``work_start`` / ``work_seconds``."""
     try:
         params = load_params(args.params)
         domain = (domain_for(params),) if domain_for else ()
@@ -152,11 +167,7 @@ def stage_main(stage: str, doc: str, body: Callable[..., int | None],
         raise SystemExit(2) from None
     lock.release()
     seconds = time.perf_counter() - t0
-    try:
-        _record_timing(stage, body_start, seconds)
-    except OSError as err:  # the outputs are published: a missing timing costs the flow a figure, not a rerun
-        log.warning("stage %s: its outputs are complete, but its timing could not be recorded in %s (%s)", stage,
-                    RUNS, err.strerror or err)
+    work.update(work_start=body_start, work_seconds=round(seconds, 3))
     rate = f", {images} images ({images / seconds:.3g} img/s)" if images and seconds > 0 else ""
     peak = ""
     if args.device.type == "cuda":
@@ -166,13 +177,20 @@ def stage_main(stage: str, doc: str, body: Callable[..., int | None],
     log.info("stage %s done in %.1f s%s%s", stage, seconds, rate, peak)
 
 
-def _record_timing(stage: str, body_start: float, seconds: float) -> None:
-    """``data/.runs/<stage>.timing.json`` (outside every out): when the process started, when its
-    work began, how long the work took; the flow turns it into start-up / work / orchestration."""
+def _record_run(stage: str, exit_status: int, work: dict[str, float]) -> None:
+    """``data/.runs/<stage>.run.json`` (:class:`sda.layout.StageRun`, outside every out), in a checkout
+    (where ``data/`` is: a command run elsewhere leaves nothing behind). Its outputs are published by then: a
+    record that cannot be written costs the flow a figure (and a user error's retry), never a rerun, so it
+    is a warning."""
     from tasks import STARTED
 
-    RUNS.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(StageTiming.path(stage), StageTiming(STARTED, body_start, round(seconds, 3)).as_dict())
+    if not DATA.is_dir():
+        return
+    try:
+        RUNS.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(StageRun.path(stage), StageRun(STARTED, exit_status, **work).as_dict())
+    except OSError as err:
+        log.warning("stage %s: its run could not be recorded in %s (%s)", stage, RUNS, err.strerror or err)
 
 
 def write_training_metrics(stage: str, summary: dict[str, float | int], columns: list[str],

@@ -17,7 +17,6 @@ Writes ``data/diffusion_finetune/``: ``unet/`` + ``scheduler/`` (the projector, 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import time
 from pathlib import Path
@@ -29,7 +28,7 @@ from sda.config import DiffusionFinetune, Params
 from sda.domains import Domain, PretrainedDiffusion, domain_for
 from sda.io.shards import load_shards, read_manifest
 from sda.runtime import derive_seed
-from sda.layout import OUTS
+from sda.layout import OUTS, SourceClasses
 from tasks.common import stage_main, write_training_metrics
 
 if TYPE_CHECKING:
@@ -128,7 +127,7 @@ def run(cfg: DiffusionFinetune, seed: int, source_dir: Path, out: Path, device: 
     if probing:
         if judge_dir is None:
             raise ValueError("diffusion_finetune.probe_every needs the source model: set it to 0 or run source_model")
-        class_names = json.loads((source_dir / "classes.json").read_text())["names"]
+        class_names = SourceClasses.in_folder(source_dir).names
         probe = Probe(cfg, lambda m, y, sd: sample_class_conditional(
             m, scheduler, y, sd, null_label=num_classes, steps=sample_steps, guidance_scale=guidance_scale,
             device=device), judge_dir, class_names, derive_seed(seed, "diffusion_finetune", "probe"), device)
@@ -207,7 +206,7 @@ def run_pretrained(pre: PretrainedDiffusion, cfg: ImageNet | Folder, seed: int, 
     from sda.models.dit import dit_image_size, load_dit, new_class_table
     from sda.models.schedulers import ddpm_scheduler
 
-    classes = json.loads((source_dir / "classes.json").read_text())
+    classes = SourceClasses.in_folder(source_dir)
     adm = load_projector(cfg.adm_checkpoint, cfg.adm_flags, key=f"{pre.section}.adm_checkpoint")
     if pre.image_size is not None:
         factor = 2 ** (len(adm.config.block_out_channels) - 1)
@@ -218,13 +217,13 @@ def run_pretrained(pre: PretrainedDiffusion, cfg: ImageNet | Folder, seed: int, 
     adm = adm.to(device).eval()
     transformer, vae = load_dit(cfg.dit, device, key=f"{pre.section}.dit")
     if pre.new_class_table:
-        new_class_table(transformer, len(classes["names"]))
+        new_class_table(transformer, len(classes.names))
     dit_size = dit_image_size(transformer, vae) if pre.image_size is not None else None
     # info.json holds what applies: the ImageNet classes drawn, or the size the samples are brought to
     which = {"output_size": pre.image_size} if pre.image_size is not None else {}
     if not pre.new_class_table:
-        which["classes"] = classes["selected"]
-    info = DiffusionInfo(profile=pre.section, num_classes=len(classes["names"]), null_label=None, generator="dit",
+        which["classes"] = classes.selected
+    info = DiffusionInfo(profile=pre.section, num_classes=len(classes.names), null_label=None, generator="dit",
                          adm_checkpoint=cfg.adm_checkpoint, dit=cfg.dit, finetune_steps=cfg.finetune_steps,
                          seed=derive_seed(seed, "diffusion_finetune"), **which)
     if cfg.finetune_steps > 0:

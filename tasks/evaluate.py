@@ -35,7 +35,7 @@ from sda.io.atomic import atomic_dir, atomic_write_bytes, atomic_write_json
 from sda.io.shards import iter_samples
 from sda.io.target_index import TargetIndex
 from sda.provenance import code_version, params_hash
-from sda.layout import DATA, METRICS, METRIC_FILES, PROJECTION_COMPUTE
+from sda.layout import DATA, METRICS, METRIC_FILES, PROJECTION_COMPUTE, SourceClasses
 from tasks.common import stage_main
 
 if TYPE_CHECKING:
@@ -63,7 +63,7 @@ def run(params: Params, domain: Domain, device, data: Path = DATA, metrics_dir: 
     source = load_classifier(data / "source_model", device)
     aligned = load_classifier(data / "classifier_align", device)
     unlabelled = set(index.unlabelled or ())
-    class_names = json.loads((data / "source_data" / "classes.json").read_text())["names"]
+    class_names = SourceClasses.in_folder(data / "source_data").names
     bs = params.evaluate.batch_size
     per_domain, grid_rows, predicted, confusion, source_term, n = {}, {}, {}, {}, {}, 0
     for d in index.domains:

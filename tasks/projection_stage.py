@@ -43,13 +43,14 @@ def run_projection(stage: str, params: Params, device, src_root: Path, subdirs: 
     ``compute.json`` holds the work counted, ``extra_files(work_dir)`` adds more; the closing log line
     says the work per image, with the seconds."""
     from sda.method.projector import project_job, projection_jobs
+    from sda.models.diffusion import unet_weights
 
     model_dir = model_dir or projector_dir(params.projection.method)
     seed = derive_seed(params.runtime.seed, stage)
     jobs = projection_jobs(src_root, subdirs)
     make = functools.partial(project_job, model_dir=str(model_dir), src_root=str(src_root),
                              projection=params.projection, seed=seed, device=str(device))
-    model_hash = sha256_file(model_dir / "unet" / "diffusion_pytorch_model.safetensors")
+    model_hash = sha256_file(unet_weights(model_dir))
     meta = {"projection": params.projection.model_dump(), "seed": seed, "model": model_hash, "projected_from": str(src_root)}
     costs: list[ProjectionCost] = []
     def files(work: Path) -> None:

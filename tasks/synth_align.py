@@ -32,7 +32,9 @@ def distilled_projector(params: Params, device) -> Path:
     """The student of ``projection.method: distilled`` in ``data/.work/distill-<key>/``, trained unless a
     finished one of the same inputs and params is there (the key: the projection's record, the projector's
     weights, the synthetic set's manifest, the seed)."""
+    from sda.io.shards import MANIFEST
     from sda.method.distill import projection_record, read_record, train_projector
+    from sda.models.diffusion import unet_weights
 
     seed = derive_seed(params.runtime.seed, "synth_align", "distill")
     diffusion, synth = OUTS["diffusion_finetune"], OUTS["synth_generate"]
@@ -40,8 +42,8 @@ def distilled_projector(params: Params, device) -> Path:
         "projection": projection_record(params.projection), "seed": seed,
         # how the teacher and the student ran: their bytes depend on it on a GPU
         "precision": params.projection.precision, "deterministic": params.runtime.deterministic,
-        "model": sha256_file(diffusion / "unet" / "diffusion_pytorch_model.safetensors"),
-        "images": sha256_file(synth / "manifest.json")}, sort_keys=True).encode()).hexdigest()
+        "model": sha256_file(unet_weights(diffusion)),
+        "images": sha256_file(synth / MANIFEST)}, sort_keys=True).encode()).hexdigest()
     out = WORK / f"distill-{key[:16]}"
     remove_other_students(keep=out)
     if read_record(out) is not None:

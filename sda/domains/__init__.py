@@ -7,11 +7,13 @@ digits, :mod:`sda.domains.embedded`), ``imagenet`` (:mod:`sda.domains.imagenet`)
 (your own labelled images, :mod:`sda.domains.folder`).
 
 Adding a domain is adding a module to this package that registers itself (every module here is
-imported with the package) and its section to ``params.yaml``; what a stage needs from it:
+imported with the package but the support modules :mod:`sda.plugins` lists) and its section to
+``params.yaml``; what a stage needs from it:
 
 - ``description``: a few words for people (deployments, ``--help``);
 - ``params_model``: its own params section (a :class:`sda.config.Section`), ``params.yaml``'s
-  top-level key named like the domain, validated by it wherever the domains are imported;
+  top-level key named like the domain (and its module), validated by it when the registry reads the
+  params (:func:`domain_for`) or a stage reads the section (``params.<name>``);
 - ``sections``: the params sections it reads (recorded with the source data);
 - ``image_size(params)``: the side of the images the diffusion models see;
 - ``write_source(params, out)``: the ``source_data`` stage's folder (shard sets ``train`` / ``val`` /
@@ -40,23 +42,8 @@ from sda.domains.registry import (Domain, PretrainedClassifier, PretrainedDiffus
 __all__ = ["Domain", "PretrainedClassifier", "PretrainedDiffusion", "domain_for", "domain_names", "get_domain", "register_domain",
            "set_profile"]
 
-# the domains: each module registers itself on import; the built-in ones in this order (embedded is
-# the default), then every other module of this package (tasks.code_deps counts them all as imported)
-from sda.domains import embedded  # noqa: E402, F401
-from sda.domains import imagenet  # noqa: E402, F401
-from sda.domains import folder  # noqa: E402, F401
+from sda.plugins import import_plugins  # noqa: E402
 
-# the modules here that are not domains (the `sda check` command, shared code): imported by whoever needs them
-NOT_DOMAINS = ("check", "corruptions", "digits", "registry")
-
-
-def _import_every_module() -> None:
-    import importlib
-    import pkgutil
-
-    for module in sorted(m.name for m in pkgutil.iter_modules(__path__)):
-        if module not in NOT_DOMAINS:
-            importlib.import_module(f"{__name__}.{module}")
-
-
-_import_every_module()
+# the domains: each module registers itself on import; the built-in ones first (embedded is the default),
+# then every other module of this package but its support modules (both listed in sda.plugins)
+import_plugins(__name__)

@@ -16,6 +16,7 @@ from sda.io.atomic import atomic_dir, atomic_write_json
 from sda.io.shards import Sample, load_shards, write_shards
 from sda.io.target_index import TargetIndex
 from sda.runtime import derive_seed
+from sda.layout import SourceClasses
 
 __all__ = ["Embedded", "write_source", "write_targets"]
 
@@ -56,7 +57,7 @@ def write_source(params: Params, out: Path) -> dict[str, int]:
                              meta={"split": name, "seed": seed, "image_size": cfg.image_size})
             counts[name] = m["count"]
             log.info("%s: %d images in %d shard(s)", name, m["count"], len(m["shards"]))
-        atomic_write_json(tmp / "classes.json", {"names": list(CLASS_NAMES)})
+        atomic_write_json(SourceClasses.path(tmp), SourceClasses(list(CLASS_NAMES)).as_dict())
     return counts
 
 

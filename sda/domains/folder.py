@@ -36,8 +36,9 @@ import numpy as np
 from pydantic import Field, field_validator, model_validator
 from tqdm.auto import tqdm
 
-from sda.config import ADM_256_UNCOND, Params, Section
+from sda.config import Params, Section
 from sda.domains.corruptions import write_shifted_domains
+from sda.models.adm_flags import ADM_256_UNCOND
 from sda.domains.registry import Domain, PretrainedClassifier, PretrainedDiffusion, register_domain
 from sda.io.atomic import atomic_dir, atomic_write_json
 from sda.io.image_identity import Fingerprint, NearIndex
@@ -47,10 +48,16 @@ from sda.io.user_folder import SPLIT_NAMES, Listing, list_folder, read_files, re
 from sda.io.shards import Sample, load_shards, write_shards
 from sda.io.target_index import TargetIndex
 from sda.runtime import derive_seed
+from sda.layout import SourceClasses
 
 
 __all__ = ["Folder", "Inventory", "check_targets", "inventory", "read_source_pictures", "reserved_domain_names",
            "source_inventory", "source_pictures", "split_files", "target_inventories", "write_source", "write_targets"]
+
+# in the source_data and target_data outs: the source pictures' identities (checked against the targets) and
+# the files left out, with why
+CONTENT = "content.json"
+SKIPPED = "skipped.json"
 
 
 class Folder(Section):
@@ -325,11 +332,11 @@ def write_source(params: Params, out: Path) -> dict[str, int]:
                                        meta={"split": split, "seed": params.runtime.seed, "image_size": cfg.image_size})
             if counts[split] == 0:
                 raise ValueError(f"folder.source_dir: no readable image in the {split} split of {root} (see the log)")
-        atomic_write_json(tmp / "classes.json", {"names": names})
-        atomic_write_json(tmp / "content.json", {"files": {
+        atomic_write_json(SourceClasses.path(tmp), SourceClasses(names).as_dict())
+        atomic_write_json(tmp / CONTENT, {"files": {
             rel: {"split": split, **inv.fingerprints[rel].as_dict()}
             for split, items in splits.items() for rel in sorted(p.relative_to(root).as_posix() for p, _ in items)}})
-        atomic_write_json(tmp / "skipped.json", skipped)
+        atomic_write_json(tmp / SKIPPED, skipped)
     log.info("source %s: %d classes, %s images, %d file(s) skipped%s", root, len(names), counts, len(skipped),
              " (listed in skipped.json)" if skipped else "")
     return counts
@@ -370,7 +377,7 @@ def source_pictures(files: dict[str, Fingerprint], source_root: Path, near: bool
 
 def read_source_pictures(source_dir: Path, params: Params) -> NearIndex:
     """:func:`source_pictures` of ``source_data``'s ``content.json``."""
-    content = json.loads((source_dir / "content.json").read_text())
+    content = json.loads((source_dir / CONTENT).read_text())
     if "files" not in content:
         raise ValueError(f"{source_dir / 'content.json'} is from an older version of source_data; run "
                          "`dvc repro source_data` (or `python -m tasks.source_data`) again")
@@ -413,7 +420,7 @@ def write_targets(params: Params, source_dir: Path, out: Path) -> list[str]:
     source test split (``folder.corruptions``); ``domains.json`` and ``skipped.json``. Returns the
     domain names."""
     cfg, td = params.folder, params.target_data
-    names = json.loads((source_dir / "classes.json").read_text())["names"]
+    names = SourceClasses.in_folder(source_dir).names
     targets = target_inventories(params)
     check_targets(params, targets, names, read_source_pictures(source_dir, params))
     plan = [(name, inv.root, [(inv.root / f, names.index(c) if inv.labelled else -1)
@@ -439,7 +446,7 @@ def write_targets(params: Params, source_dir: Path, out: Path) -> list[str]:
         TargetIndex(domains=tuple(domains), corruptions=tuple(corruptions), in_mean=tuple(labelled + corruptions),
                     unlabelled=tuple(n for n, inv in targets.items() if not inv.labelled), split="test",
                     severity=td.severity).write(tmp)
-        atomic_write_json(tmp / "skipped.json", skipped)
+        atomic_write_json(tmp / SKIPPED, skipped)
     log.info("%d target domains (%d labelled folders, %d unlabelled, %d from the source test split), %d file(s) "
              "skipped%s", len(domains), len(labelled), len(plan) - len(labelled), len(shifted), len(skipped),
              " (listed in skipped.json)" if skipped else "")

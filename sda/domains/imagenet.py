@@ -27,13 +27,15 @@ from PIL import Image
 from pydantic import Field, model_validator
 from tqdm.auto import tqdm
 
-from sda.config import ADM_256_UNCOND, Params, Section
+from sda.config import Params, Section
+from sda.models.adm_flags import ADM_256_UNCOND
 from sda.domains.registry import Domain, PretrainedClassifier, PretrainedDiffusion, register_domain
 from sda.io.atomic import atomic_dir, atomic_write_json
 from sda.io.shards import Sample, write_shards
 from sda.io.target_index import TargetIndex
 
 from sda.io.images import IMAGE_SUFFIXES, center_crop_arr, read_image
+from sda.layout import SourceClasses
 
 
 __all__ = [
@@ -238,7 +240,7 @@ def write_source(params: Params, out: Path) -> dict[str, int]:
             (tmp / "train").mkdir()
             samples = (Sample(key=k, image=im, label=y) for k, im, y in iter_domain(refs, cfg.image_size, "train"))
             counts["train"] = write_shards(samples, tmp / "train", meta={"split": "train", "root": cfg.train_dir})["count"]
-        atomic_write_json(tmp / "classes.json", {"names": names, "selected": selected})
+        atomic_write_json(SourceClasses.path(tmp), SourceClasses(names, selected).as_dict())
     logging.getLogger("sda.source_data").info("%d classes (%d selected), %s", len(names), len(selected), counts or "no train images")
     return counts
 

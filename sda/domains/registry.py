@@ -112,8 +112,10 @@ def domain_for(params: Params, *, inputs: bool = False) -> Domain:
     """The domain ``params.profile`` names, once it has checked the params (``Domain.check``; with
     ``inputs``, ``Domain.check_inputs``: the stages that read the domain's files).
 
-    Raises :class:`ParamsError` naming the key: an unknown ``profile`` or ``profiles.<name>``, or what
-    the domain needs and the params lack (e.g. ``folder.source_dir``)."""
+    Raises :class:`ParamsError` naming the key: a domain's section its model refuses (every registered
+    domain's, not only the profile's), an unknown ``profile`` or ``profiles.<name>``, or what the domain
+    needs and the params lack (e.g. ``folder.source_dir``)."""
+    params.check_domain_sections()
     for name in params.profiles:
         if name not in _REGISTRY:
             raise ParamsError(f"profiles.{name}: unknown profile {name!r}; the registered domains are {list(_REGISTRY)}")

@@ -3,8 +3,10 @@
 One scheme for all of them: the new version is written under a hidden temporary name in the same
 folder, ``.<name>.tmp-<token>`` (hidden, so that Parquet / WebDataset readers of the folder skip
 it), flushed to disk, then renamed over ``<name>``; the folder is fsync'd after the rename. A
-writer killed half-way leaves only such a temporary, which the next writer of the same name (or
-:func:`clean_stale_temps`) removes.
+writer killed half-way leaves only such a temporary: the next writer of a folder of the same name
+removes it (:func:`atomic_dir`), and so does :func:`clean_stale_temps`, which the stages and the
+relabel store call where they are the only writer. A file's writer (:func:`atomic_file`) leaves
+other temporaries of its name alone: another process may be writing that name right now.
 """
 
 from __future__ import annotations

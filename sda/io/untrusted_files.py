@@ -16,8 +16,10 @@ import stat
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
-__all__ = ["FILE_KINDS", "FileId", "NotReadable", "iter_tree", "open_beneath", "read_beneath", "read_fd", "readlink_beneath",
+__all__ = ["FILE_KINDS", "FileId", "HIDDEN_FOLDER", "NotReadable", "iter_tree", "open_beneath", "read_beneath", "read_fd", "readlink_beneath",
            "unlink_if_same"]
+
+HIDDEN_FOLDER = "a hidden folder: not read"  # iter_tree's reason for a folder whose name starts with a dot
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | getattr(os, "O_NOCTTY", 0)
@@ -173,7 +175,8 @@ def unlink_if_same(root_fd: int, rel: str | os.PathLike[str], expected: FileId |
 def iter_tree(root_fd: int) -> tuple[list[tuple[str, os.stat_result]], list[tuple[str, str]]]:
     """Every entry under ``root_fd`` but folders, depth first without recursion (any depth), as
     ``(relative path, lstat)`` sorted by path bytes; links are listed, never entered; hidden
-    folders are not entered. Also ``(folder, reason)`` for each folder that could not be listed."""
+    folders are not entered. Also ``(folder, reason)`` for each folder not read: a hidden one
+    (:data:`HIDDEN_FOLDER`) or one that could not be listed, so that nothing is left out unsaid."""
     found: list[tuple[str, os.stat_result]] = []
     unlisted: list[tuple[str, str]] = []
     stack: list[str] = [""]
@@ -201,9 +204,12 @@ def iter_tree(root_fd: int) -> tuple[list[tuple[str, os.stat_result]], list[tupl
         for path, st in entries:
             name = path.rsplit("/", 1)[-1]
             if stat.S_ISDIR(st.st_mode):
-                if not name.startswith("."):
+                if name.startswith("."):
+                    unlisted.append((path, HIDDEN_FOLDER))
+                else:
                     stack.append(path)
             else:
                 found.append((path, st))
     found.sort(key=lambda p: os.fsencode(p[0]))
+    unlisted.sort(key=lambda p: os.fsencode(p[0]))
     return found, unlisted

@@ -26,7 +26,7 @@ from PIL import Image
 from sda.io.console import printable
 from sda.io.image_identity import Fingerprint, fingerprint
 from sda.io.images import FOLDER_FORMATS, FOLDER_SUFFIXES, BadImage, decode_image
-from sda.io.untrusted_files import FILE_KINDS, NotReadable, iter_tree, read_beneath
+from sda.io.untrusted_files import FILE_KINDS, HIDDEN_FOLDER, NotReadable, iter_tree, read_beneath
 
 __all__ = ["SPLIT_NAMES", "Listing", "ReadFile", "class_name", "list_folder", "read_files", "skipped_reason"]
 
@@ -119,15 +119,10 @@ def list_folder(root: str | os.PathLike[str], key: str) -> Listing:
     listing.classes = {names[c]: [] for c in classes}
     listing.subfolders = {names[c]: set() for c in classes}
     listing.own_images = {names[c]: 0 for c in classes}
-    for rel, reason in unlisted:
-        listing.skip(rel, f"a folder that cannot be listed: {reason}")
-    for name, is_dir in top:
-        if is_dir and name.startswith("."):
-            listing.skip(name, "a hidden folder: not read")
+    for rel, reason in unlisted:  # hidden folders, at any depth, and folders that cannot be listed
+        listing.skip(rel, reason if reason == HIDDEN_FOLDER else f"a folder that cannot be listed: {reason}")
     for rel, st in entries:
         parts = PurePosixPath(rel).parts
-        if any(p.startswith(".") for p in parts[:-1]):
-            continue  # inside a hidden folder, reported above
         reason = skipped_reason(rel, st)
         if reason is None and classes and len(parts) == 1:
             reason = "beside the class folders, in no class: move it into its class folder"

@@ -124,12 +124,16 @@ _METHODS: dict[str, StreamMethod] = {}
 
 
 def register_method(method: StreamMethod) -> StreamMethod:
-    """Add ``method`` to the registry (once per name) and its params section to ``streams``'."""
+    """Add ``method`` to the registry (once per name) and its params section to ``streams``'; a refused
+    method (a taken name, a section another method declares differently, an unknown kind) leaves both as
+    they were."""
     if method.name in _METHODS and _METHODS[method.name] is not method:
         raise ValueError(f"a stream method named {method.name!r} is already registered")
-    _METHODS[method.name] = method
+    if method.kind not in KINDS:
+        raise ValueError(f"stream method {method.name!r}: kind {method.kind!r} is none of {', '.join(KINDS)}")
     if method.params_model is not None:
         register_method_section(method.section_name, method.params_model)
+    _METHODS[method.name] = method
     return method
 
 
@@ -154,7 +158,9 @@ def get_method(name: str) -> StreamMethod:
 
 
 def resolve_methods(cfg: Streams) -> list[StreamMethod]:
-    """The methods ``streams.methods`` names (``all``: every registered one), checked against the registry."""
+    """The methods ``streams.methods`` names (``all``: every registered one), checked against the registry,
+    once every ``streams.<section>`` of theirs is (:meth:`sda.config.Streams.check_method_sections`)."""
+    cfg.check_method_sections()
     names = _ordered() if cfg.methods == "all" else list(cfg.methods)
     unknown = [m for m in names if m not in _METHODS]
     if unknown:

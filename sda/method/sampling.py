@@ -89,8 +89,11 @@ def sample_dit(
     guidance_scale: float = 1.0,
     device: torch.device | str = "cpu",
 ) -> torch.Tensor:
-    """Images float (B, 3, 8 * sample_size, 8 * sample_size) in [-1, 1] for (class, seed) pairs."""
+    """Images float (B, 3, 8 * sample_size, 8 * sample_size) in [-1, 1] for (class, seed) pairs.
+    ``guidance_scale``: classifier-free guidance above 1 only; at or below 1 the conditional model alone,
+    as DiT's ``sample.py`` (``using_cfg = cfg_scale > 1``)."""
     null_label = transformer.config.num_embeds_ada_norm  # DiT's "null" class for CFG (1000)
+    guidance_scale = guidance_scale if guidance_scale > 1 else 1.0
     latents = sample_class_conditional(transformer, ddpm_scheduler(learn_sigma=True, clip_sample=False), class_labels, seeds, null_label=null_label,
                                        steps=steps, guidance_scale=guidance_scale, clamp=False, device=device)
     images = vae.decode(latents.to(device) / vae.config.scaling_factor).sample

@@ -24,32 +24,12 @@ from typing import Any
 import torch
 from diffusers import UNet2DModel
 
-from sda.config import ADM_256_UNCOND
+from sda.models.adm_flags import ADM_256_UNCOND, ADM_DEFAULTS
 from sda.models.diffusion import save_diffusion
 from sda.models.schedulers import ddpm_scheduler
 
-__all__ = ["ADM_DEFAULTS", "AdmCheckpointError", "adm_to_diffusers_state_dict", "adm_unet_config",
+__all__ = ["ADM_256_UNCOND", "ADM_DEFAULTS", "AdmCheckpointError", "adm_to_diffusers_state_dict", "adm_unet_config",
            "adm_unet_from_state_dict", "diffusers_to_adm_state_dict", "load_adm_unet", "load_projector"]
-
-# guided-diffusion's script_util.model_and_diffusion_defaults() (model part), same names.
-ADM_DEFAULTS: dict[str, Any] = {
-    "image_size": 64,
-    "num_channels": 128,
-    "num_res_blocks": 2,
-    "num_heads": 4,
-    "num_heads_upsample": -1,
-    "num_head_channels": -1,
-    "attention_resolutions": "16,8",
-    "channel_mult": "",
-    "dropout": 0.0,
-    "class_cond": False,
-    "use_checkpoint": False,
-    "use_scale_shift_norm": True,
-    "resblock_updown": False,
-    "use_fp16": False,
-    "use_new_attention_order": False,
-    "learn_sigma": False,
-}
 
 WHERE_TO_GET = ("guided-diffusion checkpoints (e.g. 256x256_diffusion_uncond.pt) are published with "
                 "https://github.com/openai/guided-diffusion; download them once and point params at the file")

@@ -45,6 +45,10 @@ __all__ = [
     "train_classifier",
 ]
 
+# a classifier folder (save_classifier / load_classifier): its weights and its config (arch, classes, preprocessing)
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+
 
 class SmallCNN(nn.Module):
     """Three conv blocks (conv-BN-ReLU x2, max-pool) and a linear head.
@@ -267,8 +271,8 @@ def save_classifier(model: nn.Module, out_dir: str | Path, config: dict[str, Any
             raise ValueError(f"classifier config needs {k!r}")
     with atomic_dir(out_dir) as tmp:
         state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-        save_file(state, str(tmp / "model.safetensors"))
-        atomic_write_json(tmp / "config.json", config)
+        save_file(state, str(tmp / WEIGHTS))
+        atomic_write_json(tmp / CONFIG, config)
 
 
 @dataclass
@@ -319,12 +323,12 @@ def final_linear(module: nn.Module) -> nn.Linear:
 def load_classifier(model_dir: str | Path, device: torch.device | str = "cpu") -> Classifier:
     """Inverse of :func:`save_classifier`: the :class:`Classifier` (its module in eval mode on ``device``)."""
     model_dir = Path(model_dir)
-    cfg_path = model_dir / "config.json"
+    cfg_path = model_dir / CONFIG
     if not cfg_path.is_file():
         raise FileNotFoundError(f"{cfg_path} is missing: run the stage that trains this classifier first")
     config = json.loads(cfg_path.read_text())
     model = create_classifier(config["arch"], config["num_classes"], **config["kwargs"])
-    model.load_state_dict(load_file(str(model_dir / "model.safetensors")))
+    model.load_state_dict(load_file(str(model_dir / WEIGHTS)))
     return Classifier(model.to(device).eval(), config)
 
 

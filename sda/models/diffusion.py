@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict
 
 from sda.io.atomic import atomic_dir, atomic_write_json
 
-__all__ = ["DiffusionInfo", "build_unet", "generator_weights", "load_diffusion", "save_diffusion"]
+__all__ = ["DiffusionInfo", "build_unet", "generator_weights", "load_diffusion", "save_diffusion", "unet_weights"]
 
 INFO = "info.json"
 
@@ -114,7 +114,14 @@ def load_diffusion(model_dir: str | Path, device: torch.device | str = "cpu") ->
     return unet, DDPMScheduler.from_pretrained(Path(model_dir) / "scheduler"), info
 
 
+WEIGHTS = "diffusion_pytorch_model.safetensors"  # diffusers' file name of a model's weights
+
+
+def unet_weights(model_dir: str | Path) -> Path:
+    """The weights file of a diffusion model folder's UNet (the projector): what identifies it."""
+    return Path(model_dir) / "unet" / WEIGHTS
+
+
 def generator_weights(model_dir: str | Path, info: DiffusionInfo) -> Path:
     """The weights file that identifies the class-conditional generator of a diffusion model folder."""
-    sub = "dit/transformer" if info.generator == "dit" else "unet"
-    return Path(model_dir) / sub / "diffusion_pytorch_model.safetensors"
+    return Path(model_dir) / "dit" / "transformer" / WEIGHTS if info.generator == "dit" else unet_weights(model_dir)

@@ -52,6 +52,7 @@ from sda.relabel.report import BatchReport, class_grid, write_report
 from sda.relabel.store import (LABEL_SCHEMA, QUARANTINE_SCHEMA, MonitorRow, commit_batch, committed_hashes,
                                read_table, remove_stale_temps)
 from sda.runtime import derive_seed
+from sda.layout import SourceClasses
 
 __all__ = ["Lineage", "RelabelJob", "batch_id_of"]
 
@@ -167,7 +168,7 @@ class RelabelJob:
             self._remove([it for it in sc.known if it.sha256 in quarantined
                           and (it.link or (files / safe_file_name(it.source, it.sha256)).is_file())])
         for folder, reason in sc.unlisted:
-            log.warning("inbox folder %s not scanned: %s", folder or ".", reason)
+            log.warning("inbox folder %s not read: %s", folder or ".", reason)
         log.info("inbox %s: %d new image(s), %d already done, %d duplicate(s), %d too new, %d not images, "
                  "%d refused before decoding, %d symlink(s), %d folder(s) not listed", self.inbox, len(sc.items),
                  len(labelled) + len(quarantined), sc.duplicates, len(sc.too_new), len(sc.ignored),
@@ -291,7 +292,7 @@ class RelabelJob:
 
     @functools.cached_property
     def class_names(self) -> list[str]:
-        return json.loads(Path(self.models["classes"]).read_text())["names"]
+        return SourceClasses.read(self.models["classes"]).names
 
     # -- work ------------------------------------------------------------------------------------
     def process(self, batch: list[InboxItem]) -> BatchReport:

@@ -5,7 +5,6 @@ an image gets the same label alone or among any others (docs/streams.md)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Sequence
 
@@ -13,7 +12,7 @@ import numpy as np
 import torch
 
 from sda.config import GuardParams, Params, Projection, Streams
-from sda.layout import MODELS
+from sda.layout import MODELS, SourceClasses
 from sda.method.projector import Projector
 from sda.method.catalog import MethodContext, StreamInputs, build_method
 from sda.method.scoring import fell_back, sda_logits
@@ -48,7 +47,7 @@ class SdaPredictor:
         projection = projection.model_copy(update={"per_sample_norm": True})
         self.projector = Projector(models["projector"] if projection.method == "distilled" else models["diffusion"],
                                    projection, self.device)
-        self.class_names: list[str] = json.loads(Path(models["classes"]).read_text())["names"]
+        self.class_names: list[str] = SourceClasses.read(models["classes"]).names
 
     @torch.no_grad()
     def predict(self, images: np.ndarray, seeds: Sequence[int]) -> tuple[dict[str, np.ndarray], np.ndarray]:

@@ -41,7 +41,7 @@ def test_a_new_class_table_starts_as_the_null_class_and_round_trips(tmp_path):
 def test_adm_and_dit_are_set_together():
     raw = {"profile": "folder", "folder": {"source_dir": "images", "dit": "models/dit"}}
     with pytest.raises(ParamsError, match="folder.adm_checkpoint and folder.dit .* set both"):
-        parse_params(raw)
+        parse_params(raw).folder
     raw["folder"]["adm_checkpoint"] = "models/adm.pt"
     assert parse_params(raw).folder.pretrained
 

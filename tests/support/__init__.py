@@ -1,6 +1,7 @@
 """What the tests share (and ``bench/`` reuses): repository copies and commands (:mod:`.repo`),
 generated data sets (:mod:`.datasets`), tiny models of the paper's architectures (:mod:`.tiny_models`),
-torch's process-wide settings put back (:mod:`.torch_state`)."""
+torch's process-wide settings put back (:mod:`.torch_state`), stream batches for the test-time methods'
+tests (:mod:`.methods`, imported from there: it imports the method registry)."""
 
 from tests.support.datasets import (IMAGENET_CORRUPTIONS, SHAPES, WNIDS, colour_classes, make_digits_set,
                                     make_folder_set, make_imagenet_assets)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-# guided-diffusion's flags of a tiny ADM (32 px); ADM_256_UNCOND (sda.config) is the paper's
+# guided-diffusion's flags of a tiny ADM (32 px); ADM_256_UNCOND (sda.models.adm_flags) is the paper's
 ADM_TINY_FLAGS = {"image_size": 32, "num_channels": 32, "num_res_blocks": 1, "num_head_channels": 16,
                   "attention_resolutions": "8", "channel_mult": "1,2,2", "learn_sigma": True,
                   "resblock_updown": True, "use_scale_shift_norm": True, "class_cond": False}

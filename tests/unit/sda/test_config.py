@@ -27,9 +27,21 @@ def test_empty_mapping_gives_defaults():
 def test_code_defaults_are_params_yaml():
     """One source: params.yaml lists every parameter, each at the pydantic default, so the pipeline,
     a notebook's ``Params()`` and the docs cannot disagree."""
+    from sda.domains import domain_names
+    from sda.method.catalog import get_method, method_names
+
+    def resolved(p: Params) -> dict:
+        """Every section, the domains' and the methods' read through their models (defaults filled in)."""
+        out = p.model_dump(mode="json")
+        out.update({d: p.domain_section(d).model_dump(mode="json") for d in domain_names()})
+        sections = {get_method(m).section_name for m in method_names()} - {None}
+        out["streams"].update({s: p.streams.method_params(s).model_dump(mode="json") for s in sections})
+        return out
+
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    defaults = Params().model_dump(mode="json")
-    from_yaml = parse_params({**raw, "profiles": {}}).model_dump(mode="json")
+    defaults = resolved(Params())
+    from_yaml = resolved(parse_params({**raw, "profiles": {}}))
+    assert set(raw) == set(defaults), "params.yaml's sections differ from sda/config.py's and the domains'"
     for section, values in defaults.items():
         if section in ("profile", "profiles"):
             continue
@@ -102,7 +114,7 @@ def test_profile_override_errors_are_named():
     with pytest.raises(ParamsError, match=r"projection: .*N=500"):
         parse_params({"profile": "imagenet", "profiles": {"imagenet": {"projection": {"N": 500}}}})
     with pytest.raises(ParamsError, match=r"imagenet\.severities"):
-        parse_params({"imagenet": {"severities": [7]}})
+        domain_for(parse_params({"imagenet": {"severities": [7]}}))
 
 
 def test_a_params_file_names_the_active_profile_under_profiles(tmp_path):
@@ -130,26 +142,47 @@ def test_the_old_source_data_section_says_where_it_went():
         parse_params({"source_data": {"image_size": 16}})
 
 
-def test_a_domain_section_is_validated_by_its_domains_model():
+def test_a_domain_section_is_validated_by_its_domains_model_when_read():
     p = parse_params({"imagenet": {"finetune_lr": "1e-4"}})
     assert type(p.imagenet).__name__ == "ImageNet" and p.imagenet.finetune_lr == 1e-4
     assert p.embedded == parse_params({}).embedded  # absent: the domain's defaults
+    bad = parse_params({"folder": {"image_size": 20}})  # kept as written until read
     with pytest.raises(ParamsError, match=r"folder\.image_size: .*multiple of 8"):
-        parse_params({"folder": {"image_size": 20}})
+        bad.folder
+    with pytest.raises(ParamsError, match=r"folder\.image_size: .*multiple of 8"):
+        domain_for(bad)  # the registry checks every domain's section, the profile's or not
     with pytest.raises(ParamsError, match=r"cells: unknown parameter"):
-        parse_params({"cells": {"image_size": 16}})  # no domain registers it
+        parse_params({"cells": {"image_size": 16}})  # no domain module of that name
+    for support in ("digits", "check", "registry"):  # modules of sda/domains that are not domains
+        with pytest.raises(ParamsError, match=rf"{support}: unknown parameter"):
+            parse_params({support: {}})
 
 
-def test_without_the_domains_their_sections_pass_as_written_and_a_typo_still_fails():
-    """A stage that reads no domain does not import them (its code deps stay small): the domains'
-    sections are then kept as written, and any other unknown top-level key is still an error."""
-    code = ("import yaml\nfrom sda.config import ParamsError, load_params, parse_params\n"
-            "p = load_params('params.yaml')\n"
-            "print(dict(p.model_extra['imagenet']) == yaml.safe_load(open('params.yaml'))['imagenet'])\n"
-            "try:\n    p.imagenet.image_size\nexcept AttributeError as err:\n    print(err)\n"
-            "try:\n    parse_params({'projecton': {}})\nexcept ParamsError as err:\n    print(err)\n")
+def test_a_section_reads_the_same_whatever_was_imported_first():
+    """The params of one file are the same object whether or not the domains and the methods were imported
+    before they were read: their sections as written, validated by the registry that reads them."""
+    code = ("import sys, yaml\nfrom sda.config import ParamsError, load_params, parse_params\n"
+            "first = load_params('params.yaml')\n"
+            "assert 'sda.domains' not in sys.modules and 'torch' not in sys.modules\n"
+            "try:\n    first.imagenet.image_size\nexcept AttributeError as err:\n    print(err)\n"
+            "try:\n    parse_params({'projecton': {}})\nexcept ParamsError as err:\n    print(err)\n"
+            "import sda.domains, sda.method.catalog\n"
+            "second = load_params('params.yaml')\n"
+            "print(first == second, first.model_dump_json() == second.model_dump_json())\n"
+            "print(first.imagenet == second.imagenet, dict(first.model_extra['imagenet']) == yaml.safe_load(open('params.yaml'))['imagenet'])\n"
+            "print(first.streams.method_params('tent') == second.streams.method_params('tent'))\n")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.splitlines()[0] == "True"
-    assert "`import sda.domains`" in r.stdout.splitlines()[1]
-    assert "projecton: unknown parameter" in r.stdout
+    lines = r.stdout.splitlines()
+    assert "`import sda.domains`" in lines[0]
+    assert "projecton: unknown parameter" in lines[1]
+    assert lines[2:] == ["True True", "True True", "True"]
+
+
+def test_a_method_section_is_checked_by_the_registry_that_builds_it():
+    s = parse_params({"streams": {"tent": {"lr": -1}, "windo": 32}}).streams  # kept as written
+    with pytest.raises(ParamsError, match=r"streams\.tent\.lr"):
+        s.method_params("tent")
+    with pytest.raises(ParamsError, match=r"streams\.windo: unknown parameter"):
+        s.check_method_sections()
+    assert parse_params({}).streams.method_params("tent") == parse_params({"streams": {"tent": {}}}).streams.method_params("tent")

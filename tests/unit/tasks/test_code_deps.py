@@ -140,7 +140,8 @@ def test_imports_run_down_the_layers_without_a_circle():
 
 def test_config_is_a_leaf():
     """sda/config.py checks the params' shape; which profiles exist is the domain registry's."""
-    assert import_closure("sda.config") == ["sda/__init__.py", "sda/config.py"]
+    assert import_closure("sda.config") == ["sda/__init__.py", "sda/config.py", "sda/plugins.py"]
+    assert import_closure("sda.plugins") == ["sda/__init__.py", "sda/plugins.py"]
 
 
 def test_a_stage_depends_on_the_domains_only_if_it_imports_them():
@@ -164,12 +165,12 @@ def test_a_stage_module_imports_no_model_library_at_the_top():
 
 
 def test_a_stage_that_imports_the_domains_depends_on_every_domain_module():
-    """sda/domains/__init__.py imports every module of its package but NOT_DOMAINS: a new domain's module
-    is a code dep of the stages that read domains without any other file naming it."""
-    from sda.domains import NOT_DOMAINS
-    from tasks.code_deps import _module_tuple
+    """sda/domains/__init__.py imports every module of its package but the support ones sda.plugins lists:
+    a new domain's module is a code dep of the stages that read domains without any other file naming it."""
+    import sda.domains
+    from sda.plugins import plugin_modules
 
-    assert _module_tuple(ROOT / "sda" / "domains" / "__init__.py", "NOT_DOMAINS") == NOT_DOMAINS
+    assert set(sda.domains.domain_names()) >= set(plugin_modules("sda.domains"))
     modules = {f"sda/domains/{p.name}" for p in (ROOT / "sda" / "domains").glob("*.py")}
     deps = set(stage_code_deps("source_data"))
     assert modules - deps == {"sda/domains/check.py"}

@@ -1,10 +1,9 @@
 """diffusion_finetune's probe: checkpoints scored by the source model on a fixed seeded probe set,
-the best one kept, training extended past train_steps while the score is under its target; the
-training bytes unchanged by the probing itself."""
+the best one kept, training extended past train_steps while the score is under its target (the
+training bytes unchanged by the probing itself: tests/unit/sda/models/test_training.py)."""
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 
@@ -19,52 +18,11 @@ from sda.method.diagnostics import alignment_warnings, probe_plan, probe_score
 from sda.method.sampling import sample_class_conditional
 from sda.models.classifiers import create_classifier, load_classifier, save_classifier, train_classifier
 from sda.models.diffusion import load_diffusion
-from sda.models.training import random_batches, train_epsilon
 from tasks.diffusion_finetune import run
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
 TINY_UNET = {"block_out_channels": (8, 16), "attention_levels": (False, True), "norm_num_groups": 4,
              "batch_size": 16, "lr": 3e-3, "ema_decay": 0.9}
-
-
-def _colour_batches(seed: int):
-    x, y = colour_classes(64, 0)
-    gen = torch.Generator().manual_seed(seed)
-    return random_batches(x, y, 16, gen), gen
-
-
-def _train(unet, scheduler, **kw):
-    batches, gen = _colour_batches(0)
-    return train_epsilon(unet, scheduler, batches, steps=12, lr=3e-3, seed=0, generator=gen, null_label=3,
-                         null_label_prob=0.2, warmup_steps=2, ema_decay=0.9, **kw)
-
-
-def test_checkpoints_see_the_ema_weights_and_leave_training_unchanged(tiny_unet, scheduler):
-    plain = copy.deepcopy(tiny_unet)
-    _train(plain, scheduler)
-    seen: list[tuple[int, bool, torch.Tensor]] = []
-
-    def callback(step, model):
-        # a probe samples with its own generators (and runs the model) between training steps
-        g = sample_class_conditional(model, scheduler, [0, 1], [1, 2], null_label=3, steps=3)
-        seen.append((step, model.training, g))
-        return False
-
-    probed = copy.deepcopy(tiny_unet)
-    losses = _train(probed, scheduler, checkpoint_every=5, on_checkpoint=callback)
-    assert len(losses) == 12 and [s for s, *_ in seen] == [5, 10, 12]  # each interval, and the last step
-    assert not any(training for _, training, _ in seen)
-    for (k, a), b in zip(plain.state_dict().items(), probed.state_dict().values()):
-        assert torch.equal(a, b), k  # bit-identical training with and without the probe
-    # the last checkpoint saw the weights the model ends with (the EMA ones)
-    final = sample_class_conditional(probed, scheduler, [0, 1], [1, 2], null_label=3, steps=3)
-    assert torch.equal(seen[-1][2], final)
-
-
-def test_a_checkpoint_can_stop_training(tiny_unet, scheduler):
-    steps = []
-    losses = _train(tiny_unet, scheduler, checkpoint_every=4, on_checkpoint=lambda s, m: steps.append(s) or s == 8)
-    assert len(losses) == 8 and steps == [4, 8] and not tiny_unet.training
 
 
 def test_probe_plan_is_fixed_and_class_major():

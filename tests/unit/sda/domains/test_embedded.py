@@ -1,42 +1,49 @@
+"""The built-in domain: the digits split and sharded with their class list, the same bytes for a seed, and
+their target domains in the order the params name them."""
+
+from __future__ import annotations
+
 import numpy as np
-import pytest
 
-from sda.config import CORRUPTIONS
-from sda.domains.corruptions import available_corruptions, corrupt_images
-from sda.domains.digits import render_digits, split_digits
-
-
-def test_render_is_deterministic_and_shaped():
-    a, y = render_digits(16, 1, 0.35, seed=3)
-    b, _ = render_digits(16, 1, 0.35, seed=3)
-    c, _ = render_digits(16, 1, 0.35, seed=4)
-    assert a.shape == (1797, 16, 16, 3) and a.dtype == np.uint8
-    assert np.array_equal(a, b) and not np.array_equal(a, c)
-    assert sorted(set(y.tolist())) == list(range(10))
+from sda.config import parse_params
+from sda.domains import domain_for
+from sda.io.shards import load_shards
+from sda.io.target_index import TargetIndex
+from sda.layout import SourceClasses
 
 
-def test_split_is_stratified_and_disjoint():
-    x, y = render_digits(16, 1, 0.35, seed=0)
-    s = split_digits(x, y, val_fraction=0.1, test_fraction=0.3, seed=0)
-    assert {k: len(v.labels) for k, v in s.items()} == {"train": 1077, "val": 180, "test": 540}
-    idx = [set(v.index.tolist()) for v in s.values()]
-    assert not (idx[0] & idx[1]) and not (idx[0] & idx[2]) and not (idx[1] & idx[2])
-    counts = np.bincount(s["test"].labels, minlength=10)
-    assert counts.min() >= 50 and counts.max() <= 58  # ~54 per class
+def _params(**embedded):
+    return parse_params({"embedded": {"image_size": 8, **embedded},
+                         "target_data": {"corruptions": ["gaussian_noise"], "shard_maxcount": 1000}})
 
 
-@pytest.mark.parametrize("name", CORRUPTIONS)
-def test_every_corruption_runs_deterministically_at_16px(name):
-    x, _ = render_digits(16, 1, 0.35, seed=0)
-    x = x[:6]
-    a = corrupt_images(x, name, 5, seed=1)
-    b = corrupt_images(x[:2], name, 5, seed=1)
-    assert a.shape == x.shape and a.dtype == np.uint8
-    assert np.array_equal(a[:2], b)  # per-image seeding: independent of batch composition
-    assert not np.array_equal(a, x)
+def test_the_source_is_split_sharded_and_named_and_a_seed_gives_the_same_images(tmp_path):
+    params = _params(test_fraction=0.3, val_fraction=0.1)
+    domain = domain_for(params)
+    counts = domain.write_source(params, tmp_path / "a")
+    assert set(counts) == {"train", "val", "test"} and sum(counts.values()) == 1797  # scikit-learn's digits
+    assert abs(counts["test"] / 1797 - 0.3) < 0.01 and abs(counts["val"] / 1797 - 0.1) < 0.01
+    assert SourceClasses.in_folder(tmp_path / "a").names == [str(d) for d in range(10)]
+    test = load_shards(tmp_path / "a" / "test")
+    assert test.images.shape == (counts["test"], 8, 8, 3) and test.images.dtype == np.uint8
+    assert set(np.unique(test.labels)) == set(range(10))
+    domain.write_source(params, tmp_path / "b")
+    assert np.array_equal(load_shards(tmp_path / "b" / "test").images, test.images)
+    other = parse_params({**params.model_dump(), "embedded": {"image_size": 8}, "runtime": {"seed": 1}})
+    domain.write_source(other, tmp_path / "c")
+    assert not np.array_equal(load_shards(tmp_path / "c" / "test").images[:50], test.images[:50])
 
 
-def test_unknown_corruption():
-    assert set(CORRUPTIONS) <= set(available_corruptions())
-    with pytest.raises(ValueError, match="unknown corruption"):
-        corrupt_images(np.zeros((1, 8, 8, 3), np.uint8), "glitter", 5, 0)
+def test_the_targets_are_clean_then_each_corruption_of_the_params_split(tmp_path):
+    params = _params()
+    domain = domain_for(params)
+    domain.write_source(params, tmp_path / "source")
+    assert domain.write_targets(params, tmp_path / "source", tmp_path / "targets") == ["clean", "gaussian_noise"]
+    index = TargetIndex.read(tmp_path / "targets")
+    assert index.domains == ("clean", "gaussian_noise") and index.in_mean == ("gaussian_noise",)
+    clean = load_shards(tmp_path / "targets" / "clean")
+    noisy = load_shards(tmp_path / "targets" / "gaussian_noise")
+    test = load_shards(tmp_path / "source" / "test")
+    assert np.array_equal(clean.images, test.images) and np.array_equal(noisy.labels, test.labels)
+    assert not np.array_equal(noisy.images, test.images)
+    assert domain.image_size(params) == 8 and domain.severities(params) == [params.target_data.severity]

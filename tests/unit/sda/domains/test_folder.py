@@ -146,7 +146,7 @@ def test_every_way_the_folder_can_be_wrong_names_the_key_and_path(images, tmp_pa
                                            (36, "multiple of 8")])
 def test_image_size_out_of_range_is_a_params_error(size, message):
     with pytest.raises(ParamsError, match=rf"folder.image_size: .*{message}"):
-        _params({"source_dir": "x", "image_size": size})
+        domain_for(_params({"source_dir": "x", "image_size": size}))
 
 
 def test_the_folder_profile_needs_its_source_dir():

@@ -1,28 +1,16 @@
-"""The same picture by its pixels or as a near copy (sda.io.image_identity), and high bit depths decoded by
-the file's range (sda.io.images): real encoders, real files' bytes."""
+"""The same picture by its pixels or as a near copy (sda.io.image_identity): real encoders, real files' bytes."""
 
 from __future__ import annotations
 
-import io
-import struct
-import zlib
-
 import numpy as np
-import pytest
-import tifffile
 from PIL import Image
 
 from sda.io.image_identity import NearIndex, fingerprint, near_distances
-from sda.io.images import FOLDER_FORMATS, center_crop_arr, decode_image, png_significant_bits
+from sda.io.images import FOLDER_FORMATS, decode_image
 from tests.support.datasets import SHAPES, _printed_digit, _shape_image
+from tests.support.images import encode as _encode
 
 LIMIT = 50_000_000
-
-
-def _encode(img: Image.Image, fmt: str, **kw) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, fmt, **kw)
-    return buf.getvalue()
 
 
 def _decode(data: bytes) -> Image.Image:
@@ -70,55 +58,3 @@ def test_printed_digits_of_two_classes_on_like_paper_are_not_near_copies():
         for b in threes:
             bits, rmse, ncc = near_distances(a, b)
             assert not (bits <= 10 and rmse <= 6 and ncc >= 0.9), (bits, rmse, ncc)
-
-
-def _png_with_sbit(arr: np.ndarray, bits: int) -> bytes:
-    """A 16-bit PNG of ``arr`` (greyscale or RGB) with an sBIT chunk of ``bits`` inserted after IHDR."""
-    data = _encode(Image.fromarray(arr), "PNG") if arr.ndim == 2 else _rgb16_png(arr)
-    channels = 1 if arr.ndim == 2 else 3
-    body = b"sBIT" + bytes([bits] * channels)
-    chunk = struct.pack(">I", channels) + body + struct.pack(">I", zlib.crc32(body))
-    return data[:33] + chunk + data[33:]  # 8-byte signature + 25-byte IHDR chunk
-
-
-def _rgb16_png(arr: np.ndarray) -> bytes:
-    """A 16-bit RGB PNG (Pillow writes none: OpenCV does)."""
-    import cv2
-
-    ok, enc = cv2.imencode(".png", np.ascontiguousarray(arr[..., ::-1]))
-    assert ok
-    return enc.tobytes()
-
-
-@pytest.mark.parametrize("channels", [1, 3])
-def test_12_bit_data_in_16_bits_is_scaled_by_the_png_sbit(channels):
-    rng = np.random.default_rng(0)
-    shape = (24, 24) if channels == 1 else (24, 24, 3)
-    twelve = rng.integers(0, 4096, shape).astype(np.uint16)
-    twelve.flat[0], twelve.flat[1] = 0, 4095
-    data = _png_with_sbit(twelve, 12)
-    assert png_significant_bits(data) == 12
-    got = np.asarray(_decode(data)).astype(int)
-    want = (twelve.astype(int) * 255 + 2047) // 4095
-    assert np.abs(got - want).max() <= 1 and got.max() == 255
-    plain = np.asarray(_decode(_encode(Image.fromarray(twelve), "PNG"))) if channels == 1 else None
-    if plain is not None:  # without sBIT: read as 16-bit, nearly black (the check warns), not stretched
-        assert plain.max() <= 16
-
-
-def test_integer_images_are_never_stretched_per_image():
-    """Two 32-bit TIFFs of one scene at different exposures keep their difference; a 16-bit image too."""
-    scene = np.linspace(0, 1, 32 * 32).reshape(32, 32)
-    means = []
-    for exposure in (0.25, 1.0):
-        buf = io.BytesIO()
-        tifffile.imwrite(buf, (scene * exposure * (2**32 - 1)).astype(np.uint32))
-        means.append(np.asarray(_decode(buf.getvalue())).mean())
-    assert abs(means[1] / means[0] - 4) < 0.1, means
-    dim16 = (scene * 0.25 * 65535).astype(np.uint16)
-    assert abs(np.asarray(_decode(_encode(Image.fromarray(dim16), "PNG"))).max() - 64) <= 1
-
-
-def test_a_greyscale_image_resized_as_l_gives_the_pixels_of_its_rgb_copy():
-    grey = Image.fromarray(np.random.default_rng(0).integers(0, 256, (77, 131), np.uint8))
-    assert np.array_equal(center_crop_arr(grey, 32), center_crop_arr(grey.convert("RGB"), 32))

@@ -196,27 +196,3 @@ def test_an_unreachable_scheduler_fails_within_the_timeout_naming_the_address(mo
             run_shard_jobs(tmp_path, plan_jobs(4, 2, "synth"), _make(model_dir), plan={}, scheduler=address)
     assert time.perf_counter() - t0 < 30
     assert not list(tmp_path.rglob("*.tar")) and not (tmp_path / "manifest.json").exists()
-
-
-@pytest.mark.slow
-def test_local_workers_start_with_the_fast_settings_and_slow_ones_are_named():
-    """dask's defaults (a malloc tunable in the worker's environment, a 10 ms profiler) halve torch's
-    CPU speed in a worker (bench/dask_scaling.py); our local clusters start without them, and
-    workers that have them get a warning that says how to start them."""
-    import logging
-
-    from sda.io.cluster import DASK_WORKER_CONFIG, _warn_slow_workers, dask_client, worker_settings
-
-    with dask_client(1) as c:
-        assert list(c.run(worker_settings).values()) == [DASK_WORKER_CONFIG]
-        c.run(lambda: os.environ.update(MALLOC_TRIM_THRESHOLD_="65536"))  # as a plain `dask worker` has it
-        records = []
-        handler = logging.Handler()
-        handler.emit = records.append
-        logging.getLogger("sda.io.cluster").addHandler(handler)
-        try:
-            _warn_slow_workers(c)
-        finally:
-            logging.getLogger("sda.io.cluster").removeHandler(handler)
-    assert len(records) == 1, records
-    assert "1 of 1 dask workers" in records[0].getMessage() and "python -m sda.io.dask_worker" in records[0].getMessage()

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from sda.method.report import paired_markdown, projection_grid, results_markdown
+from sda.method.report import results_markdown
 from sda.method.scoring import MAIN_METHODS, method_predictions, paired_comparison, summarise
 
 
@@ -46,13 +46,6 @@ def test_summarise_averages_corruptions_only():
         summarise({"clean": per["clean"]}, ["fog"])
 
 
-def test_projection_grid_layout():
-    rows = {d: (np.zeros((3, 16, 16, 3), np.uint8), np.full((3, 16, 16, 3), 255, np.uint8)) for d in ("a", "b")}
-    img = projection_grid(rows, upscale=2)
-    assert img.mode == "RGB"
-    assert img.height == 4 * (32 + 2) + 2  # two domains x (original, projected) rows
-
-
 def test_paired_comparison_counts_the_discordant_images_and_tests_them():
     a = np.array([True] * 12 + [False] * 2 + [True] * 80 + [False] * 106)   # 200 images
     b = np.array([False] * 12 + [True] * 2 + [True] * 80 + [False] * 106)
@@ -77,21 +70,6 @@ def test_paired_comparison_counts_the_discordant_images_and_tests_them():
     assert (big["gained"], big["lost"]) == (25000, 20000) and 0 < big["p"] < 1e-100
     with pytest.raises(ValueError, match="equal, non-empty"):
         paired_comparison(a, b[:10])
-
-
-def test_paired_markdown_rows_for_target_folders_and_a_count_for_corruptions():
-    win = paired_comparison(np.array([True] * 30 + [False] * 70), np.array([False] * 100))
-    tie = paired_comparison(np.array([True, False] * 50), np.array([False, True] * 50))
-    paired = {"domains": {"scans": {"sda_vs_source": tie, "sda_vs_dda": win},
-                          "fog": {"sda_vs_source": win, "sda_vs_dda": tie},
-                          "snow": {"sda_vs_source": win, "sda_vs_dda": tie}},
-              "corruptions": ["fog", "snow"]}
-    md = paired_markdown(paired)
-    assert "| scans | +0.0 [" in md and "+30.0 [" in md and "fog |" not in md
-    assert "On the 2 corruptions: SDA above Source on 2, below on 0; above DDA on 0, below on 0" in md
-    metrics = {"domains": {"scans": {m: 1.0 for m in MAIN_METHODS}}, "mean": {m: 1.0 for m in MAIN_METHODS},
-               "paired": paired}
-    assert md in results_markdown(metrics)
 
 
 def _colour_model(scale: float):

@@ -1,4 +1,4 @@
-"""guided-diffusion (ADM) checkpoints in diffusers: key mapping, the QKV head order, flags, scheduler."""
+"""guided-diffusion (ADM) checkpoints in diffusers: key mapping, the QKV head order, flags."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import torch
 from diffusers import UNet2DModel
 
 from sda.models.adm import (AdmCheckpointError, adm_to_diffusers_state_dict, adm_unet_config, adm_unet_from_state_dict, diffusers_to_adm_state_dict, load_adm_unet)
-from sda.models.schedulers import ddpm_scheduler
 
 # small configs of the real architecture: resnet up/down + scale-shift (the ADM-256 uncond shape),
 # conv resampling + additive time embedding + classes + num_heads instead of head channels
@@ -91,16 +90,6 @@ def test_wrong_flags_fail_with_the_key_lists():
         adm_unet_from_state_dict({k: v for k, v in adm.items() if not k.startswith("out.")}, **cfg)
     with pytest.raises(ValueError, match="unknown guided-diffusion model flag"):
         adm_unet_config(num_chanels=8)
-
-
-def test_scheduler_timesteps_are_guided_diffusions_space_timesteps():
-    s = ddpm_scheduler(learn_sigma=True)
-    s.set_timesteps(100)
-    ts = sorted(s.timesteps.tolist())
-    assert ts == [round(i * 999 / 99) for i in range(100)]  # space_timesteps(1000, "100")
-    assert ts[:7] == [0, 10, 20, 30, 40, 50, 61] and ts[-1] == 999
-    assert s.config.variance_type == "learned_range" and s.config.clip_sample
-    assert abs(float(s.betas[0]) - 1e-4) < 1e-9 and abs(float(s.betas[-1]) - 0.02) < 1e-9
 
 
 @pytest.mark.slow

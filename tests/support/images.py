@@ -1,0 +1,25 @@
+"""Image files made in memory for the tests of decoding, the inbox and picture identity."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image
+
+
+def encode(img: Image.Image, fmt: str, **kw) -> bytes:
+    """``img`` saved as ``fmt`` (PIL's format name and options), the file's bytes."""
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def png_bytes(arr: np.ndarray, mode: str | None = None) -> bytes:
+    """The PNG file of the array ``arr`` (uint8 HxW or HxWx3/4; ``mode``: PIL's, where it differs)."""
+    return encode(Image.fromarray(arr, mode=mode), "PNG")
+
+
+def rgb(seed: int = 0, size: int = 20) -> np.ndarray:
+    """A random uint8 RGB image (size, size, 3)."""
+    return np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
