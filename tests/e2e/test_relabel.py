@@ -28,7 +28,7 @@ from tests.support.torch_state import torch_state_kept
 from sda.io.atomic import sha256_file
 from sda.io.shards import iter_samples
 from sda.relabel.store import committed_hashes, part_files, read_table
-from tests.unit.sda.relabel.test_inbox import huge_header_png, png_bytes
+from tests.support.images import huge_header_png, png_bytes
 
 pytestmark = pytest.mark.slow
 

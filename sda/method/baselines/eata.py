@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import math
+import weakref
 
 import numpy as np
 import torch
@@ -76,7 +77,9 @@ class Eata(ModelAdapter):
     """EATA; ``selected`` counts the images that entered a loss, ``steps`` the updates. ``fishers``:
     :func:`fisher_information` computed once per source model and batch size (not a stream's cost)."""
 
-    _fisher_cache: dict[tuple, dict] = {}
+    # per source module (weakly: a freed module's entry goes with it, and a new module at its address
+    # cannot read it), then per (images, batch size, split): the Fisher of the last such setting
+    _fisher_cache: "weakref.WeakKeyDictionary[torch.nn.Module, dict[tuple, dict]]" = weakref.WeakKeyDictionary()
 
     def __init__(self, classifier, *, params: EataParams, window: int, device="cpu",
                  source_images: np.ndarray | None = None, batch_size: int = 64):
@@ -89,11 +92,12 @@ class Eata(ModelAdapter):
         self.fishers = None
         self.fisher_count = 0 if source_images is None else len(source_images)
         if params.fisher_alpha > 0 and source_images is not None:
-            key = (id(classifier.module), len(source_images), batch_size, params.fisher_split)
-            if key not in self._fisher_cache:
-                self._fisher_cache.clear()
-                self._fisher_cache[key] = fisher_information(self, source_images, max(batch_size, 2))
-            self.fishers = self._fisher_cache[key]
+            key = (len(source_images), batch_size, params.fisher_split)
+            cached = self._fisher_cache.setdefault(classifier.module, {})
+            if key not in cached:
+                cached.clear()
+                cached[key] = fisher_information(self, source_images, max(batch_size, 2))
+            self.fishers = cached[key]
 
     def make_optimizer(self, params):
         return reference_sgd(params, self.p.lr, self.p.momentum)

@@ -57,9 +57,10 @@ class Memo:
 
     def one(self, image: np.ndarray, key: str) -> torch.Tensor:
         """uint8 (H, W, 3) -> logits (C,) of the model adapted to this image alone."""
-        torch.manual_seed(derive_seed(self.seed, "memo", key))
         chw = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
-        views = torch.stack([self.augment(chw) for _ in range(self.views)]).permute(0, 2, 3, 1).numpy()
+        with torch.random.fork_rng(devices=[]):  # AugMix draws from torch's global generator: seeded here, put back after
+            torch.manual_seed(derive_seed(self.seed, "memo", key))
+            views = torch.stack([self.augment(chw) for _ in range(self.views)]).permute(0, 2, 3, 1).numpy()
         # 1. marginal entropy over the augmented views (MEMO eq. 2)
         probs = self.model(to_model_input(views, **self.preprocessing, device=self.device)).softmax(1).mean(0)
         loss = -(probs * probs.clamp_min(1e-12).log()).sum()

@@ -17,20 +17,9 @@ from PIL import Image
 from sda.io.images import (FOLDER_FORMATS, BadImage, center_crop_arr, check_file_size, decode_image,
                            png_significant_bits, read_image, to_uint8, to_unit_range)
 
-from tests.support.images import encode as _encode, png_bytes, rgb
+from tests.support.images import encode as _encode, huge_header_png, png_bytes, png_chunk, rgb
 
 LIMIT = 40_000_000
-
-
-def _chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-
-def huge_header_png(w: int = 50_000, h: int = 50_000) -> bytes:
-    """A valid PNG header that claims w x h pixels, with one row of data (a decompression bomb)."""
-    ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
-    idat = zlib.compress(b"\x00" + b"\x00" * 3 * 16)
-    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", idat) + _chunk(b"IEND", b"")
 
 
 def _decode(data: bytes) -> Image.Image:
@@ -199,9 +188,9 @@ def test_significant_bits_are_read_from_the_sbit_before_the_image_data_only():
     plain = png_bytes(rgb(size=4))
     assert png_significant_bits(plain) is None
     assert png_significant_bits(b"\xff\xd8\xff not a png") is None
-    after_idat = plain[:-12] + _chunk(b"sBIT", bytes([5, 5, 5])) + plain[-12:]  # before IEND, after IDAT
+    after_idat = plain[:-12] + png_chunk(b"sBIT", bytes([5, 5, 5])) + plain[-12:]  # before IEND, after IDAT
     assert png_significant_bits(after_idat) is None
-    mixed = plain[:33] + _chunk(b"sBIT", bytes([5, 10, 6])) + plain[33:]
+    mixed = plain[:33] + png_chunk(b"sBIT", bytes([5, 10, 6])) + plain[33:]
     assert png_significant_bits(mixed) == 10  # the largest over the channels
     assert png_significant_bits(mixed[:40]) is None  # cut inside the chunk: never read past the bytes
 

@@ -65,3 +65,16 @@ def test_the_margins_scale_with_the_classes(clf):
     wide = Classifier(create_classifier("sda_cnn3", 101, width=8).eval(), {**clf.config, "num_classes": 101})
     assert Eata(wide, params=EataParams(fisher_alpha=0.0), window=0).d_margin == 0.05  # its ImageNet value
     assert Eata(wide, params=EataParams(fisher_alpha=0.0, d_margin=0.3), window=0).d_margin == 0.3
+
+
+def test_the_fisher_is_computed_once_per_source_model_and_never_read_for_another(clf):
+    source = _images(40, seed=9)
+    params = EataParams()
+    first = Eata(clf, params=params, window=0, source_images=source, batch_size=16)
+    assert Eata(clf, params=params, window=0, source_images=source, batch_size=16).fishers is first.fishers  # cached
+    torch.manual_seed(5)
+    other = Classifier(create_classifier("sda_cnn3", 10, width=8).eval(), clf.config)
+    theirs = Eata(other, params=params, window=0, source_images=source, batch_size=16).fishers
+    assert theirs is not first.fishers
+    assert any(not torch.equal(theirs[n][0], first.fishers[n][0]) for n in theirs)
+    assert Eata(clf, params=params, window=0, source_images=source, batch_size=16).fishers is first.fishers  # kept

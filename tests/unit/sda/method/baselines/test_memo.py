@@ -25,3 +25,14 @@ def test_memo_draws_an_images_views_from_its_key(clf):
     assert torch.equal(memo(x, ["a"]), first)
     assert not torch.allclose(memo(x, ["b"]), first, atol=1e-6)  # other views: another step
     assert not torch.allclose(Memo(clf, lr=0.1, views=4, seed=1)(x, ["a"]), first, atol=1e-6)
+
+
+def test_memo_leaves_torchs_global_generator_as_it_found_it(clf):
+    """AugMix draws from torch's global generator: MEMO seeds its own draws and puts the state back, so what
+    runs after it in the process draws what it would have drawn."""
+    memo = Memo(clf, lr=0.1, views=4, seed=0)
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    memo(_images(2), ["a", "b"])
+    assert torch.equal(torch.rand(3), expected)
