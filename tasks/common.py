@@ -190,7 +190,8 @@ def _record_run(stage: str, exit_status: int, work: dict[str, float]) -> None:
         RUNS.mkdir(parents=True, exist_ok=True)
         atomic_write_json(StageRun.path(stage), StageRun(STARTED, exit_status, **work).as_dict())
     except OSError as err:
-        log.warning("stage %s: its run could not be recorded in %s (%s)", stage, RUNS, err.strerror or err)
+        what = "its outputs are complete, but its timing" if exit_status == 0 else "its exit status"
+        log.warning("stage %s: %s could not be recorded in %s (%s)", stage, what, RUNS, err.strerror or err)
 
 
 def write_training_metrics(stage: str, summary: dict[str, float | int], columns: list[str],

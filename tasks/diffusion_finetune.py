@@ -228,7 +228,7 @@ def run_pretrained(pre: PretrainedDiffusion, cfg: ImageNet | Folder, seed: int, 
                          seed=derive_seed(seed, "diffusion_finetune"), **which)
     if cfg.finetune_steps > 0:
         train_dir = source_dir / "train"
-        table = f"a new table of {len(classes['names'])} classes" if pre.new_class_table else "its ImageNet classes"
+        table = f"a new table of {len(classes.names)} classes" if pre.new_class_table else "its ImageNet classes"
         log.info("fine-tuning ADM (at %s px) and DiT (%s, at %s px) for %d steps of batch %d on %d source images",
                  adm.config.sample_size, table, dit_size or adm.config.sample_size, cfg.finetune_steps,
                  cfg.finetune_batch_size, read_manifest(train_dir)["count"])
