@@ -98,7 +98,7 @@ def main() -> None:
                 Image.fromarray(img).save(buf, format="PNG")
                 p.write_bytes(buf.getvalue())
             job = relabel_job(ROOT, params, inbox=str(inbox),  # as the CLI and the flow start a run
-                                 overrides={"labels": f"{tmp}/labels", "quarantine": f"{tmp}/q", "batch_size": bs,
+                              overrides={"labels": f"{tmp}/labels", "quarantine": f"{tmp}/q", "batch_size": bs,
                                          "min_age_seconds": 0})
             t0 = time.perf_counter()
             summary = run_job(job, lambda j, batch, i: j.process(batch))

@@ -328,23 +328,21 @@ def _section_errors(err: ValidationError, loc: tuple[str, ...]) -> list[dict[str
             for e in err.errors(include_url=False)]
 
 
-def _registered_sections(written: Mapping[str, Any] | None, models: Mapping[str, type[Section]], loc: tuple[str, ...],
-                         only: str | None = None) -> tuple[dict[str, Section], list[dict[str, Any]]]:
-    """The sections ``models`` declares (a registry's: the domains' or the methods'), each validated from
-    what ``written`` holds under its name (its defaults where absent), and the errors, located under
-    ``loc``; ``only``: that one section."""
-    written = written or {}
-    out: dict[str, Section] = {}
-    errors: list[dict[str, Any]] = []
-    for name, model in models.items():
-        if only is not None and name != only:
-            continue
-        value = written.get(name)
-        try:
-            out[name] = value if isinstance(value, model) else model.model_validate({} if value is None else value)
-        except ValidationError as err:
-            errors += _section_errors(err, (*loc, name))
-    return out, errors
+def _registered_section(written: Mapping[str, Any] | None, name: str, model: type[Section],
+                        loc: tuple[str, ...]) -> tuple[Section | None, list[dict[str, Any]]]:
+    """Section ``name`` (a registry's: a domain's or a method's) validated by ``model`` from what ``written``
+    holds under its name (its defaults where absent): the section, or None and its errors located under ``loc``."""
+    value = (written or {}).get(name)
+    try:
+        return (value if isinstance(value, model) else model.model_validate({} if value is None else value)), []
+    except ValidationError as err:
+        return None, _section_errors(err, (*loc, name))
+
+
+def _registered_errors(written: Mapping[str, Any] | None, models: Mapping[str, type[Section]],
+                       loc: tuple[str, ...]) -> list[dict[str, Any]]:
+    """The errors of every section ``models`` declares (:func:`_registered_section`)."""
+    return [e for name, model in models.items() for e in _registered_section(written, name, model, loc)[1]]
 
 
 def _raise(errors: list[dict[str, Any]], title: str) -> None:
@@ -411,9 +409,9 @@ class Streams(Section):
         where the file has none); a bad value is a :class:`ParamsError` naming the key."""
         if section not in _METHOD_SECTIONS:
             raise ValueError(f"streams.{section}: no registered method declares this section")
-        out, errors = _registered_sections(self.__pydantic_extra__, _METHOD_SECTIONS, ("streams",), only=section)
+        out, errors = _registered_section(self.__pydantic_extra__, section, _METHOD_SECTIONS[section], ("streams",))
         _raise(errors, "Streams")
-        return out[section]
+        return out
 
     def check_method_sections(self) -> None:
         """Every registered method's section valid, and no other key besides the stage's settings: a
@@ -421,7 +419,7 @@ class Streams(Section):
         extra = self.__pydantic_extra__ or {}
         errors = [{"type": "extra_forbidden", "loc": ("streams", k), "input": v} for k, v in extra.items()
                   if k not in _METHOD_SECTIONS]
-        _raise(errors + _registered_sections(extra, _METHOD_SECTIONS, ("streams",))[1], "Streams")
+        _raise(errors + _registered_errors(extra, _METHOD_SECTIONS, ("streams",)), "Streams")
 
 
 class Monitor(Section):
@@ -534,13 +532,13 @@ class Params(Section):
         file has none); a bad value is a :class:`ParamsError` naming the key."""
         if name not in _DOMAIN_SECTIONS:
             raise ValueError(f"{name}: no registered domain declares this section (import sda.domains first)")
-        out, errors = _registered_sections(self.__pydantic_extra__, _DOMAIN_SECTIONS, (), only=name)
+        out, errors = _registered_section(self.__pydantic_extra__, name, _DOMAIN_SECTIONS[name], ())
         _raise(errors, "Params")
-        return out[name]
+        return out
 
     def check_domain_sections(self) -> None:
         """Every registered domain's section valid: a :class:`ParamsError` naming each bad key."""
-        _raise(_registered_sections(self.__pydantic_extra__, _DOMAIN_SECTIONS, ())[1], "Params")
+        _raise(_registered_errors(self.__pydantic_extra__, _DOMAIN_SECTIONS, ()), "Params")
 
 
 def _format(err: ValidationError, source: str) -> str:

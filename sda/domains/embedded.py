@@ -15,8 +15,8 @@ from sda.domains.registry import Domain, register_domain
 from sda.io.atomic import atomic_dir, atomic_write_json
 from sda.io.shards import Sample, load_shards, write_shards
 from sda.io.target_index import TargetIndex
-from sda.runtime import derive_seed
 from sda.layout import SourceClasses
+from sda.runtime import derive_seed
 
 __all__ = ["Embedded", "write_source", "write_targets"]
 

@@ -38,7 +38,6 @@ from tqdm.auto import tqdm
 
 from sda.config import Params, Section
 from sda.domains.corruptions import write_shifted_domains
-from sda.models.adm_flags import ADM_256_UNCOND
 from sda.domains.registry import Domain, PretrainedClassifier, PretrainedDiffusion, register_domain
 from sda.io.atomic import atomic_dir, atomic_write_json
 from sda.io.image_identity import Fingerprint, NearIndex
@@ -47,8 +46,9 @@ from sda.io.console import printable
 from sda.io.user_folder import SPLIT_NAMES, Listing, list_folder, read_files, require_folder
 from sda.io.shards import Sample, load_shards, write_shards
 from sda.io.target_index import TargetIndex
-from sda.runtime import derive_seed
 from sda.layout import SourceClasses
+from sda.models.adm_flags import ADM_256_UNCOND
+from sda.runtime import derive_seed
 
 
 __all__ = ["Folder", "Inventory", "check_targets", "inventory", "read_source_pictures", "reserved_domain_names",
@@ -379,7 +379,7 @@ def read_source_pictures(source_dir: Path, params: Params) -> NearIndex:
     """:func:`source_pictures` of ``source_data``'s ``content.json``."""
     content = json.loads((source_dir / CONTENT).read_text())
     if "files" not in content:
-        raise ValueError(f"{source_dir / 'content.json'} is from an older version of source_data; run "
+        raise ValueError(f"{source_dir / CONTENT} is from an older version of source_data; run "
                          "`dvc repro source_data` (or `python -m tasks.source_data`) again")
     files = {rel: Fingerprint(e["pixels"], e["phash"], e["thumb"], e["grey"]) for rel, e in content["files"].items()}
     return source_pictures(files, Path(params.folder.source_dir), params.folder.near_duplicates)

@@ -28,7 +28,6 @@ from pydantic import Field, model_validator
 from tqdm.auto import tqdm
 
 from sda.config import Params, Section
-from sda.models.adm_flags import ADM_256_UNCOND
 from sda.domains.registry import Domain, PretrainedClassifier, PretrainedDiffusion, register_domain
 from sda.io.atomic import atomic_dir, atomic_write_json
 from sda.io.shards import Sample, write_shards
@@ -36,6 +35,7 @@ from sda.io.target_index import TargetIndex
 
 from sda.io.images import IMAGE_SUFFIXES, center_crop_arr, read_image
 from sda.layout import SourceClasses
+from sda.models.adm_flags import ADM_256_UNCOND
 
 
 __all__ = [

@@ -14,6 +14,7 @@ from typing import Any, Sequence
 
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, DiTTransformer2DModel, UNet2DModel
+from diffusers.utils import SAFETENSORS_WEIGHTS_NAME
 from pydantic import BaseModel, ConfigDict
 
 from sda.io.atomic import atomic_dir, atomic_write_json
@@ -114,14 +115,11 @@ def load_diffusion(model_dir: str | Path, device: torch.device | str = "cpu") ->
     return unet, DDPMScheduler.from_pretrained(Path(model_dir) / "scheduler"), info
 
 
-WEIGHTS = "diffusion_pytorch_model.safetensors"  # diffusers' file name of a model's weights
-
-
 def unet_weights(model_dir: str | Path) -> Path:
     """The weights file of a diffusion model folder's UNet (the projector): what identifies it."""
-    return Path(model_dir) / "unet" / WEIGHTS
+    return Path(model_dir) / "unet" / SAFETENSORS_WEIGHTS_NAME
 
 
 def generator_weights(model_dir: str | Path, info: DiffusionInfo) -> Path:
     """The weights file that identifies the class-conditional generator of a diffusion model folder."""
-    return Path(model_dir) / "dit" / "transformer" / WEIGHTS if info.generator == "dit" else unet_weights(model_dir)
+    return Path(model_dir) / "dit" / "transformer" / SAFETENSORS_WEIGHTS_NAME if info.generator == "dit" else unet_weights(model_dir)

@@ -44,6 +44,7 @@ from sda.io.atomic import atomic_write_bytes, clean_stale_temps
 from sda.io.images import BadImage, center_crop_arr, decode_image
 from sda.io.target_index import INDEX
 from sda.io.untrusted_files import unlink_if_same
+from sda.layout import SourceClasses
 from sda.relabel.inbox import InboxItem, Readiness, Scan, open_inbox, readiness, safe_file_name, scan_inbox
 from sda.relabel.monitor import (INPUTS_FILE, MONITOR_DIR, REFERENCE_FILE, InputReference, Reference, input_key,
                                  input_reference, monitor, pipeline_reference, reference_key)
@@ -52,7 +53,6 @@ from sda.relabel.report import BatchReport, class_grid, write_report
 from sda.relabel.store import (LABEL_SCHEMA, QUARANTINE_SCHEMA, MonitorRow, commit_batch, committed_hashes,
                                read_table, remove_stale_temps)
 from sda.runtime import derive_seed
-from sda.layout import SourceClasses
 
 __all__ = ["Lineage", "RelabelJob", "batch_id_of"]
 
