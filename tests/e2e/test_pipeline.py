@@ -475,13 +475,17 @@ def test_kill_and_resume_gives_the_same_bytes(own_repo):
     ref_keys = load_shards(out).keys
     rng = random.Random(0)
     kills = 0
-    for _ in range(3):
+    # the first kill lands as the work starts, the second once a shard is recorded, the others at
+    # random points; one that comes after the run ended (a fast machine) kills nothing, and the next
+    # starts the work again
+    points = [{}, {"ready": lambda: _one_shard_recorded(repo, "synth_generate")}] + \
+        [{"delay": rng.uniform(0.0, 1.5)} for _ in range(2)]
+    for point in points:
         try:
-            _start_and_kill(repo, "synth_generate", "data/.work/synth_generate-*/progress.json",
-                            delay=rng.uniform(0.0, 1.5))
+            _start_and_kill(repo, "synth_generate", "data/.work/synth_generate-*/progress.json", **point)
             kills += 1
         except AssertionError:
-            break  # finished before the kill: nothing left to interrupt
+            pass  # finished before the kill: nothing left to interrupt
     sh(repo, sys.executable, "-m", "tasks.synth_generate")
     got = read_manifest(out)
     assert [(s["name"], s["sha256"]) for s in got["shards"]] == [(s["name"], s["sha256"]) for s in reference["shards"]]
