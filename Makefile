@@ -51,9 +51,13 @@ serve: install  ## Prefect server on 127.0.0.1:$(PORT) + the deployments, served
 relabel: install  ## label new images in relabel.inbox (data/inbox) now, without a server
 	$(PY) -m flows.relabel
 
-test: install-dev  ## run the test suite in a random order (CI: everything; SEED=N replays an order)
-	@seed=$${SEED:-$$RANDOM}; echo "test order: SEED=$$seed (pytest-randomly)"; \
-	$(PY) -m pytest -q -p randomly --randomly-seed=$$seed --durations=15
+# the suite's workers (pytest-xdist): one per core, at least 2 (a serial run keeps ~1.1 of 2 cores busy: its
+# tests wait on processes, servers and DVC), at most 4; TEST_WORKERS=0 runs it in this one process
+TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); echo $$(( n < 2 ? 2 : n > 4 ? 4 : n )))
+
+test: install-dev  ## run the test suite in a random order on TEST_WORKERS workers (SEED=N replays an order)
+	@seed=$${SEED:-$$RANDOM}; echo "test order: SEED=$$seed (pytest-randomly), $(TEST_WORKERS) workers"; \
+	$(PY) -m pytest -q -n $(TEST_WORKERS) -p randomly --randomly-seed=$$seed --durations=15
 
 test-fast: install-dev  ## the fast unit tests (tests/unit, not slow): under a minute
 	@seed=$${SEED:-$$RANDOM}; echo "test order: SEED=$$seed (pytest-randomly)"; \

@@ -1,7 +1,16 @@
 import os
+import shutil
+import tempfile
 
 import pytest
-import torch
+
+if os.environ.get("PYTEST_XDIST_WORKER"):  # one of make test's workers (pytest-xdist, one per core)
+    # the other workers keep the cores busy: passive OpenMP waits, set before torch loads (sda.cores)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # a Prefect home of its own (the temporary servers' databases), set before Prefect loads
+    os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix=f"sda-prefect-{os.environ['PYTEST_XDIST_WORKER']}-")
+
+import torch  # noqa: E402
 
 # Tests run on small CPU tensors: two threads avoid oversubscribing CI's 2 cores.
 torch.set_num_threads(min(2, os.cpu_count() or 1))
@@ -30,3 +39,8 @@ def scheduler():
     from sda.models.schedulers import ddpm_scheduler
 
     return ddpm_scheduler(num_train_timesteps=1000)
+
+
+def pytest_unconfigure(config):
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shutil.rmtree(os.environ["PREFECT_HOME"], ignore_errors=True)

@@ -15,7 +15,8 @@ def prefect_server():
 
 @pytest.fixture(scope="session")
 def tiny_repo(tmp_path_factory):
-    """A copy of this repository, tiny params, after a full ``dvc repro`` (every stage ran)."""
-    from tests.support import make_tiny_repo
+    """A copy of this repository, tiny params, after a full ``dvc repro`` (every stage ran); built once
+    per test run, each pytest-xdist worker has its own copy."""
+    from tests.support import built_once, make_tiny_repo
 
-    return make_tiny_repo(tmp_path_factory.mktemp("sda") / "repo")
+    return built_once(tmp_path_factory, "tiny", make_tiny_repo)

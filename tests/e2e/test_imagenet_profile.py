@@ -14,7 +14,7 @@ import torch
 import yaml
 from PIL import Image
 
-from tests.support import IMAGENET_CORRUPTIONS, WNIDS, make_imagenet_repo, sh
+from tests.support import IMAGENET_CORRUPTIONS, WNIDS, built_once, make_imagenet_repo, sh
 from sda.domains.imagenet import center_crop_arr, class_names, imagenet_c_refs, list_images
 from sda.io.shards import load_shards
 from sda.method.scoring import MAIN_METHODS
@@ -22,7 +22,7 @@ from sda.method.scoring import MAIN_METHODS
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> Path:
-    return make_imagenet_repo(tmp_path_factory.mktemp("inet") / "repo")
+    return built_once(tmp_path_factory, "inet", make_imagenet_repo)
 
 
 @pytest.mark.slow

@@ -8,9 +8,12 @@ import shutil
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 import yaml
+from filelock import FileLock
 
 from sda.config import PROFILE_SECTIONS
 from sda.cores import choose_wait_policy
@@ -51,6 +54,10 @@ def subprocess_env() -> dict[str, str]:
     keep = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and Path(p).resolve() != ROOT]
     env["PYTHONPATH"] = os.pathsep.join(keep)
     env["SDA_LOG_LEVEL"] = "WARNING"
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        # another worker may take a core at any moment: OpenMP's spinning waits would then make a
+        # stage several times slower (same bytes either way, sda.cores)
+        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     choose_wait_policy(env)  # one OpenMP policy for every command started with this env
     return env
 
@@ -120,6 +127,27 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def built_once(factory: pytest.TempPathFactory, name: str, build: Callable[[Path], Path]) -> Path:
+    """``build(root)`` once per test run, and a private copy of it for this process.
+
+    Without pytest-xdist this is ``build`` in a new folder. Under xdist (``make test`` runs one worker
+    per core) the first worker to ask builds it in the run's shared folder while the others wait on a
+    file lock, and each copies the result (a second or so), so a test that changes its repository
+    changes it for its own worker only, as in one process. A failed build leaves no marker: the next
+    worker to ask builds it again and fails the same way."""
+    own = factory.mktemp(name) / "repo"
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return build(own)
+    shared = factory.getbasetemp().parent / f"shared-{name}"  # the run's folder, above each worker's
+    with FileLock(f"{shared}.lock"):
+        if not (shared / "built").is_file():
+            shutil.rmtree(shared, ignore_errors=True)
+            build(shared / "repo")
+            (shared / "built").touch()
+    shutil.copytree(shared / "repo", own, symlinks=True)
+    return own
 
 
 def make_tiny_repo(root: Path) -> Path:
