@@ -466,7 +466,8 @@ def test_stage_killed_half_way_then_params_changed_then_resumed(own_repo):
 
 
 def test_kill_and_resume_gives_the_same_bytes(own_repo):
-    """kill -9 synth_generate at random points, re-run until done: same keys, same shard bytes."""
+    """kill -9 synth_generate as it starts, after its first shard and at random points, then run it to
+    the end: same keys, same shard bytes."""
     repo = own_repo
     import random
 
