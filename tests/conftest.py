@@ -5,7 +5,8 @@ import tempfile
 import pytest
 
 if os.environ.get("PYTEST_XDIST_WORKER"):  # one of make test's workers (pytest-xdist, one per core)
-    # the other workers keep the cores busy: passive OpenMP waits, set before torch loads (sda.cores)
+    # the other workers may take a core at any moment: passive OpenMP waits (sda.cores; same bytes either
+    # way), set before torch loads, for this worker and every stage process it starts (they inherit it)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     # a Prefect home of its own (the temporary servers' databases), set before Prefect loads
     os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix=f"sda-prefect-{os.environ['PYTEST_XDIST_WORKER']}-")
@@ -27,11 +28,9 @@ def restore_determinism():
 
 @pytest.fixture
 def tiny_unet():
-    from sda.models.diffusion import build_unet
+    from tests.support.tiny_models import tiny_unet
 
-    torch.manual_seed(0)
-    return build_unet(16, num_classes=3, block_out_channels=(8, 16), layers_per_block=1,
-                      attention_levels=(False, True), norm_num_groups=4).eval()
+    return tiny_unet().eval()
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.slow  # a Prefect test server
 # Stage commands of a small DVC repo under the pipeline's stage names, each a stage of ours (tasks.common.stage_main:
 # its exit status and timing recorded for the flow) whose body appends to attempts.txt
 USER_ERROR = "data/raw/cat.png is not an image: replace or remove it"
-STAGE = "import json, os, sys, time\nfrom tasks.common import stage_main\n\ndef body(params, args):\n{}\nstage_main({!r}, 'a test stage', body)\n"
+STAGE = "import json, os, time\nfrom tasks.common import stage_main\n\ndef body(params, args):\n{}\nstage_main({!r}, 'a test stage', body)\n"
 SCRIPTS = {
     "user_error.py": STAGE.format(f"    open('attempts.txt', 'a').write('x')\n    raise ValueError({USER_ERROR!r})", "source_data"),
     "slow.py": STAGE.format("    open('attempts.txt', 'a').write('x')\n    print('working', flush=True)\n    time.sleep(600)",

@@ -27,6 +27,11 @@ def rgb(seed: int = 0, size: int = 20) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
 
 
+def random_png(seed: int = 0, size: int = 20) -> bytes:
+    """The PNG file of :func:`rgb`'s random image."""
+    return png_bytes(rgb(seed, size))
+
+
 def png_chunk(kind: bytes, data: bytes) -> bytes:
     """One PNG chunk: length, type, data, CRC."""
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)

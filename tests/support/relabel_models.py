@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 CLASS_NAMES = ["red", "green", "blue"]
@@ -24,17 +23,15 @@ def save_tiny_classifier(path: Path, seed: int, **config) -> None:
 def make_relabel_models(root: Path) -> dict[str, Path]:
     """Under ``root``: ``source/``, ``aligned/``, ``diffusion/`` and ``classes.json``; returns the
     ``models`` mapping of :class:`sda.relabel.predict.SdaPredictor` (``projector``: absent)."""
-    import torch
-
-    from sda.models.diffusion import DiffusionInfo, build_unet, save_diffusion
+    from sda.io.atomic import atomic_write_json
+    from sda.layout import SourceClasses
+    from sda.models.diffusion import DiffusionInfo, save_diffusion
     from sda.models.schedulers import ddpm_scheduler
+    from tests.support.tiny_models import tiny_unet
 
     save_tiny_classifier(root / "source", 0)
     save_tiny_classifier(root / "aligned", 1)
-    torch.manual_seed(0)
-    unet = build_unet(16, num_classes=3, block_out_channels=(8, 16), layers_per_block=1,
-                      attention_levels=(False, True), norm_num_groups=4)
-    save_diffusion(root / "diffusion", unet, ddpm_scheduler(), DiffusionInfo(num_classes=3, null_label=3))
-    (root / "classes.json").write_text(json.dumps({"names": CLASS_NAMES}))
+    save_diffusion(root / "diffusion", tiny_unet(), ddpm_scheduler(), DiffusionInfo(num_classes=3, null_label=3))
+    atomic_write_json(SourceClasses.path(root), SourceClasses(CLASS_NAMES).as_dict())
     return {"source": root / "source", "aligned": root / "aligned", "diffusion": root / "diffusion",
-            "projector": root / "projector", "classes": root / "classes.json"}
+            "projector": root / "projector", "classes": SourceClasses.path(root)}

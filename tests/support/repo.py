@@ -54,10 +54,6 @@ def subprocess_env() -> dict[str, str]:
     keep = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and Path(p).resolve() != ROOT]
     env["PYTHONPATH"] = os.pathsep.join(keep)
     env["SDA_LOG_LEVEL"] = "WARNING"
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        # another worker may take a core at any moment: OpenMP's spinning waits would then make a
-        # stage several times slower (same bytes either way, sda.cores)
-        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     choose_wait_policy(env)  # one OpenMP policy for every command started with this env
     return env
 

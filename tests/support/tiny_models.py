@@ -19,6 +19,28 @@ SD_VAE = dict(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock
 VAE_TINY = dict(SD_VAE, block_out_channels=(8, 8, 8, 8), layers_per_block=1, norm_num_groups=8, sample_size=32)
 
 
+def tiny_unet():
+    """A random 16 px class-conditional UNet of three classes (seed 0), in training mode: the projector of
+    the relabel tests' model folders and the unit tests' ``tiny_unet`` fixture."""
+    import torch
+
+    from sda.models.diffusion import build_unet
+
+    torch.manual_seed(0)
+    return build_unet(16, num_classes=3, block_out_channels=(8, 16), layers_per_block=1,
+                      attention_levels=(False, True), norm_num_groups=4)
+
+
+def tiny_dit():
+    """A random DiT of 4 px latents (``DIT_TINY``) and its VAE (``VAE_TINY``: 32 px images), seed 0, in
+    eval mode: ``(transformer, vae)``."""
+    import torch
+    from diffusers import AutoencoderKL, DiTTransformer2DModel
+
+    torch.manual_seed(0)
+    return DiTTransformer2DModel(**DIT_TINY).eval(), AutoencoderKL(**VAE_TINY).eval()
+
+
 def make_diffusion_models(root: Path) -> Path:
     """``root/models``: a guided-diffusion-format ADM state dict (``adm.pt``, ``ADM_TINY_FLAGS``) and a
     diffusers DiT folder (``dit/``: ImageNet's 1,000-class table, 32 px through a tiny VAE), random

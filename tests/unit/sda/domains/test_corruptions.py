@@ -13,11 +13,16 @@ from sda.io.shards import ShardSet, load_shards, read_manifest
 from sda.runtime import derive_seed
 
 
+@pytest.fixture(scope="module")
+def digits() -> np.ndarray:
+    """Six embedded-domain digits (16 px), rendered once for the module."""
+    return render_digits(16, 1, 0.35, seed=0)[0][:6]
+
+
 # -- moved from tests/unit/sda/domains/test_embedded.py ------------------------------------------
 @pytest.mark.parametrize("name", CORRUPTIONS)
-def test_every_corruption_runs_deterministically_at_16px(name):
-    x, _ = render_digits(16, 1, 0.35, seed=0)
-    x = x[:6]
+def test_every_corruption_runs_deterministically_at_16px(name, digits):
+    x = digits
     a = corrupt_images(x, name, 5, seed=1)
     b = corrupt_images(x[:2], name, 5, seed=1)
     assert a.shape == x.shape and a.dtype == np.uint8

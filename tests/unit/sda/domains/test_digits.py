@@ -25,8 +25,8 @@ def test_render_is_deterministic_and_shaped():
     assert sorted(set(y.tolist())) == list(range(10))
 
 
-def test_split_is_stratified_and_disjoint():
-    x, y = render_digits(16, 1, 0.35, seed=0)
+def test_split_is_stratified_and_disjoint(rendered):
+    x, y = rendered
     s = split_digits(x, y, val_fraction=0.1, test_fraction=0.3, seed=0)
     assert {k: len(v.labels) for k, v in s.items()} == {"train": 1077, "val": 180, "test": 540}
     idx = [set(v.index.tolist()) for v in s.values()]

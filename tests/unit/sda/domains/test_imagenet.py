@@ -18,8 +18,7 @@ from sda.domains.imagenet import (IMAGENET_C_URL, ImageRef, class_names, imagene
 from sda.io.images import read_image
 from sda.io.shards import load_shards, read_manifest
 from sda.io.target_index import TargetIndex
-
-WNIDS = ["n01440764", "n01443537", "n01484850"]
+from tests.support.datasets import WNIDS
 
 
 def _jpeg(path: Path, seed: int, size: tuple[int, int] = (44, 38)) -> None:

@@ -5,8 +5,6 @@ Real encoders, real files' bytes."""
 from __future__ import annotations
 
 import io
-import struct
-import zlib
 
 import numpy as np
 import pytest
@@ -97,9 +95,7 @@ def test_only_the_listed_formats_are_decoded_whatever_the_name():
 
 
 def _red16(fmt: str) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (16, 16), (200, 10, 10)).save(buf, format=fmt)
-    return buf.getvalue()
+    return _encode(Image.new("RGB", (16, 16), (200, 10, 10)), fmt)
 
 
 def test_a_thin_image_is_refused_before_it_is_upsampled():
@@ -115,9 +111,8 @@ def _png_with_sbit(arr: np.ndarray, bits: int) -> bytes:
     """A 16-bit PNG of ``arr`` (greyscale or RGB) with an sBIT chunk of ``bits`` inserted after IHDR."""
     data = _encode(Image.fromarray(arr), "PNG") if arr.ndim == 2 else _rgb16_png(arr)
     channels = 1 if arr.ndim == 2 else 3
-    body = b"sBIT" + bytes([bits] * channels)
-    chunk = struct.pack(">I", channels) + body + struct.pack(">I", zlib.crc32(body))
-    return data[:33] + chunk + data[33:]  # 8-byte signature + 25-byte IHDR chunk
+    # after the 8-byte signature and the 25-byte IHDR chunk
+    return data[:33] + png_chunk(b"sBIT", bytes([bits] * channels)) + data[33:]
 
 
 def _rgb16_png(arr: np.ndarray) -> bytes:

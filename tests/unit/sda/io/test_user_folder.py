@@ -10,17 +10,11 @@ import unicodedata
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from sda.io.user_folder import class_name, list_folder, read_files, require_folder, skipped_reason
+from tests.support.images import random_png
 
 KEY = "folder.source_dir"
-
-
-def png(seed: int = 0, side: int = 12) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (side, side, 3), dtype=np.uint8)).save(buf, "PNG")
-    return buf.getvalue()
 
 
 def _files(root, files: dict[str, bytes]) -> None:
@@ -34,8 +28,8 @@ def _reasons(listing) -> dict[str, str]:
 
 
 def test_class_folders_list_their_images_nested_ones_included_sorted(tmp_path):
-    _files(tmp_path, {"cat/b.png": png(), "cat/a.JPG": png(), "cat/sub/c.webp": png(), "dog/x.tiff": png(),
-                      "dog/y.bmp": png()})
+    _files(tmp_path, {"cat/b.png": random_png(), "cat/a.JPG": random_png(), "cat/sub/c.webp": random_png(),
+                      "dog/x.tiff": random_png(), "dog/y.bmp": random_png()})
     listing = list_folder(tmp_path, KEY)
     assert listing.classes == {"cat": ["cat/a.JPG", "cat/b.png", "cat/sub/c.webp"], "dog": ["dog/x.tiff", "dog/y.bmp"]}
     assert listing.flat == [] and listing.skipped == []
@@ -43,15 +37,15 @@ def test_class_folders_list_their_images_nested_ones_included_sorted(tmp_path):
 
 
 def test_a_folder_of_loose_images_is_flat(tmp_path):
-    _files(tmp_path, {"a.png": png(), "b.jpeg": png(), ".DS_Store": b"x"})
+    _files(tmp_path, {"a.png": random_png(), "b.jpeg": random_png(), ".DS_Store": b"x"})
     listing = list_folder(tmp_path, KEY)
     assert listing.flat == ["a.png", "b.jpeg"] and listing.classes == {}
     assert _reasons(listing) == {".DS_Store": "a hidden file: not read"}
 
 
 def test_every_entry_that_is_not_read_is_listed_with_its_reason(tmp_path):
-    _files(tmp_path, {"cat/ok.png": png(), "cat/.hidden.png": png(), "cat/notes.txt": b"x", "cat/README": b"x",
-                      "beside.png": png(), ".git/config": b"x"})
+    _files(tmp_path, {"cat/ok.png": random_png(), "cat/.hidden.png": random_png(), "cat/notes.txt": b"x",
+                      "cat/README": b"x", "beside.png": random_png(), ".git/config": b"x"})
     (tmp_path / "cat" / "link.png").symlink_to(tmp_path / "cat" / "ok.png")
     os.mkfifo(tmp_path / "cat" / "pipe.png")
     listing = list_folder(tmp_path, KEY)
@@ -69,22 +63,22 @@ def test_every_entry_that_is_not_read_is_listed_with_its_reason(tmp_path):
 
 
 def test_one_sub_folder_makes_a_class_folder_set_and_a_loose_file_is_in_no_class(tmp_path):
-    _files(tmp_path, {"a.png": png(), "sub/b.png": png()})
+    _files(tmp_path, {"a.png": random_png(), "sub/b.png": random_png()})
     listing = list_folder(tmp_path, KEY)
     assert listing.classes == {"sub": ["sub/b.png"]}
     assert _reasons(listing) == {"a.png": "beside the class folders, in no class: move it into its class folder"}
 
 
 def test_a_hidden_folder_inside_a_class_is_reported_not_dropped_silently(tmp_path):
-    _files(tmp_path, {"cat/ok.png": png(), "cat/.ipynb_checkpoints/ok.png": png()})
+    _files(tmp_path, {"cat/ok.png": random_png(), "cat/.ipynb_checkpoints/ok.png": random_png()})
     listing = list_folder(tmp_path, KEY)
     assert listing.classes == {"cat": ["cat/ok.png"]}
     assert "cat/.ipynb_checkpoints" in _reasons(listing)
 
 
 def test_the_root_itself_may_be_a_link_but_nothing_under_it_is_followed(tmp_path):
-    _files(tmp_path / "real", {"cat/a.png": png()})
-    _files(tmp_path / "elsewhere", {"b.png": png()})
+    _files(tmp_path / "real", {"cat/a.png": random_png()})
+    _files(tmp_path / "elsewhere", {"b.png": random_png()})
     (tmp_path / "real" / "dog").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
     (tmp_path / "named").symlink_to(tmp_path / "real", target_is_directory=True)
     listing = list_folder(tmp_path / "named", KEY)
@@ -108,7 +102,7 @@ def test_a_root_that_is_not_a_folder_names_the_parameter(tmp_path, missing):
 def test_class_names_are_nfc_whatever_the_spelling_on_disk(tmp_path):
     nfd = unicodedata.normalize("NFD", "café")
     assert nfd != "café" and class_name(nfd, KEY, tmp_path) == "café"
-    _files(tmp_path, {f"{nfd}/a.png": png()})
+    _files(tmp_path, {f"{nfd}/a.png": random_png()})
     assert list(list_folder(tmp_path, KEY).classes) == ["café"]
 
 
@@ -122,7 +116,7 @@ def test_a_class_name_that_is_not_utf8_or_holds_a_control_character_names_the_pa
 @pytest.mark.parametrize("other, how", [(unicodedata.normalize("NFD", "café"), "two Unicode spellings"),
                                         ("CAFÉ", "differ only in case")])
 def test_two_class_folders_that_read_as_one_name_are_refused(tmp_path, other, how):
-    _files(tmp_path, {"café/a.png": png(), f"{other}/b.png": png()})
+    _files(tmp_path, {"café/a.png": random_png(), f"{other}/b.png": random_png()})
     with pytest.raises(ValueError, match=f"^{KEY}: class folders .* are .*{how}.*merge them"):
         list_folder(tmp_path, KEY)
 
@@ -135,10 +129,10 @@ def test_skipped_reason_by_kind_name_and_suffix(tmp_path):
 
 
 def test_reading_yields_every_file_in_order_each_bad_one_with_its_reason(tmp_path):
-    _files(tmp_path, {"c/a.png": png(1), "c/big.png": png(2, side=64), "c/bad.png": b"not an image",
-                      "c/tiny.png": png(3, side=2)})
+    _files(tmp_path, {"c/a.png": random_png(1, size=12), "c/big.png": random_png(2, size=64),
+                      "c/bad.png": b"not an image", "c/tiny.png": random_png(3, size=2)})
     files = ["c/a.png", "c/big.png", "c/bad.png", "c/tiny.png", "c/gone.png"]
-    max_bytes = len(png(2, side=64)) - 1
+    max_bytes = len(random_png(2, size=64)) - 1
     got = list(read_files(tmp_path, files, max_bytes=max_bytes, max_pixels=10_000, min_side=4))
     assert [r.rel for r in got] == files
     ok = got[0]
@@ -151,7 +145,7 @@ def test_reading_yields_every_file_in_order_each_bad_one_with_its_reason(tmp_pat
 
 
 def test_a_file_swapped_for_a_link_after_the_listing_is_not_read(tmp_path):
-    _files(tmp_path, {"c/a.png": png(), "outside.png": png(5)})
+    _files(tmp_path, {"c/a.png": random_png(), "outside.png": random_png(5)})
     files = list_folder(tmp_path / "c", KEY).flat
     (tmp_path / "c" / "a.png").unlink()
     (tmp_path / "c" / "a.png").symlink_to(tmp_path / "outside.png")

@@ -19,7 +19,7 @@ def _guard(**kw):
 
 
 def test_guard_keeps_frozen_sda_on_concentrated_or_short_streams():
-    guard = Guard(num_classes=10, window=64, min_images=16, min_class_fraction=0.5, max_entropy_rise=0.0)
+    guard = _guard()
     assert guard.check(np.arange(8) % 10) == "too_few"
     assert guard.check(np.arange(56) % 10) is None  # 64 images over 10 classes
     guard.reset()
@@ -48,15 +48,14 @@ def test_norm_input_profile_is_per_image_and_sees_a_domain_mix(clf):
     mix = np.concatenate([smooth[:16], noisy[16:]])
     mixed = spread_gap(profile(mix), profile(smooth), profile.weights)
     assert mixed > one + 0.1, (one, mixed)
-    guard = Guard(num_classes=10, window=64, min_images=16, min_class_fraction=0.5, max_entropy_rise=0.0,
-                  max_spread_gap=(one + mixed) / 2)
+    guard = _guard(max_spread_gap=(one + mixed) / 2)
     spread = np.arange(32) % 10
     assert guard.check(spread, (profile(noisy), profile(smooth)), profile.weights) is None
     guard.reset()
     assert guard.check(spread, (profile(mix), profile(smooth)), profile.weights) == "mixed"
 
 
-def test_guarded_sda_does_not_feed_the_adapters_an_unsafe_batch(clf):
+def test_guarded_sda_does_not_feed_the_adapters_an_unsafe_batch():
     calls = []
 
     class Recording:
@@ -72,8 +71,7 @@ def test_guarded_sda_does_not_feed_the_adapters_an_unsafe_batch(clf):
             calls.append(len(batch))
             return torch.zeros(len(batch), 10)
 
-    combo = GuardedSda(Recording(), Recording(), Guard(num_classes=10, window=64, min_images=16,
-                                                       min_class_fraction=0.5, max_entropy_rise=0.0))
+    combo = GuardedSda(Recording(), Recording(), _guard())
     one_class = torch.zeros(32, 10)
     one_class[:, 2] = 5.0
     out = combo(StreamInputs(_images(32), _images(32), [""] * 32, {"source_orig": one_class, "aligned_proj": one_class}))
@@ -89,10 +87,15 @@ def test_sda_lame_and_the_guard_that_chooses_it(clf):
     features = torch.nn.functional.normalize(x.frozen["source_orig_features"], dim=1)  # the default graph's
     assert torch.allclose(out, lame_outputs(sda, features, LameParams(affinity="knn", knn=5)))
     # one class everywhere: concentrated, so the guard hands the batch to sda+lame instead of frozen SDA
+    one_class = torch.zeros(64, 10)
+    one_class[:, 2] = 5.0
+    x = StreamInputs(x.originals, x.projections, x.keys,
+                     {**x.frozen, "source_orig": one_class, "aligned_proj": one_class})
     combo = build_method("sda+bn+lame", _ctx(clf))
-    combo(x)
-    assert combo.decisions.get("concentrated", 0) + combo.decisions.get("too_few", 0) + \
-        combo.decisions.get("adapted", 0) + combo.decisions.get("mixed", 0) + combo.decisions.get("less_sure", 0) == 64
+    out = combo(x)
+    assert combo.decisions == {"concentrated": 64}
+    assert torch.allclose(out, build_method("sda+lame", _ctx(clf))(x))
+    assert not torch.allclose(out, 2 * one_class)  # not frozen SDA's sum
 
 
 def test_where_the_guard_allows_it_the_output_is_the_sum_of_the_adapted_classifiers(clf):

@@ -10,12 +10,9 @@ from sda.method.sampling import respaced_timesteps, sample_class_conditional, sa
 @pytest.fixture(scope="module")
 def tiny_dit():
     """A DiT of 4 px latents and its VAE (32 px images), random weights."""
-    from diffusers import AutoencoderKL, DiTTransformer2DModel
+    from tests.support.tiny_models import tiny_dit
 
-    from tests.support.tiny_models import DIT_TINY, VAE_TINY
-
-    torch.manual_seed(0)
-    return DiTTransformer2DModel(**DIT_TINY).eval(), AutoencoderKL(**VAE_TINY).eval()
+    return tiny_dit()
 
 
 def test_respaced_timesteps_match_guided_diffusion():

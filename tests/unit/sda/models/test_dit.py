@@ -6,16 +6,16 @@ from __future__ import annotations
 
 import pytest
 import torch
-from diffusers import AutoencoderKL, DiTTransformer2DModel
+from diffusers import DiTTransformer2DModel
 
 from sda.models.dit import WHERE_TO_GET_DIT, dit_image_size, load_dit, new_class_table
-from tests.support import DIT_TINY, VAE_TINY
+from tests.support import DIT_TINY
+from tests.support.tiny_models import tiny_dit
 
 
 @pytest.fixture
 def dit():
-    torch.manual_seed(0)
-    return DiTTransformer2DModel(**DIT_TINY).eval(), AutoencoderKL(**VAE_TINY).eval()
+    return tiny_dit()  # each test its own: some change the model
 
 
 def _out(transformer, labels):

@@ -12,19 +12,12 @@ import tarfile
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from sda.io.images import BadImage
 from sda.io.untrusted_files import FileId, NotReadable, read_beneath, unlink_if_same
 from sda.relabel.inbox import open_inbox, scan_inbox
-
-
-def png_bytes(seed: int = 0, size: int = 20) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)).save(buf, "PNG")
-    return buf.getvalue()
+from tests.support.images import random_png
 
 
 def tar_bytes(members: list[tuple[tarfile.TarInfo, bytes | None]]) -> bytes:
@@ -54,8 +47,8 @@ def inbox(tmp_path):
 
 def test_a_folder_swapped_for_a_link_after_the_scan_is_neither_read_nor_deleted_through(inbox):
     root, outside = inbox
-    (root / "a" / "img.png").write_bytes(png_bytes(1))
-    (outside / "img.png").write_bytes(png_bytes(1))  # the same bytes: the hash cannot tell them apart
+    (root / "a" / "img.png").write_bytes(random_png(1))
+    (outside / "img.png").write_bytes(random_png(1))  # the same bytes: the hash cannot tell them apart
     (item,) = scan_inbox(root).items
     (root / "a" / "img.png").unlink()
     (root / "a").rmdir()
@@ -67,13 +60,13 @@ def test_a_folder_swapped_for_a_link_after_the_scan_is_neither_read_nor_deleted_
         assert not unlink_if_same(fd, item.rel, item.file_id)
     finally:
         os.close(fd)
-    assert (outside / "img.png").read_bytes() == png_bytes(1)
+    assert (outside / "img.png").read_bytes() == random_png(1)
 
 
 def test_a_file_swapped_for_a_fifo_or_a_link_to_dev_zero_is_refused_without_blocking(inbox):
     root, _ = inbox
     for name in ("fifo.png", "zero.png"):
-        (root / name).write_bytes(png_bytes(2 if name == "fifo.png" else 3))
+        (root / name).write_bytes(random_png(2 if name == "fifo.png" else 3))
     items = {it.source: it for it in scan_inbox(root).items}
     for name in items:
         (root / name).unlink()
@@ -109,9 +102,9 @@ def test_reads_are_bounded_whatever_the_size_seen_before(inbox):
 
 def test_a_changed_file_is_not_read_as_the_scanned_one_and_not_removed(inbox):
     root, _ = inbox
-    (root / "a" / "x.png").write_bytes(png_bytes(4))
+    (root / "a" / "x.png").write_bytes(random_png(4))
     (item,) = scan_inbox(root).items
-    (root / "a" / "x.png").write_bytes(png_bytes(5, size=24))  # still being uploaded, or replaced
+    (root / "a" / "x.png").write_bytes(random_png(5, size=24))  # still being uploaded, or replaced
     with pytest.raises(BadImage, match="changed since the scan"):
         item.read()
     fd = open_inbox(root)
@@ -126,16 +119,16 @@ def test_a_changed_file_is_not_read_as_the_scanned_one_and_not_removed(inbox):
 
 def test_each_file_that_stopped_a_run_is_one_refused_entry_and_the_rest_is_scanned(inbox):
     root, _ = inbox
-    (root / "good.png").write_bytes(png_bytes(6))
-    (root / "xz.tar").write_bytes(lzma.compress(tar_bytes([(member("a.png"), png_bytes(7))])))
+    (root / "good.png").write_bytes(random_png(6))
+    (root / "xz.tar").write_bytes(lzma.compress(tar_bytes([(member("a.png"), random_png(7))])))
     (root / "gz.tar").write_bytes(gzip.compress(b"\0" * (64 << 20)))  # 65 KB that would inflate to 64 MiB
     deep = root
     for _ in range(1100):  # deeper than os.walk's (or os.makedirs') recursion could go
         deep = deep / "d"
         os.mkdir(deep)
-    (deep / "deep.png").write_bytes(png_bytes(8))
+    (deep / "deep.png").write_bytes(random_png(8))
     weird = member(os.fsdecode(b"caf\xe9-\xff.png"))  # not UTF-8
-    (root / "names.tar").write_bytes(tar_bytes([(weird, png_bytes(9))]))
+    (root / "names.tar").write_bytes(tar_bytes([(weird, random_png(9))]))
     try:
         scan = scan_inbox(root)
     finally:  # pytest's own clean-up (shutil.rmtree) would recurse 1,100 levels deep
@@ -159,9 +152,9 @@ def test_tar_members_refused_before_they_are_read(inbox):
         (member("link.png", tarfile.SYMTYPE, linkname="/etc/passwd"), None),
         (member("hard.png", tarfile.LNKTYPE, linkname="big.png"), None),
         (member("dev.png", tarfile.CHRTYPE, devmajor=1, devminor=5), None),
-        (member("/abs.png"), png_bytes(11)),
-        (member("dup.png"), png_bytes(12)),
-        (member("dup.png"), png_bytes(13)),  # the same name twice: two images, each read as itself
+        (member("/abs.png"), random_png(11)),
+        (member("dup.png"), random_png(12)),
+        (member("dup.png"), random_png(13)),  # the same name twice: two images, each read as itself
     ]))
     scan = scan_inbox(root, max_bytes=2000)
     reasons = {it.source: r for it, r in scan.broken}
@@ -170,14 +163,14 @@ def test_tar_members_refused_before_they_are_read(inbox):
     assert reasons["t.tar::dev.png"] == "tar member is a device or FIFO: not extracted"
     assert "leaves the archive" in reasons["t.tar::/abs.png"]
     dups = [it for it in scan.items if it.source == "t.tar::dup.png"]
-    assert [it.read() for it in dups] == [png_bytes(12), png_bytes(13)]
+    assert [it.read() for it in dups] == [random_png(12), random_png(13)]
 
 
 def test_the_scan_hashes_what_it_reads_through_one_descriptor(inbox):
     root, _ = inbox
-    (root / "a" / "x.png").write_bytes(png_bytes(14))
+    (root / "a" / "x.png").write_bytes(random_png(14))
     (item,) = scan_inbox(root).items
-    assert item.read() == png_bytes(14) and item.path == root / "a" / "x.png"
+    assert item.read() == random_png(14) and item.path == root / "a" / "x.png"
     assert item.file_id == FileId.of(os.stat(root / "a" / "x.png"))
     assert Path(item.rel) == Path("a/x.png")
 
@@ -187,8 +180,8 @@ def test_an_unchanged_labelled_inbox_is_not_read_again(inbox, monkeypatch):
 
     root, _ = inbox
     for i in range(3):
-        (root / "a" / f"{i}.png").write_bytes(png_bytes(20 + i))
-    (root / "t.tar").write_bytes(tar_bytes([(member("m.png"), png_bytes(30))]))
+        (root / "a" / f"{i}.png").write_bytes(random_png(20 + i))
+    (root / "t.tar").write_bytes(tar_bytes([(member("m.png"), random_png(30))]))
     first = scan_inbox(root)
     done = {it.sha256 for it in first.items}
     assert len(done) == 4 and set(first.index) == {"a/0.png", "a/1.png", "a/2.png", "t.tar"}
@@ -202,6 +195,6 @@ def test_an_unchanged_labelled_inbox_is_not_read_again(inbox, monkeypatch):
     assert again.items == [] and sorted(it.source for it in again.known) == ["a/0.png", "a/1.png", "a/2.png"]
     assert again.index == first.index
     monkeypatch.undo()
-    (root / "a" / "1.png").write_bytes(png_bytes(99))  # changed: read again, a new image
+    (root / "a" / "1.png").write_bytes(random_png(99))  # changed: read again, a new image
     third = scan_inbox(root, skip=done, index=again.index)
     assert [it.source for it in third.items] == ["a/1.png"]

@@ -4,19 +4,17 @@ and a committed batch that lost its report given one by the next run."""
 
 from __future__ import annotations
 
-import io
 import json
 import os
 from pathlib import Path
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from sda.config import Projection, parse_params
 from sda.relabel.job import Lineage, RelabelJob, batch_id_of
 from sda.relabel.store import read_table
+from tests.support.images import random_png
 from tests.support.relabel_models import CLASS_NAMES, make_relabel_models
 
 LINEAGE = Lineage("src-md5", "aligned-md5", "diff-md5", "params-sha", "c0ffee")
@@ -26,12 +24,6 @@ PROJECTION = Projection(respacing=4, N=2, D=2, scale=1.0, batch_size=2)
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> dict:
     return make_relabel_models(tmp_path_factory.mktemp("models"))
-
-
-def png(seed: int, side: int = 20) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (side, side, 3), dtype=np.uint8)).save(buf, "PNG")
-    return buf.getvalue()
 
 
 def _job(tmp_path: Path, models: dict, run_id: str = "run-1", **relabel) -> RelabelJob:
@@ -47,11 +39,11 @@ def inbox(tmp_path) -> Path:
     """Two distinct images, a copy of the first, a file that is not an image, a link out of the inbox."""
     root = tmp_path / "inbox"
     (root / "sub").mkdir(parents=True)
-    (root / "a.png").write_bytes(png(1))
-    (root / "sub" / "b.png").write_bytes(png(2))
-    (root / "sub" / "copy-of-a.png").write_bytes(png(1))
+    (root / "a.png").write_bytes(random_png(1))
+    (root / "sub" / "b.png").write_bytes(random_png(2))
+    (root / "sub" / "copy-of-a.png").write_bytes(random_png(1))
     (root / "notes.png").write_bytes(b"not an image at all")
-    (tmp_path / "secret.png").write_bytes(png(3))
+    (tmp_path / "secret.png").write_bytes(random_png(3))
     (root / "link.png").symlink_to(tmp_path / "secret.png")
     return root
 
@@ -83,7 +75,7 @@ def test_each_image_is_labelled_once_and_each_bad_file_quarantined_with_its_reas
     copy = tmp_path / "quarantine" / "files" / quarantined["notes.png"]["quarantined_as"]
     assert copy.read_bytes() == b"not an image at all"
     assert sorted(p.name for p in inbox.rglob("*")) == ["a.png", "b.png", "copy-of-a.png", "sub"]  # bad ones moved
-    assert (tmp_path / "secret.png").read_bytes() == png(3)  # the link's target untouched
+    assert (tmp_path / "secret.png").read_bytes() == random_png(3)  # the link's target untouched
     assert list((tmp_path / "labels" / "_reports").glob(f"*/{report.batch_id}.md"))
 
 
@@ -91,7 +83,7 @@ def test_the_next_runs_label_only_what_is_new_and_load_no_model_when_nothing_is(
     with _job(tmp_path, models) as job:
         for b in job.batches:
             job.process(b)
-    (inbox / "c.png").write_bytes(png(4))
+    (inbox / "c.png").write_bytes(random_png(4))
     with _job(tmp_path, models, run_id="run-2") as job:
         assert [[it.source for it in b] for b in job.batches] == [["c.png"]]
         assert len(job.scan.known) == 3  # a, b and the copy of a: done, not read again
@@ -128,7 +120,7 @@ def test_a_killed_writers_temporaries_are_removed_when_a_run_starts(tmp_path, mo
 
 def test_a_file_too_large_is_quarantined_unread_and_left_in_the_inbox(tmp_path, models):
     (tmp_path / "inbox").mkdir()
-    (tmp_path / "inbox" / "big.png").write_bytes(png(5, side=64))
+    (tmp_path / "inbox" / "big.png").write_bytes(random_png(5, size=64))
     with _job(tmp_path, models, max_file_bytes=1000) as job:
         assert job.batches == []
     (row,) = read_table(tmp_path / "quarantine" / "table").to_pylist()
