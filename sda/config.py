@@ -121,6 +121,9 @@ class DiffusionFinetune(Section):
     train_steps: int = Field(2000, ge=1)
     batch_size: int = Field(64, ge=1)
     lr: float = Field(1e-3, gt=0)
+    lr_schedule: Literal["constant", "cosine"] = Field("constant", description=(
+        "The learning rate after its warm-up (the first train_steps / 20 steps): constant, or half a cosine "
+        "down to 0 at the last step."))
     ema_decay: float = Field(0.995, gt=0, lt=1)
     null_label_prob: float = Field(0.2, ge=0, lt=1, description="Class dropout for the 'null' label.")
     probe_every: int = Field(0, ge=0, description=(

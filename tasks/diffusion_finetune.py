@@ -135,6 +135,7 @@ def run(cfg: DiffusionFinetune, seed: int, source_dir: Path, out: Path, device: 
     losses = train_epsilon(unet, scheduler, random_batches(train.images, train.labels, cfg.batch_size, gen, device),
                            steps=steps, lr=cfg.lr, seed=s, generator=gen, null_label=num_classes,
                            null_label_prob=cfg.null_label_prob, warmup_steps=max(1, cfg.train_steps // 20),
+                           lr_schedule=cfg.lr_schedule,
                            ema_decay=cfg.ema_decay, device=device, desc="diffusion",
                            checkpoint_every=cfg.probe_every, on_checkpoint=probe)
     tail = float(np.mean(losses[-100:]))

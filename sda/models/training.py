@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Callable, Iterator
 
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -42,6 +44,7 @@ def train_epsilon(
     null_label: int | None = None,
     null_label_prob: float = 0.0,
     warmup_steps: int = 0,
+    lr_schedule: str = "constant",
     ema_decay: float | None = None,
     encode: Callable[[torch.Tensor], torch.Tensor] | None = None,
     device: torch.device | str = "cpu",
@@ -60,7 +63,8 @@ def train_epsilon(
     With ``null_label`` set, each label is replaced by it with probability ``null_label_prob``
     (classifier-free guidance's class dropout). ``encode`` maps [-1, 1] pixels to the model's space
     (DiT: VAE latents times the scaling factor). ``warmup_steps``: linear warm-up of the learning
-    rate. A learned-variance head is trained only through the layers it shares with epsilon
+    rate. ``lr_schedule``: ``constant`` (after the warm-up) or ``cosine`` (half a cosine from ``lr`` to 0 over
+    the ``steps``, times the warm-up ramp). A learned-variance head is trained only through the layers it shares with epsilon
     (guided-diffusion's L_hybrid adds a variational term: not done here).
 
     Randomness: timesteps, noise and class dropout come from ``generator`` (default: a new one
@@ -78,8 +82,7 @@ def train_epsilon(
     model.to(device).train()
     ch = model.config.in_channels
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
-    sched = (torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup_steps))
-             if warmup_steps > 0 else None)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_factor(lr_schedule, warmup_steps, steps))
     ema = EMAModel(model.parameters(), decay=ema_decay, use_ema_warmup=True, power=0.75) if ema_decay else None
     T = scheduler.config.num_train_timesteps
     losses: list[float] = []
@@ -105,8 +108,7 @@ def train_epsilon(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        if sched is not None:
-            sched.step()
+        sched.step()
         if ema is not None:
             ema.step(model.parameters())
         losses.append(loss.item())
@@ -125,6 +127,21 @@ def train_epsilon(
         ema.copy_to(model.parameters())
     model.eval()
     return losses
+
+
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def _lr_factor(schedule: str, warmup_steps: int, steps: int) -> Callable[[int], float]:
+    """The learning rate's factor at step ``s`` (0-based): the linear warm-up ``(s + 1) / warmup_steps``
+    (none at 0 steps), times 1 (``constant``) or half a cosine from 1 to 0 over ``steps`` (``cosine``)."""
+    if schedule not in LR_SCHEDULES:
+        raise ValueError(f"lr_schedule {schedule!r}: use one of {LR_SCHEDULES}")
+
+    def factor(s: int) -> float:
+        ramp = min(1.0, (s + 1) / warmup_steps) if warmup_steps > 0 else 1.0
+        return ramp if schedule == "constant" else ramp * 0.5 * (1.0 + math.cos(math.pi * min(s, steps) / steps))
+    return factor
 
 
 def _checkpoint(model: torch.nn.Module, ema: EMAModel | None, callback: Callable[[int, torch.nn.Module], bool],
