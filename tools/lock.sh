@@ -6,7 +6,9 @@
 #
 # Without UPGRADE the versions already locked are kept where pyproject.toml still admits them, so adding
 # one dependency adds it (and what it needs) and changes nothing else. The resolution is this machine's:
-# CPython 3.11 on Linux x86_64, where PyPI's torch wheel is the CUDA build (it runs on a CPU too).
+# CPython 3.11 on Linux x86_64, where PyPI's torch wheel is the CUDA build (it runs on a CPU too), from
+# 3.11.0 up (--python-version): what only the older 3.11 releases need is locked too (redis needs async-timeout
+# below 3.11.3: without it Debian 12's python3, 3.11.2, stopped in the flow's first import).
 # Both files are checked against pyproject.toml by tests/unit/test_lock.py.
 set -eo pipefail
 venv=${1:-.venv}
@@ -19,7 +21,7 @@ ensure_uv "$venv" || { echo "tools/lock.sh: could not install uv into $venv/.too
 uv_sources
 upgrade=(); [ -n "${UPGRADE:-}" ] && upgrade=(--upgrade)
 compile() {
-    env "${cert[@]}" "$uv" pip compile --quiet --python "$py" --generate-hashes --index-strategy unsafe-first-match \
+    env "${cert[@]}" "$uv" pip compile --quiet --python "$py" --python-version 3.11.0 --generate-hashes --index-strategy unsafe-first-match \
         --custom-compile-command "make lock" "${uv_args[@]}" "$@"
 }
 # each version is chosen once, here (index by index, as tools/install.sh looks them up), and written

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from sda.io.images import to_unit_range
 
-__all__ = ["random_batches", "train_epsilon"]
+__all__ = ["LR_SCHEDULES", "lr_factor", "random_batches", "train_epsilon"]
 
 Batches = Iterator[tuple["np.ndarray | torch.Tensor", "np.ndarray | torch.Tensor | None"]]
 
@@ -82,7 +82,7 @@ def train_epsilon(
     model.to(device).train()
     ch = model.config.in_channels
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_factor(lr_schedule, warmup_steps, steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(lr_schedule, warmup_steps, steps))
     ema = EMAModel(model.parameters(), decay=ema_decay, use_ema_warmup=True, power=0.75) if ema_decay else None
     T = scheduler.config.num_train_timesteps
     losses: list[float] = []
@@ -132,7 +132,7 @@ def train_epsilon(
 LR_SCHEDULES = ("constant", "cosine")
 
 
-def _lr_factor(schedule: str, warmup_steps: int, steps: int) -> Callable[[int], float]:
+def lr_factor(schedule: str, warmup_steps: int, steps: int) -> Callable[[int], float]:
     """The learning rate's factor at step ``s`` (0-based): the linear warm-up ``(s + 1) / warmup_steps``
     (none at 0 steps), times 1 (``constant``) or half a cosine from 1 to 0 over ``steps`` (``cosine``)."""
     if schedule not in LR_SCHEDULES:

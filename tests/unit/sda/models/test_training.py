@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from sda.method.sampling import sample_class_conditional
-from sda.models.training import random_batches, train_epsilon
+from sda.models.training import lr_factor, random_batches, train_epsilon
 from tests.support import colour_classes
 
 
@@ -170,3 +170,34 @@ def test_the_same_seed_trains_the_same_bytes_and_reports_each_step(scheduler):
     assert steps == list(zip([1, 2, 3], losses))
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
     assert not all(torch.equal(p, q) for p, q in zip(a.parameters(), c.parameters()))
+
+
+# -- the learning-rate schedule --------------------------------------------------------------------
+def test_the_constant_schedule_ramps_up_then_holds_the_rate():
+    f = lr_factor("constant", warmup_steps=4, steps=100)
+    assert [f(s) for s in range(5)] == [0.25, 0.5, 0.75, 1.0, 1.0]
+    assert f(99) == 1.0
+    assert lr_factor("constant", warmup_steps=0, steps=100)(0) == 1.0  # no warm-up: the full rate at once
+
+
+def test_the_cosine_schedule_falls_to_zero_at_the_last_step():
+    f = lr_factor("cosine", warmup_steps=10, steps=1000)
+    assert f(0) == pytest.approx(0.1, rel=1e-4)  # the warm-up ramp still applies
+    assert f(500) == pytest.approx(0.5)
+    assert f(999) < 1e-4 and f(2000) == 0.0  # steps past the budget (a probe's extension) stay at 0
+    assert all(f(s) >= f(s + 1) for s in range(10, 999))
+
+
+def test_an_unknown_schedule_is_an_error():
+    with pytest.raises(ValueError, match="lr_schedule 'step': use one of"):
+        lr_factor("step", 0, 10)
+
+
+def test_the_schedule_changes_training_and_constant_matches_no_schedule_argument(tiny_unet, scheduler):
+    default, constant, cosine = (copy.deepcopy(tiny_unet) for _ in range(3))
+    _train(default, scheduler)
+    _train(constant, scheduler, lr_schedule="constant")
+    _train(cosine, scheduler, lr_schedule="cosine")
+    pairs = list(zip(default.state_dict().values(), constant.state_dict().values(), cosine.state_dict().values()))
+    assert all(torch.equal(a, b) for a, b, _ in pairs)
+    assert not all(torch.equal(a, c) for a, _, c in pairs)
