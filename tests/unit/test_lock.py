@@ -46,12 +46,18 @@ def _requirements(extra: str | None = None) -> list[Requirement]:
     return [Requirement(r) for r in reqs]
 
 
+# the locks are resolved for Python 3.11.0 and up (tools/lock.sh --python-version): what a requirement needs
+# there (redis: async-timeout below 3.11.3) is locked, and installed, on this interpreter too
+PYTHONS = ({}, {"python_version": "3.11", "python_full_version": "3.11.0"})
+
+
 def _closure(roots: list[Requirement]) -> set[str]:
-    """Every distribution the requirements pull in on this interpreter, through the installed metadata."""
+    """Every distribution the requirements pull in on this interpreter or on 3.11.0 (:data:`PYTHONS`),
+    through the installed metadata."""
     seen, todo = set(), [(r, "") for r in roots]
     while todo:
         req, extra = todo.pop()
-        if req.marker and not req.marker.evaluate({"extra": extra}):
+        if req.marker and not any(req.marker.evaluate({"extra": extra, **py}) for py in PYTHONS):
             continue
         name = _norm(req.name)
         wanted = [""] + sorted(req.extras)
