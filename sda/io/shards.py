@@ -23,7 +23,7 @@ import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Container, Iterable, Iterator
+from typing import Any, Callable, Container, Iterable, Iterator
 
 import numpy as np
 
@@ -40,6 +40,7 @@ __all__ = [
     "load_shards",
     "make_manifest",
     "read_manifest",
+    "read_positions",
     "shard_entry",
     "shard_record",
     "verify_shards",
@@ -169,18 +170,42 @@ def iter_samples(shard_dir: str | os.PathLike[str], labels: Container[int] | Non
         yield from iter_shard_file(Path(shard_dir) / e["name"], labels)
 
 
-def iter_shard_file(path: str | os.PathLike[str], labels: Container[int] | None = None) -> Iterator[Sample]:
-    """Stream the samples of one shard file in order (with ``labels``: of these classes only)."""
+def iter_shard_file(path: str | os.PathLike[str], labels: Container[int] | None = None,
+                    where: Callable[[dict[str, Any]], bool] | None = None) -> Iterator[Sample]:
+    """Stream the samples of one shard file in order (with ``labels``: of these classes only; with
+    ``where``: those whose raw record it keeps, called once per record in order, before any decoding)."""
     import webdataset as wds
 
     # no worker / node splitting: one file is read whole, also inside a DataLoader worker (sda.io.streaming)
     ds = wds.WebDataset([str(path)], shardshuffle=False, empty_check=False, nodesplitter=None,
                         workersplitter=None)
+    if where is not None:
+        ds = ds.select(where)
     if labels is not None:
         ds = ds.select(lambda rec: int(rec["cls"]) in labels)
     ds = ds.decode("rgb8")
     for rec in ds:
         yield Sample(key=rec["__key__"], image=rec["png"], label=int(rec["cls"]), meta=rec["json"])
+
+
+def read_positions(shard_dir: str | os.PathLike[str], positions: Iterable[int]) -> list[Sample]:
+    """The samples at ``positions`` (0-based, in the set's order of writing) of a finished shard set, in
+    that order, duplicates once. Opens only the shards that hold one (the manifest's counts) and decodes
+    only those samples: memory is what is returned. A position outside the set is an ``IndexError``."""
+    wanted = sorted({int(p) for p in positions})
+    shards = read_manifest(shard_dir)["shards"]
+    total = sum(e["count"] for e in shards)
+    if wanted and (wanted[0] < 0 or wanted[-1] >= total):
+        raise IndexError(f"{shard_dir}: positions must lie in [0, {total}); got {wanted[0]}..{wanted[-1]}")
+    out: list[Sample] = []
+    start = 0
+    for e in shards:
+        here = {p - start for p in wanted if start <= p < start + e["count"]}
+        if here:
+            at = itertools.count()
+            out += iter_shard_file(Path(shard_dir) / e["name"], where=lambda rec: next(at) in here)
+        start += e["count"]
+    return out
 
 
 def batched(samples: Iterable[Sample], batch_size: int) -> Iterator[list[Sample]]:

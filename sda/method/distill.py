@@ -48,7 +48,7 @@ from sda.accel import autocast, name_oom
 from sda.config import Projection
 from sda.io.atomic import atomic_write_json
 from sda.io.images import to_uint8, to_unit_range
-from sda.io.shards import iter_shard_file, read_manifest
+from sda.io.shards import read_manifest, read_positions
 from sda.method.dda import ProjectionCost, alpha_bar, low_pass, predicted_x0, project, start_timestep
 from sda.models.diffusion import load_diffusion, save_diffusion
 from sda.runtime import derive_seed
@@ -179,15 +179,9 @@ def seeded_subset(shard_dir: str | Path, k: int, seed: int) -> np.ndarray:
     """``k`` images of the shard set ``shard_dir`` (all of them when it holds fewer), a seeded draw
     without replacement, in the set's order: uint8 (k, H, W, 3). Streams, and reads only the shards that
     hold a chosen image: memory is the k images."""
-    shards = read_manifest(shard_dir)["shards"]
-    total = sum(e["count"] for e in shards)
-    chosen = set(np.random.default_rng(seed).choice(total, min(k, total), replace=False).tolist())
-    images, start = [], 0
-    for e in shards:
-        if any(start <= i < start + e["count"] for i in chosen):
-            images += [s.image for i, s in enumerate(iter_shard_file(Path(shard_dir) / e["name"]), start) if i in chosen]
-        start += e["count"]
-    return np.stack(images)
+    total = read_manifest(shard_dir)["count"]
+    chosen = np.random.default_rng(seed).choice(total, min(k, total), replace=False)
+    return np.stack([s.image for s in read_positions(shard_dir, chosen)])
 
 
 def train_projector(model_dir: str | Path, images_dir: str | Path, out: str | Path, projection: Projection, *,

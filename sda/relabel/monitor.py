@@ -186,17 +186,17 @@ def input_reference(target_dir: Path, source: Any, *, images: int, seed: int, ke
     originals (``source.logits_and_features``), whitened by a PCA of all of them."""
     from sklearn.decomposition import PCA
 
-    from sda.io.shards import iter_samples
+    from sda.io.shards import read_manifest, read_positions
     from sda.io.target_index import TargetIndex
     from sda.runtime import derive_seed
 
     domains = TargetIndex.read(target_dir).labelled
     feats = []
     for d in domains:
-        originals = np.stack([s.image for s in iter_samples(target_dir / d)])
-        pick = np.sort(np.random.default_rng(derive_seed(seed, "input reference", d)).choice(
-            len(originals), size=min(images, len(originals)), replace=False))
-        feats.append(source.logits_and_features(originals[pick], device=device)[1].numpy().astype(np.float64))
+        n = read_manifest(target_dir / d)["count"]
+        pick = np.random.default_rng(derive_seed(seed, "input reference", d)).choice(n, size=min(images, n), replace=False)
+        originals = np.stack([s.image for s in read_positions(target_dir / d, pick)])  # only the drawn ones
+        feats.append(source.logits_and_features(originals, device=device)[1].numpy().astype(np.float64))
     if not feats:
         raise ValueError(f"{target_dir}: no labelled target domain to monitor against")
     allf = np.concatenate(feats)
@@ -265,21 +265,28 @@ def pipeline_reference(target_dir: Path, predictor: Any, *, images: int, seed: i
     (:meth:`sda.relabel.predict.SdaPredictor.predict`: each image projected on its own), so that a batch of
     those domains is compared with what the service itself makes of them (the pipeline's own projections
     used a batch-wide guidance norm: a few labels would differ)."""
-    from sda.io.shards import iter_samples
+    from sda.io.shards import read_manifest, read_positions
     from sda.runtime import derive_seed
 
     from sda.io.target_index import TargetIndex
 
     domains = TargetIndex.read(target_dir).labelled  # clean too: every labelled domain
-    pool = [(d, s.key, s.image, s.label) for d in domains for s in iter_samples(target_dir / d) if s.label >= 0]
-    if not pool:
+    counts = np.asarray([read_manifest(target_dir / d)["count"] for d in domains], dtype=np.int64)
+    if not counts.sum():
         raise ValueError(f"{target_dir}: no labelled target domain to monitor against")
+    # the draw is over the domains' images one after the other; only the drawn ones are read
     rng = np.random.default_rng(derive_seed(seed, "monitor reference"))
-    pick = np.sort(rng.choice(len(pool), size=min(images, len(pool)), replace=False))
-    originals = np.stack([pool[i][2] for i in pick])
-    seeds = [derive_seed(seed, "monitor reference", pool[i][0], pool[i][1]) for i in pick]
+    pick = np.sort(rng.choice(int(counts.sum()), size=min(images, int(counts.sum())), replace=False))
+    starts = np.concatenate([[0], np.cumsum(counts)])
+    drawn = [(d, s) for i, d in enumerate(domains)
+             for s in read_positions(target_dir / d, pick[(pick >= starts[i]) & (pick < starts[i + 1])] - starts[i])]
+    unlabelled = sorted({d for d, s in drawn if s.label < 0})
+    if unlabelled:
+        raise ValueError(f"{target_dir}: the labelled domain(s) {unlabelled} hold unlabelled images: run target_data again")
+    originals = np.stack([s.image for _, s in drawn])
+    seeds = [derive_seed(seed, "monitor reference", d, s.key) for d, s in drawn]
     pred, _ = predictor.predict(originals, seeds)
-    truth = np.asarray([pool[i][3] for i in pick])
+    truth = np.asarray([s.label for _, s in drawn])
     return Reference.from_predictions(pred["label"], pred["confidence"], truth, len(predictor.class_names),
                                       domains, key)
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from sda.io.atomic import atomic_dir, atomic_write_json, sha256_file
-from sda.io.shards import Sample, iter_batches, load_shards, read_manifest, verify_shards, write_shards
+from sda.io.shards import Sample, iter_batches, load_shards, read_manifest, read_positions, verify_shards, write_shards
 
 
 def _samples(n, seed=0):
@@ -27,6 +27,22 @@ def test_round_trip_and_manifest(tmp_path):
     assert got.labels.tolist() == [s.label for s in samples]
     assert got.metas[5] == {"i": 5}
     assert [len(b) for b in iter_batches(tmp_path / "set", 9)] == [9, 9, 5]
+
+
+def test_read_positions_reads_the_samples_at_those_places_and_only_their_shards(tmp_path):
+    samples = _samples(23)
+    with atomic_dir(tmp_path / "set") as tmp:
+        m = write_shards(samples, tmp, maxcount=10)
+    got = read_positions(tmp_path / "set", [22, 3, 11, 3, 9, 10])  # any order, a duplicate
+    assert [s.key for s in got] == ["k0003", "k0009", "k0010", "k0011", "k0022"]  # the set's order, once each
+    for s in got:
+        want = samples[int(s.key[1:])]
+        assert np.array_equal(s.image, want.image) and s.label == want.label and s.meta == want.meta
+    (tmp_path / "set" / m["shards"][1]["name"]).unlink()  # the shard of 10-19: not opened for positions outside it
+    assert [s.key for s in read_positions(tmp_path / "set", [0, 20])] == ["k0000", "k0020"]
+    assert read_positions(tmp_path / "set", []) == []
+    with pytest.raises(IndexError, match=r"positions must lie in \[0, 23\); got 0..23"):
+        read_positions(tmp_path / "set", [0, 23])
 
 
 def test_same_samples_same_bytes(tmp_path):
