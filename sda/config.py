@@ -60,6 +60,7 @@ CORRUPTIONS: tuple[str, ...] = (
 
 
 Precision = Literal["fp32", "bf16", "fp16"]
+LrSchedule = Literal["constant", "cosine"]  # the diffusion training rate after its warm-up
 # torch.compile modes of the fast mode; "reduce-overhead" = inductor + CUDA graphs
 CompileMode = Literal["none", "default", "reduce-overhead", "max-autotune-no-cudagraphs"]
 
@@ -121,7 +122,7 @@ class DiffusionFinetune(Section):
     train_steps: int = Field(2000, ge=1)
     batch_size: int = Field(64, ge=1)
     lr: float = Field(1e-3, gt=0)
-    lr_schedule: Literal["constant", "cosine"] = Field("constant", description=(
+    lr_schedule: LrSchedule = Field("constant", description=(
         "The learning rate after its warm-up (the first train_steps / 20 steps): constant, or half a cosine "
         "down to 0 at the last step."))
     ema_decay: float = Field(0.995, gt=0, lt=1)

@@ -3,9 +3,8 @@ embedded UNet from scratch and to fine-tune ADM / DiT on source images."""
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
-
 import math
+from typing import Callable, Iterator, get_args
 
 import numpy as np
 import torch
@@ -14,6 +13,7 @@ from diffusers import DDPMScheduler
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
+from sda.config import LrSchedule
 from sda.io.images import to_unit_range
 
 __all__ = ["LR_SCHEDULES", "lr_factor", "random_batches", "train_epsilon"]
@@ -129,7 +129,7 @@ def train_epsilon(
     return losses
 
 
-LR_SCHEDULES = ("constant", "cosine")
+LR_SCHEDULES: tuple[str, ...] = get_args(LrSchedule)
 
 
 def lr_factor(schedule: str, warmup_steps: int, steps: int) -> Callable[[int], float]:

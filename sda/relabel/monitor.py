@@ -271,13 +271,13 @@ def pipeline_reference(target_dir: Path, predictor: Any, *, images: int, seed: i
     from sda.io.target_index import TargetIndex
 
     domains = TargetIndex.read(target_dir).labelled  # clean too: every labelled domain
-    counts = np.asarray([read_manifest(target_dir / d)["count"] for d in domains], dtype=np.int64)
-    if not counts.sum():
+    starts = np.cumsum([0] + [read_manifest(target_dir / d)["count"] for d in domains])
+    total = int(starts[-1])
+    if not total:
         raise ValueError(f"{target_dir}: no labelled target domain to monitor against")
     # the draw is over the domains' images one after the other; only the drawn ones are read
     rng = np.random.default_rng(derive_seed(seed, "monitor reference"))
-    pick = np.sort(rng.choice(int(counts.sum()), size=min(images, int(counts.sum())), replace=False))
-    starts = np.concatenate([[0], np.cumsum(counts)])
+    pick = np.sort(rng.choice(total, size=min(images, total), replace=False))
     drawn = [(d, s) for i, d in enumerate(domains)
              for s in read_positions(target_dir / d, pick[(pick >= starts[i]) & (pick < starts[i + 1])] - starts[i])]
     unlabelled = sorted({d for d, s in drawn if s.label < 0})
